@@ -1,0 +1,30 @@
+/* Internal: the table of range functions that each instruction-set build of
+ * kernels_isa.c exports, and that dispatch.c chooses from at import. */
+#ifndef FASTOPT_ISA_H
+#define FASTOPT_ISA_H
+
+#include "kernels.h"
+
+/* Apply a rule to elements [lo, hi) of one tensor. */
+typedef void (*fo_range_fn)(const void *args, const fo_tensor *t, size_t lo,
+                            size_t hi);
+typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
+typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
+
+/* Index 0 is float32, 1 is float64. */
+typedef struct {
+    fo_range_fn sgd[2], momentum[2], rmsprop[2], adam[2], adagrad[2];
+    fo_range_fn scale[2], clamp[2];
+    fo_sumsq_fn sumsq[2];
+    fo_allfinite_fn allfinite[2];
+} fo_isa_table;
+
+extern const fo_isa_table fo_table_baseline;
+#ifdef FO_HAVE_AVX2
+extern const fo_isa_table fo_table_avx2;
+#endif
+#ifdef FO_HAVE_AVX512
+extern const fo_isa_table fo_table_avx512;
+#endif
+
+#endif

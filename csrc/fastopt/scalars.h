@@ -1,0 +1,43 @@
+/* Per-step scalars, computed once per call in double from the integer step.
+ *
+ * The kernels' callers and the NumPy reference both take these values from
+ * here (the reference through fastopt._core), so a kernel and its reference
+ * see the very same coefficients.  Powers come from pow() on the integer
+ * step, never from a running product, so bias correction does not depend on
+ * the history of calls. */
+#ifndef FASTOPT_SCALARS_H
+#define FASTOPT_SCALARS_H
+
+#include <math.h>
+
+/* 1 - beta^t */
+static inline double fo_bias_correction(double beta, long long step)
+{
+    return 1.0 - pow(beta, (double)step);
+}
+
+/* Adam's step size lr / (1 - beta1^t) */
+static inline double fo_adam_step_size(double lr, double beta1, long long step)
+{
+    return lr / fo_bias_correction(beta1, step);
+}
+
+/* 1 / sqrt(1 - beta2^t): the second moment's bias correction as a factor */
+static inline double fo_adam_inv_sqrt_bc2(double beta2, long long step)
+{
+    return 1.0 / sqrt(fo_bias_correction(beta2, step));
+}
+
+/* AdamW's decoupled decay factor 1 - lr * weight_decay */
+static inline double fo_decay_factor(double lr, double weight_decay)
+{
+    return 1.0 - lr * weight_decay;
+}
+
+/* Adagrad's decayed rate lr / (1 + (t - 1) * lr_decay) */
+static inline double fo_adagrad_clr(double lr, double lr_decay, long long step)
+{
+    return lr / (1.0 + (double)(step - 1) * lr_decay);
+}
+
+#endif

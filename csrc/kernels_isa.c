@@ -1,0 +1,47 @@
+/* The update rules for one instruction-set level.
+ *
+ * The build compiles this file once per level with that level's -m flags and
+ * FO_ISA set to its name (baseline, avx2, avx512); each compilation exports
+ * one table, fo_table_<FO_ISA>.  The source is identical for every level, and
+ * no level may contract or reassociate floating-point operations, so every
+ * level produces the same bits. */
+#include <math.h>
+
+#include "fastopt/isa.h"
+
+#ifndef FO_ISA
+#error "compile with -DFO_ISA=<level>"
+#endif
+
+#define FO_CAT_(a, b) a##b
+#define FO_CAT(a, b) FO_CAT_(a, b)
+
+#define FO_T float
+#define FO_SQRT sqrtf
+#define FO_NAME(x) FO_CAT(FO_CAT(x, _f32_), FO_ISA)
+#include "fastopt/rules.h"
+#undef FO_NAME
+#undef FO_SQRT
+#undef FO_T
+
+#define FO_T double
+#define FO_SQRT sqrt
+#define FO_NAME(x) FO_CAT(FO_CAT(x, _f64_), FO_ISA)
+#include "fastopt/rules.h"
+#undef FO_NAME
+#undef FO_SQRT
+#undef FO_T
+
+#define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
+
+const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
+    .sgd = FO_PAIR(sgd_range),
+    .momentum = FO_PAIR(momentum_range),
+    .rmsprop = FO_PAIR(rmsprop_range),
+    .adam = FO_PAIR(adam_range),
+    .adagrad = FO_PAIR(adagrad_range),
+    .scale = FO_PAIR(scale_range),
+    .clamp = FO_PAIR(clamp_range),
+    .sumsq = FO_PAIR(sumsq_range),
+    .allfinite = FO_PAIR(allfinite_range),
+};

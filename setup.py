@@ -1,0 +1,132 @@
+"""Build of fastopt's C kernels and Cython boundary.
+
+csrc/kernels_isa.c holds every update rule and is compiled once per
+instruction-set level (x86-64 baseline, AVX2 = x86-64-v3, AVX-512 =
+x86-64-v4; other architectures get the baseline alone); csrc/dispatch.c picks
+the best level the CPU supports at import.  The default build never uses
+-march=native: a wheel must run on any CPU of its architecture.
+
+No level may change rounding: -ffp-contract=off keeps a*b+c from becoming a
+fused multiply-add, and -ffast-math is never used.  -fno-math-errno lets
+sqrt vectorise (errno is the only thing it gives up).
+
+Environment switches:
+  FASTOPT_SANITIZE=1   build with AddressSanitizer and UndefinedBehaviorSanitizer
+  FASTOPT_OPENMP=0     build without OpenMP (one thread)
+  FASTOPT_LEVELS=...   comma-separated levels to build (default: all for the arch)
+"""
+import os
+import platform
+import sysconfig
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+COMMON = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
+
+X86_LEVELS = {
+    "baseline": [],
+    "avx2": ["-march=x86-64-v3"],
+    "avx512": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+}
+
+
+def _is_x86():
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def _levels():
+    available = X86_LEVELS if _is_x86() else {"baseline": []}
+    wanted = os.environ.get("FASTOPT_LEVELS")
+    if not wanted:
+        return available
+    names = [w.strip() for w in wanted.split(",") if w.strip()]
+    unknown = [n for n in names if n not in available]
+    if unknown or "baseline" not in names:
+        raise SystemExit(f"FASTOPT_LEVELS must include baseline and name only "
+                         f"{', '.join(available)}; got {wanted!r}")
+    return {n: available[n] for n in names}
+
+
+def _flag(name, default):
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+SANITIZE = _flag("FASTOPT_SANITIZE", "0")
+OPENMP = _flag("FASTOPT_OPENMP", "1")
+LEVELS = _levels()
+
+extra_compile = list(COMMON)
+extra_link = []
+if OPENMP:
+    extra_compile.append("-fopenmp")
+    extra_link.append("-fopenmp")
+if SANITIZE:
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+           "-fno-sanitize-recover=undefined"]
+    extra_compile += san
+    extra_link += san
+
+
+class BuildExt(build_ext):
+    """Compile kernels_isa.c once per level, then link them into _core."""
+
+    def build_extension(self, ext):
+        objects = []
+        for level, flags in LEVELS.items():
+            objects += self.compiler.compile(
+                ["csrc/kernels_isa.c"],
+                output_dir=os.path.join(self.build_temp, level),
+                macros=[("FO_ISA", level)],
+                include_dirs=["csrc"],
+                extra_postargs=extra_compile + flags,
+                depends=["csrc/fastopt/rules.h", "csrc/fastopt/isa.h",
+                         "csrc/fastopt/kernels.h"],
+            )
+        ext.extra_objects = objects
+        self._write_build_info()
+        super().build_extension(ext)
+
+    def _write_build_info(self):
+        path = os.path.join(self.build_lib, "fastopt", "_build_info.py")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cc = sysconfig.get_config_var("CC") or "cc"
+        info = {
+            "compiler": cc,
+            "common_flags": extra_compile,
+            "level_flags": LEVELS,
+            "openmp": OPENMP,
+            "sanitize": SANITIZE,
+            "machine": platform.machine(),
+        }
+        with open(path, "w") as f:
+            f.write("# Written by setup.py at build time.\n")
+            f.write(f"BUILD = {info!r}\n")
+
+
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+macros += [(f"FO_HAVE_{level.upper()}", "1") for level in LEVELS if level != "baseline"]
+
+extensions = [
+    Extension(
+        "fastopt._core",
+        sources=["src/fastopt/_core.pyx", "csrc/dispatch.c"],
+        include_dirs=[np.get_include(), "csrc", "src/fastopt"],
+        define_macros=macros,
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+        depends=["csrc/fastopt/kernels.h", "csrc/fastopt/scalars.h",
+                 "csrc/fastopt/isa.h", "src/fastopt/_kernels.pxd"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": 3, "boundscheck": False,
+                             "wraparound": False, "cdivision": True},
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

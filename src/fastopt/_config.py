@@ -1,0 +1,120 @@
+"""Run-time configuration: instruction-set level and threads.
+
+At import fastopt uses the best instruction-set level that both the build and
+the CPU support.  FASTOPT_SIMD=baseline|avx2|avx512 asks for a lower one (a
+higher one than the CPU has falls back to the best available, with a
+warning).  FASTOPT_NUM_THREADS=n caps the threads of large steps.
+"""
+import os
+import platform
+import sys
+import warnings
+
+from fastopt import _core
+
+__all__ = ["show_config", "config", "get_num_threads", "set_num_threads",
+           "get_simd_level", "set_simd_level"]
+
+get_num_threads = _core.get_num_threads
+get_simd_level = _core.get_simd_level
+
+
+def set_num_threads(n):
+    """Use at most ``n`` threads for large steps; ``None`` restores the default.
+
+    OpenMP's limit for the calling thread (OMP_NUM_THREADS, or threadpoolctl's
+    ``threadpool_limits``) caps the count as well.
+    """
+    _core.set_num_threads(n)
+
+
+def set_simd_level(level):
+    """Run the kernels compiled for ``level`` ('baseline', 'avx2' or 'avx512').
+
+    Every level computes the same bits; only speed differs.
+    """
+    _core.set_simd_level(level)
+
+
+def _init_from_environment():
+    best = _core.best_simd_level()
+    wanted = os.environ.get("FASTOPT_SIMD", "").strip().lower()
+    level = best
+    if wanted:
+        if wanted not in _core.LEVELS:
+            warnings.warn(f"FASTOPT_SIMD={wanted!r} is not one of "
+                          f"{', '.join(_core.LEVELS)}; using {best}",
+                          RuntimeWarning, stacklevel=3)
+        elif _core.LEVELS.index(wanted) > _core.LEVELS.index(best):
+            warnings.warn(f"FASTOPT_SIMD={wanted!r} is not supported on this "
+                          f"CPU/build; using {best}", RuntimeWarning, stacklevel=3)
+        else:
+            level = wanted
+    _core.set_simd_level(level)
+    threads = os.environ.get("FASTOPT_NUM_THREADS", "").strip()
+    if threads:
+        try:
+            _core.set_num_threads(int(threads))
+        except ValueError:
+            warnings.warn(f"FASTOPT_NUM_THREADS={threads!r} is not a positive "
+                          f"integer; ignored", RuntimeWarning, stacklevel=3)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    keep = ("sse2", "avx", "avx2", "fma", "avx512f", "avx512bw",
+                            "avx512dq", "avx512vl", "asimd", "sve")
+                    return [k for k in keep if k in flags]
+    except OSError:
+        pass
+    return []
+
+
+def config():
+    """The configuration as a dict (what :func:`show_config` prints)."""
+    from fastopt import __version__
+    try:
+        from fastopt._build_info import BUILD
+    except ImportError:  # built by a tool that skipped setup.py's build_ext
+        BUILD = {}
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "compiler": BUILD.get("compiler", "unknown"),
+        "common_flags": " ".join(BUILD.get("common_flags", [])),
+        "level_flags": {k: " ".join(v) or "(none)"
+                        for k, v in BUILD.get("level_flags", {}).items()},
+        "cpu_features": _cpu_flags(),
+        "simd_levels": _core.simd_levels(),
+        "simd_level": _core.get_simd_level(),
+        "openmp": _core.openmp_enabled(),
+        "num_threads": _core.get_num_threads(),
+        "parallel_threshold": _core.get_parallel_threshold(),
+        "sanitize": BUILD.get("sanitize", False),
+    }
+
+
+def show_config(file=None):
+    """Print version, build flags, CPU features, SIMD level and threads."""
+    c = config()
+    out = file or sys.stdout
+    print(f"fastopt {c['version']} (Python {c['python']}, {c['machine']})", file=out)
+    print(f"  compiler:           {c['compiler']}", file=out)
+    print(f"  flags:              {c['common_flags']}", file=out)
+    for level, (compiled, supported) in c["simd_levels"].items():
+        state = ("in use" if level == c["simd_level"] else
+                 "available" if supported else
+                 "compiled, not supported by this CPU" if compiled else "not compiled")
+        flags = c["level_flags"].get(level, "")
+        print(f"  level {level:<9s}    {state}  [{flags}]", file=out)
+    print(f"  cpu features:       {' '.join(c['cpu_features']) or 'unknown'}", file=out)
+    print(f"  openmp:             {c['openmp']}", file=out)
+    print(f"  threads:            {c['num_threads']} (parallel from "
+          f"{c['parallel_threshold']} elements)", file=out)
+    if c["sanitize"]:
+        print("  sanitizers:         address, undefined", file=out)
