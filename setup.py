@@ -86,11 +86,21 @@ class BuildExt(build_ext):
                          "csrc/fastopt/kernels.h"],
             )
         ext.extra_objects = objects
-        self._write_build_info()
+        self._write_build_info(ext)
         super().build_extension(ext)
 
-    def _write_build_info(self):
-        path = os.path.join(self.build_lib, "fastopt", "_build_info.py")
+    def _build_info_path(self):
+        if self.inplace or getattr(self, "editable_mode", False):
+            folder = os.path.join("src", "fastopt")
+        else:
+            folder = os.path.join(self.build_lib, "fastopt")
+        return os.path.join(folder, "_build_info.py")
+
+    def get_outputs(self):
+        return super().get_outputs() + [self._build_info_path()]
+
+    def _write_build_info(self, ext):
+        path = self._build_info_path()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         cc = sysconfig.get_config_var("CC") or "cc"
         info = {
