@@ -176,6 +176,8 @@ void fo_scale_f32(double s, const fo_tensor *t, size_t c) { drive(active->scale[
 void fo_scale_f64(double s, const fo_tensor *t, size_t c) { drive(active->scale[1], &s, t, c); }
 void fo_clamp_f32(double s, const fo_tensor *t, size_t c) { drive(active->clamp[0], &s, t, c); }
 void fo_clamp_f64(double s, const fo_tensor *t, size_t c) { drive(active->clamp[1], &s, t, c); }
+void fo_traffic_f32(const fo_tensor *t, size_t c) { drive(active->traffic[0], NULL, t, c); }
+void fo_traffic_f64(const fo_tensor *t, size_t c) { drive(active->traffic[1], NULL, t, c); }
 
 /* Blocks of FO_SUMSQ_BLOCK elements (a tensor's last block may be shorter)
  * are summed independently, in parallel when large, into a fixed-size window

@@ -42,6 +42,7 @@ const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .adagrad = FO_PAIR(adagrad_range),
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
+    .traffic = FO_PAIR(traffic_range),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };

@@ -100,6 +100,11 @@ void fo_scale_f64(double scale, const fo_tensor *t, size_t count);
 void fo_clamp_f32(double clip, const fo_tensor *t, size_t count);
 void fo_clamp_f64(double clip, const fo_tensor *t, size_t count);
 
+/* Bandwidth floor (benchmarks): the reads and writes of a rule over the
+ * slots present, with one add per element in place of the math. */
+void fo_traffic_f32(const fo_tensor *t, size_t count);
+void fo_traffic_f64(const fo_tensor *t, size_t count);
+
 /* Instruction-set levels and threads (dispatch.c). */
 typedef enum { FO_BASELINE = 0, FO_AVX2 = 1, FO_AVX512 = 2 } fo_level;
 const char *fo_level_name(int level);

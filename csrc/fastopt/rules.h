@@ -287,5 +287,39 @@ static void FO_NAME(clamp_range)(const void *args, const fo_tensor *t,
     }
 }
 
+/* The memory traffic of a rule without its math: every array present is read
+ * once and p and every state present are written once (with the sum, a
+ * single add per array, so the loop stays bound by memory).  Timing it over
+ * a rule's arrays gives the bandwidth floor that the rule is measured
+ * against. */
+static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
+                                   size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict s0 = (FO_T *)t->s0;
+    FO_T *restrict s1 = (FO_T *)t->s1;
+    FO_T *restrict s2 = (FO_T *)t->s2;
+    (void)args;
+    if (s2) {
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T x = p[i] + g[i] + s0[i] + s1[i] + s2[i];
+            p[i] = x; s0[i] = x; s1[i] = x; s2[i] = x;
+        }
+    } else if (s1) {
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T x = p[i] + g[i] + s0[i] + s1[i];
+            p[i] = x; s0[i] = x; s1[i] = x;
+        }
+    } else if (s0) {
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T x = p[i] + g[i] + s0[i];
+            p[i] = x; s0[i] = x;
+        }
+    } else {
+        for (size_t i = lo; i < hi; i++) p[i] = p[i] + g[i];
+    }
+}
+
 #undef FO_GRAD
 #undef FO_INLINE

@@ -41,6 +41,7 @@ RMSPROP_SLOTS = ("param", "grad", "square_avg", "grad_avg", "momentum_buffer")
 ADAM_SLOTS = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 ADAGRAD_SLOTS = ("param", "grad", "state_sum", None, None)
 GRAD_SLOTS = ("grad", "grad", None, None, None)
+TRAFFIC_SLOTS = ("param", "grad", "state0", "state1", "state2")
 
 
 # ---------------------------------------------------------------------------
@@ -468,6 +469,22 @@ cdef int _adagrad_args(fo_adagrad_args *a, object step, object lr,
 def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0,
         dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
         step=None):
+    """Gradient descent, with torch.optim.SGD's heavy-ball momentum.
+
+    ::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                  (if weight_decay != 0)
+        if momentum != 0:
+            b = g                                     (step == 1)
+            b = momentum * b + (1 - dampening) * g    (step > 1)
+            g = g + momentum * b if nesterov else b
+        param = param - lr * g
+
+    With momentum 0 this is the seed's gradient descent, ``p = p - lr * g``.
+    ``momentum_buffer`` (b) and ``step`` (the update count, from 1) are
+    required when momentum != 0; nesterov needs momentum > 0 and dampening 0.
+    """
     cdef fo_sgd_args a
     _sgd_args(&a, lr, momentum, dampening, weight_decay, nesterov, maximize,
               step, momentum_buffer)
@@ -476,6 +493,18 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0,
 
 def momentum(param, grad, velocity, *, lr=1e-3, beta=0.9, weight_decay=0.0,
              maximize=False):
+    """Momentum in the seed's exponentially weighted form.
+
+    ::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                  (if weight_decay != 0)
+        v = beta * v + (1 - beta) * g
+        param = param - lr * v
+
+    ``velocity`` (v) starts at zero.  Unlike torch's SGD momentum, the first
+    step gives v = (1 - beta) * g, not g.
+    """
     cdef fo_momentum_args a
     _momentum_args(&a, lr, beta, weight_decay, maximize)
     if velocity is None:
@@ -486,6 +515,24 @@ def momentum(param, grad, velocity, *, lr=1e-3, beta=0.9, weight_decay=0.0,
 def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *,
             lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
             centered=False, maximize=False):
+    """RMSProp, with torch.optim.RMSprop's centered and momentum variants.
+
+    ::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                  (if weight_decay != 0)
+        s = alpha * s + (1 - alpha) * (g * g)
+        a = alpha * a + (1 - alpha) * g               (if centered)
+        var = s - a * a if centered else s
+        d = sqrt(var) + eps
+        b = momentum * b + g / d                      (if momentum != 0)
+        param = param - lr * b                        (if momentum != 0)
+        param = param - lr * (g / d)                  (otherwise)
+
+    With alpha = beta and no options this is the seed's RMSProp, eps outside
+    the root.  ``square_avg`` (s) is always needed, ``grad_avg`` (a) when
+    centered, ``momentum_buffer`` (b) when momentum != 0; all start at zero.
+    """
     cdef fo_rmsprop_args a
     _rmsprop_args(&a, lr, alpha, eps, weight_decay, momentum, centered, maximize)
     if square_avg is None:
@@ -499,6 +546,25 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *,
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step,
          lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
          amsgrad=False, maximize=False, decoupled_weight_decay=False):
+    """Adam with bias correction; AdamW with decoupled_weight_decay=True.
+
+    ::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                  (L2, if not decoupled)
+        p = param * (1 - lr * weight_decay)           (if decoupled; else p = param)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * (g * g)
+        v_max = maximum(v_max, v)                     (if amsgrad; v_max replaces v below)
+        denom = sqrt(v) * (1 / sqrt(1 - beta2**step)) + eps
+        param = p - (lr / (1 - beta1**step)) * (m / denom)
+
+    This is the seed's ``m_hat / (sqrt(s_hat) + eps)`` with eps outside the
+    root, written with the bias corrections folded into two per-step scalars
+    (computed in double from the integer ``step``, the update count from 1).
+    ``exp_avg`` (m), ``exp_avg_sq`` (v) start at zero; ``max_exp_avg_sq``
+    (v_max) is required with amsgrad and only then.
+    """
     cdef fo_adam_args a
     _adam_args(&a, step, lr, betas, eps, weight_decay, amsgrad, maximize,
                decoupled_weight_decay)
@@ -512,6 +578,18 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step,
 
 def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
             weight_decay=0.0, eps=1e-10, maximize=False):
+    """Adagrad with torch.optim.Adagrad's semantics.
+
+    ::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                  (if weight_decay != 0)
+        clr = lr / (1 + (step - 1) * lr_decay)
+        S = S + g * g
+        param = param - clr * (g / (sqrt(S) + eps))
+
+    ``state_sum`` (S) starts at torch's initial_accumulator_value (default 0).
+    """
     cdef fo_adagrad_args a
     _adagrad_args(&a, step, lr, lr_decay, weight_decay, eps, maximize)
     if state_sum is None:
@@ -654,6 +732,19 @@ def grad_clamp_(list grads, double clip, labels=None):
     if ts.count:
         with nogil:
             (fo_clamp_f32 if ts.dt == 0 else fo_clamp_f64)(clip, ts.t, ts.count)
+
+
+def traffic(param, grad, state0=None, state1=None, state2=None):
+    """The memory traffic of a rule without its math (the benchmarks' floor).
+
+    Reads every array given and writes param and the states with their sum:
+    the same bytes a rule over these arrays moves, at the same threads and
+    instruction-set level.  Overwrites its arguments; for measurement only."""
+    cdef _Tensors ts = _collect_one(TRAFFIC_SLOTS, param, grad, state0, state1, state2)
+    if (state1 is not None and state0 is None) or (state2 is not None and state1 is None):
+        raise ValueError("states must be given in order: state0, state1, state2")
+    with nogil:
+        (fo_traffic_f32 if ts.dt == 0 else fo_traffic_f64)(ts.t, ts.count)
 
 
 # ---------------------------------------------------------------------------

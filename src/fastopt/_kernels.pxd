@@ -51,6 +51,9 @@ cdef extern from "fastopt/kernels.h" nogil:
     void fo_clamp_f32(double clip, const fo_tensor *t, size_t count)
     void fo_clamp_f64(double clip, const fo_tensor *t, size_t count)
 
+    void fo_traffic_f32(const fo_tensor *t, size_t count)
+    void fo_traffic_f64(const fo_tensor *t, size_t count)
+
     const char *fo_level_name(int level)
     int fo_level_supported(int level)
     int fo_level_compiled(int level)
