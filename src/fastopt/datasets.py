@@ -120,9 +120,7 @@ def course_moons(*, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     Y : ndarray of intp, shape (1, 300)
         Their classes, 0 or 1.
     """
-    return make_moons(
-        300, noise=0.2, random_state=3, dtype=dtype, layout="columns"
-    )
+    return make_moons(300, noise=0.2, random_state=3, dtype=dtype, layout="columns")
 
 
 def _split_samples(n_samples) -> tuple[int, int]:
@@ -135,11 +133,11 @@ def _split_samples(n_samples) -> tuple[int, int]:
         n_outer, n_inner = n_samples
     except (TypeError, ValueError):
         raise ValueError(
-            "n_samples must be an int or a tuple (n_outer, n_inner), "
-            f"got {n_samples!r}"
+            f"n_samples must be an int or a tuple (n_outer, n_inner), got {n_samples!r}"
         ) from None
     for count in (n_outer, n_inner):
-        if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 0:
+        is_int = isinstance(count, numbers.Integral) and not isinstance(count, bool)
+        if not is_int or count < 0:
             raise ValueError(
                 "n_samples must be an int or a tuple of two ints >= 0, "
                 f"got {n_samples!r}"

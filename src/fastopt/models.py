@@ -46,7 +46,7 @@ def he_init(
     random_state: RandomSource = None,
     dtype=np.float64,
 ) -> dict[str, np.ndarray]:
-    """He initialisation of the course: ``W_l = randn(n_l, n_{l−1})·√(2/n_{l−1})``.
+    """The course's He initialisation: ``W_l = randn(n_l, n_{l−1})·√(2/n_{l−1})``.
 
     Weights are drawn layer by layer, ``W1`` first, as standard normals of
     shape ``(n_l, n_{l−1})`` in float64, scaled, then rounded once to
@@ -135,6 +135,12 @@ class MLP:
             f"{kind}{l}" for l in range(1, self.n_layers + 1) for kind in ("W", "b")
         )
         self.grad_names = tuple(f"d{name}" for name in self.param_names)
+        self._layer_names = tuple(
+            zip(self.param_names[::2], self.param_names[1::2], strict=True)
+        )
+        self._grad_layer_names = tuple(
+            zip(self.grad_names[::2], self.grad_names[1::2], strict=True)
+        )
         if params is None:
             self.dtype = _check_dtype(np.float64 if dtype is None else dtype)
             self.params = he_init(
@@ -147,8 +153,8 @@ class MLP:
             self.dtype = _check_dtype(dtype)
             self._check_arrays(self.params, self.param_names, "params")
         self.grads = {
-            gname: np.zeros_like(self.params[pname])
-            for pname, gname in zip(self.param_names, self.grad_names)
+            gname: np.zeros(self.params[pname].shape, dtype=self.dtype)
+            for pname, gname in zip(self.param_names, self.grad_names, strict=True)
         }
         self._workspaces: dict[int, _Workspace] = {}
         self._last: _Workspace | None = None
@@ -173,17 +179,17 @@ class MLP:
         work.A[0] = X
         params = self.params
         last = self.n_layers
-        for l in range(1, last + 1):
+        for l, (w_name, b_name) in enumerate(self._layer_names, start=1):
             Z = work.A[l]
-            np.dot(params[f"W{l}"], work.A[l - 1], out=Z)
-            Z += params[f"b{l}"]
+            np.dot(params[w_name], work.A[l - 1], out=Z)
+            np.add(Z, params[b_name], out=Z)
             if l < last:
-                np.maximum(0, Z, out=Z)
+                np.maximum(0.0, Z, out=Z)
             else:
                 np.negative(Z, out=Z)
                 np.exp(Z, out=Z)
-                np.add(1, Z, out=Z)
-                np.divide(1, Z, out=Z)
+                np.add(Z, 1.0, out=Z)
+                np.reciprocal(Z, out=Z)
         self._last = work
         return work.A[last]
 
@@ -196,19 +202,7 @@ class MLP:
         for the course's reported cost.
         """
         work = self._require_forward()
-        Y = self._check_labels(Y, work)
-        A = work.A[self.n_layers]
-        positive, negative, complement = work.cost_terms
-        np.log(A, out=positive)
-        np.negative(positive, out=positive)
-        np.multiply(positive, Y, out=positive)
-        np.subtract(1, A, out=negative)
-        np.log(negative, out=negative)
-        np.negative(negative, out=negative)
-        np.subtract(1, Y, out=complement)
-        np.multiply(negative, complement, out=negative)
-        np.add(positive, negative, out=positive)
-        return float(np.sum(positive))
+        return self._cost(work, self._check_labels(Y, work))
 
     def backward(self, Y, *, grads: Mapping[str, np.ndarray] | None = None):
         """Gradients of the mean cost of the latest forward pass.
@@ -233,20 +227,7 @@ class MLP:
             grads = self.grads
         else:
             self._check_arrays(grads, self.grad_names, "grads")
-        params = self.params
-        dZ = work.dZ[self.n_layers]
-        np.subtract(work.A[self.n_layers], Y, out=dZ)
-        np.multiply(1.0 / work.m, dZ, out=dZ)
-        for l in range(self.n_layers, 0, -1):
-            np.dot(dZ, work.A[l - 1].T, out=grads[f"dW{l}"])
-            np.sum(dZ, axis=1, keepdims=True, out=grads[f"db{l}"])
-            if l > 1:
-                dA = work.dZ[l - 1]
-                np.dot(params[f"W{l}"].T, dZ, out=dA)
-                active = work.active[l - 1]
-                np.greater(work.A[l - 1], 0, out=active)
-                np.multiply(dA, active, out=dA)
-                dZ = dA
+        self._backward(work, Y, grads)
         return grads
 
     def forward_backward(
@@ -257,9 +238,15 @@ class MLP:
         Returns the batch's summed cost (as :meth:`cost`) and leaves the
         gradients of its mean in ``grads`` (default :attr:`grads`).
         """
+        if grads is None:
+            grads = self.grads
+        else:
+            self._check_arrays(grads, self.grad_names, "grads")
         self.forward(X)
-        total = self.cost(Y)
-        self.backward(Y, grads=grads)
+        work = self._last
+        Y = self._check_labels(Y, work)
+        total = self._cost(work, Y)
+        self._backward(work, Y, grads)
         return total
 
     def predict(self, X) -> np.ndarray:
@@ -285,21 +272,51 @@ class MLP:
         self._workspaces[m] = work
         return work
 
+    def _cost(self, work: _Workspace, Y: np.ndarray) -> float:
+        A = work.A[self.n_layers]
+        positive, negative, complement = work.cost_terms
+        np.log(A, out=positive)
+        np.negative(positive, out=positive)
+        np.multiply(positive, Y, out=positive)
+        np.subtract(1.0, A, out=negative)
+        np.log(negative, out=negative)
+        np.negative(negative, out=negative)
+        np.subtract(1.0, Y, out=complement)
+        np.multiply(negative, complement, out=negative)
+        np.add(positive, negative, out=positive)
+        return float(np.add.reduce(positive, axis=None))
+
+    def _backward(self, work: _Workspace, Y: np.ndarray, grads: Mapping) -> None:
+        params = self.params
+        dZ = work.dZ[self.n_layers]
+        np.subtract(work.A[self.n_layers], Y, out=dZ)
+        np.multiply(1.0 / work.m, dZ, out=dZ)
+        for l in range(self.n_layers, 0, -1):
+            dW_name, db_name = self._grad_layer_names[l - 1]
+            np.dot(dZ, work.A[l - 1].T, out=grads[dW_name])
+            np.add.reduce(dZ, axis=1, keepdims=True, out=grads[db_name])
+            if l > 1:
+                dA = work.dZ[l - 1]
+                np.dot(params[self._layer_names[l - 1][0]].T, dZ, out=dA)
+                active = work.active[l - 1]
+                np.greater(work.A[l - 1], 0.0, out=active)
+                np.multiply(dA, active, out=dA)
+                dZ = dA
+
     def _require_forward(self) -> _Workspace:
         if self._last is None:
             raise RuntimeError("call forward() before cost() or backward()")
         return self._last
 
     def _check_labels(self, Y, work: _Workspace) -> np.ndarray:
-        Y = np.asarray(Y)
+        Y = np.asarray(Y, dtype=self.dtype)
         shape = (self.layer_dims[-1], work.m)
         if Y.shape == shape:
             return Y
         if self.layer_dims[-1] == 1 and Y.shape == (work.m,):
             return Y.reshape(shape)
         raise ValueError(
-            f"Y must have shape {shape} to match the latest forward pass, "
-            f"got {Y.shape}"
+            f"Y must have shape {shape} to match the latest forward pass, got {Y.shape}"
         )
 
     def _check_arrays(self, arrays: Mapping, names: tuple, what: str) -> None:
