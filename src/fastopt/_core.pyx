@@ -9,7 +9,7 @@ reference reaches through the helpers at the end of this file.
 
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.math cimport isfinite, sqrt
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport qsort
 
@@ -60,7 +60,7 @@ cdef inline double _in_range(object x, str name, str label, double lo,
     """x as a double, finite, lo <= x and x < hi (hi_open) or x <= hi."""
     cdef double v = _real(x, name)
     if not (isfinite(v) and v >= lo and (v < hi if hi_open else v <= hi)):
-        if hi == float("inf"):
+        if hi == INFINITY:
             rule = f">= {lo:g}"
         else:
             rule = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
@@ -69,7 +69,7 @@ cdef inline double _in_range(object x, str name, str label, double lo,
 
 
 cdef inline double _nonneg(object x, str name, str label) except? -1.0:
-    return _in_range(x, name, label, 0.0, float("inf"), True)
+    return _in_range(x, name, label, 0.0, INFINITY, True)
 
 
 cdef inline double _lr(object lr) except? -1.0:
@@ -89,6 +89,11 @@ cdef inline bint _flag(object x, str name) except -1:
 
 
 cdef inline long long _step(object step) except -1:
+    cdef long long t
+    if type(step) is int:
+        t = step if -2 ** 62 < step < 2 ** 62 else 0
+        if t >= 1:
+            return t
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"step must be an int, got {type(step).__name__}")
     if step < 1:
@@ -103,6 +108,13 @@ cdef inline double _sign(object maximize) except? 0.0:
 
 
 cdef tuple _betas(object betas):
+    cdef double b1, b2
+    if type(betas) is tuple and len(<tuple>betas) == 2:
+        x1, x2 = <tuple>betas
+        if type(x1) is float and type(x2) is float:
+            b1, b2 = x1, x2
+            if 0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0:
+                return (b1, b2)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     return (_beta(betas[0], "betas[0]", "beta parameter at index 0"),
@@ -219,6 +231,25 @@ cdef inline int _add_range(_Range *r, int k, const void *ptr, size_t nbytes,
     return k + 1
 
 
+cdef int _raise_overlap(_Range a, _Range b, tuple slots, object labels,
+                        bint single) except -1:
+    raise ValueError(
+        f"{_slot_name(slots, a.slot, -1 if single else a.index, labels)} overlaps "
+        f"{_slot_name(slots, b.slot, -1 if single else b.index, labels)} in "
+        f"memory; every array of a step must be separate")
+
+
+cdef int _overlap_pairs(_Range *r, int k, tuple slots, object labels,
+                        bint single) except -1:
+    """The all-pairs test, faster than sorting for the few arrays of one tensor."""
+    cdef int i, j
+    for j in range(1, k):
+        for i in range(j):
+            if r[j].lo < r[i].hi and r[i].lo < r[j].hi:
+                _raise_overlap(r[j], r[i], slots, labels, single)
+    return 0
+
+
 cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
                         tuple slots, object labels, bint single) except -1:
     """Raise ValueError if any two arrays of the call share memory."""
@@ -226,6 +257,7 @@ cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
     cdef _Range *r = stack_ranges
     cdef Py_ssize_t i
     cdef int k = 0, j, widest
+    cdef size_t nb
     if count > 1:
         r = <_Range *>PyMem_Malloc(count * NSLOTS * sizeof(_Range))
         if r == NULL:
@@ -238,18 +270,16 @@ cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
             k = _add_range(r, k, t[i].s0, nb, S0, i)
             k = _add_range(r, k, t[i].s1, nb, S1, i)
             k = _add_range(r, k, t[i].s2, nb, S2, i)
-        qsort(r, k, sizeof(_Range), _range_cmp)
-        widest = 0
-        for j in range(1, k):
-            if r[j].lo < r[widest].hi:
-                idx_a = -1 if single else r[widest].index
-                idx_b = -1 if single else r[j].index
-                raise ValueError(
-                    f"{_slot_name(slots, r[j].slot, idx_b, labels)} overlaps "
-                    f"{_slot_name(slots, r[widest].slot, idx_a, labels)} in "
-                    f"memory; every array of a step must be separate")
-            if r[j].hi > r[widest].hi:
-                widest = j
+        if k <= 8:
+            _overlap_pairs(r, k, slots, labels, single)
+        else:
+            qsort(r, k, sizeof(_Range), _range_cmp)
+            widest = 0
+            for j in range(1, k):
+                if r[j].lo < r[widest].hi:
+                    _raise_overlap(r[j], r[widest], slots, labels, single)
+                if r[j].hi > r[widest].hi:
+                    widest = j
     finally:
         if r != stack_ranges:
             PyMem_Free(r)

@@ -1,0 +1,44 @@
+"""Command line: ``python -m fastopt {demo,bench,info}``."""
+import argparse
+import sys
+
+
+def _info(args):
+    from fastopt import show_config
+    show_config()
+    return 0
+
+
+def main(argv=None):
+    from fastopt import bench, demo
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fastopt",
+        description="fastopt: fused optimizer update rules for NumPy.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="train the seed's moons classifier with "
+                       "GD, momentum, RMSProp and Adam and print the table",
+                       description=demo.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.main)
+
+    p = sub.add_parser("bench", help="measure every rule against the memory "
+                       "bandwidth, the NumPy reference and torch.optim",
+                       description=bench.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main)
+
+    p = sub.add_parser("info", help="print version, build flags, CPU "
+                       "features, SIMD level and threads")
+    p.set_defaults(func=_info)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

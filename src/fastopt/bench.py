@@ -1,0 +1,485 @@
+"""Measure fastopt's update rules against the memory bandwidth, NumPy and torch.
+
+For every rule, dtype, size and thread count, one run measures:
+
+  floor     fastopt's traffic kernel: the rule's reads and writes with the
+            math left out, same threads and instruction set (the bandwidth
+            the machine gives this footprint)
+  fastopt   the fused kernel (fastopt.functional)
+  numpy     the NumPy reference (fastopt.reference)
+  torch     torch.optim for-loop, foreach and fused, at torch's default thread
+            count and at 1 thread, when torch is installed
+
+and reports median nanoseconds per element, effective GB/s over the minimal
+bytes (each array read once, each updated array written once), the share of
+the floor's bandwidth reached, and speedups.  Methods are timed interleaved
+(one call of each in turn) so drifts of a shared machine hit all alike.
+Each kernel's result is checked against the reference before it is timed.
+
+It also measures the fixed cost of small calls, a model of 200 tensors of
+5,000 elements against one array of the same size, and the cost of the
+non-finite gradient check.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import fastopt
+from fastopt import _core
+from fastopt import functional as F
+from fastopt import reference as R
+
+FULL_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 5 * 10**7]
+QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
+
+
+class Rule:
+    """How to run one rule with fastopt, the reference and torch."""
+
+    def __init__(self, name, nstates, kwargs, fastopt_fn, reference_fn,
+                 torch_cls=None, torch_kwargs=None, fused=True, stepped=False):
+        self.name = name
+        self.nstates = nstates
+        self.kwargs = kwargs
+        self.fastopt_fn = fastopt_fn
+        self.reference_fn = reference_fn
+        self.torch_cls = torch_cls
+        self.torch_kwargs = torch_kwargs or {}
+        self.fused = fused
+        self.stepped = stepped  # takes step=
+
+    def bytes_per_element(self, itemsize):
+        # p read and written, g read, each state read and written
+        return (3 + 2 * self.nstates) * itemsize
+
+    def call(self, fn, p, g, states, step):
+        kw = dict(self.kwargs)
+        if self.stepped:
+            kw["step"] = step
+        fn(p, g, *states, **kw)
+
+
+RULES = {
+    "adam": Rule("adam", 2, {"lr": 1e-3}, F.adam, R.adam, "Adam", {"lr": 1e-3},
+                 stepped=True),
+    "adamw": Rule("adamw", 2, {"lr": 1e-3, "weight_decay": 1e-2,
+                               "decoupled_weight_decay": True},
+                  F.adam, R.adam, "AdamW", {"lr": 1e-3, "weight_decay": 1e-2},
+                  stepped=True),
+    "sgd": Rule("sgd", 1, {"lr": 1e-3, "momentum": 0.9}, F.sgd, R.sgd, "SGD",
+                {"lr": 1e-3, "momentum": 0.9}, stepped=True),
+    "momentum": Rule("momentum", 1, {"lr": 1e-3, "beta": 0.9}, F.momentum,
+                     R.momentum),
+    "rmsprop": Rule("rmsprop", 1, {"lr": 1e-3}, F.rmsprop, R.rmsprop,
+                    "RMSprop", {"lr": 1e-3}, fused=False),
+    "adagrad": Rule("adagrad", 1, {"lr": 1e-2}, F.adagrad, R.adagrad,
+                    "Adagrad", {"lr": 1e-2}, stepped=True),
+}
+
+
+def _parse_sizes(text):
+    return [int(float(s)) for s in text.split(",") if s.strip()]
+
+
+def add_arguments(parser):
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer sizes and repeats: about a minute")
+    parser.add_argument("--rules", default=",".join(RULES),
+                        help=f"comma list among {', '.join(RULES)}")
+    parser.add_argument("--sizes", type=_parse_sizes, default=None,
+                        help="comma list of element counts, e.g. 1e3,1e6")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--threads", default=None,
+                        help="comma list of fastopt thread counts "
+                             "(default: 1 and all)")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip torch even when installed")
+    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a PNG of GB/s against size (needs matplotlib)")
+
+
+# ---------------------------------------------------------------------------
+# timing
+
+def _budget(quick):
+    return 0.15 if quick else 0.6
+
+
+def interleaved(calls, budget, min_reps=3, max_reps=1000):
+    """Median seconds per call of each callable, timed in turn.
+
+    The number of rounds is chosen from one probe call of each so that all
+    rounds together take about `budget` seconds."""
+    probe = {}
+    for name, fn in calls.items():
+        t0 = time.perf_counter()
+        fn()
+        probe[name] = time.perf_counter() - t0
+    per_round = sum(probe.values())
+    reps = int(min(max_reps, max(min_reps, budget / max(per_round, 1e-9))))
+    times = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _torch():
+    if os.environ.get("FASTOPT_BENCH_NO_TORCH"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# ---------------------------------------------------------------------------
+# per-size measurement
+
+def _arrays(rule, n, dtype, rng):
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-2).astype(dtype)
+    states = [np.zeros(n, dtype) for _ in range(rule.nstates)]
+    if rule.name == "adagrad":
+        states[0] += 0.1
+    return p, g, states
+
+
+def _check_exact(rule, p, g, states):
+    """One step of the kernel and of the reference from the same state."""
+    kp, ks = p.copy(), [s.copy() for s in states]
+    rp, rs = p.copy(), [s.copy() for s in states]
+    for step in (1, 2):
+        rule.call(rule.fastopt_fn, kp, g, ks, step)
+        rule.call(rule.reference_fn, rp, g, rs, step)
+    ok = np.array_equal(kp, rp, equal_nan=True) and all(
+        np.array_equal(a, b, equal_nan=True) for a, b in zip(ks, rs))
+    if not ok:
+        raise AssertionError(f"{rule.name}: kernel differs from the reference")
+    return kp, ks
+
+
+def _torch_stepper(torch, rule, p, g, impl):
+    """A callable doing one torch.optim step of `impl` on copies of p, g."""
+    tp = torch.from_numpy(p.copy()).requires_grad_(False)
+    tp.grad = torch.from_numpy(g.copy())
+    kw = dict(rule.torch_kwargs)
+    if impl == "fused":
+        kw["fused"] = True
+    else:
+        kw["foreach"] = impl == "foreach"
+    cls = getattr(torch.optim, rule.torch_cls)
+    if rule.name == "adagrad":
+        kw["initial_accumulator_value"] = 0.1
+    opt = cls([tp], **kw)
+    return opt.step, tp
+
+
+def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
+                 torch_threads_default):
+    """Records for one rule, dtype and size, one per fastopt thread count."""
+    p, g, states = _arrays(rule, n, dtype, rng)
+    kp, ks = _check_exact(rule, p, g, states)
+    floor_arrays = [p.copy(), g.copy()] + [s.copy() for s in states]
+    fp, fs = kp, ks
+    step = [3]
+
+    def run_fastopt():
+        rule.call(rule.fastopt_fn, fp, g, fs, step[0])
+        step[0] += 1
+
+    rp, rs = p.copy(), [s.copy() for s in states]
+
+    def run_numpy():
+        rule.call(rule.reference_fn, rp, g, rs, 3)
+
+    def run_floor():
+        _core.traffic(*floor_arrays)
+
+    torch_calls = {}
+    if torch is not None and rule.torch_cls:
+        impls = ["forloop", "foreach"] + (["fused"] if rule.fused else [])
+        for impl in impls:
+            try:
+                stepper, tp = _torch_stepper(torch, rule, p, g, impl)
+                check = p.copy()
+                cs = [s.copy() for s in states]
+                stepper()
+                rule.call(rule.fastopt_fn, check, g, cs, 1)
+                tol = (1e-4, 1e-7) if dtype == np.float32 else (1e-9, 1e-13)
+                if not np.allclose(tp.numpy(), check, rtol=tol[0], atol=tol[1]):
+                    raise AssertionError(f"torch {impl} {rule.name} disagrees")
+                torch_calls[impl] = stepper
+            except (RuntimeError, TypeError, ValueError) as exc:
+                print(f"  torch {impl} {rule.name}: not available ({exc})",
+                      file=sys.stderr)
+
+    records = []
+    numpy_time = None
+    torch_times = {}
+    for threads in threads_list:
+        fastopt.set_num_threads(threads)
+        calls = {"floor": run_floor, "fastopt": run_fastopt}
+        if numpy_time is None:
+            calls["numpy"] = run_numpy
+        med = interleaved(calls, budget)
+        if numpy_time is None:
+            numpy_time = med["numpy"]
+        if torch_calls and not torch_times:
+            for tthreads in sorted({torch_threads_default, 1}, reverse=True):
+                torch.set_num_threads(tthreads)
+                tmed = interleaved(torch_calls, budget)
+                for impl, t in tmed.items():
+                    torch_times[f"torch_{impl}_{tthreads}t"] = t
+            torch.set_num_threads(torch_threads_default)
+        nbytes = rule.bytes_per_element(np.dtype(dtype).itemsize) * n
+        rec = {
+            "rule": rule.name, "dtype": np.dtype(dtype).name, "n": n,
+            "threads": fastopt.get_num_threads(),
+            "simd": fastopt.get_simd_level(),
+            "bytes": nbytes,
+            "fastopt_s": med["fastopt"], "floor_s": med["floor"],
+            "numpy_s": numpy_time,
+        }
+        rec.update({f"{k}_s": v for k, v in torch_times.items()})
+        records.append(rec)
+    fastopt.set_num_threads(None)
+    return records
+
+
+# ---------------------------------------------------------------------------
+# fixed costs and many tensors
+
+def _moons_shapes():
+    return [(5, 2), (5, 1), (2, 5), (2, 1), (1, 2), (1, 1)]
+
+
+def measure_overheads(budget, torch, rng):
+    out = {}
+    p, g = np.ones(10, np.float32), np.full(10, 1e-3, np.float32)
+    m, v = np.zeros(10, np.float32), np.zeros(10, np.float32)
+    med = interleaved({"adam10": lambda: F.adam(p, g, m, v, step=5, lr=1e-3)},
+                      budget, min_reps=2000, max_reps=200000)
+    out["functional_adam_10_us"] = med["adam10"] * 1e6
+    try:
+        from fastopt.optim import Adam
+    except ImportError:
+        Adam = None
+    if Adam is not None:
+        params = {f"p{i}": rng.standard_normal(s) for i, s in enumerate(_moons_shapes())}
+        grads = {k: rng.standard_normal(v.shape) * 1e-3 for k, v in params.items()}
+        opt = Adam(params, lr=1e-3)
+        opt.step(grads)
+        med = interleaved({"cls": lambda: opt.step(grads)}, budget,
+                          min_reps=2000, max_reps=100000)
+        out["class_adam_moons_step_us"] = med["cls"] * 1e6
+    if torch is not None:
+        tp = torch.ones(10)
+        tp.grad = torch.full((10,), 1e-3)
+        topt = torch.optim.Adam([tp], lr=1e-3, fused=True)
+        med = interleaved({"t": topt.step}, budget, min_reps=200, max_reps=20000)
+        out["torch_fused_adam_10_us"] = med["t"] * 1e6
+    return out
+
+
+def measure_many(budget, torch, rng, threads):
+    """200 tensors of 5,000 float32 elements against one array of 10^6."""
+    k, size = 200, 5000
+    fastopt.set_num_threads(threads)
+    ps = [rng.standard_normal(size).astype(np.float32) for _ in range(k)]
+    gs = [(rng.standard_normal(size) * 1e-2).astype(np.float32) for _ in range(k)]
+    ms = [np.zeros(size, np.float32) for _ in range(k)]
+    vs = [np.zeros(size, np.float32) for _ in range(k)]
+    fp = np.concatenate(ps)
+    fg = np.concatenate(gs)
+    fm, fv = np.zeros_like(fp), np.zeros_like(fp)
+    step = [1]
+
+    def many():
+        _core.adam_many(ps, gs, ms, vs, step=step[0], lr=1e-3)
+
+    def per_tensor():
+        for p, g, m, v in zip(ps, gs, ms, vs):
+            F.adam(p, g, m, v, step=step[0], lr=1e-3)
+
+    def flat():
+        F.adam(fp, fg, fm, fv, step=step[0], lr=1e-3)
+
+    calls = {"many": many, "per_tensor": per_tensor, "flat": flat}
+    try:
+        from fastopt.optim import Adam
+        cls_params = [p.copy() for p in ps]
+        opt = Adam(cls_params, lr=1e-3)
+        calls["class"] = lambda: opt.step(gs)
+    except ImportError:
+        pass
+    if torch is not None:
+        tps = [torch.from_numpy(p.copy()) for p in ps]
+        for tp, g in zip(tps, gs):
+            tp.grad = torch.from_numpy(g)
+        topt = torch.optim.Adam(tps, lr=1e-3, fused=True)
+        calls["torch_fused"] = topt.step
+    med = interleaved(calls, budget, min_reps=20)
+    fastopt.set_num_threads(None)
+    return {f"{k}_ms": v * 1e3 for k, v in med.items()} | {"threads": threads}
+
+
+def measure_nonfinite(sizes, budget, rng):
+    """Cost of the all-finite gradient check against an Adam step, float32."""
+    out = []
+    for n in sizes:
+        g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+        p = rng.standard_normal(n).astype(np.float32)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        med = interleaved({
+            "check": lambda: _core.grad_allfinite([g]),
+            "adam": lambda: F.adam(p, g, m, v, step=2, lr=1e-3)}, budget)
+        out.append({"n": n, "check_s": med["check"], "adam_s": med["adam"]})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# report
+
+def _ns(rec, key):
+    return rec[key] * 1e9 / rec["n"]
+
+
+def print_table(records, file=sys.stdout):
+    torch_keys = sorted({k for r in records for k in r if k.startswith("torch_")})
+    head = (f"{'rule':8s} {'dtype':7s} {'n':>9s} {'thr':>3s} {'fastopt':>8s} "
+            f"{'floor':>8s} {'GB/s':>6s} {'%floor':>6s} {'xnumpy':>7s}")
+    for k in torch_keys:
+        head += f" {('x' + k[6:-2]):>15s}"
+    print("ns per element (medians); GB/s over minimal bytes; "
+          "%floor = floor time / fastopt time; xN = N's time / fastopt's", file=file)
+    print(head, file=file)
+    for r in records:
+        gbs = r["bytes"] / r["fastopt_s"] / 1e9
+        line = (f"{r['rule']:8s} {r['dtype']:7s} {r['n']:9.0e} {r['threads']:3d} "
+                f"{_ns(r, 'fastopt_s'):8.3f} {_ns(r, 'floor_s'):8.3f} {gbs:6.1f} "
+                f"{100 * r['floor_s'] / r['fastopt_s']:5.0f}% "
+                f"{r['numpy_s'] / r['fastopt_s']:7.1f}")
+        for k in torch_keys:
+            line += f" {r[k] / r['fastopt_s']:15.2f}" if k in r else f" {'-':>15s}"
+        print(line, file=file)
+
+
+def plot(records, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: pip install matplotlib (or fastopt[plot]) for the plot")
+        return None
+    rules = list(dict.fromkeys(r["rule"] for r in records))
+    maxthreads = max(r["threads"] for r in records)
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.2 * len(rules), 3.8),
+                             squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        rs = [r for r in records if r["rule"] == rule and r["threads"] == maxthreads
+              and r["dtype"] == "float32"] or \
+             [r for r in records if r["rule"] == rule and r["threads"] == maxthreads]
+        ns = [r["n"] for r in rs]
+        for key, label in [("fastopt_s", "fastopt"), ("floor_s", "traffic floor"),
+                           ("numpy_s", "NumPy reference"),
+                           (f"torch_fused_{_torch_default_key(rs)}", "torch fused"),
+                           (f"torch_foreach_{_torch_default_key(rs)}", "torch foreach")]:
+            if all(key in r for r in rs):
+                ax.plot(ns, [r["bytes"] / r[key] / 1e9 for r in rs], marker="o",
+                        label=label)
+        big = [r for r in rs if r["n"] >= 10**7]
+        if big:
+            bw = max(r["bytes"] / r["floor_s"] / 1e9 for r in big)
+            ax.axhline(bw, color="gray", ls="--", lw=1, label=f"bandwidth {bw:.0f} GB/s")
+        ax.set_xscale("log")
+        ax.set_title(f"{rule} {rs[0]['dtype']}, {maxthreads} threads")
+        ax.set_xlabel("elements")
+        ax.set_ylabel("GB/s (minimal bytes)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _torch_default_key(rs):
+    for k in rs[0]:
+        if k.startswith("torch_fused_") and not k.endswith("_1t_s"):
+            return k[len("torch_fused_"):]
+    return "1t_s"
+
+
+def main(args):
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        print(f"unknown rules: {', '.join(unknown)}; choose among {', '.join(RULES)}",
+              file=sys.stderr)
+        return 2
+    dtypes = [np.dtype(d.strip()).type for d in args.dtypes.split(",")]
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    ncpu = os.cpu_count() or 1
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else sorted({1, fastopt.get_num_threads()}))
+    torch = None if args.no_torch else _torch()
+    torch_default = torch.get_num_threads() if torch is not None else None
+    budget = _budget(args.quick)
+    rng = np.random.default_rng(0)
+
+    print(f"fastopt {fastopt.__version__} bench: {platform.machine()}, {ncpu} CPUs, "
+          f"SIMD {fastopt.get_simd_level()}, numpy {np.__version__}"
+          + (f", torch {torch.__version__} ({torch_default} threads)" if torch else
+             ", torch not installed"))
+    records = []
+    t_start = time.perf_counter()
+    for name in rules:
+        for dtype in dtypes:
+            for n in sizes:
+                recs = measure_size(RULES[name], dtype, n, threads, budget, torch,
+                                    rng, torch_default)
+                records += recs
+                for r in recs:
+                    print(f"  {name} {np.dtype(dtype).name} n={n:.0e} "
+                          f"threads={r['threads']}: {_ns(r, 'fastopt_s'):.3f} ns/el "
+                          f"({100 * r['floor_s'] / r['fastopt_s']:.0f}% of floor)",
+                          file=sys.stderr)
+    print()
+    print_table(records)
+
+    extra = {"overheads": measure_overheads(budget, torch, rng),
+             "many_tensors": [measure_many(budget, torch, rng, t) for t in threads],
+             "nonfinite_check": measure_nonfinite(sizes, budget, rng)}
+    o = extra["overheads"]
+    print()
+    print(f"fixed cost: functional adam on 10 elements {o['functional_adam_10_us']:.3f} us"
+          + (f"; class Adam step on the 6-tensor moons model "
+             f"{o['class_adam_moons_step_us']:.2f} us" if "class_adam_moons_step_us" in o else "")
+          + (f"; torch fused Adam on 10 elements {o['torch_fused_adam_10_us']:.1f} us"
+             if "torch_fused_adam_10_us" in o else ""))
+    for m in extra["many_tensors"]:
+        parts = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in m.items() if k.endswith("_ms"))
+        print(f"200 x 5000 float32 Adam, {m['threads']} thread(s): {parts}; "
+              f"many/flat = {m['many_ms'] / m['flat_ms']:.2f}")
+    print("non-finite check (float32) as a share of an Adam step: " + ", ".join(
+        f"n={c['n']:.0e} {100 * c['check_s'] / c['adam_s']:.0f}%"
+        for c in extra["nonfinite_check"]))
+    print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": fastopt._config.config(), "records": records,
+                       **extra}, f, indent=1, default=str)
+        print(f"wrote {args.json}")
+    if args.plot:
+        if plot(records, args.plot):
+            print(f"wrote {args.plot}")
+    return 0
