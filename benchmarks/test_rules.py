@@ -1,0 +1,78 @@
+"""pytest-benchmark suite: every rule, dtype and size, against the reference.
+
+Run: pytest benchmarks --benchmark-only [--benchmark-group-by=group]
+
+Each benchmark checks the kernel against fastopt.reference (bit for bit)
+before it is timed, and records the instruction-set level and threads in
+extra_info.  Groups are "<rule> <dtype> n=<size>", so the kernel, the NumPy
+reference and the traffic floor of one workload sit side by side.
+"""
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _core
+from fastopt.bench import RULES
+
+SIZES = [10**3, 10**5, 10**6]
+DTYPES = [np.float32, np.float64]
+
+
+def _setup(rule, n, dtype):
+    rng = np.random.default_rng(n)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-2).astype(dtype)
+    states = [np.zeros(n, dtype) for _ in range(rule.nstates)]
+    return p, g, states
+
+
+def _check(rule, p, g, states):
+    kp, ks = p.copy(), [s.copy() for s in states]
+    rp, rs = p.copy(), [s.copy() for s in states]
+    for step in (1, 2, 3):
+        rule.call(rule.fastopt_fn, kp, g, ks, step)
+        rule.call(rule.reference_fn, rp, g, rs, step)
+    assert np.array_equal(kp, rp, equal_nan=True)
+    for a, b in zip(ks, rs):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+def _info(benchmark, rule, n, dtype):
+    benchmark.extra_info.update(
+        simd=fastopt.get_simd_level(), threads=fastopt.get_num_threads(),
+        bytes=rule.bytes_per_element(np.dtype(dtype).itemsize) * n)
+
+
+params = pytest.mark.parametrize(
+    "name,dtype,n",
+    [(r, d, n) for r in RULES for d in DTYPES for n in SIZES],
+    ids=lambda v: v if isinstance(v, str) else (np.dtype(v).name if isinstance(v, type) else f"n{v}"))
+
+
+@params
+def test_fastopt(benchmark, name, dtype, n):
+    rule = RULES[name]
+    p, g, states = _setup(rule, n, dtype)
+    _check(rule, p, g, states)
+    benchmark.group = f"{name} {np.dtype(dtype).name} n={n}"
+    _info(benchmark, rule, n, dtype)
+    benchmark(rule.call, rule.fastopt_fn, p, g, states, 5)
+
+
+@params
+def test_reference(benchmark, name, dtype, n):
+    rule = RULES[name]
+    p, g, states = _setup(rule, n, dtype)
+    _check(rule, p, g, states)
+    benchmark.group = f"{name} {np.dtype(dtype).name} n={n}"
+    _info(benchmark, rule, n, dtype)
+    benchmark(rule.call, rule.reference_fn, p, g, states, 5)
+
+
+@params
+def test_traffic_floor(benchmark, name, dtype, n):
+    rule = RULES[name]
+    p, g, states = _setup(rule, n, dtype)
+    benchmark.group = f"{name} {np.dtype(dtype).name} n={n}"
+    _info(benchmark, rule, n, dtype)
+    benchmark(_core.traffic, p, g, *states)
