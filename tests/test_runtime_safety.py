@@ -1,0 +1,174 @@
+"""Runtime safety of the kernels: GIL, floating-point environment, leaks,
+reference counts, threads."""
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _core
+from fastopt import functional as F
+from fastopt import reference as R
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _subnormal_arithmetic():
+    """Results of operations that flush-to-zero / denormals-are-zero / a
+    changed rounding mode would alter."""
+    tiny = np.array([1e-39], np.float32)          # a float32 subnormal
+    return (
+        (tiny * np.float32(1.0))[0] != 0,           # DAZ would read it as 0
+        (np.array([1e-38], np.float32) * np.float32(0.01))[0] != 0,  # FTZ
+        (np.array([5e-324]) * 1.0)[0] != 0,          # float64 subnormal
+        1.0 + 2.0 ** -53 == 1.0,                     # ties to even
+        1.0 + 3 * 2.0 ** -54 > 1.0,                  # round to nearest
+        float(np.float32(1.0) + np.float32(2.0 ** -24)) == 1.0,
+    )
+
+
+def test_floating_point_environment_unchanged():
+    before = _subnormal_arithmetic()
+    assert all(before)
+    rng = np.random.default_rng(0)
+    for n in (17, 200_000):
+        p, g = rng.standard_normal(n), rng.standard_normal(n)
+        m, v = np.zeros(n), np.zeros(n)
+        F.adam(p, g, m, v, step=1)
+        F.rmsprop(p, g, m)
+        _core.grad_sumsq([g])
+    assert _subnormal_arithmetic() == before
+
+
+def test_subnormals_are_computed_not_flushed():
+    p = np.full(64, 1e-39, np.float32)
+    g = np.full(64, 1e-39, np.float32)
+    expect = p.copy()
+    R.sgd(expect, g, lr=0.5)
+    F.sgd(p, g, lr=0.5)
+    assert np.array_equal(p, expect) and np.all(p != 0)
+
+
+def test_gil_released_during_long_step():
+    n = 20_000_000
+    p = np.ones(n, np.float32)
+    g = np.full(n, 1e-3, np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    ticks = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(1e-4)  # lets the main thread take the GIL back
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        while ticks[0] < 3:
+            time.sleep(1e-3)
+        best = 0
+        for step in range(1, 6):
+            before = ticks[0]
+            t0 = time.perf_counter()
+            F.adam(p, g, m, v, step=step)
+            elapsed = time.perf_counter() - t0
+            if elapsed > 0.02:
+                best = max(best, ticks[0] - before)
+        # with the GIL held the counter could not move during the call
+        assert best >= 5, f"the other thread ticked {best} times during a step"
+    finally:
+        stop.set()
+        t.join()
+
+
+def _grow(fn, calls):
+    fn()
+    start = _rss_bytes()
+    for _ in range(calls):
+        fn()
+    return _rss_bytes() - start
+
+
+def test_no_leak_over_a_million_small_calls():
+    p, g = np.ones(17), np.full(17, 1e-3)
+    m, v, vmax = np.zeros(17), np.zeros(17), np.zeros(17)
+    growth = _grow(lambda: F.adam(p, g, m, v, vmax, step=3, amsgrad=True), 10**6)
+    assert growth <= 1 << 20, f"RSS grew by {growth} bytes"
+
+
+def test_no_leak_over_erroring_calls():
+    p, g = np.ones(17), np.full(17, 1e-3)
+    m = np.zeros(17)
+    g32 = g.astype(np.float32)
+
+    def bad():
+        for args, kw in (((p, g32, m, m.copy()), {"step": 1}),
+                         ((p, g, m, m), {"step": 1}),
+                         ((p, g, m, m.copy()), {"step": 0}),
+                         ((p, g, m, m.copy()), {"step": 1, "lr": float("nan")})):
+            try:
+                F.adam(*args, **kw)
+            except (TypeError, ValueError):
+                pass
+            else:
+                raise AssertionError("no error")
+
+    growth = _grow(bad, 25_000)  # 10^5 erroring calls
+    assert growth <= 1 << 20, f"RSS grew by {growth} bytes"
+
+
+def test_reference_counts_unchanged():
+    p, g = np.ones(17), np.full(17, 1e-3)
+    m, v = np.zeros(17), np.zeros(17)
+    lr, betas = 1e-3, (0.9, 0.999)
+    objs = (p, g, m, v, lr, betas)
+    before = [sys.getrefcount(o) for o in objs]
+    for _ in range(100):
+        F.adam(p, g, m, v, step=2, lr=lr, betas=betas)
+        with pytest.raises(ValueError):
+            F.adam(p, g, m, m, step=2, lr=lr, betas=betas)
+        _core.adam_many([p], [g], [m], [v], step=2, lr=lr, betas=betas)
+        _core.grad_sumsq([g])
+    assert [sys.getrefcount(o) for o in objs] == before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_python_threads_with_internal_threads(threads):
+    """Python threads each stepping large arrays while fastopt also splits
+    them across its own threads: no deadlock, results as if serial."""
+    threshold = _core.get_parallel_threshold()
+    fastopt.set_num_threads(threads)
+    _core.set_parallel_threshold(1 << 12)
+    try:
+        n, steps, workers = 100_000, 10, 4
+        rng = np.random.default_rng(1)
+        inits = [rng.standard_normal(n).astype(np.float32) for _ in range(workers)]
+        grad = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+
+        def run(i, out):
+            p = inits[i].copy()
+            m, v = np.zeros_like(p), np.zeros_like(p)
+            for step in range(1, steps + 1):
+                F.adam(p, grad, m, v, step=step)
+            out[i] = p
+
+        serial, parallel = {}, {}
+        for i in range(workers):
+            run(i, serial)
+        ts = [threading.Thread(target=run, args=(i, parallel)) for i in range(workers)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in ts)
+        for i in range(workers):
+            assert np.array_equal(serial[i], parallel[i])
+    finally:
+        fastopt.set_num_threads(None)
+        _core.set_parallel_threshold(threshold)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build fastopt with AddressSanitizer + UndefinedBehaviorSanitizer and run the
+# whole test suite under them.  Any sanitizer report fails the run.
+#
+#   bash tools/sanitize.sh [pytest args...]
+#
+# Python itself is not instrumented, so libasan is preloaded and leak
+# detection (which would report the interpreter's own lifetime allocations) is
+# off; memory errors and undefined behaviour in fastopt abort the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work="$(mktemp -d)"
+python3 -m venv "$work/venv"
+. "$work/venv/bin/activate"
+python -m pip install --quiet --upgrade pip
+FASTOPT_SANITIZE=1 pip install --quiet ".[test]"
+asan="$(gcc -print-file-name=libasan.so)"
+log="$work/sanitizer"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$log"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$log"
+cd "$work"   # import the installed package, not the source tree
+status=0
+LD_PRELOAD="$asan" python -m pytest "$OLDPWD/tests" -q -p no:cacheprovider "$@" || status=$?
+reports=$(cat "$log".* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
+echo "sanitizer reports: $reports"
+[ "$reports" -eq 0 ] && [ "$status" -eq 0 ]
