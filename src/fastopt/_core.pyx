@@ -157,9 +157,13 @@ cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
         raise TypeError(f"{_slot_name(slots, slot, index, labels)} must be in "
                         f"native byte order, got {a.dtype}")
     if dt >= 0 and d != dt:
+        # a parameter is compared with the first tensor's, a state or a
+        # gradient with its own parameter
+        ref = _slot_name(slots, P, 0 if slot == P else index, labels)
         raise TypeError(f"{_slot_name(slots, slot, index, labels)} has dtype "
-                        f"{a.dtype} but {_slot_name(slots, P, index, labels)} "
-                        f"has dtype {'float32' if dt == 0 else 'float64'}")
+                        f"{a.dtype} but {ref} has dtype "
+                        f"{'float32' if dt == 0 else 'float64'}; one call takes "
+                        f"one dtype")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{_slot_name(slots, slot, index, labels)} must be "
                          f"C-contiguous")
@@ -182,11 +186,18 @@ cdef inline void *_data(object x):
 
 cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
                       object labels, object p, object g, object s0,
-                      object s1, object s2, int dt) except -2:
+                      object s1, object s2, int dt, int required) except -2:
     """Check one tensor's arrays and point t at them; return the dtype index.
 
-    States that are None are left NULL; the caller decides which are needed."""
+    `required` has bit k set when state k must be present; the caller has
+    checked that the rule needs exactly those.  States not required are None
+    and stay NULL."""
     cdef Py_ssize_t n
+    cdef int k
+    for k, s in enumerate((s0, s1, s2)):
+        if ((required >> k) & 1) and s is None:
+            raise ValueError(f"{_slot_name(slots, S0 + k, index, labels)} is "
+                             f"None; every tensor needs this state")
     dt = _check_array(p, slots, P, index, labels, dt, -1, True)
     n = cnp.PyArray_SIZE(<cnp.ndarray>p)
     _check_array(g, slots, G, index, labels, dt, n, False)
@@ -304,7 +315,9 @@ cdef _Tensors _collect_one(tuple slots, object p, object g, object s0,
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
     ts.t = &ts.one
     ts.count = 1
-    ts.dt = _fill_tensor(ts.t, slots, -1, None, p, g, s0, s1, s2, -1)
+    ts.dt = _fill_tensor(ts.t, slots, -1, None, p, g, s0, s1, s2, -1,
+                         (s0 is not None) | (s1 is not None) << 1 |
+                         (s2 is not None) << 2)
     ts.total = ts.t.n
     _check_overlap(ts.t, 1, 4 if ts.dt == 0 else 8, slots, None, True)
     return ts
@@ -318,7 +331,8 @@ cdef _Tensors _collect_many(tuple slots, object labels, list ps, list gs,
                             object s0s, object s1s, object s2s):
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
     cdef Py_ssize_t i, n = len(ps)
-    cdef str plural
+    cdef int required = ((s0s is not None) | (s1s is not None) << 1 |
+                         (s2s is not None) << 2)
     for seq, slot in ((gs, G), (s0s, S0), (s1s, S1), (s2s, S2)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"got {len(seq)} {slots[slot]} arrays for {n} "
@@ -333,7 +347,8 @@ cdef _Tensors _collect_many(tuple slots, object labels, list ps, list gs,
             raise MemoryError()
     for i in range(n):
         ts.dt = _fill_tensor(&ts.t[i], slots, i, labels, ps[i], gs[i],
-                             _item(s0s, i), _item(s1s, i), _item(s2s, i), ts.dt)
+                             _item(s0s, i), _item(s1s, i), _item(s2s, i), ts.dt,
+                             required)
         ts.total += ts.t[i].n
     if n:
         _check_overlap(ts.t, n, 4 if ts.dt == 0 else 8, slots, labels, False)
@@ -405,14 +420,15 @@ cdef int _sgd_args(fo_sgd_args *a, object lr, object momentum,
                    object maximize, object step, object buffer) except -1:
     a.lr = _lr(lr)
     a.momentum = _nonneg(momentum, "momentum", "momentum value")
-    a.one_minus_dampening = 1.0 - _in_range(dampening, "dampening",
-                                            "dampening value", 0.0, 1.0, False)
+    cdef double damp = _in_range(dampening, "dampening", "dampening value",
+                                 0.0, 1.0, False)
+    a.one_minus_dampening = 1.0 - damp
     a.l2 = _nonneg(weight_decay, "weight_decay", "weight_decay value")
     a.sign = _sign(maximize)
     a.has_l2 = a.l2 != 0.0
     a.has_momentum = a.momentum != 0.0
     a.nesterov = _flag(nesterov, "nesterov")
-    if a.nesterov and (a.momentum <= 0.0 or a.one_minus_dampening != 1.0):
+    if a.nesterov and (a.momentum <= 0.0 or damp != 0.0):
         raise ValueError("Nesterov momentum requires a momentum and zero "
                          "dampening (nesterov=True needs momentum > 0 and "
                          "dampening == 0)")
@@ -748,20 +764,24 @@ def grad_allfinite(list grads, labels=None):
     return ok != 0
 
 
-def grad_scale_(list grads, double scale, labels=None):
+def grad_scale_(list grads, scale, labels=None):
     """grads[i] *= scale in place, scale rounded once to the grads' dtype."""
+    cdef double s = _real(scale, "scale")
     cdef _Tensors ts = _collect_grads(grads, labels, True)
     if ts.count:
         with nogil:
-            (fo_scale_f32 if ts.dt == 0 else fo_scale_f64)(scale, ts.t, ts.count)
+            (fo_scale_f32 if ts.dt == 0 else fo_scale_f64)(s, ts.t, ts.count)
 
 
-def grad_clamp_(list grads, double clip, labels=None):
-    """grads[i] = clip(grads[i], -clip, clip) in place."""
+def grad_clamp_(list grads, clip, labels=None):
+    """grads[i] = clip(grads[i], -clip, clip) in place; clip >= 0 (inf allowed)."""
+    cdef double c = _real(clip, "clip")
+    if not c >= 0.0:
+        raise ValueError(f"clip must be >= 0, got {clip}")
     cdef _Tensors ts = _collect_grads(grads, labels, True)
     if ts.count:
         with nogil:
-            (fo_clamp_f32 if ts.dt == 0 else fo_clamp_f64)(clip, ts.t, ts.count)
+            (fo_clamp_f32 if ts.dt == 0 else fo_clamp_f64)(c, ts.t, ts.count)
 
 
 def traffic(param, grad, state0=None, state1=None, state2=None):
