@@ -1,7 +1,13 @@
 """fastopt: fused, bit-exact optimizer update rules for NumPy training loops.
 
-``fastopt.functional`` updates arrays in place, one C loop per rule;
-``fastopt.reference`` defines the same rules in plain NumPy.
+- ``fastopt.SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``:
+  torch.optim's classes over NumPy arrays, updated in place.
+- ``fastopt.functional``: one in-place function per rule, one C loop each.
+- ``fastopt.reference``: the same rules in plain NumPy; the kernels match them
+  bit for bit.
+- ``fastopt.lr_scheduler``, ``clip_grad_norm_``, ``clip_grad_value_``,
+  ``FlatParams``, ``checkpoint``: schedules, clipping, a one-buffer layout and
+  crash-safe checkpoints.
 """
 from fastopt._version import __version__
 from fastopt import _config
@@ -12,17 +18,18 @@ from fastopt._config import (
     set_simd_level,
     show_config,
 )
-from fastopt import functional, reference
+from fastopt import checkpoint, functional, lr_scheduler, reference
+from fastopt.clip import clip_grad_norm_, clip_grad_value_
+from fastopt.flat import FlatParams
+from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop
 
 _config._init_from_environment()
 
 __all__ = [
     "__version__",
-    "functional",
-    "reference",
-    "show_config",
-    "get_num_threads",
-    "set_num_threads",
-    "get_simd_level",
-    "set_simd_level",
+    "Optimizer", "SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad",
+    "FlatParams", "clip_grad_norm_", "clip_grad_value_",
+    "checkpoint", "functional", "lr_scheduler", "reference",
+    "show_config", "get_num_threads", "set_num_threads",
+    "get_simd_level", "set_simd_level",
 ]

@@ -1,0 +1,171 @@
+"""Optimizer checkpoints: one .npz file, written atomically, with a checksum.
+
+The file is an ``np.savez`` archive (uncompressed, no pickles) with
+
+- ``meta``: UTF-8 JSON of the state_dict without its arrays: format,
+  version, optimizer, param_groups, skipped_steps and ``steps`` (index ->
+  step count);
+- ``state/<index>/<kind>``: one array per state of a parameter;
+
+and, as the zip comment (the last 64 bytes of the file), the hex SHA-256 of
+every byte before it.  The digest covers the whole file, zip headers
+included, so any flipped bit or truncation is caught before the archive is
+parsed.
+
+A write goes to a temporary file in the target's folder, is flushed and
+fsync'ed, replaces the target with ``os.replace`` and then the folder is
+fsync'ed, so a crash leaves either the old file or the new one.  A read
+checks the checksum, the format and the version before the optimizer checks
+the content; every failure is a ValueError naming the file.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import numbers
+import os
+import secrets
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "write_state", "read_state"]
+
+FORMAT = "fastopt"
+VERSION = 1
+
+
+def save(optimizer, path):
+    """Write ``optimizer.state_dict()`` to ``path`` atomically."""
+    write_state(path, optimizer.state_dict())
+
+
+def load(optimizer, path):
+    """Restore ``optimizer`` from a file written by :func:`save`."""
+    state_dict = read_state(path)
+    try:
+        optimizer.load_state_dict(state_dict)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}: {e}") from e
+
+
+def _json_default(x):
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Real):
+        return float(x)
+    raise TypeError(f"cannot store {type(x).__name__} {x!r} in a checkpoint")
+
+
+# The end-of-central-directory record closes every zip: signature, 16 bytes
+# of fields, then the comment length (2 bytes, little endian) and comment.
+_EOCD = b"PK\x05\x06"
+_EOCD_SIZE = 22
+_DIGEST_SIZE = 64
+
+
+def _seal(data):
+    """Give a zip without comment a comment holding the SHA-256 of the rest."""
+    if data[-_EOCD_SIZE:-_EOCD_SIZE + 4] != _EOCD or data[-2:] != b"\0\0":
+        raise RuntimeError("np.savez wrote an unexpected zip ending")
+    data = data[:-2] + _DIGEST_SIZE.to_bytes(2, "little")
+    return data + hashlib.sha256(data).hexdigest().encode()
+
+
+def _verify(data, path):
+    """Raise ValueError unless data ends with the digest of what precedes it."""
+    end = len(data) - _DIGEST_SIZE
+    if (end < _EOCD_SIZE or data[end - _EOCD_SIZE:end - _EOCD_SIZE + 4] != _EOCD
+            or data[end - 2:end] != _DIGEST_SIZE.to_bytes(2, "little")):
+        raise ValueError(f"{path}: not a fastopt checkpoint, or truncated "
+                         f"(no checksum at its end)")
+    if hashlib.sha256(memoryview(data)[:end]).hexdigest().encode() != data[end:]:
+        raise ValueError(f"{path}: checksum mismatch; the file is damaged")
+
+
+def _encode(state_dict):
+    """The checkpoint's bytes."""
+    meta = {k: v for k, v in state_dict.items() if k != "state"}
+    meta["steps"] = {str(i): entry["step"] for i, entry in state_dict["state"].items()}
+    arrays = {"meta": np.frombuffer(json.dumps(meta, default=_json_default)
+                                    .encode(), dtype=np.uint8)}
+    for i, entry in state_dict["state"].items():
+        for kind, value in entry.items():
+            if kind != "step":
+                arrays[f"state/{i}/{kind}"] = value
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return _seal(buf.getvalue())
+
+
+def write_state(path, state_dict):
+    """Write a state_dict to ``path`` atomically (see the module docstring)."""
+    data = _encode(state_dict)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}."
+                               f"{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never reuse a file; mode 0o666 lets the umask decide, as open() does.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                 | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":
+        # The rename is durable only once the folder's entry is on disk.
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_state(path):
+    """Read and verify a checkpoint; return its state_dict."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    _verify(data, path)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: unreadable archive: {e}") from e
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not a fastopt checkpoint (no meta entry)")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable metadata: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fastopt checkpoint")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} "
+                         f"is not supported; this fastopt reads version {VERSION}")
+    steps = meta.pop("steps", None)
+    if not isinstance(steps, dict) or not isinstance(meta.get("param_groups"), list):
+        raise ValueError(f"{path}: metadata lacks steps or param_groups")
+    try:
+        state = {int(i): {"step": step} for i, step in steps.items()}
+        for name, value in arrays.items():
+            _, i, kind = name.split("/")
+            state[int(i)][kind] = value
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: unexpected entry layout: {e}") from e
+    for group in meta["param_groups"]:
+        if isinstance(group, dict):
+            for key, value in group.items():
+                # JSON has no tuples; hyperparameter pairs (betas) are tuples.
+                if key not in ("params", "param_names") and isinstance(value, list):
+                    group[key] = tuple(value)
+    meta["state"] = dict(sorted(state.items()))
+    return meta

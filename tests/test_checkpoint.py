@@ -1,0 +1,261 @@
+"""fastopt.checkpoint: atomic .npz checkpoints with a checksum; resuming in a
+new process is bit-identical to an uninterrupted run."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastopt import checkpoint
+from fastopt.optim import SGD, Adam
+
+
+def _model(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"W1": rng.standard_normal((5, 2)), "b1": rng.standard_normal((5, 1)),
+            "W2": rng.standard_normal((1, 5)).astype(np.float32),
+            "b2": rng.standard_normal((1, 1)).astype(np.float32)}
+
+
+def _grads(params, t):
+    rng = np.random.default_rng(1000 + t)
+    return {k: rng.standard_normal(p.shape).astype(p.dtype) for k, p in params.items()}
+
+
+def _trained(steps=4, **config):
+    params = _model()
+    opt = Adam(params, lr=0.01, amsgrad=True, **config)
+    for t in range(steps):
+        g = _grads(params, t)
+        if t == 1:
+            g["b1"] = None
+        opt.step(g)
+    return opt, params
+
+
+def _same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "state":
+            assert a["state"].keys() == b["state"].keys()
+            for i in a["state"]:
+                ea, eb = a["state"][i], b["state"][i]
+                assert ea.keys() == eb.keys()
+                for k in ea:
+                    if k == "step":
+                        assert ea[k] == eb[k]
+                    else:
+                        assert ea[k].dtype == eb[k].dtype
+                        assert ea[k].tobytes() == eb[k].tobytes()
+        else:
+            assert a[key] == b[key]
+
+
+def test_round_trip(tmp_path):
+    opt, params = _trained()
+    path = tmp_path / "opt.ckpt"
+    opt.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["opt.ckpt"]      # no temporary left
+    fresh = Adam(_model(), lr=0.5)
+    fresh.load(str(path))
+    _same_state(fresh.state_dict(), opt.state_dict())
+    assert fresh.param_groups[0]["betas"] == (0.9, 0.999)
+    checkpoint.save(opt, tmp_path / "b.npz")
+    other = Adam(_model())
+    checkpoint.load(other, tmp_path / "b.npz")
+    _same_state(other.state_dict(), opt.state_dict())
+
+
+def test_write_is_atomic_and_synced(tmp_path, monkeypatch):
+    opt, _ = _trained()
+    path = tmp_path / "opt.npz"
+    opt.save(path)
+    original = path.read_bytes()
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    opt.save(path)
+    assert len(synced) == (2 if os.name == "posix" else 1)   # the file, then the folder
+
+    for name in ["fsync", "replace"]:
+        def fail(*args):
+            raise OSError("disk full")
+        monkeypatch.setattr(os, name, fail)
+        with pytest.raises(OSError, match="disk full"):
+            opt.save(path)
+        monkeypatch.undo()
+        assert path.read_bytes() == original                 # the old file survives
+        assert sorted(os.listdir(tmp_path)) == ["opt.npz"]   # no temporary left
+
+
+def test_unserializable_hyperparameter_fails_before_writing(tmp_path):
+    opt, _ = _trained()
+    opt.param_groups[0]["note"] = object()
+    with pytest.raises(TypeError, match="cannot store"):
+        opt.save(tmp_path / "x.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def _damaged(tmp_path, how):
+    opt, _ = _trained()
+    path = tmp_path / "opt.npz"
+    opt.save(path)
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "empty":
+        data = bytearray()
+    elif how.startswith("flip"):
+        data[int(len(data) * float(how[4:]))] ^= 0x10
+    elif how == "text":
+        data = bytearray(b"hello, not a checkpoint\n")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "flip0.1", "flip0.3", "flip0.5",
+                                 "flip0.7", "flip0.9", "flip0.99", "text"])
+def test_damaged_files_raise_valueerror_naming_the_file(tmp_path, how):
+    path = _damaged(tmp_path, how)
+    opt, _ = _trained(steps=1)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="opt.npz"):
+        opt.load(path)
+    _same_state(opt.state_dict(), before)
+
+
+def test_every_flipped_bit_sampled_across_the_file_is_caught(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "opt.npz"
+    opt.save(path)
+    data = path.read_bytes()
+    for pos in range(0, len(data), max(1, len(data) // 200)):
+        damaged = bytearray(data)
+        damaged[pos] ^= 1 << (pos % 8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="opt.npz"):
+            checkpoint.read_state(path)
+
+
+def test_npy_and_foreign_npz_are_refused(tmp_path):
+    opt, _ = _trained()
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="a.npy"):
+        opt.load(tmp_path / "a.npy")
+    np.savez(tmp_path / "b.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="b.npz.*not a fastopt checkpoint"):
+        opt.load(tmp_path / "b.npz")
+    np.savez(tmp_path / "c.npz", meta=np.zeros(2, object))
+    with pytest.raises(ValueError, match="c.npz"):
+        opt.load(tmp_path / "c.npz")
+
+
+def test_checksum_covers_content_rewritten_as_a_valid_zip(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "opt.npz"
+    opt.save(path)
+    data = path.read_bytes()
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["state/0/exp_avg"] = arrays["state/0/exp_avg"] + 1e-12
+    np.savez(path, **arrays)                   # valid zip CRCs, no digest
+    with pytest.raises(ValueError, match="opt.npz: not a fastopt checkpoint"):
+        opt.load(path)
+    forged = bytearray(data)
+    forged[-1] ^= 1                            # the digest itself damaged
+    path.write_bytes(bytes(forged))
+    with pytest.raises(ValueError, match="opt.npz: checksum mismatch"):
+        opt.load(path)
+
+
+def test_wrong_version_and_wrong_optimizer(tmp_path):
+    opt, _ = _trained()
+    sd = opt.state_dict()
+    sd["version"] = 2
+    checkpoint.write_state(tmp_path / "v2.npz", sd)
+    with pytest.raises(ValueError, match="v2.npz: checkpoint version 2 is not supported"):
+        opt.load(tmp_path / "v2.npz")
+    opt.save(tmp_path / "adam.npz")
+    sgd = SGD(_model())
+    with pytest.raises(ValueError, match="adam.npz: state_dict is for optimizer 'Adam'"):
+        sgd.load(tmp_path / "adam.npz")
+    small = Adam({"W1": np.zeros((5, 2))})
+    with pytest.raises(ValueError, match="adam.npz: .*has 4 parameters"):
+        small.load(tmp_path / "adam.npz")
+
+
+def test_file_layout(tmp_path):
+    opt, _ = _trained()
+    opt.save(tmp_path / "opt.npz")
+    with np.load(tmp_path / "opt.npz", allow_pickle=False) as z:
+        names = set(z.files)
+        meta = json.loads(z["meta"].tobytes())
+    assert {"meta", "state/0/exp_avg", "state/3/max_exp_avg_sq"} <= names
+    assert meta["format"] == "fastopt" and meta["version"] == 1
+    assert meta["steps"] == {"0": 4, "1": 3, "2": 4, "3": 4}
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from fastopt.optim import Adam, RMSprop
+
+    mode, folder, k, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.standard_normal((64, 32)).astype(np.float32),
+              "b1": rng.standard_normal((64, 1)).astype(np.float32),
+              "W2": rng.standard_normal((1, 64)),
+              "b2": rng.standard_normal((1, 1))}
+
+    def make(cls):
+        if cls == "adam":
+            return Adam(params, lr=1e-2, amsgrad=True, weight_decay=1e-3)
+        return RMSprop(params, lr=1e-3, momentum=0.9, centered=True)
+
+    def grads(t):
+        g = np.random.default_rng(100 + t)
+        out = {key: g.standard_normal(p.shape).astype(p.dtype) for key, p in params.items()}
+        if t % 7 == 3:
+            out["b1"] = None
+        return out
+
+    cls = sys.argv[5]
+    opt = make(cls)
+    start = 0
+    if mode == "resume":
+        with np.load(folder + "/params.npz") as z:
+            for key in params:
+                params[key][...] = z[key]
+        opt.load(folder + "/opt.ckpt")
+        start = k
+    stop = k if mode == "first" else n
+    for t in range(start, stop):
+        opt.step(grads(t))
+    if mode == "first":
+        np.savez(folder + "/params.npz", **params)
+        opt.save(folder + "/opt.ckpt")
+    else:
+        np.savez(folder + "/" + mode + ".npz", **params)
+        opt.save(folder + "/" + mode + ".ckpt")
+""")
+
+
+@pytest.mark.parametrize("cls", ["adam", "rmsprop"])
+def test_resume_in_a_new_process_is_bit_identical(tmp_path, cls):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ)
+    for mode in ["full", "first", "resume"]:
+        subprocess.run([sys.executable, str(script), mode, str(tmp_path), "13", "30", cls],
+                       check=True, env=env, timeout=120)
+    with np.load(tmp_path / "full.npz") as a, np.load(tmp_path / "resume.npz") as b:
+        for key in a.files:
+            assert a[key].dtype == b[key].dtype
+            assert a[key].tobytes() == b[key].tobytes(), key
+    full_sd = checkpoint.read_state(tmp_path / "full.ckpt")
+    resumed_sd = checkpoint.read_state(tmp_path / "resume.ckpt")
+    _same_state(full_sd, resumed_sd)
+    assert {e["step"] for e in full_sd["state"].values()} == {30, 26}
