@@ -1,0 +1,539 @@
+"""Train the seed's moons classifier with GD, momentum, RMSProp and Adam.
+
+The experiment of the seed article (Deep Learning Specialization, course 2,
+week 2): the 300 noisy moon points of ``course_moons``, the network
+[2, 5, 2, 1] (LINEAR→RELU→LINEAR→RELU→LINEAR→SIGMOID) with He initial
+weights drawn from seed 3, mini-batches of 64 reshuffled before every epoch
+with the course's seeds 11, 12, …, and one optimizer step per mini-batch.
+Every optimizer starts from the same initial weights.
+
+Course settings: 10,000 epochs, lr = 0.0007, momentum β = 0.9,
+Adam β1 = 0.9, β2 = 0.999, ε = 1e-8 (Adam's t counts mini-batches).
+RMSProp: the course has no RMSProp run and so no published number; it runs
+here with torch's defaults alpha = 0.99, eps = 1e-8 and the course's rate.
+
+With --lr-decay the rate follows the course's scheduled decay
+lr = lr0 / (1 + decay_rate·floor(epoch / time_interval)), decay_rate = 1,
+time_interval = 1000, over 5,000 epochs, from lr0 = 0.1 (GD, momentum) and
+0.01 (Adam, RMSProp). As in the course, the rate is recomputed at the end of
+epoch i from i, so epoch e trains with the rate of e − 1.
+
+The cost of an epoch is the summed cross-entropy of its mini-batches divided
+by the number of examples. The table gives, per optimizer, the final cost,
+the training accuracy, the wall time of the run and the share of it spent
+in opt.step, and, where the settings are the course's, its published
+accuracy (GD 0.7967, momentum 0.7967, Adam 0.94; with --epochs 5000: 0.7167,
+0.7167, 0.9433; with --lr-decay: 0.9433, 0.9533, 0.94).
+
+--compare-batching also trains plain gradient descent (lr 0.0007 unless
+--lr) with batches of the whole set, of --batch-size and of one example, for
+the same number of epochs each, and compares cost curves and time per epoch.
+That budget is --epochs if given, else 1,000: stochastic descent takes 300
+steps per epoch, 60 times the mini-batch run's work.
+
+Figures (cost curves and each optimizer's decision boundary) need
+matplotlib: pip install "fastopt[plot]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .data import course_minibatches
+from .datasets import course_moons
+from .lr_scheduler import scheduled_inverse_time_decay
+from .models import MLP, he_init
+
+__all__ = [
+    "OPTIMIZERS",
+    "Run",
+    "add_arguments",
+    "format_table",
+    "main",
+    "make_optimizer",
+    "train",
+]
+
+LAYER_DIMS = (2, 5, 2, 1)
+COURSE_LR = 0.0007
+COURSE_EPOCHS = 10_000
+DECAY_EPOCHS = 5_000
+DECAY_RATE = 1.0
+TIME_INTERVAL = 1000
+DEFAULT_PLOT = "fastopt-demo.png"
+BATCHING_EPOCHS = 1000  # --compare-batching without --epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer of the demo: its label, its rates and how to build it."""
+
+    label: str
+    lr: float  # the course's constant rate
+    decay_lr0: float  # starting rate with --lr-decay
+    build: Callable  # (params, lr) -> optimizer
+
+
+def _sgd(params, lr):
+    from .optim import SGD
+
+    return SGD(params, lr=lr)
+
+
+def _momentum(params, lr):
+    from .optim import Momentum
+
+    return Momentum(params, lr=lr, beta=0.9)
+
+
+def _rmsprop(params, lr):
+    from .optim import RMSprop
+
+    return RMSprop(params, lr=lr, alpha=0.99, eps=1e-8)
+
+
+def _adam(params, lr):
+    from .optim import Adam
+
+    return Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+#: The optimizers, in the order they run and are reported.
+OPTIMIZERS = {
+    "gd": OptimizerSpec("gradient descent", COURSE_LR, 0.1, _sgd),
+    "momentum": OptimizerSpec("momentum", COURSE_LR, 0.1, _momentum),
+    "rmsprop": OptimizerSpec("RMSProp", COURSE_LR, 0.01, _rmsprop),
+    "adam": OptimizerSpec("Adam", COURSE_LR, 0.01, _adam),
+}
+
+#: The course's training accuracies, by (lr decay, epochs); only shown when
+#: every other setting is the course's.
+PUBLISHED = {
+    (False, 10_000): {"gd": 0.7967, "momentum": 0.7967, "adam": 0.94},
+    (False, 5_000): {"gd": 0.7167, "momentum": 0.7167, "adam": 0.9433},
+    (True, 5_000): {"gd": 0.9433, "momentum": 0.9533, "adam": 0.94},
+}
+
+
+def make_optimizer(name: str, params, lr: float):
+    """The optimizer ``name`` (a key of :data:`OPTIMIZERS`) over ``params``."""
+    return OPTIMIZERS[name].build(params, lr)
+
+
+@dataclasses.dataclass
+class Run:
+    """The outcome of one training run."""
+
+    name: str
+    label: str
+    batch_size: int
+    lr: float
+    costs: np.ndarray  # cost of every epoch, epoch total / m
+    accuracy: float
+    wall_time: float  # seconds for the whole run, progress bar excluded
+    step_time: float  # seconds inside opt.step
+    steps: int
+    model: MLP
+
+    @property
+    def final_cost(self) -> float:
+        return float(self.costs[-1])
+
+    @property
+    def step_share(self) -> float:
+        return self.step_time / self.wall_time if self.wall_time > 0 else 0.0
+
+
+def train(
+    name: str,
+    X: np.ndarray,
+    Y: np.ndarray,
+    init_params: dict,
+    *,
+    epochs: int = COURSE_EPOCHS,
+    batch_size: int = 64,
+    lr: float | None = None,
+    lr_decay: bool = False,
+    progress: Callable[[int], None] | None = None,
+    label: str | None = None,
+) -> Run:
+    """Train a fresh copy of ``init_params`` with optimizer ``name``, as the course does.
+
+    Epoch ``e`` (from 0) shuffles with the course's seed ``11 + e`` and takes
+    one optimizer step per mini-batch. ``lr`` defaults to the course's rate,
+    or with ``lr_decay`` to the optimizer's starting rate of the course's
+    decay run. ``progress(epoch)`` is called after every epoch.
+    """
+    spec = OPTIMIZERS[name]
+    if lr is None:
+        lr = spec.decay_lr0 if lr_decay else spec.lr
+    model = MLP(LAYER_DIMS, params={k: v.copy() for k, v in init_params.items()})
+    # The optimizer's keys are the parameters' names; the model writes the
+    # gradients into the same arrays at every step.
+    grads = {p: model.grads[g] for p, g in zip(model.param_names, model.grad_names)}
+    opt = make_optimizer(name, model.params, lr)
+    group = opt.param_groups[0]
+    Y = np.asarray(Y, dtype=model.dtype)  # batches then need no conversion
+    m = X.shape[1]
+    costs = np.empty(epochs)
+    forward_backward = model.forward_backward
+    step = opt.step
+    clock = time.perf_counter
+    step_time = 0.0
+    steps = 0
+
+    start = clock()
+    for epoch in range(epochs):
+        total = 0.0
+        for X_batch, Y_batch in course_minibatches(X, Y, epoch, batch_size):
+            total += forward_backward(X_batch, Y_batch)
+            t0 = clock()
+            step(grads)
+            step_time += clock() - t0
+            steps += 1
+        costs[epoch] = total / m
+        if lr_decay:
+            # The course recomputes the rate after epoch i from i.
+            group["lr"] = scheduled_inverse_time_decay(lr, epoch, DECAY_RATE, TIME_INTERVAL)
+        if progress is not None:
+            pause = clock()
+            progress(epoch + 1)
+            start += clock() - pause
+    wall = clock() - start
+
+    return Run(
+        name=name,
+        label=spec.label if label is None else label,
+        batch_size=min(batch_size, m),
+        lr=lr,
+        costs=costs,
+        accuracy=model.accuracy(X, Y),
+        wall_time=wall,
+        step_time=step_time,
+        steps=steps,
+        model=model,
+    )
+
+
+class _Progress:
+    """A one-line text progress bar on stderr, drawn only on a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, total: int, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = _isatty(self.stream)
+        self.label = label
+        self.total = total
+        self.every = max(1, total // 100)
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        if self.enabled and (done % self.every == 0 or done == self.total):
+            filled = self.WIDTH * done // self.total
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            elapsed = time.perf_counter() - self.start
+            self.stream.write(
+                f"\r{self.label:<18} [{bar}] {done}/{self.total} epochs {elapsed:6.1f} s"
+            )
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned first column, right-aligned others, two spaces apart."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        out = [str(cells[0]).ljust(widths[0])]
+        out += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _optimizer_table(runs: Sequence[Run], published: dict) -> str:
+    header = ["optimizer", "lr", "final cost", "accuracy", "published",
+              "wall time", "in opt.step"]
+    rows = []
+    for run in runs:
+        ref = published.get(run.name)
+        rows.append([
+            run.name,
+            f"{run.lr:g}",
+            f"{run.final_cost:.6f}",
+            f"{run.accuracy:.4f}",
+            "-" if ref is None else f"{ref:.4f}",
+            f"{run.wall_time:.2f} s",
+            f"{100 * run.step_share:.1f} %",
+        ])
+    return format_table(header, rows)
+
+
+def _batching_table(runs: Sequence[Run]) -> str:
+    header = ["batching", "batch size", "steps/epoch", "final cost", "accuracy",
+              "time/epoch", "in opt.step"]
+    rows = []
+    for run in runs:
+        epochs = len(run.costs)
+        rows.append([
+            run.label,
+            str(run.batch_size),
+            str(run.steps // epochs),
+            f"{run.final_cost:.6f}",
+            f"{run.accuracy:.4f}",
+            f"{1e3 * run.wall_time / epochs:.3f} ms",
+            f"{100 * run.step_share:.1f} %",
+        ])
+    return format_table(header, rows)
+
+
+# ---------------------------------------------------------------------------
+# Figure
+
+
+def _load_pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _decision_boundary(ax, model: MLP, X: np.ndarray, Y: np.ndarray) -> None:
+    pad = 0.5
+    x0 = np.linspace(X[0].min() - pad, X[0].max() + pad, 300)
+    x1 = np.linspace(X[1].min() - pad, X[1].max() + pad, 300)
+    g0, g1 = np.meshgrid(x0, x1)
+    grid = np.vstack([g0.ravel(), g1.ravel()])
+    prob = model.forward(grid).reshape(g0.shape).copy()
+    ax.contourf(g0, g1, prob, levels=[0.0, 0.5, 1.0], colors=["#f4b6b0", "#b3cde3"],
+                alpha=0.8)
+    ax.contour(g0, g1, prob, levels=[0.5], colors="k", linewidths=0.8)
+    labels = np.asarray(Y).ravel()
+    for cls, color in ((0, "#d7301f"), (1, "#2166ac")):
+        pts = X[:, labels == cls]
+        ax.scatter(pts[0], pts[1], s=9, c=color, edgecolors="none",
+                   label=f"class {cls}")
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot(path: str, runs: Sequence[Run], X, Y, batching: Sequence[Run] = (),
+         title: str = "") -> str:
+    """Write cost curves and decision boundaries to ``path``; return the path."""
+    plt = _load_pyplot()
+    n = len(runs)
+    top = 2 if batching else 1
+    cols = max(n, 2 * top)
+    fig = plt.figure(figsize=(3.4 * cols, 7.2), layout="constrained")
+    grid = fig.add_gridspec(2, cols, height_ratios=[1, 1.05])
+
+    span = cols // top
+    ax = fig.add_subplot(grid[0, :span])
+    for i, run in enumerate(runs):
+        ax.plot(np.arange(1, len(run.costs) + 1), run.costs, lw=1.2,
+                ls=("-", "--", "-.", ":")[i % 4],
+                label=f"{run.name} (acc {run.accuracy:.4f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cost (epoch total / m)")
+    ax.set_title("cost per epoch by optimizer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    if batching:
+        ax = fig.add_subplot(grid[0, span:])
+        for run in batching:
+            per_epoch = 1e3 * run.wall_time / len(run.costs)
+            ax.plot(np.arange(1, len(run.costs) + 1), run.costs, lw=1.0,
+                    label=f"{run.label} (b={run.batch_size}, {per_epoch:.2f} ms/epoch)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cost (epoch total / m)")
+        ax.set_title("gradient descent: batch, mini-batch, stochastic")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(grid[1, i])
+        _decision_boundary(ax, run.model, X, Y)
+        ax.set_title(f"{run.label}: accuracy {run.accuracy:.4f}", fontsize=10)
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def _optimizer_list(text: str) -> list[str]:
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one optimizer")
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizer {unknown[0]!r}; choose among {','.join(OPTIMIZERS)}"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("each optimizer may be named once")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser``."""
+    parser.add_argument(
+        "--optimizers", type=_optimizer_list, default=list(OPTIMIZERS),
+        metavar="LIST",
+        help="comma-separated optimizers among gd,momentum,rmsprop,adam "
+             "(default: all four)")
+    parser.add_argument(
+        "--epochs", type=_positive_int, default=None,
+        help=f"epochs per run (default {COURSE_EPOCHS}; {DECAY_EPOCHS} with --lr-decay)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64,
+        help="examples per mini-batch (default 64)")
+    parser.add_argument(
+        "--lr", type=_positive_float, default=None,
+        help=f"learning rate of every optimizer (default {COURSE_LR}; with "
+             "--lr-decay the starting rate, default 0.1 for gd and momentum, "
+             "0.01 for rmsprop and adam)")
+    parser.add_argument(
+        "--seed", type=_seed, default=3,
+        help="seed of the He initial weights (default 3, the course's)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float64",
+        help="floating-point type of data, weights and optimizer state "
+             "(default float64)")
+    parser.add_argument(
+        "--lr-decay", action="store_true",
+        help="the course's scheduled decay lr0/(1 + floor(epoch/1000))")
+    parser.add_argument(
+        "--compare-batching", action="store_true",
+        help="also train gradient descent with batch, mini-batch and "
+             "stochastic (size 1) batches and compare them, for --epochs "
+             f"epochs (default {BATCHING_EPOCHS})")
+    parser.add_argument(
+        "--plot", metavar="PATH", default=DEFAULT_PLOT,
+        help=f"where to write the figure (default ./{DEFAULT_PLOT}); needs matplotlib")
+    parser.add_argument(
+        "--no-plot", dest="plot", action="store_const", const=None,
+        help="write no figure")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo for parsed ``args``; return the exit status."""
+    epochs = args.epochs
+    if epochs is None:
+        epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
+    dtype = np.dtype(args.dtype)
+    X, Y = course_moons(dtype=dtype)
+    init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)
+
+    course_settings = (args.lr is None and args.batch_size == 64 and args.seed == 3
+                       and dtype == np.float64)
+    published = PUBLISHED.get((args.lr_decay, epochs), {}) if course_settings else {}
+
+    decay = " with the course's lr decay" if args.lr_decay else ""
+    print(f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
+          f"batches of {args.batch_size}, {dtype.name}{decay}")
+
+    runs = []
+    for name in args.optimizers:
+        bar = _Progress(name, epochs)
+        try:
+            runs.append(train(name, X, Y, init_params, epochs=epochs,
+                              batch_size=args.batch_size, lr=args.lr,
+                              lr_decay=args.lr_decay, progress=bar))
+        finally:
+            bar.close()
+    print()
+    print(_optimizer_table(runs, published))
+    total = sum(run.wall_time for run in runs)
+    print(f"\ntotal training time {total:.2f} s")
+
+    batching = []
+    if args.compare_batching:
+        lr = COURSE_LR if args.lr is None else args.lr
+        budget = BATCHING_EPOCHS if args.epochs is None else epochs
+        m = X.shape[1]
+        for label, size in (("batch", m), ("mini-batch", args.batch_size),
+                            ("stochastic", 1)):
+            bar = _Progress(label, budget)
+            try:
+                batching.append(train("gd", X, Y, init_params, epochs=budget,
+                                      batch_size=size, lr=lr, progress=bar,
+                                      label=label))
+            finally:
+                bar.close()
+        print(f"\ngradient descent, lr {lr:g}, {budget} epochs each:\n")
+        print(_batching_table(batching))
+
+    if args.plot is not None:
+        if _load_pyplot() is None:
+            print('\nno figure: matplotlib is not installed; pip install "fastopt[plot]" '
+                  "(or matplotlib) to get one")
+        else:
+            title = (f"moons, [2, 5, 2, 1], {epochs} epochs, batch {args.batch_size}"
+                     f"{decay}")
+            path = plot(args.plot, runs, X, Y, batching, title=title)
+            print(f"\nfigure written to {os.path.abspath(path)}")
+    return 0
