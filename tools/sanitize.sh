@@ -13,7 +13,10 @@ work="$(mktemp -d)"
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
 python -m pip install --quiet --upgrade pip
-FASTOPT_SANITIZE=1 pip install --quiet ".[test]"
+# build from a copy, so that the build directory of the work tree is untouched
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src"
+FASTOPT_SANITIZE=1 pip install --quiet "$work/src[test]"
 asan="$(gcc -print-file-name=libasan.so)"
 log="$work/sanitizer"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$log"
