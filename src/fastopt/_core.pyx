@@ -128,9 +128,22 @@ cdef str _slot_name(tuple slots, int slot, Py_ssize_t index, object labels):
     cdef str base = slots[slot]
     if index < 0:
         return base
-    if labels is not None:
-        return f"{base} of parameter {labels[index]!r}"
+    if labels is not None and index < len(labels):
+        return f"{base} of parameter {_label(labels, index)!r}"
     return f"{base}s[{index}]"
+
+
+cdef object _label(object labels, Py_ssize_t index):
+    # bounds-checked: the module is compiled without bounds checks
+    return list(labels)[index]
+
+
+cdef int _check_labels(object labels, Py_ssize_t n) except -1:
+    if labels is not None and (not isinstance(labels, (list, tuple))
+                               or len(labels) != n):
+        raise ValueError(f"labels must be None or a list of {n} names, one per "
+                         f"tensor, got {labels!r}")
+    return 0
 
 
 cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
@@ -140,7 +153,20 @@ cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
 
     dt < 0 means no dtype to match yet; n < 0 means no size to match."""
     cdef cnp.ndarray a
-    cdef int tn, d
+    cdef int tn, d, need
+    if cnp.PyArray_Check(x):  # the common case, every test at once
+        a = <cnp.ndarray>x
+        tn = cnp.PyArray_TYPE(a)
+        d = 0 if tn == cnp.NPY_FLOAT32 else (1 if tn == cnp.NPY_FLOAT64 else -1)
+        need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+        if writable:
+            need |= cnp.NPY_ARRAY_WRITEABLE
+        if (d >= 0 and (dt < 0 or d == dt)
+                and (cnp.PyArray_FLAGS(a) & need) == need
+                and cnp.PyArray_ISNOTSWAPPED(a)
+                and (n < 0 or cnp.PyArray_SIZE(a) == n)):
+            return d
+    # one test failed: find which, for the message
     if not isinstance(x, cnp.ndarray):
         raise TypeError(f"{_slot_name(slots, slot, index, labels)} must be a "
                         f"numpy.ndarray, got {type(x).__name__}")
@@ -193,11 +219,11 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     checked that the rule needs exactly those.  States not required are None
     and stay NULL."""
     cdef Py_ssize_t n
-    cdef int k
-    for k, s in enumerate((s0, s1, s2)):
-        if ((required >> k) & 1) and s is None:
-            raise ValueError(f"{_slot_name(slots, S0 + k, index, labels)} is "
-                             f"None; every tensor needs this state")
+    if ((required & 1 and s0 is None) or (required & 2 and s1 is None)
+            or (required & 4 and s2 is None)):
+        k = 0 if (required & 1 and s0 is None) else (1 if (required & 2 and s1 is None) else 2)
+        raise ValueError(f"{_slot_name(slots, S0 + k, index, labels)} is "
+                         f"None; every tensor needs this state")
     dt = _check_array(p, slots, P, index, labels, dt, -1, True)
     n = cnp.PyArray_SIZE(<cnp.ndarray>p)
     _check_array(g, slots, G, index, labels, dt, n, False)
@@ -229,6 +255,20 @@ cdef struct _Range:
 cdef int _range_cmp(const void *a, const void *b) noexcept nogil:
     cdef uintptr_t x = (<const _Range *>a).lo, y = (<const _Range *>b).lo
     return -1 if x < y else (1 if x > y else 0)
+
+
+cdef void _insertion_sort(_Range *r, int k) noexcept nogil:
+    """Sort by start address; for the tens of arrays of a model step this
+    beats qsort's indirect comparisons."""
+    cdef int i, j
+    cdef _Range x
+    for i in range(1, k):
+        x = r[i]
+        j = i - 1
+        while j >= 0 and r[j].lo > x.lo:
+            r[j + 1] = r[j]
+            j -= 1
+        r[j + 1] = x
 
 
 cdef inline int _add_range(_Range *r, int k, const void *ptr, size_t nbytes,
@@ -284,7 +324,10 @@ cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
         if k <= 8:
             _overlap_pairs(r, k, slots, labels, single)
         else:
-            qsort(r, k, sizeof(_Range), _range_cmp)
+            if k <= 256:
+                _insertion_sort(r, k)
+            else:
+                qsort(r, k, sizeof(_Range), _range_cmp)
             widest = 0
             for j in range(1, k):
                 if r[j].lo < r[widest].hi:
@@ -303,53 +346,70 @@ cdef class _Tensors:
     cdef fo_tensor one
     cdef Py_ssize_t count
     cdef int dt
-    cdef size_t total
 
     def __dealloc__(self):
         if self.t != &self.one and self.t != NULL:
             PyMem_Free(self.t)
 
-
-cdef _Tensors _collect_one(tuple slots, object p, object g, object s0,
-                           object s1, object s2):
-    cdef _Tensors ts = _Tensors.__new__(_Tensors)
-    ts.t = &ts.one
-    ts.count = 1
-    ts.dt = _fill_tensor(ts.t, slots, -1, None, p, g, s0, s1, s2, -1,
-                         (s0 is not None) | (s1 is not None) << 1 |
-                         (s2 is not None) << 2)
-    ts.total = ts.t.n
-    _check_overlap(ts.t, 1, 4 if ts.dt == 0 else 8, slots, None, True)
-    return ts
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        self.count = n
+        self.dt = -1
+        self.t = &self.one
+        if n > 1:
+            self.t = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+            if self.t == NULL:
+                raise MemoryError()
+        return 0
 
 
-cdef inline object _item(object seq, Py_ssize_t i):
+cdef inline int _required(object s0, object s1, object s2):
+    return (s0 is not None) | (s1 is not None) << 1 | (s2 is not None) << 2
+
+
+cdef int _fill_one(fo_tensor *t, tuple slots, object p, object g, object s0,
+                   object s1, object s2) except -2:
+    """Check the arrays of a single-tensor call; return the dtype index."""
+    cdef int dt = _fill_tensor(t, slots, -1, None, p, g, s0, s1, s2, -1,
+                               _required(s0, s1, s2))
+    _check_overlap(t, 1, 4 if dt == 0 else 8, slots, None, True)
+    return dt
+
+
+cdef inline object _item(list seq, Py_ssize_t i):
     return None if seq is None else seq[i]
+
+
+cdef inline list _as_list(object seq, tuple slots, int slot, Py_ssize_t n):
+    """seq (a list or tuple of n arrays, or None) as a list."""
+    if seq is None:
+        return None
+    if type(seq) is not list:
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(f"the {slots[slot]} arrays must be given as a list, "
+                            f"got {type(seq).__name__}")
+        seq = list(seq)
+    if len(<list>seq) != n:
+        raise ValueError(f"got {len(<list>seq)} {slots[slot]} arrays for {n} "
+                         f"parameters")
+    return <list>seq
 
 
 cdef _Tensors _collect_many(tuple slots, object labels, list ps, list gs,
                             object s0s, object s1s, object s2s):
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
     cdef Py_ssize_t i, n = len(ps)
-    cdef int required = ((s0s is not None) | (s1s is not None) << 1 |
-                         (s2s is not None) << 2)
-    for seq, slot in ((gs, G), (s0s, S0), (s1s, S1), (s2s, S2)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"got {len(seq)} {slots[slot]} arrays for {n} "
-                             f"parameters")
-    ts.count = n
-    ts.dt = -1
-    ts.total = 0
-    ts.t = &ts.one
-    if n > 1:
-        ts.t = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
-        if ts.t == NULL:
-            raise MemoryError()
+    cdef int required = _required(s0s, s1s, s2s)
+    cdef list l0, l1, l2
+    _check_labels(labels, n)
+    _as_list(gs, slots, G, n)
+    l0 = _as_list(s0s, slots, S0, n)
+    l1 = _as_list(s1s, slots, S1, n)
+    l2 = _as_list(s2s, slots, S2, n)
+    ts.reserve(n)
     for i in range(n):
         ts.dt = _fill_tensor(&ts.t[i], slots, i, labels, ps[i], gs[i],
-                             _item(s0s, i), _item(s1s, i), _item(s2s, i), ts.dt,
+                             _item(l0, i), _item(l1, i), _item(l2, i), ts.dt,
                              required)
-        ts.total += ts.t[i].n
     if n:
         _check_overlap(ts.t, n, 4 if ts.dt == 0 else 8, slots, labels, False)
     return ts
@@ -367,48 +427,93 @@ cdef int _require(object buf, bint needed, str name, str when) except -1:
 # ---------------------------------------------------------------------------
 # Running a kernel
 
-cdef int _run_sgd(const fo_sgd_args *a, _Tensors ts) except -1:
-    if ts.total >= NOGIL_THRESHOLD:
+cdef enum:
+    R_SGD = 0
+    R_MOMENTUM = 1
+    R_RMSPROP = 2
+    R_ADAM = 3
+    R_ADAGRAD = 4
+    R_TRAFFIC = 5
+
+
+cdef union _Args:
+    fo_sgd_args sgd
+    fo_momentum_args momentum
+    fo_rmsprop_args rmsprop
+    fo_adam_args adam
+    fo_adagrad_args adagrad
+
+
+cdef inline bint _adjacent(const void *a, const void *b, size_t nbytes) noexcept nogil:
+    return (a == NULL and b == NULL) or (
+        a != NULL and b != NULL and <const char *>a + nbytes == <const char *>b)
+
+
+cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
+                                size_t itemsize) noexcept nogil:
+    """Drop empty tensors and fuse neighbours whose every array continues
+    where the previous one ends (views of one buffer, as FlatParams makes):
+    an element-wise rule gives the same bits on the fused range, in one loop.
+    Call only after the overlap check.  Returns the new count."""
+    cdef Py_ssize_t i, k = 0
+    cdef size_t nb
+    for i in range(count):
+        if t[i].n == 0:
+            continue
+        if k > 0:
+            nb = t[k - 1].n * itemsize
+            if (_adjacent(t[k - 1].p, t[i].p, nb) and _adjacent(t[k - 1].g, t[i].g, nb)
+                    and _adjacent(t[k - 1].s0, t[i].s0, nb)
+                    and _adjacent(t[k - 1].s1, t[i].s1, nb)
+                    and _adjacent(t[k - 1].s2, t[i].s2, nb)):
+                t[k - 1].n += t[i].n
+                continue
+        t[k] = t[i]
+        k += 1
+    return k
+
+
+cdef void _kernel(int rule, const _Args *a, const fo_tensor *t, size_t count,
+                  int dt) noexcept nogil:
+    if rule == R_SGD:
+        (fo_sgd_f32 if dt == 0 else fo_sgd_f64)(&a.sgd, t, count)
+    elif rule == R_MOMENTUM:
+        (fo_momentum_f32 if dt == 0 else fo_momentum_f64)(&a.momentum, t, count)
+    elif rule == R_RMSPROP:
+        (fo_rmsprop_f32 if dt == 0 else fo_rmsprop_f64)(&a.rmsprop, t, count)
+    elif rule == R_ADAM:
+        (fo_adam_f32 if dt == 0 else fo_adam_f64)(&a.adam, t, count)
+    elif rule == R_ADAGRAD:
+        (fo_adagrad_f32 if dt == 0 else fo_adagrad_f64)(&a.adagrad, t, count)
+    elif rule == R_TRAFFIC:
+        (fo_traffic_f32 if dt == 0 else fo_traffic_f64)(t, count)
+
+
+cdef Py_ssize_t _last_tensors = 0
+
+
+def last_call_tensors():
+    """The number of tensors the last kernel call ran over, after neighbours
+    were fused (a diagnostic: 1 for a model laid out by FlatParams)."""
+    return _last_tensors
+
+
+cdef int _run(int rule, const _Args *a, fo_tensor *t, Py_ssize_t count,
+              int dt) except -1:
+    """Fuse adjacent tensors, then run the kernel, without the GIL when the
+    step is large enough to pay for releasing it."""
+    cdef size_t total = 0
+    cdef Py_ssize_t i
+    global _last_tensors
+    count = _merge_adjacent(t, count, 4 if dt == 0 else 8)
+    _last_tensors = count
+    for i in range(count):
+        total += t[i].n
+    if total >= NOGIL_THRESHOLD:
         with nogil:
-            (fo_sgd_f32 if ts.dt == 0 else fo_sgd_f64)(a, ts.t, ts.count)
-    else:
-        (fo_sgd_f32 if ts.dt == 0 else fo_sgd_f64)(a, ts.t, ts.count)
-    return 0
-
-
-cdef int _run_momentum(const fo_momentum_args *a, _Tensors ts) except -1:
-    if ts.total >= NOGIL_THRESHOLD:
-        with nogil:
-            (fo_momentum_f32 if ts.dt == 0 else fo_momentum_f64)(a, ts.t, ts.count)
-    else:
-        (fo_momentum_f32 if ts.dt == 0 else fo_momentum_f64)(a, ts.t, ts.count)
-    return 0
-
-
-cdef int _run_rmsprop(const fo_rmsprop_args *a, _Tensors ts) except -1:
-    if ts.total >= NOGIL_THRESHOLD:
-        with nogil:
-            (fo_rmsprop_f32 if ts.dt == 0 else fo_rmsprop_f64)(a, ts.t, ts.count)
-    else:
-        (fo_rmsprop_f32 if ts.dt == 0 else fo_rmsprop_f64)(a, ts.t, ts.count)
-    return 0
-
-
-cdef int _run_adam(const fo_adam_args *a, _Tensors ts) except -1:
-    if ts.total >= NOGIL_THRESHOLD:
-        with nogil:
-            (fo_adam_f32 if ts.dt == 0 else fo_adam_f64)(a, ts.t, ts.count)
-    else:
-        (fo_adam_f32 if ts.dt == 0 else fo_adam_f64)(a, ts.t, ts.count)
-    return 0
-
-
-cdef int _run_adagrad(const fo_adagrad_args *a, _Tensors ts) except -1:
-    if ts.total >= NOGIL_THRESHOLD:
-        with nogil:
-            (fo_adagrad_f32 if ts.dt == 0 else fo_adagrad_f64)(a, ts.t, ts.count)
-    else:
-        (fo_adagrad_f32 if ts.dt == 0 else fo_adagrad_f64)(a, ts.t, ts.count)
+            _kernel(rule, a, t, count, dt)
+    elif count:
+        _kernel(rule, a, t, count, dt)
     return 0
 
 
@@ -531,10 +636,12 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0,
     ``momentum_buffer`` (b) and ``step`` (the update count, from 1) are
     required when momentum != 0; nesterov needs momentum > 0 and dampening 0.
     """
-    cdef fo_sgd_args a
-    _sgd_args(&a, lr, momentum, dampening, weight_decay, nesterov, maximize,
+    cdef _Args a
+    cdef fo_tensor t
+    _sgd_args(&a.sgd, lr, momentum, dampening, weight_decay, nesterov, maximize,
               step, momentum_buffer)
-    _run_sgd(&a, _collect_one(SGD_SLOTS, param, grad, momentum_buffer, None, None))
+    dt = _fill_one(&t, SGD_SLOTS, param, grad, momentum_buffer, None, None)
+    _run(R_SGD, &a, &t, 1, dt)
 
 
 def momentum(param, grad, velocity, *, lr=1e-3, beta=0.9, weight_decay=0.0,
@@ -551,11 +658,13 @@ def momentum(param, grad, velocity, *, lr=1e-3, beta=0.9, weight_decay=0.0,
     ``velocity`` (v) starts at zero.  Unlike torch's SGD momentum, the first
     step gives v = (1 - beta) * g, not g.
     """
-    cdef fo_momentum_args a
-    _momentum_args(&a, lr, beta, weight_decay, maximize)
+    cdef _Args a
+    cdef fo_tensor t
+    _momentum_args(&a.momentum, lr, beta, weight_decay, maximize)
     if velocity is None:
         raise ValueError("velocity is required")
-    _run_momentum(&a, _collect_one(MOMENTUM_SLOTS, param, grad, velocity, None, None))
+    dt = _fill_one(&t, MOMENTUM_SLOTS, param, grad, velocity, None, None)
+    _run(R_MOMENTUM, &a, &t, 1, dt)
 
 
 def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *,
@@ -579,14 +688,18 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *,
     the root.  ``square_avg`` (s) is always needed, ``grad_avg`` (a) when
     centered, ``momentum_buffer`` (b) when momentum != 0; all start at zero.
     """
-    cdef fo_rmsprop_args a
-    _rmsprop_args(&a, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    cdef _Args a
+    cdef fo_tensor t
+    _rmsprop_args(&a.rmsprop, lr, alpha, eps, weight_decay, momentum, centered,
+                  maximize)
     if square_avg is None:
         raise ValueError("square_avg is required")
-    _require(grad_avg, a.centered, "grad_avg", "centered=True")
-    _require(momentum_buffer, a.has_momentum, "momentum_buffer", "momentum != 0")
-    _run_rmsprop(&a, _collect_one(RMSPROP_SLOTS, param, grad, square_avg,
-                                  grad_avg, momentum_buffer))
+    _require(grad_avg, a.rmsprop.centered, "grad_avg", "centered=True")
+    _require(momentum_buffer, a.rmsprop.has_momentum, "momentum_buffer",
+             "momentum != 0")
+    dt = _fill_one(&t, RMSPROP_SLOTS, param, grad, square_avg, grad_avg,
+                   momentum_buffer)
+    _run(R_RMSPROP, &a, &t, 1, dt)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step,
@@ -611,15 +724,16 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step,
     ``exp_avg`` (m), ``exp_avg_sq`` (v) start at zero; ``max_exp_avg_sq``
     (v_max) is required with amsgrad and only then.
     """
-    cdef fo_adam_args a
-    _adam_args(&a, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+    cdef _Args a
+    cdef fo_tensor t
+    _adam_args(&a.adam, step, lr, betas, eps, weight_decay, amsgrad, maximize,
                decoupled_weight_decay)
     if exp_avg is None or exp_avg_sq is None:
         raise ValueError(f"{'exp_avg' if exp_avg is None else 'exp_avg_sq'} "
                          f"is required")
-    _require(max_exp_avg_sq, a.amsgrad, "max_exp_avg_sq", "amsgrad=True")
-    _run_adam(&a, _collect_one(ADAM_SLOTS, param, grad, exp_avg, exp_avg_sq,
-                               max_exp_avg_sq))
+    _require(max_exp_avg_sq, a.adam.amsgrad, "max_exp_avg_sq", "amsgrad=True")
+    dt = _fill_one(&t, ADAM_SLOTS, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    _run(R_ADAM, &a, &t, 1, dt)
 
 
 def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
@@ -636,11 +750,13 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
 
     ``state_sum`` (S) starts at torch's initial_accumulator_value (default 0).
     """
-    cdef fo_adagrad_args a
-    _adagrad_args(&a, step, lr, lr_decay, weight_decay, eps, maximize)
+    cdef _Args a
+    cdef fo_tensor t
+    _adagrad_args(&a.adagrad, step, lr, lr_decay, weight_decay, eps, maximize)
     if state_sum is None:
         raise ValueError("state_sum is required")
-    _run_adagrad(&a, _collect_one(ADAGRAD_SLOTS, param, grad, state_sum, None, None))
+    dt = _fill_one(&t, ADAGRAD_SLOTS, param, grad, state_sum, None, None)
+    _run(R_ADAGRAD, &a, &t, 1, dt)
 
 
 # ---------------------------------------------------------------------------
@@ -650,57 +766,306 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
 def sgd_many(list params, list grads, momentum_buffers=None, *, lr=1e-3,
              momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
              maximize=False, step=None, labels=None):
-    cdef fo_sgd_args a
-    _sgd_args(&a, lr, momentum, dampening, weight_decay, nesterov, maximize,
+    cdef _Args a
+    _sgd_args(&a.sgd, lr, momentum, dampening, weight_decay, nesterov, maximize,
               step, momentum_buffers)
-    _run_sgd(&a, _collect_many(SGD_SLOTS, labels, params, grads,
-                               momentum_buffers, None, None))
+    ts = _collect_many(SGD_SLOTS, labels, params, grads, momentum_buffers,
+                       None, None)
+    _run(R_SGD, &a, ts.t, ts.count, ts.dt)
 
 
 def momentum_many(list params, list grads, velocities, *, lr=1e-3, beta=0.9,
                   weight_decay=0.0, maximize=False, labels=None):
-    cdef fo_momentum_args a
-    _momentum_args(&a, lr, beta, weight_decay, maximize)
+    cdef _Args a
+    _momentum_args(&a.momentum, lr, beta, weight_decay, maximize)
     _require(velocities, True, "velocities", "using momentum")
-    _run_momentum(&a, _collect_many(MOMENTUM_SLOTS, labels, params, grads,
-                                    velocities, None, None))
+    ts = _collect_many(MOMENTUM_SLOTS, labels, params, grads, velocities,
+                       None, None)
+    _run(R_MOMENTUM, &a, ts.t, ts.count, ts.dt)
 
 
 def rmsprop_many(list params, list grads, square_avgs, grad_avgs=None,
                  momentum_buffers=None, *, lr=1e-2, alpha=0.99, eps=1e-8,
                  weight_decay=0.0, momentum=0.0, centered=False,
                  maximize=False, labels=None):
-    cdef fo_rmsprop_args a
-    _rmsprop_args(&a, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    cdef _Args a
+    _rmsprop_args(&a.rmsprop, lr, alpha, eps, weight_decay, momentum, centered,
+                  maximize)
     _require(square_avgs, True, "square_avgs", "using RMSProp")
-    _require(grad_avgs, a.centered, "grad_avgs", "centered=True")
-    _require(momentum_buffers, a.has_momentum, "momentum_buffers", "momentum != 0")
-    _run_rmsprop(&a, _collect_many(RMSPROP_SLOTS, labels, params, grads,
-                                   square_avgs, grad_avgs, momentum_buffers))
+    _require(grad_avgs, a.rmsprop.centered, "grad_avgs", "centered=True")
+    _require(momentum_buffers, a.rmsprop.has_momentum, "momentum_buffers",
+             "momentum != 0")
+    ts = _collect_many(RMSPROP_SLOTS, labels, params, grads, square_avgs,
+                       grad_avgs, momentum_buffers)
+    _run(R_RMSPROP, &a, ts.t, ts.count, ts.dt)
 
 
 def adam_many(list params, list grads, exp_avgs, exp_avg_sqs,
               max_exp_avg_sqs=None, *, step, lr=1e-3, betas=(0.9, 0.999),
               eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
               decoupled_weight_decay=False, labels=None):
-    cdef fo_adam_args a
-    _adam_args(&a, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+    cdef _Args a
+    _adam_args(&a.adam, step, lr, betas, eps, weight_decay, amsgrad, maximize,
                decoupled_weight_decay)
     _require(exp_avgs, True, "exp_avgs", "using Adam")
     _require(exp_avg_sqs, True, "exp_avg_sqs", "using Adam")
-    _require(max_exp_avg_sqs, a.amsgrad, "max_exp_avg_sqs", "amsgrad=True")
-    _run_adam(&a, _collect_many(ADAM_SLOTS, labels, params, grads, exp_avgs,
-                                exp_avg_sqs, max_exp_avg_sqs))
+    _require(max_exp_avg_sqs, a.adam.amsgrad, "max_exp_avg_sqs", "amsgrad=True")
+    ts = _collect_many(ADAM_SLOTS, labels, params, grads, exp_avgs, exp_avg_sqs,
+                       max_exp_avg_sqs)
+    _run(R_ADAM, &a, ts.t, ts.count, ts.dt)
 
 
 def adagrad_many(list params, list grads, state_sums, *, step, lr=1e-2,
                  lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False,
                  labels=None):
-    cdef fo_adagrad_args a
-    _adagrad_args(&a, step, lr, lr_decay, weight_decay, eps, maximize)
+    cdef _Args a
+    _adagrad_args(&a.adagrad, step, lr, lr_decay, weight_decay, eps, maximize)
     _require(state_sums, True, "state_sums", "using Adagrad")
-    _run_adagrad(&a, _collect_many(ADAGRAD_SLOTS, labels, params, grads,
-                                   state_sums, None, None))
+    ts = _collect_many(ADAGRAD_SLOTS, labels, params, grads, state_sums, None,
+                       None)
+    _run(R_ADAGRAD, &a, ts.t, ts.count, ts.dt)
+
+
+# ---------------------------------------------------------------------------
+# Plans: the checked parameters and states of an optimizer, for fast steps.
+
+cdef inline bint _grad_fits(object g, cnp.ndarray p, int dt):
+    """g is an array the kernel can read as p's gradient: same dtype and
+    shape, C-contiguous, aligned, native byte order."""
+    cdef cnp.ndarray a
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    cdef int nd, k
+    if not cnp.PyArray_Check(g):
+        return False
+    a = <cnp.ndarray>g
+    if (cnp.PyArray_TYPE(a) != (cnp.NPY_FLOAT32 if dt == 0 else cnp.NPY_FLOAT64)
+            or (cnp.PyArray_FLAGS(a) & need) != need or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return False
+    nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(p):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIMS(a)[k] != cnp.PyArray_DIMS(p)[k]:
+            return False
+    return True
+
+
+cdef class Plan:
+    """The parameters and states of one optimizer bucket, checked once.
+
+    Parameters and states are checked (dtype, layout, no shared memory) when
+    the plan is made; a step then checks only what can change between steps:
+    each parameter is still writable and of its dtype, each gradient fits its
+    parameter (dtype, shape, layout) and shares memory with no other array.
+    The plan holds references to every array, so their memory cannot move.
+
+    A step method returns 1 when it stepped, 2 when ``check_finite`` found a
+    NaN or infinity among the gradients (nothing written), and 0, with
+    nothing written, when the gradients are not all present and fitting; the
+    caller then takes its general path, which reports errors in detail.
+    Not thread-safe: the optimizer serialises steps.
+    """
+    cdef int dt
+    cdef Py_ssize_t count
+    cdef tuple slots
+    cdef object labels
+    cdef tuple names
+    cdef list params
+    cdef list states
+    cdef fo_tensor *base      # parameters and states; g unset
+    cdef fo_tensor *work      # base with this step's gradients
+    cdef _Range *ranges       # parameters and states, sorted by address
+    cdef _Range *granges      # this step's gradients
+    cdef int nranges
+
+    def __cinit__(self, tuple slots, list params, list states, labels=None,
+                  names=None):
+        cdef Py_ssize_t i, n = len(params)
+        cdef int k, dt = -1
+        cdef object s
+        if n == 0:
+            raise ValueError("a plan needs at least one parameter")
+        if len(states) != 3:
+            raise ValueError("states must list three slots (None when unused)")
+        _check_labels(labels, n)
+        self.slots = slots
+        self.labels = labels
+        self.names = None if names is None else tuple(names)
+        if self.names is not None and len(self.names) != n:
+            raise ValueError("names must name every parameter")
+        self.params = list(params)
+        self.states = [None if x is None else _as_list(x, slots, S0 + k, n)
+                       for k, x in enumerate(states)]
+        self.count = n
+        self.base = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+        self.work = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+        self.ranges = <_Range *>PyMem_Malloc(4 * n * sizeof(_Range))
+        self.granges = <_Range *>PyMem_Malloc(n * sizeof(_Range))
+        if not (self.base and self.work and self.ranges and self.granges):
+            raise MemoryError()
+        for i in range(n):
+            p = self.params[i]
+            dt = _check_array(p, slots, P, i, labels, dt, -1, True)
+            self.base[i].n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>p)
+            self.base[i].p = _data(p)
+            self.base[i].g = NULL
+            for k in range(3):
+                s = None if self.states[k] is None else self.states[k][i]
+                if self.states[k] is not None:
+                    _check_array(s, slots, S0 + k, i, labels, dt,
+                                 <Py_ssize_t>self.base[i].n, True)
+                (&self.base[i].s0)[k] = NULL if s is None else _data(s)
+        self.dt = dt
+        _check_overlap(self.base, n, 4 if dt == 0 else 8, slots, labels, False)
+        self.nranges = 0
+        for i in range(n):
+            nb = self.base[i].n * (4 if dt == 0 else 8)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].p, nb, P, i)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].s0, nb, S0, i)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].s1, nb, S1, i)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].s2, nb, S2, i)
+        qsort(self.ranges, self.nranges, sizeof(_Range), _range_cmp)
+
+    def __dealloc__(self):
+        PyMem_Free(self.base)
+        PyMem_Free(self.work)
+        PyMem_Free(self.ranges)
+        PyMem_Free(self.granges)
+
+    cdef bint _hits_owned(self, uintptr_t lo, uintptr_t hi) noexcept:
+        """[lo, hi) intersects a parameter or state (sorted, disjoint)."""
+        cdef int a = 0, b = self.nranges
+        cdef int mid
+        while a < b:  # first range starting at or after hi
+            mid = (a + b) // 2
+            if self.ranges[mid].lo < hi:
+                a = mid + 1
+            else:
+                b = mid
+        return a > 0 and self.ranges[a - 1].hi > lo
+
+    cdef int _prepare(self, object grads) except -1:
+        """Fill work with this step's gradients: 1, or 0 when they do not
+        all fit (then nothing else happens)."""
+        cdef Py_ssize_t i, n = self.count
+        cdef object g
+        cdef cnp.ndarray p
+        cdef size_t item = 4 if self.dt == 0 else 8
+        cdef int need = cnp.NPY_ARRAY_WRITEABLE
+        cdef int ng = 0, j
+        cdef uintptr_t lo, hi
+        cdef list glist = None
+        cdef dict gdict = None
+        if type(grads) is list:
+            glist = <list>grads
+            if len(glist) != n or self.names is not None:
+                return 0
+        elif type(grads) is dict:
+            gdict = <dict>grads
+            if self.names is None or len(gdict) != n:
+                return 0
+        else:
+            return 0
+        for i in range(n):
+            if glist is not None:
+                g = glist[i]
+            else:
+                g = gdict.get(self.names[i])
+            p = <cnp.ndarray>self.params[i]
+            if ((cnp.PyArray_FLAGS(p) & need) != need
+                    or cnp.PyArray_TYPE(p) != (cnp.NPY_FLOAT32 if self.dt == 0 else cnp.NPY_FLOAT64)
+                    or not _grad_fits(g, p, self.dt)):
+                return 0
+            self.work[i] = self.base[i]
+            self.work[i].g = _data(g)
+            lo = <uintptr_t>self.work[i].g
+            hi = lo + self.work[i].n * item
+            if self.work[i].n:
+                if self._hits_owned(lo, hi):
+                    return 0
+                ng = _add_range(self.granges, ng, self.work[i].g, hi - lo, G, i)
+        if ng <= 8:
+            for j in range(1, ng):
+                for i in range(j):
+                    if (self.granges[j].lo < self.granges[i].hi
+                            and self.granges[i].lo < self.granges[j].hi):
+                        return 0
+        else:
+            _insertion_sort(self.granges, ng)
+            for j in range(1, ng):
+                if self.granges[j].lo < self.granges[j - 1].hi:
+                    return 0
+        return 1
+
+    cdef int _finish(self, int rule, const _Args *a, bint check_finite) except -1:
+        """Run the prepared step, unless check_finite finds a NaN or an
+        infinity among the gradients: then 2, nothing written."""
+        cdef int ok = 1
+        if check_finite:
+            with nogil:
+                ok = (fo_allfinite_f32 if self.dt == 0 else fo_allfinite_f64)(
+                    <const fo_tensor *>self.work, self.count)
+            if not ok:
+                return 2
+        _run(rule, a, self.work, self.count, self.dt)
+        return 1
+
+    def sgd(self, grads, step, lr, momentum, dampening, weight_decay, nesterov,
+            maximize, bint check_finite=False):
+        cdef _Args a
+        cdef int code = self._prepare(grads)
+        if code == 1:
+            _sgd_args(&a.sgd, lr, momentum, dampening, weight_decay, nesterov,
+                      maximize, step, self.states[0])
+            return self._finish(R_SGD, &a, check_finite)
+        return code
+
+    def momentum(self, grads, lr, beta, weight_decay, maximize,
+                 bint check_finite=False):
+        cdef _Args a
+        cdef int code = self._prepare(grads)
+        if code == 1:
+            _momentum_args(&a.momentum, lr, beta, weight_decay, maximize)
+            _require(self.states[0], True, "velocity", "using momentum")
+            return self._finish(R_MOMENTUM, &a, check_finite)
+        return code
+
+    def rmsprop(self, grads, lr, alpha, eps, weight_decay, momentum, centered,
+                maximize, bint check_finite=False):
+        cdef _Args a
+        cdef int code = self._prepare(grads)
+        if code == 1:
+            _rmsprop_args(&a.rmsprop, lr, alpha, eps, weight_decay, momentum,
+                          centered, maximize)
+            _require(self.states[0], True, "square_avg", "using RMSProp")
+            _require(self.states[1], a.rmsprop.centered, "grad_avg", "centered=True")
+            _require(self.states[2], a.rmsprop.has_momentum, "momentum_buffer",
+                     "momentum != 0")
+            return self._finish(R_RMSPROP, &a, check_finite)
+        return code
+
+    def adam(self, grads, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+             decoupled_weight_decay, bint check_finite=False):
+        cdef _Args a
+        cdef int code = self._prepare(grads)
+        if code == 1:
+            _adam_args(&a.adam, step, lr, betas, eps, weight_decay, amsgrad,
+                       maximize, decoupled_weight_decay)
+            _require(self.states[0], True, "exp_avg", "using Adam")
+            _require(self.states[1], True, "exp_avg_sq", "using Adam")
+            _require(self.states[2], a.adam.amsgrad, "max_exp_avg_sq", "amsgrad=True")
+            return self._finish(R_ADAM, &a, check_finite)
+        return code
+
+    def adagrad(self, grads, step, lr, lr_decay, weight_decay, eps, maximize,
+                bint check_finite=False):
+        cdef _Args a
+        cdef int code = self._prepare(grads)
+        if code == 1:
+            _adagrad_args(&a.adagrad, step, lr, lr_decay, weight_decay, eps, maximize)
+            _require(self.states[0], True, "state_sum", "using Adagrad")
+            return self._finish(R_ADAGRAD, &a, check_finite)
+        return code
 
 
 # ---------------------------------------------------------------------------
@@ -712,14 +1077,8 @@ cdef _Tensors _collect_grads(list grads, object labels, bint writable):
     cdef Py_ssize_t i, n = len(grads)
     cdef int d
     cdef void *data
-    ts.count = n
-    ts.dt = -1
-    ts.total = 0
-    ts.t = &ts.one
-    if n > 1:
-        ts.t = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
-        if ts.t == NULL:
-            raise MemoryError()
+    _check_labels(labels, n)
+    ts.reserve(n)
     for i in range(n):
         d = _check_array(grads[i], GRAD_SLOTS, G, i, labels, -1, -1, writable)
         if ts.dt >= 0 and d != ts.dt:
@@ -733,7 +1092,6 @@ cdef _Tensors _collect_grads(list grads, object labels, bint writable):
         ts.t[i].p = data if writable else NULL
         ts.t[i].g = NULL if writable else data
         ts.t[i].s0 = ts.t[i].s1 = ts.t[i].s2 = NULL
-        ts.total += ts.t[i].n
     if writable and n > 1:
         _check_overlap(ts.t, n, 4 if ts.dt == 0 else 8, GRAD_SLOTS, labels, False)
     return ts
@@ -790,11 +1148,11 @@ def traffic(param, grad, state0=None, state1=None, state2=None):
     Reads every array given and writes param and the states with their sum:
     the same bytes a rule over these arrays moves, at the same threads and
     instruction-set level.  Overwrites its arguments; for measurement only."""
-    cdef _Tensors ts = _collect_one(TRAFFIC_SLOTS, param, grad, state0, state1, state2)
+    cdef fo_tensor t
     if (state1 is not None and state0 is None) or (state2 is not None and state1 is None):
         raise ValueError("states must be given in order: state0, state1, state2")
-    with nogil:
-        (fo_traffic_f32 if ts.dt == 0 else fo_traffic_f64)(ts.t, ts.count)
+    dt = _fill_one(&t, TRAFFIC_SLOTS, param, grad, state0, state1, state2)
+    _run(R_TRAFFIC, NULL, &t, 1, dt)
 
 
 # ---------------------------------------------------------------------------

@@ -4,11 +4,14 @@ An optimizer owns a model's parameters (NumPy arrays, updated in place) and
 their state.  ``step(grads)`` applies one update.  The work of a step is
 organised around *buckets*: the parameters of one group that share a dtype.
 Each bucket keeps its parameters in a list and each kind of state in ONE
-contiguous buffer (with per-parameter views), prepared at construction, so a
-step is: check the gradients, then one ``fastopt._core.*_many`` call per
-bucket.  When a bucket's parameters are back-to-back views of one buffer
-(see :class:`fastopt.FlatParams`) and so are its gradients, the bucket is
-stepped as a single tensor.
+contiguous buffer (with per-parameter views).  In the common case (one
+bucket, every gradient present, equal step counts) a step is a single call
+into C through a ``fastopt._core.Plan``, which checked parameters and states
+once and checks only the gradients per step; otherwise a step makes one
+``fastopt._core.*_many`` call per bucket and step count.  The C boundary
+fuses neighbouring tensors whose arrays continue one another, so parameters,
+states and gradients that are back-to-back views of one buffer each (see
+:class:`fastopt.FlatParams`) are stepped as a single tensor.
 
 Everything a step could reject is checked before the first array is written:
 an error leaves parameters, states and step counts as they were.
@@ -19,7 +22,7 @@ gradient, and bias corrections use that count.
 import math
 import numbers
 import threading
-from operator import attrgetter, is_
+from operator import attrgetter
 
 import numpy as np
 
@@ -31,8 +34,7 @@ __all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adam", "AdamW",
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _MAX_STEP = 2 ** 62          # the core refuses larger step counts
-_ALL, _FLAT = "all", "flat"  # a call covering every tensor of a bucket
-_layout = attrgetter("strides", "dtype")
+_ALL = "all"                 # a call covering every tensor of a bucket
 _shape = attrgetter("shape")
 
 
@@ -77,39 +79,6 @@ def _check_common(group):
 
 def _address(a):
     return a.__array_interface__["data"][0]
-
-
-def _root(a):
-    """The array at the end of a's chain of views."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
-
-
-def _span(arrays):
-    """A 1-D view of exactly the memory of `arrays`, or None.
-
-    Not None only when the arrays share one dtype, are C-contiguous, lie back
-    to back in this order (each starts where the previous ends) and are views
-    of one C-contiguous root array that contains them all.  Elementwise rules
-    then give the same bits on the span as on the arrays one by one."""
-    first = arrays[0]
-    if not isinstance(first, np.ndarray):
-        return None
-    root = _root(first)
-    if not root.flags.c_contiguous:
-        return None
-    dtype = first.dtype
-    start = end = _address(first)
-    for a in arrays:
-        if (not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous or _address(a) != end
-                or _root(a) is not root):
-            return None
-        end += a.nbytes
-    lo = _address(root)
-    if not lo <= start <= end <= lo + root.nbytes:
-        return None
-    return root.reshape(-1).view(np.uint8)[start - lo:end - lo].view(dtype)
 
 
 def _check_disjoint(ranges):
@@ -183,14 +152,8 @@ class _Bucket:
         self.steps = None
         self.buffers = {}
         self.views = {}
-        self.flat = _span(params)
-        if self.flat is not None and not self.flat.flags.writeable:
-            self.flat = None
-        self.flat_labels = [f"{labels[0]}..{labels[-1]}"]
-        self._grad_key = None
-        self._grad_layout = None
         self._cached_sel = self._cached_slots = self._cached_states = None
-        self._flat_grad = None
+        self._plan = self._plan_slots = None
 
     def step_list(self):
         return self.steps if self.steps is not None else [self.step] * len(self.params)
@@ -203,6 +166,7 @@ class _Bucket:
             offset += n
         self.buffers[kind] = buf
         self.views[kind] = views
+        self._cached_sel = self._plan_slots = None
 
     def check_grads(self, grads):
         """Raise unless each grad is None or has its parameter's shape;
@@ -224,34 +188,10 @@ class _Bucket:
                 raise _grad_error(g, shape, label)
         return missing
 
-    def flat_grad(self, grads):
-        """The span of grads (see _span), or None if they are not one.
-
-        The span is cached while the same array objects come back with the
-        same strides and dtype: an array's data pointer cannot change, and
-        its shape is checked every step, so its memory is then the same."""
-        key = self._grad_key
-        if (key is not None and all(map(is_, grads, key))
-                and list(map(_layout, grads)) == self._grad_layout):
-            return self._flat_grad
-        flat = _span(grads)
-        if flat is None:
-            self._grad_key = self._grad_layout = self._flat_grad = None
-        else:
-            self._grad_key = list(grads)
-            self._grad_layout = list(map(_layout, grads))
-            self._flat_grad = flat
-        return flat
-
     def calls(self, grads, missing):
         """The kernel calls for this step: (bucket, selection, params, grads,
         step, labels), one per distinct step count among present grads."""
         if missing == 0 and self.steps is None:
-            if self.flat is not None:
-                flat = self.flat_grad(grads)
-                if flat is not None:
-                    return [(self, _FLAT, [self.flat], [flat], self.step + 1,
-                             self.flat_labels)]
             return [(self, _ALL, self.params, grads, self.step + 1, self.labels)]
         steps = self.step_list()
         by_step = {}
@@ -270,9 +210,7 @@ class _Bucket:
         for kind in slots:
             if kind is not None and kind not in self.buffers:
                 self.allocate(kind, initial(kind))
-        if sel is _FLAT:
-            states = [None if k is None else [self.buffers[k]] for k in slots]
-        elif sel is _ALL:
+        if sel is _ALL:
             states = [None if k is None else self.views[k] for k in slots]
         else:
             return [None if k is None else [self.views[k][j] for j in sel]
@@ -281,8 +219,22 @@ class _Bucket:
         self._cached_sel, self._cached_slots, self._cached_states = sel, slots, states
         return states
 
+    def plan(self, slots, kernel_slots, names):
+        """The bucket's _core.Plan for these state slots (made on first use
+        and whenever the state buffers change), or None while a buffer is
+        missing: buffers are made only by a step that has passed its checks."""
+        if self._plan_slots != slots:
+            if any(k is not None and k not in self.buffers for k in slots):
+                return None
+            states = list(self.states(slots, _ALL, None))
+            states += [None] * (3 - len(states))
+            self._plan = _core.Plan(kernel_slots, self.params, states,
+                                    self.labels, names)
+            self._plan_slots = slots
+        return self._plan
+
     def advance(self, sel):
-        if sel is _ALL or sel is _FLAT:
+        if sel is _ALL:
             self.step += 1
             return
         steps = self.step_list()
@@ -301,11 +253,13 @@ class _Bucket:
 class Optimizer:
     """Base class: parameter groups, buckets, checked steps and checkpoints.
 
-    Subclasses define the rule through four hooks: ``_check_group`` (the
+    Subclasses define the rule through five hooks: ``_check_group`` (the
     hyperparameter checks), ``_slots`` (the state kinds a group needs, in the
     kernel's argument order, None for an unused slot), ``_update`` (one call
-    of the rule's ``*_many`` kernel) and, when a state does not start at
-    zero, ``_initial``.  ``_kinds`` lists every state kind of the rule.
+    of the rule's ``*_many`` kernel), ``_run_plan`` (the same through a
+    ``_core.Plan``) and, when a state does not start at zero, ``_initial``.
+    ``_kinds`` lists every state kind of the rule, ``_kernel_slots`` the
+    kernel's names for its arrays (for error messages).
 
     Parameters are given as a list or tuple of arrays, a dict name -> array,
     or a list of group dicts ``{"params": list or dict, **hyperparameters}``
@@ -413,6 +367,9 @@ class Optimizer:
     def _update(self, group, params, grads, states, step, labels):
         raise NotImplementedError
 
+    def _run_plan(self, plan, group, grads, step):
+        raise NotImplementedError
+
     def _initial(self, group, kind):
         return 0.0
 
@@ -429,9 +386,18 @@ class Optimizer:
         ``skipped_steps`` and returns False; otherwise step returns True.
         """
         with self._lock:
+            if self._single and self._buckets[0].steps is None:
+                code = self._fast_step(self._buckets[0], grads)
+                if code == 1:
+                    self._buckets[0].step += 1
+                    return True
+                if code == 2:
+                    self.skipped_steps += 1
+                    return False
+            # The general path: check everything first, since making a
+            # missing state buffer or a second call must not follow a failure.
             calls = self._plan(grads)
-            if len(calls) > 1 or self.skip_nonfinite:
-                self._precheck(calls)
+            self._precheck(calls)
             if self.skip_nonfinite and not self._allfinite(calls):
                 self.skipped_steps += 1
                 return False
@@ -442,6 +408,16 @@ class Optimizer:
                 self._update(group, params, gs, states, step, labels)
                 bucket.advance(sel)
             return True
+
+    def _fast_step(self, bucket, grads):
+        """One call into C for the whole model; 0 when this step needs the
+        general path (a None grad, an error to report), having changed
+        nothing."""
+        group = bucket.group
+        plan = bucket.plan(self._slots(group), self._kernel_slots, self._names)
+        if plan is None:
+            return 0
+        return self._run_plan(plan, group, grads, bucket.step + 1)
 
     def _ordered(self, grads):
         """grads as one list aligned with self._params."""
@@ -729,6 +705,13 @@ class SGD(Optimizer):
     def _slots(self, group):
         return ("momentum_buffer" if group["momentum"] != 0 else None,)
 
+    _kernel_slots = _core.SGD_SLOTS
+
+    def _run_plan(self, plan, group, grads, step):
+        return plan.sgd(grads, step, group["lr"], group["momentum"],
+                        group["dampening"], group["weight_decay"],
+                        group["nesterov"], group["maximize"], self.skip_nonfinite)
+
     def _update(self, group, params, grads, states, step, labels):
         _core.sgd_many(params, grads, states[0], lr=group["lr"],
                        momentum=group["momentum"], dampening=group["dampening"],
@@ -770,6 +753,13 @@ class Momentum(Optimizer):
 
     def _slots(self, group):
         return ("velocity",)
+
+    _kernel_slots = _core.MOMENTUM_SLOTS
+
+    def _run_plan(self, plan, group, grads, step):
+        return plan.momentum(grads, group["lr"], group["beta"],
+                             group["weight_decay"], group["maximize"],
+                             self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.momentum_many(params, grads, states[0], lr=group["lr"],
@@ -818,6 +808,14 @@ class RMSprop(Optimizer):
         return ("square_avg",
                 "grad_avg" if group["centered"] else None,
                 "momentum_buffer" if group["momentum"] != 0 else None)
+
+    _kernel_slots = _core.RMSPROP_SLOTS
+
+    def _run_plan(self, plan, group, grads, step):
+        return plan.rmsprop(grads, group["lr"], group["alpha"], group["eps"],
+                            group["weight_decay"], group["momentum"],
+                            group["centered"], group["maximize"],
+                            self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.rmsprop_many(params, grads, *states, lr=group["lr"],
@@ -868,6 +866,14 @@ class Adam(Optimizer):
     def _slots(self, group):
         return ("exp_avg", "exp_avg_sq",
                 "max_exp_avg_sq" if group["amsgrad"] else None)
+
+    _kernel_slots = _core.ADAM_SLOTS
+
+    def _run_plan(self, plan, group, grads, step):
+        return plan.adam(grads, step, group["lr"], group["betas"], group["eps"],
+                         group["weight_decay"], group["amsgrad"],
+                         group["maximize"], group["decoupled_weight_decay"],
+                         self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.adam_many(params, grads, *states, step=step, lr=group["lr"],
@@ -932,6 +938,13 @@ class Adagrad(Optimizer):
 
     def _initial(self, group, kind):
         return float(group["initial_accumulator_value"])
+
+    _kernel_slots = _core.ADAGRAD_SLOTS
+
+    def _run_plan(self, plan, group, grads, step):
+        return plan.adagrad(grads, step, group["lr"], group["lr_decay"],
+                            group["weight_decay"], group["eps"],
+                            group["maximize"], self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.adagrad_many(params, grads, states[0], step=step, lr=group["lr"],
