@@ -10,10 +10,29 @@
 
 #include <math.h>
 
+/* beta^t.  A step of a model calls this with the same (beta, t) once per
+ * tensor, so each thread remembers its last two answers: pow() is a sizeable
+ * share of a small call, and a remembered value is the same bits. */
+static inline double fo_power(double beta, long long step)
+{
+    static _Thread_local double memo_beta[2] = {-1.0, -1.0};
+    static _Thread_local long long memo_step[2] = {0, 0};
+    static _Thread_local double memo_value[2];
+    static _Thread_local int memo_next;
+    for (int k = 0; k < 2; k++)
+        if (memo_beta[k] == beta && memo_step[k] == step) return memo_value[k];
+    const double value = pow(beta, (double)step);
+    memo_beta[memo_next] = beta;
+    memo_step[memo_next] = step;
+    memo_value[memo_next] = value;
+    memo_next ^= 1;
+    return value;
+}
+
 /* 1 - beta^t */
 static inline double fo_bias_correction(double beta, long long step)
 {
-    return 1.0 - pow(beta, (double)step);
+    return 1.0 - fo_power(beta, step);
 }
 
 /* Adam's step size lr / (1 - beta1^t) */

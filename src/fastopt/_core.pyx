@@ -8,6 +8,7 @@ reference reaches through the helpers at the end of this file.
 """
 
 cimport numpy as cnp
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport uintptr_t
@@ -90,9 +91,10 @@ cdef inline bint _flag(object x, str name) except -1:
 
 cdef inline long long _step(object step) except -1:
     cdef long long t
+    cdef int overflow = 0
     if type(step) is int:
-        t = step if -2 ** 62 < step < 2 ** 62 else 0
-        if t >= 1:
+        t = PyLong_AsLongLongAndOverflow(step, &overflow)
+        if overflow == 0 and 1 <= t <= (1LL << 62):
             return t
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"step must be an int, got {type(step).__name__}")
@@ -107,18 +109,18 @@ cdef inline double _sign(object maximize) except? 0.0:
     return -1.0 if _flag(maximize, "maximize") else 1.0
 
 
-cdef tuple _betas(object betas):
-    cdef double b1, b2
+cdef int _betas(object betas, double *beta1, double *beta2) except -1:
     if type(betas) is tuple and len(<tuple>betas) == 2:
         x1, x2 = <tuple>betas
         if type(x1) is float and type(x2) is float:
-            b1, b2 = x1, x2
-            if 0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0:
-                return (b1, b2)
+            beta1[0], beta2[0] = x1, x2
+            if 0.0 <= beta1[0] < 1.0 and 0.0 <= beta2[0] < 1.0:
+                return 0
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return (_beta(betas[0], "betas[0]", "beta parameter at index 0"),
-            _beta(betas[1], "betas[1]", "beta parameter at index 1"))
+    beta1[0] = _beta(betas[0], "betas[0]", "beta parameter at index 0")
+    beta2[0] = _beta(betas[1], "betas[1]", "beta parameter at index 1")
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -146,6 +148,35 @@ cdef int _check_labels(object labels, Py_ssize_t n) except -1:
     return 0
 
 
+cdef inline Py_ssize_t _size(cnp.ndarray a) noexcept:
+    cdef Py_ssize_t n = 1
+    cdef int k
+    for k in range(cnp.PyArray_NDIM(a)):
+        n *= cnp.PyArray_DIMS(a)[k]
+    return n
+
+
+cdef inline int _array_ok(object x, int dt, Py_ssize_t n, bint writable) noexcept:
+    """The dtype index of x when it passes every check of _check_array, -1
+    otherwise (then _check_array says why)."""
+    cdef cnp.ndarray a
+    cdef int tn, d
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if not cnp.PyArray_Check(x):
+        return -1
+    a = <cnp.ndarray>x
+    tn = cnp.PyArray_TYPE(a)
+    d = 0 if tn == cnp.NPY_FLOAT32 else (1 if tn == cnp.NPY_FLOAT64 else -1)
+    if writable:
+        need |= cnp.NPY_ARRAY_WRITEABLE
+    if (d >= 0 and (dt < 0 or d == dt)
+            and (cnp.PyArray_FLAGS(a) & need) == need
+            and cnp.PyArray_ISNOTSWAPPED(a)
+            and (n < 0 or _size(a) == n)):
+        return d
+    return -1
+
+
 cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
                       object labels, int dt, Py_ssize_t n,
                       bint writable) except -2:
@@ -154,18 +185,9 @@ cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
     dt < 0 means no dtype to match yet; n < 0 means no size to match."""
     cdef cnp.ndarray a
     cdef int tn, d, need
-    if cnp.PyArray_Check(x):  # the common case, every test at once
-        a = <cnp.ndarray>x
-        tn = cnp.PyArray_TYPE(a)
-        d = 0 if tn == cnp.NPY_FLOAT32 else (1 if tn == cnp.NPY_FLOAT64 else -1)
-        need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
-        if writable:
-            need |= cnp.NPY_ARRAY_WRITEABLE
-        if (d >= 0 and (dt < 0 or d == dt)
-                and (cnp.PyArray_FLAGS(a) & need) == need
-                and cnp.PyArray_ISNOTSWAPPED(a)
-                and (n < 0 or cnp.PyArray_SIZE(a) == n)):
-            return d
+    d = _array_ok(x, dt, n, writable)
+    if d >= 0:
+        return d
     # one test failed: find which, for the message
     if not isinstance(x, cnp.ndarray):
         raise TypeError(f"{_slot_name(slots, slot, index, labels)} must be a "
@@ -224,14 +246,16 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
         k = 0 if (required & 1 and s0 is None) else (1 if (required & 2 and s1 is None) else 2)
         raise ValueError(f"{_slot_name(slots, S0 + k, index, labels)} is "
                          f"None; every tensor needs this state")
-    dt = _check_array(p, slots, P, index, labels, dt, -1, True)
-    n = cnp.PyArray_SIZE(<cnp.ndarray>p)
-    _check_array(g, slots, G, index, labels, dt, n, False)
-    if s0 is not None:
+    cdef int d = _array_ok(p, dt, -1, True)
+    dt = d if d >= 0 else _check_array(p, slots, P, index, labels, dt, -1, True)
+    n = _size(<cnp.ndarray>p)
+    if _array_ok(g, dt, n, False) < 0:
+        _check_array(g, slots, G, index, labels, dt, n, False)
+    if s0 is not None and _array_ok(s0, dt, n, True) < 0:
         _check_array(s0, slots, S0, index, labels, dt, n, True)
-    if s1 is not None:
+    if s1 is not None and _array_ok(s1, dt, n, True) < 0:
         _check_array(s1, slots, S1, index, labels, dt, n, True)
-    if s2 is not None:
+    if s2 is not None and _array_ok(s2, dt, n, True) < 0:
         _check_array(s2, slots, S2, index, labels, dt, n, True)
     t.n = <size_t>n
     t.p = _data(p)
@@ -371,7 +395,15 @@ cdef int _fill_one(fo_tensor *t, tuple slots, object p, object g, object s0,
     """Check the arrays of a single-tensor call; return the dtype index."""
     cdef int dt = _fill_tensor(t, slots, -1, None, p, g, s0, s1, s2, -1,
                                _required(s0, s1, s2))
-    _check_overlap(t, 1, 4 if dt == 0 else 8, slots, None, True)
+    cdef _Range r[NSLOTS]
+    cdef size_t nb = t.n * (4 if dt == 0 else 8)
+    cdef int k = 0
+    k = _add_range(r, k, t.p, nb, P, -1)
+    k = _add_range(r, k, t.g, nb, G, -1)
+    k = _add_range(r, k, t.s0, nb, S0, -1)
+    k = _add_range(r, k, t.s1, nb, S1, -1)
+    k = _add_range(r, k, t.s2, nb, S2, -1)
+    _overlap_pairs(r, k, slots, None, True)
     return dt
 
 
@@ -581,7 +613,7 @@ cdef int _adam_args(fo_adam_args *a, object step, object lr, object betas,
                     object maximize, object decoupled_weight_decay) except -1:
     cdef long long t = _step(step)
     cdef double lr_ = _lr(lr), wd
-    a.beta1, a.beta2 = _betas(betas)
+    _betas(betas, &a.beta1, &a.beta2)
     a.one_minus_beta1 = 1.0 - a.beta1
     a.one_minus_beta2 = 1.0 - a.beta2
     a.eps = _nonneg(eps, "eps", "epsilon value")
@@ -859,13 +891,15 @@ cdef class Plan:
     parameter (dtype, shape, layout) and shares memory with no other array.
     The plan holds references to every array, so their memory cannot move.
 
-    A step method returns 1 when it stepped, 2 when ``check_finite`` found a
-    NaN or infinity among the gradients (nothing written), and 0, with
-    nothing written, when the gradients are not all present and fitting; the
-    caller then takes its general path, which reports errors in detail.
+    ``step`` returns 1 when it stepped, 2 when ``check_finite`` found a NaN
+    or infinity among the gradients (nothing written), and 0, with nothing
+    written, when the gradients are not all present and fitting; the caller
+    then takes its general path, which reports errors in detail.  States are
+    given per slot in the rule's order (None for a slot the plan lacks).
     Not thread-safe: the optimizer serialises steps.
     """
     cdef int dt
+    cdef int rule
     cdef Py_ssize_t count
     cdef tuple slots
     cdef object labels
@@ -878,11 +912,15 @@ cdef class Plan:
     cdef _Range *granges      # this step's gradients
     cdef int nranges
 
-    def __cinit__(self, tuple slots, list params, list states, labels=None,
+    def __cinit__(self, str rule, list params, list states, labels=None,
                   names=None):
         cdef Py_ssize_t i, n = len(params)
         cdef int k, dt = -1
         cdef object s
+        cdef tuple slots
+        if rule not in _RULES:
+            raise ValueError(f"rule must be one of {', '.join(_RULES)}, got {rule!r}")
+        self.rule, slots = _RULES[rule]
         if n == 0:
             raise ValueError("a plan needs at least one parameter")
         if len(states) != 3:
@@ -1010,62 +1048,86 @@ cdef class Plan:
         _run(rule, a, self.work, self.count, self.dt)
         return 1
 
-    def sgd(self, grads, step, lr, momentum, dampening, weight_decay, nesterov,
-            maximize, bint check_finite=False):
-        cdef _Args a
-        cdef int code = self._prepare(grads)
-        if code == 1:
-            _sgd_args(&a.sgd, lr, momentum, dampening, weight_decay, nesterov,
-                      maximize, step, self.states[0])
-            return self._finish(R_SGD, &a, check_finite)
-        return code
+    cdef int _has(self, int k):
+        return self.states[k] is not None
 
-    def momentum(self, grads, lr, beta, weight_decay, maximize,
-                 bint check_finite=False):
+    def step(self, grads, step, dict group, bint check_finite=False):
+        """One step of the plan's rule with the hyperparameters in `group`
+        (an optimizer's parameter group, read now, so changes between steps
+        count).  Returns 1, 2 or 0 as the class says; 0 also when the group
+        needs a state the plan lacks (the caller's general path makes it)."""
         cdef _Args a
-        cdef int code = self._prepare(grads)
-        if code == 1:
-            _momentum_args(&a.momentum, lr, beta, weight_decay, maximize)
-            _require(self.states[0], True, "velocity", "using momentum")
-            return self._finish(R_MOMENTUM, &a, check_finite)
-        return code
+        cdef int rule = self.rule
+        cdef int code
+        cdef object v
+        for key in _GROUP_KEYS[rule]:
+            if key not in group:
+                return 0            # the general path reports the missing key
+        code = self._prepare(grads)
+        if code != 1:
+            return code
+        if rule == R_ADAM:
+            _adam_args(&a.adam, step, group["lr"], group["betas"], group["eps"],
+                       group["weight_decay"], group["amsgrad"], group["maximize"],
+                       group["decoupled_weight_decay"])
+            if not (self._has(0) and self._has(1)) or (a.adam.amsgrad and not self._has(2)):
+                return 0
+            self._use(True, True, a.adam.amsgrad)
+        elif rule == R_SGD:
+            if group["momentum"] != 0 and not self._has(0):
+                return 0
+            _sgd_args(&a.sgd, group["lr"], group["momentum"], group["dampening"],
+                      group["weight_decay"], group["nesterov"], group["maximize"],
+                      step, None if group["momentum"] == 0 else self.states[0])
+            if a.sgd.has_momentum and not self._has(0):
+                return 0
+            self._use(a.sgd.has_momentum, False, False)
+        elif rule == R_MOMENTUM:
+            _momentum_args(&a.momentum, group["lr"], group["beta"],
+                           group["weight_decay"], group["maximize"])
+            if not self._has(0):
+                return 0
+            self._use(True, False, False)
+        elif rule == R_RMSPROP:
+            _rmsprop_args(&a.rmsprop, group["lr"], group["alpha"], group["eps"],
+                          group["weight_decay"], group["momentum"],
+                          group["centered"], group["maximize"])
+            if (not self._has(0) or (a.rmsprop.centered and not self._has(1))
+                    or (a.rmsprop.has_momentum and not self._has(2))):
+                return 0
+            self._use(True, a.rmsprop.centered, a.rmsprop.has_momentum)
+        else:
+            _adagrad_args(&a.adagrad, step, group["lr"], group["lr_decay"],
+                          group["weight_decay"], group["eps"], group["maximize"])
+            if not self._has(0):
+                return 0
+            self._use(True, False, False)
+        return self._finish(rule, &a, check_finite)
 
-    def rmsprop(self, grads, lr, alpha, eps, weight_decay, momentum, centered,
-                maximize, bint check_finite=False):
-        cdef _Args a
-        cdef int code = self._prepare(grads)
-        if code == 1:
-            _rmsprop_args(&a.rmsprop, lr, alpha, eps, weight_decay, momentum,
-                          centered, maximize)
-            _require(self.states[0], True, "square_avg", "using RMSProp")
-            _require(self.states[1], a.rmsprop.centered, "grad_avg", "centered=True")
-            _require(self.states[2], a.rmsprop.has_momentum, "momentum_buffer",
-                     "momentum != 0")
-            return self._finish(R_RMSPROP, &a, check_finite)
-        return code
+    cdef void _use(self, bint s0, bint s1, bint s2) noexcept:
+        """Leave out of this step the states its options do not use."""
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if not s0:
+                self.work[i].s0 = NULL
+            if not s1:
+                self.work[i].s1 = NULL
+            if not s2:
+                self.work[i].s2 = NULL
 
-    def adam(self, grads, step, lr, betas, eps, weight_decay, amsgrad, maximize,
-             decoupled_weight_decay, bint check_finite=False):
-        cdef _Args a
-        cdef int code = self._prepare(grads)
-        if code == 1:
-            _adam_args(&a.adam, step, lr, betas, eps, weight_decay, amsgrad,
-                       maximize, decoupled_weight_decay)
-            _require(self.states[0], True, "exp_avg", "using Adam")
-            _require(self.states[1], True, "exp_avg_sq", "using Adam")
-            _require(self.states[2], a.adam.amsgrad, "max_exp_avg_sq", "amsgrad=True")
-            return self._finish(R_ADAM, &a, check_finite)
-        return code
 
-    def adagrad(self, grads, step, lr, lr_decay, weight_decay, eps, maximize,
-                bint check_finite=False):
-        cdef _Args a
-        cdef int code = self._prepare(grads)
-        if code == 1:
-            _adagrad_args(&a.adagrad, step, lr, lr_decay, weight_decay, eps, maximize)
-            _require(self.states[0], True, "state_sum", "using Adagrad")
-            return self._finish(R_ADAGRAD, &a, check_finite)
-        return code
+_GROUP_KEYS = {
+    R_SGD: ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    R_MOMENTUM: ("lr", "beta", "weight_decay", "maximize"),
+    R_RMSPROP: ("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
+                "maximize"),
+    R_ADAM: ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+             "decoupled_weight_decay"),
+    R_ADAGRAD: ("lr", "lr_decay", "weight_decay", "eps", "maximize"),
+}
+_RULES = {"sgd": (R_SGD, SGD_SLOTS), "momentum": (R_MOMENTUM, MOMENTUM_SLOTS),
+          "rmsprop": (R_RMSPROP, RMSPROP_SLOTS), "adam": (R_ADAM, ADAM_SLOTS),
+          "adagrad": (R_ADAGRAD, ADAGRAD_SLOTS)}
 
 
 # ---------------------------------------------------------------------------

@@ -153,7 +153,6 @@ class _Bucket:
         self.buffers = {}
         self.views = {}
         self._cached_sel = self._cached_slots = self._cached_states = None
-        self._plan = self._plan_slots = None
 
     def step_list(self):
         return self.steps if self.steps is not None else [self.step] * len(self.params)
@@ -166,7 +165,7 @@ class _Bucket:
             offset += n
         self.buffers[kind] = buf
         self.views[kind] = views
-        self._cached_sel = self._plan_slots = None
+        self._cached_sel = None
 
     def check_grads(self, grads):
         """Raise unless each grad is None or has its parameter's shape;
@@ -219,20 +218,6 @@ class _Bucket:
         self._cached_sel, self._cached_slots, self._cached_states = sel, slots, states
         return states
 
-    def plan(self, slots, kernel_slots, names):
-        """The bucket's _core.Plan for these state slots (made on first use
-        and whenever the state buffers change), or None while a buffer is
-        missing: buffers are made only by a step that has passed its checks."""
-        if self._plan_slots != slots:
-            if any(k is not None and k not in self.buffers for k in slots):
-                return None
-            states = list(self.states(slots, _ALL, None))
-            states += [None] * (3 - len(states))
-            self._plan = _core.Plan(kernel_slots, self.params, states,
-                                    self.labels, names)
-            self._plan_slots = slots
-        return self._plan
-
     def advance(self, sel):
         if sel is _ALL:
             self.step += 1
@@ -253,13 +238,12 @@ class _Bucket:
 class Optimizer:
     """Base class: parameter groups, buckets, checked steps and checkpoints.
 
-    Subclasses define the rule through five hooks: ``_check_group`` (the
+    Subclasses define the rule through four hooks: ``_check_group`` (the
     hyperparameter checks), ``_slots`` (the state kinds a group needs, in the
     kernel's argument order, None for an unused slot), ``_update`` (one call
-    of the rule's ``*_many`` kernel), ``_run_plan`` (the same through a
-    ``_core.Plan``) and, when a state does not start at zero, ``_initial``.
-    ``_kinds`` lists every state kind of the rule, ``_kernel_slots`` the
-    kernel's names for its arrays (for error messages).
+    of the rule's ``*_many`` kernel) and, when a state does not start at
+    zero, ``_initial``.  ``_kinds`` lists every state kind of the rule in the
+    kernel's slot order, ``_rule`` names the kernel for ``_core.Plan``.
 
     Parameters are given as a list or tuple of arrays, a dict name -> array,
     or a list of group dicts ``{"params": list or dict, **hyperparameters}``
@@ -268,6 +252,7 @@ class Optimizer:
     """
 
     _kinds = ()
+    _rule = None
 
     def __init__(self, params, defaults, *, skip_nonfinite=False):
         _check_flag(skip_nonfinite, "skip_nonfinite")
@@ -276,6 +261,7 @@ class Optimizer:
         self.skip_nonfinite = bool(skip_nonfinite)
         self.skipped_steps = 0
         self._lock = threading.Lock()
+        self._fast = None
         self.param_groups = []
         self._params = []
         self._labels = []
@@ -367,9 +353,6 @@ class Optimizer:
     def _update(self, group, params, grads, states, step, labels):
         raise NotImplementedError
 
-    def _run_plan(self, plan, group, grads, step):
-        raise NotImplementedError
-
     def _initial(self, group, kind):
         return 0.0
 
@@ -386,10 +369,13 @@ class Optimizer:
         ``skipped_steps`` and returns False; otherwise step returns True.
         """
         with self._lock:
-            if self._single and self._buckets[0].steps is None:
-                code = self._fast_step(self._buckets[0], grads)
+            plan = self._fast if self._fast is not None else self._make_fast()
+            if plan is not None:
+                bucket = self._buckets[0]
+                code = plan.step(grads, bucket.step + 1, bucket.group,
+                                 self.skip_nonfinite)
                 if code == 1:
-                    self._buckets[0].step += 1
+                    bucket.step += 1
                     return True
                 if code == 2:
                     self.skipped_steps += 1
@@ -401,6 +387,7 @@ class Optimizer:
             if self.skip_nonfinite and not self._allfinite(calls):
                 self.skipped_steps += 1
                 return False
+            self._fast = None   # buffers or step counts may change below
             for bucket, sel, params, gs, step, labels in calls:
                 group = bucket.group
                 states = bucket.states(self._slots(group), sel,
@@ -409,15 +396,18 @@ class Optimizer:
                 bucket.advance(sel)
             return True
 
-    def _fast_step(self, bucket, grads):
-        """One call into C for the whole model; 0 when this step needs the
-        general path (a None grad, an error to report), having changed
-        nothing."""
-        group = bucket.group
-        plan = bucket.plan(self._slots(group), self._kernel_slots, self._names)
-        if plan is None:
-            return 0
-        return self._run_plan(plan, group, grads, bucket.step + 1)
+    def _make_fast(self):
+        """The _core.Plan for whole-model steps in one call into C, when the
+        model is one bucket whose parameters share a step count; else None.
+        Kept until a step takes the general path or a state is loaded."""
+        if not self._single or self._buckets[0].steps is not None:
+            return None
+        bucket = self._buckets[0]
+        states = [bucket.views.get(kind) for kind in self._kinds]
+        self._fast = _core.Plan(self._rule, bucket.params,
+                                states + [None] * (3 - len(states)),
+                                bucket.labels, self._names)
+        return self._fast
 
     def _ordered(self, grads):
         """grads as one list aligned with self._params."""
@@ -536,6 +526,7 @@ class Optimizer:
         dtypes); any mismatch raises ValueError and changes nothing."""
         with self._lock:
             groups, steps, entries, skipped = self._check_state_dict(state_dict)
+            self._fast = None
             for group, hyper in zip(self.param_groups, groups):
                 kept = {k: group[k] for k in ("params", "param_names") if k in group}
                 group.clear()
@@ -684,6 +675,7 @@ class SGD(Optimizer):
     """
 
     _kinds = ("momentum_buffer",)
+    _rule = "sgd"
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0,
                  weight_decay=0, nesterov=False, *, maximize=False,
@@ -704,13 +696,6 @@ class SGD(Optimizer):
 
     def _slots(self, group):
         return ("momentum_buffer" if group["momentum"] != 0 else None,)
-
-    _kernel_slots = _core.SGD_SLOTS
-
-    def _run_plan(self, plan, group, grads, step):
-        return plan.sgd(grads, step, group["lr"], group["momentum"],
-                        group["dampening"], group["weight_decay"],
-                        group["nesterov"], group["maximize"], self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.sgd_many(params, grads, states[0], lr=group["lr"],
@@ -739,6 +724,7 @@ class Momentum(Optimizer):
     """
 
     _kinds = ("velocity",)
+    _rule = "momentum"
 
     def __init__(self, params, lr=1e-3, beta=0.9, *, weight_decay=0,
                  maximize=False, skip_nonfinite=False):
@@ -753,13 +739,6 @@ class Momentum(Optimizer):
 
     def _slots(self, group):
         return ("velocity",)
-
-    _kernel_slots = _core.MOMENTUM_SLOTS
-
-    def _run_plan(self, plan, group, grads, step):
-        return plan.momentum(grads, group["lr"], group["beta"],
-                             group["weight_decay"], group["maximize"],
-                             self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.momentum_many(params, grads, states[0], lr=group["lr"],
@@ -787,6 +766,7 @@ class RMSprop(Optimizer):
     """
 
     _kinds = ("square_avg", "grad_avg", "momentum_buffer")
+    _rule = "rmsprop"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0,
                  momentum=0, centered=False, *, maximize=False,
@@ -808,14 +788,6 @@ class RMSprop(Optimizer):
         return ("square_avg",
                 "grad_avg" if group["centered"] else None,
                 "momentum_buffer" if group["momentum"] != 0 else None)
-
-    _kernel_slots = _core.RMSPROP_SLOTS
-
-    def _run_plan(self, plan, group, grads, step):
-        return plan.rmsprop(grads, group["lr"], group["alpha"], group["eps"],
-                            group["weight_decay"], group["momentum"],
-                            group["centered"], group["maximize"],
-                            self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.rmsprop_many(params, grads, *states, lr=group["lr"],
@@ -846,6 +818,7 @@ class Adam(Optimizer):
     """
 
     _kinds = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _rule = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0, amsgrad=False, *, maximize=False,
@@ -866,14 +839,6 @@ class Adam(Optimizer):
     def _slots(self, group):
         return ("exp_avg", "exp_avg_sq",
                 "max_exp_avg_sq" if group["amsgrad"] else None)
-
-    _kernel_slots = _core.ADAM_SLOTS
-
-    def _run_plan(self, plan, group, grads, step):
-        return plan.adam(grads, step, group["lr"], group["betas"], group["eps"],
-                         group["weight_decay"], group["amsgrad"],
-                         group["maximize"], group["decoupled_weight_decay"],
-                         self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.adam_many(params, grads, *states, step=step, lr=group["lr"],
@@ -915,6 +880,7 @@ class Adagrad(Optimizer):
     """
 
     _kinds = ("sum",)
+    _rule = "adagrad"
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, *, maximize=False,
@@ -938,13 +904,6 @@ class Adagrad(Optimizer):
 
     def _initial(self, group, kind):
         return float(group["initial_accumulator_value"])
-
-    _kernel_slots = _core.ADAGRAD_SLOTS
-
-    def _run_plan(self, plan, group, grads, step):
-        return plan.adagrad(grads, step, group["lr"], group["lr_decay"],
-                            group["weight_decay"], group["eps"],
-                            group["maximize"], self.skip_nonfinite)
 
     def _update(self, group, params, grads, states, step, labels):
         _core.adagrad_many(params, grads, states[0], step=step, lr=group["lr"],
