@@ -6,6 +6,7 @@
  * (fo_sumsq_*) combines fixed blocks in index order so that it too is
  * independent of the split. */
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -67,6 +68,44 @@ int fo_level_supported(int level)
     return 0;
 #else
     return level == FO_BASELINE;
+#endif
+}
+
+/* The CPU features that decide the level, as the CPU reports them
+ * (space-separated; empty on other architectures). */
+const char *fo_cpu_features(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    static char buf[128];
+    static const char *const names[] = {"sse2", "sse4.2", "avx", "fma", "avx2",
+                                        "avx512f", "avx512bw", "avx512dq",
+                                        "avx512vl"};
+    size_t len = 0;
+    __builtin_cpu_init();
+    buf[0] = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        int has = 0;
+        switch (k) {  /* __builtin_cpu_supports needs a literal */
+        case 0: has = __builtin_cpu_supports("sse2"); break;
+        case 1: has = __builtin_cpu_supports("sse4.2"); break;
+        case 2: has = __builtin_cpu_supports("avx"); break;
+        case 3: has = __builtin_cpu_supports("fma"); break;
+        case 4: has = __builtin_cpu_supports("avx2"); break;
+        case 5: has = __builtin_cpu_supports("avx512f"); break;
+        case 6: has = __builtin_cpu_supports("avx512bw"); break;
+        case 7: has = __builtin_cpu_supports("avx512dq"); break;
+        case 8: has = __builtin_cpu_supports("avx512vl"); break;
+        }
+        const size_t n = strlen(names[k]);
+        if (has && len + n + 2 < sizeof buf) {
+            if (len) buf[len++] = ' ';
+            memcpy(buf + len, names[k], n + 1);
+            len += n;
+        }
+    }
+    return buf;
+#else
+    return "";
 #endif
 }
 

@@ -111,6 +111,7 @@ const char *fo_level_name(int level);
 int fo_level_supported(int level);   /* CPU and build both have it */
 int fo_level_compiled(int level);    /* the build has it */
 int fo_level_get(void);
+const char *fo_cpu_features(void);  /* as detected, space-separated */
 int fo_level_set(int level);         /* 0 on success, -1 if unsupported */
 int fo_num_threads_get(void);
 void fo_num_threads_set(int n);

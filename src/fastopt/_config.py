@@ -60,20 +60,6 @@ def _init_from_environment():
                           f"integer; ignored", RuntimeWarning, stacklevel=3)
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    keep = ("sse2", "avx", "avx2", "fma", "avx512f", "avx512bw",
-                            "avx512dq", "avx512vl", "asimd", "sve")
-                    return [k for k in keep if k in flags]
-    except OSError:
-        pass
-    return []
-
-
 def config():
     """The configuration as a dict (what :func:`show_config` prints)."""
     from fastopt import __version__
@@ -89,7 +75,7 @@ def config():
         "common_flags": " ".join(BUILD.get("common_flags", [])),
         "level_flags": {k: " ".join(v) or "(none)"
                         for k, v in BUILD.get("level_flags", {}).items()},
-        "cpu_features": _cpu_flags(),
+        "cpu_features": _core.cpu_features(),
         "simd_levels": _core.simd_levels(),
         "simd_level": _core.get_simd_level(),
         "openmp": _core.openmp_enabled(),

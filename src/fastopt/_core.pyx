@@ -1258,6 +1258,11 @@ def simd_levels():
             for i in range(len(LEVELS))}
 
 
+def cpu_features():
+    """The CPU features that decide the SIMD level, as the CPU reports them."""
+    return fo_cpu_features().decode().split()
+
+
 def get_simd_level():
     return fo_level_name(fo_level_get()).decode()
 

@@ -58,6 +58,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     int fo_level_supported(int level)
     int fo_level_compiled(int level)
     int fo_level_get()
+    const char *fo_cpu_features()
     int fo_level_set(int level)
     int fo_num_threads_get()
     void fo_num_threads_set(int n)
