@@ -97,6 +97,10 @@ def add_arguments(parser):
     parser.add_argument("--threads", default=None,
                         help="comma list of fastopt thread counts "
                              "(default: 1 and all)")
+    parser.add_argument("--parallel-threshold", type=int, default=None,
+                        metavar="N", help="elements from which a step uses "
+                        "more than one thread (default: the built-in value); "
+                        "1 measures threads at every size")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip torch even when installed")
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
@@ -226,6 +230,9 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
     records = []
     numpy_time = None
     torch_times = {}
+    # below the parallel threshold every thread count runs on one thread
+    if n < _core.get_parallel_threshold():
+        threads_list = [1]
     for threads in threads_list:
         fastopt.set_num_threads(threads)
         calls = {"floor": run_floor, "fastopt": run_fastopt}
@@ -435,11 +442,14 @@ def main(args):
     torch_default = torch.get_num_threads() if torch is not None else None
     budget = _budget(args.quick)
     rng = np.random.default_rng(0)
+    if args.parallel_threshold is not None:
+        _core.set_parallel_threshold(args.parallel_threshold)
 
     print(f"fastopt {fastopt.__version__} bench: {platform.machine()}, {ncpu} CPUs, "
           f"SIMD {fastopt.get_simd_level()}, numpy {np.__version__}"
           + (f", torch {torch.__version__} ({torch_default} threads)" if torch else
-             ", torch not installed"))
+             ", torch not installed")
+          + f"; threads from {_core.get_parallel_threshold()} elements")
     records = []
     t_start = time.perf_counter()
     for name in rules:
