@@ -50,23 +50,15 @@ params = pytest.mark.parametrize(
 
 
 @params
-def test_fastopt(benchmark, name, dtype, n):
+@pytest.mark.parametrize("impl", ["fastopt", "reference"])
+def test_rule(benchmark, impl, name, dtype, n):
     rule = RULES[name]
     p, g, states = _setup(rule, n, dtype)
     _check(rule, p, g, states)
     benchmark.group = f"{name} {np.dtype(dtype).name} n={n}"
     _info(benchmark, rule, n, dtype)
-    benchmark(rule.call, rule.fastopt_fn, p, g, states, 5)
-
-
-@params
-def test_reference(benchmark, name, dtype, n):
-    rule = RULES[name]
-    p, g, states = _setup(rule, n, dtype)
-    _check(rule, p, g, states)
-    benchmark.group = f"{name} {np.dtype(dtype).name} n={n}"
-    _info(benchmark, rule, n, dtype)
-    benchmark(rule.call, rule.reference_fn, p, g, states, 5)
+    fn = rule.fastopt_fn if impl == "fastopt" else rule.reference_fn
+    benchmark(rule.call, fn, p, g, states, 5)
 
 
 @params
