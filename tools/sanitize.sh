@@ -3,12 +3,21 @@
 # whole test suite under them.  Any sanitizer report fails the run.
 #
 #   bash tools/sanitize.sh [pytest args...]
+#   bash tools/sanitize.sh tests/test_fuzz.py -k optimizer   (test paths: of the work tree)
 #
 # Python itself is not instrumented, so libasan is preloaded and leak
 # detection (which would report the interpreter's own lifetime allocations) is
 # off; memory errors and undefined behaviour in fastopt abort the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tree="$PWD"
+# Test paths among the arguments are relative to the work tree; without any,
+# the whole suite runs.
+args=() paths=0
+for a in "$@"; do
+  if [ -e "$tree/${a%%::*}" ]; then args+=("$tree/$a"); paths=1; else args+=("$a"); fi
+done
+[ "$paths" -eq 1 ] || args=("$tree/tests" "${args[@]}")
 work="$(mktemp -d)"
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
@@ -23,7 +32,7 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$log"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$log"
 cd "$work"   # import the installed package, not the source tree
 status=0
-LD_PRELOAD="$asan" python -m pytest "$OLDPWD/tests" -q -p no:cacheprovider "$@" || status=$?
+LD_PRELOAD="$asan" python -m pytest -q -p no:cacheprovider "${args[@]}" || status=$?
 reports=$(cat "$log".* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
 echo "sanitizer reports: $reports"
 [ "$reports" -eq 0 ] && [ "$status" -eq 0 ]

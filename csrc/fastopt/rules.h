@@ -27,9 +27,11 @@ FO_INLINE FO_T FO_NAME(maxnan)(FO_T a, FO_T b)
     return (a != a) ? a : (a >= b ? a : b);
 }
 
-/* g <- sign * g, then g + l2 * p: the gradient every rule starts from */
+/* g <- -g when maximizing (a true negation, which flips a NaN's sign as
+ * NumPy's -g does; multiplying by -1 would not), then g + l2 * p: the
+ * gradient every rule starts from */
 #define FO_GRAD(i) \
-    FO_T gi = sign * g[i]; \
+    FO_T gi = negate ? -g[i] : g[i]; \
     if (has_l2) gi = gi + l2 * p[i];
 
 /* ---- gradient descent / heavy-ball momentum (torch.optim.SGD) --------- */
@@ -44,7 +46,8 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_sgd_args *a, const fo_tensor *t,
     FO_T *restrict b = (FO_T *)t->s0;
     const FO_T lr = (FO_T)a->lr, mu = (FO_T)a->momentum;
     const FO_T damp = (FO_T)a->one_minus_dampening;
-    const FO_T l2 = (FO_T)a->l2, sign = (FO_T)a->sign;
+    const FO_T l2 = (FO_T)a->l2;
+    const int negate = a->sign < 0;
     for (size_t i = lo; i < hi; i++) {
         FO_GRAD(i)
         if (has_momentum) {
@@ -86,7 +89,8 @@ FO_INLINE void FO_NAME(momentum_body)(const fo_momentum_args *a,
     FO_T *restrict v = (FO_T *)t->s0;
     const FO_T lr = (FO_T)a->lr, beta = (FO_T)a->beta;
     const FO_T one_minus_beta = (FO_T)a->one_minus_beta;
-    const FO_T l2 = (FO_T)a->l2, sign = (FO_T)a->sign;
+    const FO_T l2 = (FO_T)a->l2;
+    const int negate = a->sign < 0;
     for (size_t i = lo; i < hi; i++) {
         FO_GRAD(i)
         const FO_T vi = beta * v[i] + one_minus_beta * gi;
@@ -119,7 +123,8 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_rmsprop_args *a,
     const FO_T lr = (FO_T)a->lr, alpha = (FO_T)a->alpha;
     const FO_T one_minus_alpha = (FO_T)a->one_minus_alpha;
     const FO_T eps = (FO_T)a->eps, mu = (FO_T)a->momentum;
-    const FO_T l2 = (FO_T)a->l2, sign = (FO_T)a->sign;
+    const FO_T l2 = (FO_T)a->l2;
+    const int negate = a->sign < 0;
     for (size_t i = lo; i < hi; i++) {
         FO_GRAD(i)
         const FO_T si = alpha * s[i] + one_minus_alpha * (gi * gi);
@@ -171,7 +176,8 @@ FO_INLINE void FO_NAME(adam_body)(const fo_adam_args *a, const fo_tensor *t,
     const FO_T beta1 = (FO_T)a->beta1, one_minus_beta1 = (FO_T)a->one_minus_beta1;
     const FO_T beta2 = (FO_T)a->beta2, one_minus_beta2 = (FO_T)a->one_minus_beta2;
     const FO_T eps = (FO_T)a->eps, decay = (FO_T)a->decay;
-    const FO_T l2 = (FO_T)a->l2, sign = (FO_T)a->sign;
+    const FO_T l2 = (FO_T)a->l2;
+    const int negate = a->sign < 0;
     for (size_t i = lo; i < hi; i++) {
         FO_GRAD(i)
         const FO_T pi = p[i] * decay;
@@ -211,7 +217,8 @@ FO_INLINE void FO_NAME(adagrad_body)(const fo_adagrad_args *a,
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_T *restrict sum = (FO_T *)t->s0;
     const FO_T clr = (FO_T)a->clr, eps = (FO_T)a->eps;
-    const FO_T l2 = (FO_T)a->l2, sign = (FO_T)a->sign;
+    const FO_T l2 = (FO_T)a->l2;
+    const int negate = a->sign < 0;
     for (size_t i = lo; i < hi; i++) {
         FO_GRAD(i)
         const FO_T si = sum[i] + gi * gi;

@@ -49,11 +49,14 @@ TRAFFIC_SLOTS = ("param", "grad", "state0", "state1", "state2")
 # Hyperparameters
 
 cdef inline double _real(object x, str name) except? -1.0:
-    if type(x) is float or type(x) is int:
-        return float(x)
+    if type(x) is float:
+        return <double>x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:
+        raise ValueError(f"{name} is outside the float range: {x!r}") from None
 
 
 cdef inline double _in_range(object x, str name, str label, double lo,

@@ -105,7 +105,8 @@ def write_state(path, state_dict):
     data = _encode(state_dict)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}."
+    _remove_stale_temporaries(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
                                f"{secrets.token_hex(8)}.tmp")
     # O_EXCL: never reuse a file; mode 0o666 lets the umask decide, as open() does.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -129,9 +130,43 @@ def write_state(path, state_dict):
             os.close(dfd)
 
 
+def _remove_stale_temporaries(path):
+    """Delete temporary files that writers of ``path`` left when killed.
+
+    A temporary file is named ``.<name>.<pid>.<random>.tmp``; it is stale
+    when no process has that pid any more (a live writer's file is kept)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].split(".")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:       # exists, owned by someone else
+        return True
+    return True
+
+
 def read_state(path):
     """Read and verify a checkpoint; return its state_dict."""
     path = os.fspath(path)
+    _remove_stale_temporaries(path)
     with open(path, "rb") as f:
         data = f.read()
     _verify(data, path)

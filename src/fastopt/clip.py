@@ -95,7 +95,10 @@ def _nonneg(x, name):
     """x as a float; a real number (not bool), not NaN, >= 0; inf allowed."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:
+        raise ValueError(f"{name} is outside the float range: {x!r}") from None
     if not v >= 0.0:  # NaN fails too
         raise ValueError(f"{name} must be >= 0 and not NaN, got {x!r}")
     return v

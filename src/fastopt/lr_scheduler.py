@@ -81,7 +81,10 @@ def _real(x, name, *, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
     """x as a float: a real number (not bool), finite, within the bounds."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:
+        raise ValueError(f"{name} is outside the float range: {x!r}") from None
     ok = (math.isfinite(v)
           and (v > lo if lo_open else v >= lo)
           and (v < hi if hi_open else v <= hi))
@@ -152,8 +155,17 @@ def constant_lr(base_lr, epoch, factor=1.0 / 3, total_iters=5):
                      _int(total_iters, "total_iters", 1))
 
 
+def _power(gamma, k):
+    """gamma**k, inf where it leaves the float range (an optimizer then
+    refuses the rate with a clear message)."""
+    try:
+        return gamma ** k
+    except OverflowError:
+        return math.inf
+
+
 def _step(b, e, step_size, gamma):
-    return b * gamma ** (e // step_size)
+    return b * _power(gamma, e // step_size)
 
 
 def step_lr(base_lr, epoch, step_size, gamma=0.1):
@@ -163,7 +175,7 @@ def step_lr(base_lr, epoch, step_size, gamma=0.1):
 
 
 def _multistep(b, e, milestones, gamma):
-    return b * gamma ** bisect_right(milestones, e)
+    return b * _power(gamma, bisect_right(milestones, e))
 
 
 def multistep_lr(base_lr, epoch, milestones, gamma=0.1):
@@ -176,7 +188,7 @@ def multistep_lr(base_lr, epoch, milestones, gamma=0.1):
 
 
 def _exponential(b, e, gamma):
-    return b * gamma ** e
+    return b * _power(gamma, e)
 
 
 def exponential_lr(base_lr, epoch, gamma):
@@ -432,7 +444,21 @@ class LRScheduler:
         if unknown:
             raise ValueError(f"state_dict has keys that {type(self).__name__} "
                              f"does not have: {', '.join(map(repr, unknown))}")
-        self.__dict__.update(copy.deepcopy(state_dict))
+        new = copy.deepcopy(state_dict)
+        probe = copy.copy(self)
+        probe.__dict__.update(new)
+        try:  # the values of its epoch must be computable from it
+            updates = probe._updates(max(probe.last_epoch, 0))
+            values = [v for u in updates for v in (u.values() if isinstance(u, dict) else [u])]
+            for v in values:
+                v = v if isinstance(v, tuple) else (v,)
+                if not all(isinstance(x, float) for x in v):
+                    raise TypeError(f"computed values {values!r} are not floats")
+        except (ArithmeticError, TypeError, ValueError, AttributeError,
+                IndexError, KeyError) as e:
+            raise ValueError(f"state_dict holds values {type(self).__name__} "
+                             f"cannot use: {e}") from e
+        self.__dict__.update(new)
 
     def __repr__(self):
         return (f"{type(self).__name__}(last_epoch={self.last_epoch}, "

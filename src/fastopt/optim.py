@@ -45,7 +45,10 @@ _shape = attrgetter("shape")
 def _real(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is outside the float range: {value!r}") from None
 
 
 def _check_range(value, name, label, hi=math.inf, hi_open=True):
@@ -253,6 +256,9 @@ class Optimizer:
 
     _kinds = ()
     _rule = None
+    # kinds an option may switch on after steps were taken: a state without
+    # them is whole, the buffer starts afresh
+    _optional = ()
 
     def __init__(self, params, defaults, *, skip_nonfinite=False):
         _check_flag(skip_nonfinite, "skip_nonfinite")
@@ -632,7 +638,8 @@ class Optimizer:
                 entries[pos][kind] = value
             if entry["step"]:
                 needed = [k for k in self._slots(hyper_of[pos])
-                          if k is not None and k not in entries[pos]]
+                          if k is not None and k not in entries[pos]
+                          and k not in self._optional]
                 if needed:
                     raise ValueError(f"{where} lacks states {needed}")
             steps[pos] = int(entry["step"])
@@ -676,6 +683,7 @@ class SGD(Optimizer):
 
     _kinds = ("momentum_buffer",)
     _rule = "sgd"
+    _optional = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0,
                  weight_decay=0, nesterov=False, *, maximize=False,
@@ -767,6 +775,7 @@ class RMSprop(Optimizer):
 
     _kinds = ("square_avg", "grad_avg", "momentum_buffer")
     _rule = "rmsprop"
+    _optional = ("grad_avg", "momentum_buffer")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0,
                  momentum=0, centered=False, *, maximize=False,
@@ -819,6 +828,7 @@ class Adam(Optimizer):
 
     _kinds = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _rule = "adam"
+    _optional = ("max_exp_avg_sq",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0, amsgrad=False, *, maximize=False,
