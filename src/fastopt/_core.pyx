@@ -51,7 +51,8 @@ TRAFFIC_SLOTS = ("param", "grad", "state0", "state1", "state2")
 cdef inline double _real(object x, str name) except? -1.0:
     if type(x) is float:
         return <double>x
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+    if type(x) is not int and (isinstance(x, (bool, np.bool_))
+                               or not isinstance(x, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     try:
         return float(x)

@@ -39,46 +39,67 @@ QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
 
 
 class Rule:
-    """How to run one rule with fastopt, the reference and torch."""
+    """How to run one rule with fastopt, the reference and torch.
 
-    def __init__(self, name, nstates, kwargs, fastopt_fn, reference_fn,
-                 torch_cls=None, torch_kwargs=None, fused=True, stepped=False):
+    ``bind(fn, p, g, states)`` returns a callable making one call of ``fn``
+    (the functional kernel or its reference, which share a signature) with
+    the benchmark's hyperparameters as plain keywords and a step count that
+    grows by one per call, as in a training loop: the call costs what a
+    user's call costs."""
+
+    def __init__(self, name, fn, nstates, bind, torch_cls=None,
+                 torch_kwargs=None, fused=True):
         self.name = name
+        self.fastopt_fn = getattr(F, fn)
+        self.reference_fn = getattr(R, fn)
         self.nstates = nstates
-        self.kwargs = kwargs
-        self.fastopt_fn = fastopt_fn
-        self.reference_fn = reference_fn
+        self.bind = bind
         self.torch_cls = torch_cls
         self.torch_kwargs = torch_kwargs or {}
         self.fused = fused
-        self.stepped = stepped  # takes step=
 
     def bytes_per_element(self, itemsize):
         # p read and written, g read, each state read and written
         return (3 + 2 * self.nstates) * itemsize
 
     def call(self, fn, p, g, states, step):
-        kw = dict(self.kwargs)
-        if self.stepped:
-            kw["step"] = step
-        fn(p, g, *states, **kw)
+        """One call at a given step count (for checks)."""
+        run = self.bind(fn, p, g, states, step - 1)
+        run()
+
+
+def _counted(call):
+    """Turn call(t) into a callable that passes t = start + 1, start + 2, ..."""
+    def bind(fn, p, g, s, start=2):
+        t = start
+
+        def run():
+            nonlocal t
+            t += 1
+            call(fn, p, g, s, t)
+        return run
+    return bind
 
 
 RULES = {
-    "adam": Rule("adam", 2, {"lr": 1e-3}, F.adam, R.adam, "Adam", {"lr": 1e-3},
-                 stepped=True),
-    "adamw": Rule("adamw", 2, {"lr": 1e-3, "weight_decay": 1e-2,
-                               "decoupled_weight_decay": True},
-                  F.adam, R.adam, "AdamW", {"lr": 1e-3, "weight_decay": 1e-2},
-                  stepped=True),
-    "sgd": Rule("sgd", 1, {"lr": 1e-3, "momentum": 0.9}, F.sgd, R.sgd, "SGD",
-                {"lr": 1e-3, "momentum": 0.9}, stepped=True),
-    "momentum": Rule("momentum", 1, {"lr": 1e-3, "beta": 0.9}, F.momentum,
-                     R.momentum),
-    "rmsprop": Rule("rmsprop", 1, {"lr": 1e-3}, F.rmsprop, R.rmsprop,
-                    "RMSprop", {"lr": 1e-3}, fused=False),
-    "adagrad": Rule("adagrad", 1, {"lr": 1e-2}, F.adagrad, R.adagrad,
-                    "Adagrad", {"lr": 1e-2}, stepped=True),
+    "adam": Rule("adam", "adam", 2, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], s[1], step=t, lr=1e-3)),
+        "Adam", {"lr": 1e-3}),
+    "adamw": Rule("adamw", "adam", 2, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], s[1], step=t, lr=1e-3,
+                                weight_decay=1e-2, decoupled_weight_decay=True)),
+        "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
+    "sgd": Rule("sgd", "sgd", 1, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], step=t, lr=1e-3, momentum=0.9)),
+        "SGD", {"lr": 1e-3, "momentum": 0.9}),
+    "momentum": Rule("momentum", "momentum", 1, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], lr=1e-3, beta=0.9))),
+    "rmsprop": Rule("rmsprop", "rmsprop", 1, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], lr=1e-3)),
+        "RMSprop", {"lr": 1e-3}, fused=False),
+    "adagrad": Rule("adagrad", "adagrad", 1, _counted(
+        lambda f, p, g, s, t: f(p, g, s[0], step=t, lr=1e-2)),
+        "Adagrad", {"lr": 1e-2}),
 }
 
 
@@ -115,24 +136,26 @@ def _budget(quick):
     return 0.15 if quick else 0.6
 
 
-def interleaved(calls, budget, min_reps=3, max_reps=1000):
+def interleaved(calls, budget, min_reps=3, max_reps=1000, batch=1):
     """Median seconds per call of each callable, timed in turn.
 
-    The number of rounds is chosen from one probe call of each so that all
-    rounds together take about `budget` seconds."""
-    probe = {}
-    for name, fn in calls.items():
+    Each sample times `batch` calls in a row (small workloads: so that a
+    sample is long against the clock and the caches see a steady stream of
+    the same work).  The number of rounds is chosen from one probe of each
+    so that all rounds together take about `budget` seconds."""
+    def sample(fn):
         t0 = time.perf_counter()
-        fn()
-        probe[name] = time.perf_counter() - t0
-    per_round = sum(probe.values())
+        for _ in range(batch):
+            fn()
+        return (time.perf_counter() - t0) / batch
+
+    probe = {name: sample(fn) for name, fn in calls.items()}
+    per_round = sum(probe.values()) * batch
     reps = int(min(max_reps, max(min_reps, budget / max(per_round, 1e-9))))
     times = {name: [] for name in calls}
     for _ in range(reps):
         for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(sample(fn))
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -194,17 +217,9 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
     p, g, states = _arrays(rule, n, dtype, rng)
     kp, ks = _check_exact(rule, p, g, states)
     floor_arrays = [p.copy(), g.copy()] + [s.copy() for s in states]
-    fp, fs = kp, ks
-    step = [3]
-
-    def run_fastopt():
-        rule.call(rule.fastopt_fn, fp, g, fs, step[0])
-        step[0] += 1
-
+    run_fastopt = rule.bind(rule.fastopt_fn, kp, g, ks)
     rp, rs = p.copy(), [s.copy() for s in states]
-
-    def run_numpy():
-        rule.call(rule.reference_fn, rp, g, rs, 3)
+    run_numpy = rule.bind(rule.reference_fn, rp, g, rs)
 
     def run_floor():
         _core.traffic(*floor_arrays)
@@ -230,6 +245,7 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
     records = []
     numpy_time = None
     torch_times = {}
+    batch = max(1, 20_000 // max(n, 1))   # samples of at least ~2e4 elements
     # below the parallel threshold every thread count runs on one thread
     if n < _core.get_parallel_threshold():
         threads_list = [1]
@@ -238,13 +254,13 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
         calls = {"floor": run_floor, "fastopt": run_fastopt}
         if numpy_time is None:
             calls["numpy"] = run_numpy
-        med = interleaved(calls, budget)
+        med = interleaved(calls, budget, batch=batch)
         if numpy_time is None:
             numpy_time = med["numpy"]
         if torch_calls and not torch_times:
             for tthreads in sorted({torch_threads_default, 1}, reverse=True):
                 torch.set_num_threads(tthreads)
-                tmed = interleaved(torch_calls, budget)
+                tmed = interleaved(torch_calls, budget, batch=batch)
                 for impl, t in tmed.items():
                     torch_times[f"torch_{impl}_{tthreads}t"] = t
             torch.set_num_threads(torch_threads_default)
@@ -270,13 +286,21 @@ def _moons_shapes():
     return [(5, 2), (5, 1), (2, 5), (2, 1), (1, 2), (1, 1)]
 
 
+def _per_call(fn, budget, batch):
+    """Median seconds of one call of fn, timed over batches of calls, less
+    the cost of calling an empty function the same way."""
+    med = interleaved({"x": fn, "empty": lambda: None}, budget, min_reps=5,
+                      batch=batch)
+    return med["x"] - med["empty"]
+
+
 def measure_overheads(budget, torch, rng):
+    """Fixed costs: calls on tiny arrays, where the work is negligible."""
     out = {}
     p, g = np.ones(10, np.float32), np.full(10, 1e-3, np.float32)
     m, v = np.zeros(10, np.float32), np.zeros(10, np.float32)
-    med = interleaved({"adam10": lambda: F.adam(p, g, m, v, step=5, lr=1e-3)},
-                      budget, min_reps=2000, max_reps=200000)
-    out["functional_adam_10_us"] = med["adam10"] * 1e6
+    out["functional_adam_10_us"] = 1e6 * _per_call(
+        lambda: F.adam(p, g, m, v, step=5, lr=1e-3), budget, 1000)
     try:
         from fastopt.optim import Adam
     except ImportError:
@@ -286,15 +310,13 @@ def measure_overheads(budget, torch, rng):
         grads = {k: rng.standard_normal(v.shape) * 1e-3 for k, v in params.items()}
         opt = Adam(params, lr=1e-3)
         opt.step(grads)
-        med = interleaved({"cls": lambda: opt.step(grads)}, budget,
-                          min_reps=2000, max_reps=100000)
-        out["class_adam_moons_step_us"] = med["cls"] * 1e6
+        out["class_adam_moons_step_us"] = 1e6 * _per_call(
+            lambda: opt.step(grads), budget, 1000)
     if torch is not None:
         tp = torch.ones(10)
         tp.grad = torch.full((10,), 1e-3)
         topt = torch.optim.Adam([tp], lr=1e-3, fused=True)
-        med = interleaved({"t": topt.step}, budget, min_reps=200, max_reps=20000)
-        out["torch_fused_adam_10_us"] = med["t"] * 1e6
+        out["torch_fused_adam_10_us"] = 1e6 * _per_call(topt.step, budget, 50)
     return out
 
 
