@@ -21,6 +21,7 @@ It also measures the fixed cost of small calls, a model of 200 tensors of
 non-finite gradient check.
 """
 import json
+import math
 import os
 import platform
 import statistics
@@ -362,6 +363,53 @@ def measure_many(budget, torch, rng, threads):
     return {f"{k}_ms": v * 1e3 for k, v in med.items()} | {"threads": threads}
 
 
+def _adam_inplace(p, g, m, v, t, tmp, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam as careful NumPy: every operation in place, one scratch array."""
+    m *= b1
+    np.multiply(g, 1 - b1, out=tmp)
+    m += tmp
+    v *= b2
+    np.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
+    v += tmp
+    np.sqrt(v, out=tmp)
+    tmp *= 1 / math.sqrt(1 - b2 ** t)
+    tmp += eps
+    np.divide(m, tmp, out=tmp)
+    tmp *= lr / (1 - b1 ** t)
+    p -= tmp
+
+
+def _adam_seed(params, grads, v, s, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam as the seed's course writes it: new arrays bound into dicts."""
+    v["dW"] = b1 * v["dW"] + (1 - b1) * grads["dW"]
+    v_corrected = v["dW"] / (1 - b1 ** t)
+    s["dW"] = b2 * s["dW"] + (1 - b2) * np.power(grads["dW"], 2)
+    s_corrected = s["dW"] / (1 - b2 ** t)
+    params["W"] = params["W"] - lr * v_corrected / (np.sqrt(s_corrected) + eps)
+
+
+def measure_numpy_styles(n, budget, rng):
+    """Adam float32 on one thread: fastopt against careful in-place NumPy and
+    the seed's style of NumPy code."""
+    fastopt.set_num_threads(1)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+    arrays = {k: [p.copy(), np.zeros_like(p), np.zeros_like(p)] for k in ("f", "i")}
+    tmp = np.empty_like(p)
+    seed_params, seed_grads = {"W": p.copy()}, {"dW": g}
+    seed_v, seed_s = {"dW": np.zeros_like(p)}, {"dW": np.zeros_like(p)}
+    fp, fm, fv = arrays["f"]
+    ip, im, iv = arrays["i"]
+    med = interleaved({
+        "fastopt": lambda: F.adam(fp, g, fm, fv, step=3, lr=1e-3),
+        "inplace": lambda: _adam_inplace(ip, g, im, iv, 3, tmp),
+        "seed": lambda: _adam_seed(seed_params, seed_grads, seed_v, seed_s, 3),
+    }, budget)
+    fastopt.set_num_threads(None)
+    return {"n": n, **{f"{k}_ms": v * 1e3 for k, v in med.items()}}
+
+
 def measure_nonfinite(sizes, budget, rng):
     """Cost of the all-finite gradient check against an Adam step, float32."""
     out = []
@@ -491,6 +539,9 @@ def main(args):
     extra = {"overheads": measure_overheads(budget, torch, rng),
              "many_tensors": [measure_many(budget, torch, rng, t) for t in threads],
              "nonfinite_check": measure_nonfinite(sizes, budget, rng)}
+    if "adam" in rules and np.float32 in dtypes:
+        extra["numpy_styles"] = measure_numpy_styles(
+            10**7 if not args.quick else 10**6, budget, rng)
     o = extra["overheads"]
     print()
     print(f"fixed cost: functional adam on 10 elements {o['functional_adam_10_us']:.3f} us"
@@ -505,6 +556,12 @@ def main(args):
     print("non-finite check (float32) as a share of an Adam step: " + ", ".join(
         f"n={c['n']:.0e} {100 * c['check_s'] / c['adam_s']:.0f}%"
         for c in extra["nonfinite_check"]))
+    if "numpy_styles" in extra:
+        st = extra["numpy_styles"]
+        print(f"Adam float32, {st['n']:.0e} elements, 1 thread: fastopt "
+              f"{st['fastopt_ms']:.2f} ms, careful in-place NumPy {st['inplace_ms']:.2f} ms "
+              f"({st['inplace_ms'] / st['fastopt_ms']:.1f}x), the seed's NumPy "
+              f"{st['seed_ms']:.2f} ms ({st['seed_ms'] / st['fastopt_ms']:.1f}x)")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
