@@ -172,3 +172,17 @@ def test_python_threads_with_internal_threads(threads):
     finally:
         fastopt.set_num_threads(None)
         _core.set_parallel_threshold(threshold)
+
+
+def test_threadpoolctl_sees_and_limits_fastopt_threads():
+    """fastopt's threads are an OpenMP pool: threadpoolctl lists it and its
+    limits cap fastopt.get_num_threads()."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not _core.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    apis = {info["internal_api"] for info in threadpoolctl.threadpool_info()}
+    assert "openmp" in apis
+    before = fastopt.get_num_threads()
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fastopt.get_num_threads() == 1
+    assert fastopt.get_num_threads() == before
