@@ -20,7 +20,6 @@ run.  Bugs the fuzzing found are pinned by the regression tests at the
 end.
 """
 import copy
-import math
 import os
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import tempfile
 
 import numpy as np
 
-import fastopt
 from fastopt import _core
 from fastopt import functional as F
 from fastopt import optim
