@@ -1063,13 +1063,16 @@ cdef class Plan:
         cdef _Args a
         cdef int rule = self.rule
         cdef int code
-        cdef object v
-        for key in _GROUP_KEYS[rule]:
-            if key not in group:
-                return 0            # the general path reports the missing key
         code = self._prepare(grads)
         if code != 1:
             return code
+        try:
+            return self._step(rule, &a, step, group, check_finite)
+        except KeyError:
+            return 0                # the general path reports the missing key
+
+    cdef int _step(self, int rule, _Args *a, object step, dict group,
+                   bint check_finite) except -1:
         if rule == R_ADAM:
             _adam_args(&a.adam, step, group["lr"], group["betas"], group["eps"],
                        group["weight_decay"], group["amsgrad"], group["maximize"],
@@ -1106,7 +1109,7 @@ cdef class Plan:
             if not self._has(0):
                 return 0
             self._use(True, False, False)
-        return self._finish(rule, &a, check_finite)
+        return self._finish(rule, a, check_finite)
 
     cdef void _use(self, bint s0, bint s1, bint s2) noexcept:
         """Leave out of this step the states its options do not use."""
@@ -1120,15 +1123,6 @@ cdef class Plan:
                 self.work[i].s2 = NULL
 
 
-_GROUP_KEYS = {
-    R_SGD: ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
-    R_MOMENTUM: ("lr", "beta", "weight_decay", "maximize"),
-    R_RMSPROP: ("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
-                "maximize"),
-    R_ADAM: ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-             "decoupled_weight_decay"),
-    R_ADAGRAD: ("lr", "lr_decay", "weight_decay", "eps", "maximize"),
-}
 _RULES = {"sgd": (R_SGD, SGD_SLOTS), "momentum": (R_MOMENTUM, MOMENTUM_SLOTS),
           "rmsprop": (R_RMSPROP, RMSPROP_SLOTS), "adam": (R_ADAM, ADAM_SLOTS),
           "adagrad": (R_ADAGRAD, ADAGRAD_SLOTS)}
