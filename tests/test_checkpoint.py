@@ -1,5 +1,6 @@
 """fastopt.checkpoint: atomic .npz checkpoints with a checksum; resuming in a
 new process is bit-identical to an uninterrupted run."""
+import io
 import json
 import os
 import subprocess
@@ -173,9 +174,13 @@ def test_checksum_covers_content_rewritten_as_a_valid_zip(tmp_path):
 
 def test_wrong_version_and_wrong_optimizer(tmp_path):
     opt, _ = _trained()
-    sd = opt.state_dict()
-    sd["version"] = 2
-    checkpoint.write_state(tmp_path / "v2.npz", sd)
+    # a file of a later version, written by hand: write_state refuses to
+    # write anything but the current layout
+    meta = {k: v for k, v in opt.state_dict().items() if k != "state"}
+    meta.update(version=2, steps={})
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    (tmp_path / "v2.npz").write_bytes(checkpoint._seal(buf.getvalue()))
     with pytest.raises(ValueError, match="v2.npz: checkpoint version 2 is not supported"):
         opt.load(tmp_path / "v2.npz")
     opt.save(tmp_path / "adam.npz")
@@ -259,3 +264,34 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path, cls):
     resumed_sd = checkpoint.read_state(tmp_path / "resume.ckpt")
     _same_state(full_sd, resumed_sd)
     assert {e["step"] for e in full_sd["state"].values()} == {30, 26}
+
+
+@pytest.mark.parametrize("spoil, error", [
+    (lambda sd: sd.update(version=2), ValueError),
+    (lambda sd: sd.pop("format"), ValueError),
+    (lambda sd: sd["state"][0].update(exp_avg=np.array([object()], object)), ValueError),
+    (lambda sd: sd["state"][0].update(step="3"), ValueError),
+    (lambda sd: sd["state"].update({-1: {"step": 1}}), ValueError),
+    (lambda sd: sd["state"][0].update({"a/b": np.zeros(2)}), ValueError),
+    (lambda sd: sd["param_groups"].append(3), ValueError),
+    (lambda sd: sd["param_groups"][0].update(lr=object()), TypeError),
+    (lambda sd: sd.update(skipped_steps=-1), ValueError),
+])
+def test_write_state_refuses_what_it_could_not_read_back(tmp_path, spoil, error):
+    opt, _ = _trained()
+    opt.save(tmp_path / "opt.npz")
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    sd = opt.state_dict()
+    spoil(sd)
+    with pytest.raises(error):
+        checkpoint.write_state(tmp_path / "opt.npz", sd)
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+
+
+def test_paths_may_be_bytes_or_pathlike(tmp_path):
+    opt, _ = _trained()
+    opt.save(os.fsencode(tmp_path / "a.npz"))
+    checkpoint.load(opt, tmp_path / "a.npz")
+    assert checkpoint.read_state(str(tmp_path / "a.npz"))["optimizer"] == "Adam"
+    with pytest.raises(TypeError, match="path must be"):
+        opt.save(3)

@@ -42,11 +42,22 @@ def save(optimizer, path):
 
 def load(optimizer, path):
     """Restore ``optimizer`` from a file written by :func:`save`."""
+    path = _path(path)
     state_dict = read_state(path)
     try:
         optimizer.load_state_dict(state_dict)
     except ValueError as e:
-        raise ValueError(f"{os.fspath(path)}: {e}") from e
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _path(path):
+    """A str, bytes or os.PathLike path as str (file names in messages and
+    temporary names are text)."""
+    try:
+        return os.fsdecode(path)
+    except TypeError:
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got "
+                        f"{type(path).__name__}") from None
 
 
 def _json_default(x):
@@ -85,8 +96,54 @@ def _verify(data, path):
         raise ValueError(f"{path}: checksum mismatch; the file is damaged")
 
 
+def _is_int(x):
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_layout(sd):
+    """Raise TypeError or ValueError unless sd has the layout of
+    Optimizer.state_dict(): what a checkpoint stores and gives back."""
+    if not isinstance(sd, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(sd).__name__}")
+    if sd.get("format") != FORMAT or sd.get("version") != VERSION:
+        raise ValueError(f"state_dict must have format {FORMAT!r} and version "
+                         f"{VERSION}, got {sd.get('format')!r} and "
+                         f"{sd.get('version')!r}")
+    if not all(isinstance(k, str) for k in sd):
+        raise ValueError("state_dict keys must be strings")
+    state, groups = sd.get("state"), sd.get("param_groups")
+    if not isinstance(state, dict):
+        raise ValueError(f"state_dict['state'] must be a dict, got "
+                         f"{type(state).__name__}")
+    if not isinstance(groups, list) or not all(
+            isinstance(g, dict) and all(isinstance(k, str) for k in g) for g in groups):
+        raise ValueError("state_dict['param_groups'] must be a list of dicts "
+                         "with string keys")
+    skipped = sd.get("skipped_steps", 0)
+    if not _is_int(skipped) or skipped < 0:
+        raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, "
+                         f"got {skipped!r}")
+    for i, entry in state.items():
+        where = f"state_dict['state'][{i!r}]"
+        if not _is_int(i) or i < 0:
+            raise ValueError(f"state_dict['state'] keys must be ints >= 0, got {i!r}")
+        if not isinstance(entry, dict) or not _is_int(entry.get("step")) \
+                or entry["step"] < 0:
+            raise ValueError(f"{where} must be a dict with an int 'step' >= 0")
+        for kind, value in entry.items():
+            if kind == "step":
+                continue
+            if not isinstance(kind, str) or not kind or "/" in kind:
+                raise ValueError(f"{where} has a state name that cannot be "
+                                 f"stored: {kind!r}")
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+                raise ValueError(f"{where}[{kind!r}] must be a numeric numpy "
+                                 f"array, got {getattr(value, 'dtype', type(value).__name__)}")
+
+
 def _encode(state_dict):
     """The checkpoint's bytes."""
+    _check_layout(state_dict)
     meta = {k: v for k, v in state_dict.items() if k != "state"}
     meta["steps"] = {str(i): entry["step"] for i, entry in state_dict["state"].items()}
     arrays = {"meta": np.frombuffer(json.dumps(meta, default=_json_default)
@@ -102,8 +159,8 @@ def _encode(state_dict):
 
 def write_state(path, state_dict):
     """Write a state_dict to ``path`` atomically (see the module docstring)."""
+    path = _path(path)
     data = _encode(state_dict)
-    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     _remove_stale_temporaries(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
@@ -165,7 +222,7 @@ def _alive(pid):
 
 def read_state(path):
     """Read and verify a checkpoint; return its state_dict."""
-    path = os.fspath(path)
+    path = _path(path)
     _remove_stale_temporaries(path)
     with open(path, "rb") as f:
         data = f.read()
@@ -192,7 +249,9 @@ def read_state(path):
     try:
         state = {int(i): {"step": step} for i, step in steps.items()}
         for name, value in arrays.items():
-            _, i, kind = name.split("/")
+            prefix, i, kind = name.split("/")
+            if prefix != "state":
+                raise ValueError(f"entry {name!r}")
             state[int(i)][kind] = value
     except (ValueError, KeyError) as e:
         raise ValueError(f"{path}: unexpected entry layout: {e}") from e
@@ -203,4 +262,8 @@ def read_state(path):
                 if key not in ("params", "param_names") and isinstance(value, list):
                     group[key] = tuple(value)
     meta["state"] = dict(sorted(state.items()))
+    try:
+        _check_layout(meta)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
     return meta
