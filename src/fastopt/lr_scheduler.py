@@ -98,12 +98,17 @@ def _real(x, name, *, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
     return v
 
 
+_INT_MAX = 2 ** 62     # as the optimizers' step counts; keeps float(x) exact enough
+
+
 def _int(x, name, lo):
-    """x as an int (not bool) with x >= lo."""
+    """x as an int (not bool) with lo <= x <= 2**62."""
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(x).__name__}")
     if x < lo:
         raise ValueError(f"{name} must be >= {lo}, got {x}")
+    if x > _INT_MAX:
+        raise ValueError(f"{name} must be <= 2**62, got {x}")
     return int(x)
 
 
@@ -124,7 +129,7 @@ def _milestones(milestones):
 
 
 def _anneal_strategy(anneal_strategy):
-    if anneal_strategy not in ("cos", "linear"):
+    if not isinstance(anneal_strategy, str) or anneal_strategy not in ("cos", "linear"):
         raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got "
                          f"{anneal_strategy!r}")
     return anneal_strategy
@@ -289,6 +294,16 @@ def _one_cycle(step, phases, values, strategy):
     raise AssertionError("unreachable")
 
 
+def _phases(value, name):
+    """Check a restored phase table: 2 or 3 (end_step, start key, end key)."""
+    keys = ("initial", "max", "min")
+    if not isinstance(value, (tuple, list)) or len(value) not in (2, 3) or not all(
+            isinstance(p, (tuple, list)) and len(p) == 3 and isinstance(p[1], str)
+            and isinstance(p[2], str) and p[1] in keys and p[2] in keys for p in value):
+        raise ValueError(f"{name} must be 2 or 3 phases (end, start key, end key)")
+    return tuple((_real(end, f"{name} end", lo=-2.0), a, b) for end, a, b in value)
+
+
 def _one_cycle_args(total_steps, pct_start, anneal_strategy, three_phase):
     total_steps = _int(total_steps, "total_steps", 1)
     pct_start = _real(pct_start, "pct_start", lo=0.0, hi=1.0)
@@ -356,6 +371,12 @@ def _param_groups(optimizer):
     return groups
 
 
+def _lr_list(value, name):
+    if not isinstance(value, list):
+        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+    return [_lr(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
 def _per_group(value, name, n, check):
     """A value for each of n groups: one value for all, or a list of n."""
     if isinstance(value, (list, tuple)):
@@ -397,6 +418,14 @@ class LRScheduler:
         self.last_epoch = last_epoch
         self._last_lr = []
         self.step()
+
+    # Checks of the attributes a state_dict may restore, name -> check(value,
+    # name) returning the value to keep; subclasses add their own.
+    _checks = {
+        "base_lrs": lambda v, name: _lr_list(v, name),
+        "_last_lr": lambda v, name: _lr_list(v, name),
+        "last_epoch": lambda v, name: _int(v, name, -1),
+    }
 
     def _lr_at(self, base_lr, epoch):
         raise NotImplementedError
@@ -446,8 +475,13 @@ class LRScheduler:
                              f"does not have: {', '.join(map(repr, unknown))}")
         new = copy.deepcopy(state_dict)
         probe = copy.copy(self)
-        probe.__dict__.update(new)
-        try:  # the values of its epoch must be computable from it
+        try:
+            for cls in reversed(type(self).__mro__):
+                for key, check in vars(cls).get("_checks", {}).items():
+                    if key in new:
+                        new[key] = check(new[key], key)
+            probe.__dict__.update(new)
+            # the values of its epoch must be computable from it
             updates = probe._updates(max(probe.last_epoch, 0))
             values = [v for u in updates for v in (u.values() if isinstance(u, dict) else [u])]
             for v in values:
@@ -473,6 +507,9 @@ class ConstantLR(LRScheduler):
     divides by zero there); here it is ``base_lr`` exactly.
     """
 
+    _checks = {"factor": lambda v, name: _real(v, name, lo=0.0, hi=1.0),
+               "total_iters": lambda v, name: _int(v, name, 1)}
+
     def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
         self.factor = _real(factor, "factor", lo=0.0, hi=1.0)
         self.total_iters = _int(total_iters, "total_iters", 1)
@@ -489,6 +526,9 @@ class StepLR(LRScheduler):
     its rate may differ from ``gamma**k`` by a few ulp.
     """
 
+    _checks = {"step_size": lambda v, name: _int(v, name, 1),
+               "gamma": lambda v, name: _real(v, name, lo=0.0)}
+
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         self.step_size = _int(step_size, "step_size", 1)
         self.gamma = _real(gamma, "gamma", lo=0.0)
@@ -501,6 +541,9 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """``base_lr·gamma^k``, k the number of milestones <= epoch (any order;
     a repeated milestone counts each time, as torch's Counter does)."""
+
+    _checks = {"milestones": lambda v, name: _milestones(v),
+               "gamma": lambda v, name: _real(v, name, lo=0.0)}
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
         self.milestones = _milestones(milestones)
@@ -517,6 +560,8 @@ class ExponentialLR(LRScheduler):
     Torch multiplies by gamma every step; after n steps its rate differs from
     ``gamma**n`` by up to about n/2 ulp.
     """
+
+    _checks = {"gamma": lambda v, name: _real(v, name, lo=0.0)}
 
     def __init__(self, optimizer, gamma, last_epoch=-1):
         self.gamma = _real(gamma, "gamma", lo=0.0)
@@ -537,6 +582,9 @@ class CosineAnnealingLR(LRScheduler):
     rises again, period ``2·T_max``, as in torch.
     """
 
+    _checks = {"T_max": lambda v, name: _int(v, name, 1),
+               "eta_min": lambda v, name: _lr(v, name)}
+
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         self.T_max = _int(T_max, "T_max", 1)
         self.eta_min = _lr(eta_min, "eta_min")
@@ -553,6 +601,10 @@ class LinearLR(LRScheduler):
     a few ulp from ``base_lr·factor``; torch's bounds are kept:
     ``0 < start_factor <= 1`` and ``0 <= end_factor <= 1``.
     """
+
+    _checks = {"start_factor": lambda v, name: _real(v, name, lo=0.0, hi=1.0, lo_open=True),
+               "end_factor": lambda v, name: _real(v, name, lo=0.0, hi=1.0),
+               "total_iters": lambda v, name: _int(v, name, 1)}
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0,
                  total_iters=5, last_epoch=-1):
@@ -571,6 +623,9 @@ class InverseTimeDecayLR(LRScheduler):
     ``lr0 / (1 + decay_rate·epoch)``; the course's scheduled decay uses
     ``time_interval=1000``.
     """
+
+    _checks = {"decay_rate": lambda v, name: _real(v, name, lo=0.0),
+               "time_interval": lambda v, name: _int(v, name, 1)}
 
     def __init__(self, optimizer, decay_rate=1.0, time_interval=1, last_epoch=-1):
         self.decay_rate = _real(decay_rate, "decay_rate", lo=0.0)
@@ -615,6 +670,11 @@ class OneCycleLR(LRScheduler):
     value where torch divides by zero; ``three_phase`` requires
     ``pct_start <= 0.5``.
     """
+
+    _checks = {"total_steps": lambda v, name: _int(v, name, 1),
+               "_anneal_strategy": lambda v, name: _anneal_strategy(v),
+               "cycle_momentum": lambda v, name: _flag(v, name),
+               "_phases": lambda v, name: _phases(v, name)}
 
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None,
                  steps_per_epoch=None, pct_start=0.3, anneal_strategy="cos",
