@@ -87,8 +87,10 @@ def config():
 
 def show_config(file=None):
     """Print version, build flags, CPU features, SIMD level and threads."""
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file must have a write method, got {type(file).__name__}")
     c = config()
-    out = file or sys.stdout
+    out = sys.stdout if file is None else file
     print(f"fastopt {c['version']} (Python {c['python']}, {c['machine']})", file=out)
     print(f"  compiler:           {c['compiler']}", file=out)
     print(f"  flags:              {c['common_flags']}", file=out)

@@ -107,8 +107,8 @@ def minibatches(
     Raises
     ------
     TypeError
-        If ``batch_size`` or ``axis`` is not an integer, or ``seed`` is not
-        a random source.
+        If ``batch_size`` or ``axis`` is not an integer, ``shuffle`` is not a
+        bool, or ``seed`` is not a random source.
     ValueError
         If ``batch_size < 1``, ``axis`` is out of range for ``X`` or ``Y``,
         or ``X`` and ``Y`` hold different numbers of examples.
@@ -132,6 +132,8 @@ def minibatches(
         )
     size = _check_batch_size(batch_size, m)
 
+    if not _is_bool(shuffle):
+        raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
     if not shuffle:
         return _slices(X, Y, x_axis, y_axis, m, size)
     return _gathers(X, Y, x_axis, y_axis, _permutation(seed, m), size)
@@ -176,6 +178,10 @@ def course_minibatches(
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     return minibatches(X, Y, batch_size, seed=COURSE_FIRST_SEED + int(epoch), axis=1)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 def _random_state(value: RandomSource, name: str):

@@ -8,6 +8,7 @@ source it returns scikit-learn's arrays element for element.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -70,9 +71,24 @@ def make_moons(
         The class of each point, 0 or 1.
     """
     n_outer, n_inner = _split_samples(n_samples)
-    if layout not in _LAYOUTS:
+    if noise is not None:
+        if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, numbers.Real):
+            raise TypeError(f"noise must be a real number or None, got "
+                            f"{type(noise).__name__}")
+        try:
+            noise = float(noise)
+        except OverflowError:
+            noise = math.inf
+        if not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+    if not isinstance(layout, str) or layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError, SyntaxError):   # NumPy parses "a,b" as code
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}") from None
     if dtype.kind != "f":
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     generator = check_random_state(random_state)

@@ -41,7 +41,10 @@ class FlatParams:
                                 f"got {type(a).__name__}")
         if dtype is None:
             dtype = np.result_type(*arrays) if arrays else np.float64
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except (TypeError, ValueError, SyntaxError):   # NumPy parses "a,b" as code
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dtype not in _FLOATS:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.dtype = dtype

@@ -169,7 +169,7 @@ class MLP:
         returned array belongs to the model and is overwritten by the next
         forward pass with the same batch size: copy it to keep it.
         """
-        X = np.asarray(X, dtype=self.dtype)
+        X = _as_array(X, self.dtype, "X")
         if X.ndim != 2 or X.shape[0] != self.layer_dims[0] or X.shape[1] == 0:
             raise ValueError(
                 f"X must have shape ({self.layer_dims[0]}, m) with m >= 1, "
@@ -309,7 +309,7 @@ class MLP:
         return self._last
 
     def _check_labels(self, Y, work: _Workspace) -> np.ndarray:
-        Y = np.asarray(Y, dtype=self.dtype)
+        Y = _as_array(Y, self.dtype, "Y")
         shape = (self.layer_dims[-1], work.m)
         if Y.shape == shape:
             return Y
@@ -364,8 +364,18 @@ def _check_layer_dims(layer_dims) -> tuple[int, ...]:
     return tuple(int(n) for n in dims)
 
 
+def _as_array(x, dtype: np.dtype, name: str) -> np.ndarray:
+    try:
+        return np.asarray(x, dtype=dtype)
+    except OverflowError as e:     # Python ints beyond the float range
+        raise ValueError(f"{name} cannot be converted to {dtype}: {e}") from None
+
+
 def _check_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError, SyntaxError):   # NumPy parses "a,b" as code
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
