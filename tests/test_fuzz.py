@@ -891,10 +891,12 @@ def test_checkpoint_write_state(data):
             opt.save(os.path.join(folder, "ckpt.npz"))
         path, kind = draw_path(data, folder)
         sd = opt.state_dict()
-        how = data.draw(st.sampled_from(["method", "function", "spoiled", "spoiled",
-                                         "object_array"]))
+        how = data.draw(st.sampled_from(["method", "save", "function", "spoiled",
+                                         "spoiled", "object_array"]))
         if how == "method":
             call = lambda: opt.save(path)  # noqa: E731
+        elif how == "save":
+            call = lambda: checkpoint.save(opt, path)  # noqa: E731
         else:
             if how == "spoiled":
                 sd = spoil_state_dict(data, sd)
@@ -907,7 +909,7 @@ def test_checkpoint_write_state(data):
         if check_call(pool, call, allowed, extra_state=lambda: folder_state(folder)):
             back = checkpoint.read_state(path)     # what was written reads back
             assert isinstance(back, dict)
-            if how == "method":
+            if how in ("method", "save"):
                 assert same_state(back, sd)
 
 
@@ -931,12 +933,12 @@ def same_state(a, b):
 # ---------------------------------------------------------------------------
 # Configuration
 
+@pytest.mark.parametrize("what", ["set_num_threads", "set_simd_level", "show_config"])
 @FUZZ
 @given(data=st.data())
-def test_config(data):
+def test_config(what, data):
     pool = Pool(data)
     threads, level = fastopt.get_num_threads(), fastopt.get_simd_level()
-    what = data.draw(st.sampled_from(["set_num_threads", "set_simd_level", "show_config"]))
     value = data.draw(st.one_of(st.sampled_from(
         [None, 1, 2, 3, 64, 0, -1, 2 ** 31, 2 ** 64, np.int64(2), "baseline", "avx2",
          "avx512", "AVX2", "sse", "", io.StringIO()]), JUNK))
