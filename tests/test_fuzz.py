@@ -1222,6 +1222,8 @@ def test_scheduler_load_state_dict_checks_like_the_constructor(key, bad):
     ("fastopt.FlatParams([np.zeros(2)], dtype=',')", TypeError, "dtype"),
     ("fastopt.show_config(file=1.0)", TypeError, "file"),
     ("checkpoint.read_state(3)", TypeError, "path must be"),
+    ("fastopt.clip_grad_norm_([np.ones(2)], 1.0, norm_type=2 ** 1100)", ValueError,
+     "norm_type must be 2 or inf"),
 ])
 def test_found_by_fuzzing(call, error, match):
     """Each of these used to escape as OverflowError, SyntaxError or

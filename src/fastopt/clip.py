@@ -109,7 +109,8 @@ def _norm_type(norm_type):
         return math.inf
     if isinstance(norm_type, (bool, np.bool_)) or not isinstance(norm_type, numbers.Real):
         raise TypeError(f"norm_type must be a number, got {type(norm_type).__name__}")
-    if float(norm_type) not in (2.0, math.inf):
+    # compared as given: float() of an int beyond the float range overflows
+    if norm_type != 2 and norm_type != math.inf:
         raise ValueError(f"norm_type must be 2 or inf (only 2 and inf "
                          f"supported), got {norm_type!r}")
     return float(norm_type)
