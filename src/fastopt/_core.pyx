@@ -329,6 +329,16 @@ cdef int _overlap_pairs(_Range *r, int k, tuple slots, object labels,
     return 0
 
 
+cdef inline int _tensor_ranges(_Range *r, int k, const fo_tensor *t, size_t nb,
+                               Py_ssize_t index) noexcept:
+    """Add the byte ranges of one tensor's arrays; return the new count."""
+    k = _add_range(r, k, t.p, nb, P, index)
+    k = _add_range(r, k, t.g, nb, G, index)
+    k = _add_range(r, k, t.s0, nb, S0, index)
+    k = _add_range(r, k, t.s1, nb, S1, index)
+    return _add_range(r, k, t.s2, nb, S2, index)
+
+
 cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
                         tuple slots, object labels, bint single) except -1:
     """Raise ValueError if any two arrays of the call share memory."""
@@ -336,19 +346,13 @@ cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
     cdef _Range *r = stack_ranges
     cdef Py_ssize_t i
     cdef int k = 0, j, widest
-    cdef size_t nb
     if count > 1:
         r = <_Range *>PyMem_Malloc(count * NSLOTS * sizeof(_Range))
         if r == NULL:
             raise MemoryError()
     try:
         for i in range(count):
-            nb = t[i].n * itemsize
-            k = _add_range(r, k, t[i].p, nb, P, i)
-            k = _add_range(r, k, t[i].g, nb, G, i)
-            k = _add_range(r, k, t[i].s0, nb, S0, i)
-            k = _add_range(r, k, t[i].s1, nb, S1, i)
-            k = _add_range(r, k, t[i].s2, nb, S2, i)
+            k = _tensor_ranges(r, k, &t[i], t[i].n * itemsize, i)
         if k <= 8:
             _overlap_pairs(r, k, slots, labels, single)
         else:
@@ -399,15 +403,11 @@ cdef int _fill_one(fo_tensor *t, tuple slots, object p, object g, object s0,
     """Check the arrays of a single-tensor call; return the dtype index."""
     cdef int dt = _fill_tensor(t, slots, -1, None, p, g, s0, s1, s2, -1,
                                _required(s0, s1, s2))
+    # _check_overlap's path for one tensor, without its allocation guard
+    # (a measurable share of a small call)
     cdef _Range r[NSLOTS]
-    cdef size_t nb = t.n * (4 if dt == 0 else 8)
-    cdef int k = 0
-    k = _add_range(r, k, t.p, nb, P, -1)
-    k = _add_range(r, k, t.g, nb, G, -1)
-    k = _add_range(r, k, t.s0, nb, S0, -1)
-    k = _add_range(r, k, t.s1, nb, S1, -1)
-    k = _add_range(r, k, t.s2, nb, S2, -1)
-    _overlap_pairs(r, k, slots, None, True)
+    _overlap_pairs(r, _tensor_ranges(r, 0, t, t.n * (4 if dt == 0 else 8), -1),
+                   slots, None, True)
     return dt
 
 
@@ -1081,13 +1081,12 @@ cdef class Plan:
                 return 0
             self._use(True, True, a.adam.amsgrad)
         elif rule == R_SGD:
-            if group["momentum"] != 0 and not self._has(0):
+            momentum = group["momentum"]
+            if momentum != 0 and not self._has(0):
                 return 0
-            _sgd_args(&a.sgd, group["lr"], group["momentum"], group["dampening"],
+            _sgd_args(&a.sgd, group["lr"], momentum, group["dampening"],
                       group["weight_decay"], group["nesterov"], group["maximize"],
-                      step, None if group["momentum"] == 0 else self.states[0])
-            if a.sgd.has_momentum and not self._has(0):
-                return 0
+                      step, None if momentum == 0 else self.states[0])
             self._use(a.sgd.has_momentum, False, False)
         elif rule == R_MOMENTUM:
             _momentum_args(&a.momentum, group["lr"], group["beta"],
