@@ -79,32 +79,20 @@ const char *fo_cpu_features(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     static char buf[128];
-    static const char *const names[] = {"sse2", "sse4.2", "avx", "fma", "avx2",
-                                        "avx512f", "avx512bw", "avx512dq",
-                                        "avx512vl"};
     size_t len = 0;
     __builtin_cpu_init();
     buf[0] = 0;
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        int has = 0;
-        switch (k) {  /* __builtin_cpu_supports needs a literal */
-        case 0: has = __builtin_cpu_supports("sse2"); break;
-        case 1: has = __builtin_cpu_supports("sse4.2"); break;
-        case 2: has = __builtin_cpu_supports("avx"); break;
-        case 3: has = __builtin_cpu_supports("fma"); break;
-        case 4: has = __builtin_cpu_supports("avx2"); break;
-        case 5: has = __builtin_cpu_supports("avx512f"); break;
-        case 6: has = __builtin_cpu_supports("avx512bw"); break;
-        case 7: has = __builtin_cpu_supports("avx512dq"); break;
-        case 8: has = __builtin_cpu_supports("avx512vl"); break;
-        }
-        const size_t n = strlen(names[k]);
-        if (has && len + n + 2 < sizeof buf) {
-            if (len) buf[len++] = ' ';
-            memcpy(buf + len, names[k], n + 1);
-            len += n;
-        }
+    /* __builtin_cpu_supports needs a literal, hence a macro */
+#define FO_FEATURE(name) \
+    if (__builtin_cpu_supports(name) && len + sizeof name + 1 < sizeof buf) { \
+        if (len) buf[len++] = ' '; \
+        memcpy(buf + len, name, sizeof name); \
+        len += sizeof name - 1; \
     }
+    FO_FEATURE("sse2") FO_FEATURE("sse4.2") FO_FEATURE("avx") FO_FEATURE("fma")
+    FO_FEATURE("avx2") FO_FEATURE("avx512f") FO_FEATURE("avx512bw")
+    FO_FEATURE("avx512dq") FO_FEATURE("avx512vl")
+#undef FO_FEATURE
     return buf;
 #else
     return "";
