@@ -576,14 +576,22 @@ def spoil_state_dict(data, sd):
 def test_optimizer_load_state_dict(cls, data):
     pool = Pool(data)
     opt, arrays, names, _ = valid_optimizer(data, pool, cls)
+    step_with_nice_grads(opt, pool, arrays, names)
+    sd = spoil_state_dict(data, opt.state_dict())
+    if check_call(pool, lambda: opt.load_state_dict(sd), extra_state=lambda: opt_state(opt)):
+        check_still_steps(data, pool, opt, arrays, names)
+
+
+def step_with_nice_grads(opt, pool, arrays, names):
     with np.errstate(all="ignore"):
         opt.step([pool.nice(a.shape, a.dtype) for a in arrays] if not names else
                  {n: pool.nice(a.shape, a.dtype) for n, a in zip(names, arrays)})
-    sd = spoil_state_dict(data, opt.state_dict())
-    if check_call(pool, lambda: opt.load_state_dict(sd), extra_state=lambda: opt_state(opt)):
-        # accepted: the optimizer must still step or refuse cleanly
-        grads = draw_grads(data, pool, arrays, names)
-        check_call(pool, lambda: opt.step(grads), extra_state=lambda: opt_state(opt))
+
+
+def check_still_steps(data, pool, opt, arrays, names):
+    """After an accepted load: the optimizer must still step or refuse cleanly."""
+    grads = draw_grads(data, pool, arrays, names)
+    check_call(pool, lambda: opt.step(grads), extra_state=lambda: opt_state(opt))
 
 
 # ---------------------------------------------------------------------------
@@ -827,9 +835,7 @@ def stepped_optimizer(data, pool):
     cls = data.draw(st.sampled_from(list(CLASSES)))
     opt, arrays, names, _ = valid_optimizer(data, pool, cls)
     for _ in range(data.draw(st.integers(0, 2))):
-        with np.errstate(all="ignore"):
-            opt.step([pool.nice(a.shape, a.dtype) for a in arrays] if not names else
-                     {n: pool.nice(a.shape, a.dtype) for n, a in zip(names, arrays)})
+        step_with_nice_grads(opt, pool, arrays, names)
     return opt, arrays, names
 
 
@@ -877,8 +883,7 @@ def test_checkpoint_load(data):
         if check_call(pool, call, read_allowed(kind),
                       extra_state=lambda: (opt_state(opt), folder_state(folder)),
                       on_error=check_names_file(path, kind)):
-            grads = draw_grads(data, pool, arrays, names)
-            check_call(pool, lambda: opt.step(grads), extra_state=lambda: opt_state(opt))
+            check_still_steps(data, pool, opt, arrays, names)
 
 
 @FUZZ
