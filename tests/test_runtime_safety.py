@@ -2,7 +2,6 @@
 reference counts, threads."""
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -54,37 +53,50 @@ def test_subnormals_are_computed_not_flushed():
     assert np.array_equal(p, expect) and np.all(p != 0)
 
 
-def test_gil_released_during_long_step():
-    n = 20_000_000
-    p = np.ones(n, np.float32)
-    g = np.full(n, 1e-3, np.float32)
-    m, v = np.zeros_like(p), np.zeros_like(p)
-    ticks = [0]
+def test_gil_released_during_large_step(restore_config):
+    """Another Python thread sees a step half done.
+
+    It reads the first element, then the last: first already updated and
+    last not yet means the kernel was between its first and last write while
+    that thread held the GIL, impossible if the kernel held it throughout.
+    Nothing is timed: the array grows until one step is caught in the middle,
+    so a faster machine only needs a larger array."""
+    fastopt.set_num_threads(1)   # index order, and a free core for the watcher
+    target = [None]              # (param, its value before the step, after it)
+    seen = []
     stop = threading.Event()
 
-    def count():
-        while not stop.is_set():
-            ticks[0] += 1
-            time.sleep(1e-4)  # lets the main thread take the GIL back
+    def watch():
+        while not (seen or stop.is_set()):
+            cur = target[0]
+            if cur is not None:
+                p, before, after = cur
+                if p[0] == after and p[-1] == before:   # p[0] read first
+                    seen.append(p.size)
 
-    t = threading.Thread(target=count)
+    t = threading.Thread(target=watch)
     t.start()
+    calls = 0
     try:
-        while ticks[0] < 3:
-            time.sleep(1e-3)
-        best = 0
-        for step in range(1, 6):
-            before = ticks[0]
-            t0 = time.perf_counter()
-            F.adam(p, g, m, v, step=step)
-            elapsed = time.perf_counter() - t0
-            if elapsed > 0.02:
-                best = max(best, ticks[0] - before)
-        # with the GIL held the counter could not move during the call
-        assert best >= 5, f"the other thread ticked {best} times during a step"
+        for n in [1 << k for k in range(16, 27, 2)]:   # 2 x 256 MiB at most
+            p, g = np.empty(n, np.float32), np.ones(n, np.float32)
+            # the largest size gets more tries: on a busy machine the
+            # watcher may wait for a core longer than one step
+            for _ in range(4 if n < 1 << 26 else 20):
+                calls += 1
+                # a value of its own per call: a stale target never matches
+                p.fill(calls)
+                target[0] = (p, calls, calls - 0.5)
+                F.sgd(p, g, lr=0.5)
+                assert p[0] == p[-1] == calls - 0.5
+                if seen:
+                    break
+            if seen:
+                break
     finally:
         stop.set()
         t.join()
+    assert seen, f"no step of up to {n} elements seen half done by another thread in {calls} steps"
 
 
 def _grow(fn, calls):
