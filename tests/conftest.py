@@ -4,9 +4,10 @@ Fixtures
   rng             a seeded numpy Generator, fresh per test
   simd_level      parametrizes a test over every SIMD level this build *and*
                   this CPU support; sets it, restores the previous level
-  num_threads     parametrizes a test over 1 and 2 threads with the parallel
-                  threshold lowered to 1 element, so that two threads really
-                  split even small arrays; restores both afterwards
+  num_threads     parametrizes a test over 1 and 2 threads, at 2 with the
+                  parallel threshold lowered to 1 element, so that two threads
+                  really split even small arrays, at 1 with the library's
+                  default (DEFAULT_PARALLEL_THRESHOLD); restores both afterwards
   exec_env        both of the above: (level, threads)
   restore_config  no parametrization; restores level, threads and threshold
                   after a test that changes them itself
@@ -32,10 +33,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fastopt  # noqa: E402
-from fastopt import _core, functional, reference  # noqa: E402
+from fastopt import _config, _core, functional, reference  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Execution environment: SIMD level and threads
+
+# The library's default, read from it (not restated) before any fixture
+# lowers it.
+DEFAULT_PARALLEL_THRESHOLD = _config.config()["parallel_threshold"]
 
 AVAILABLE_LEVELS = [lvl for lvl, (compiled, supported) in _core.simd_levels().items()
                     if compiled and supported]
@@ -73,9 +78,9 @@ def simd_level(request):
 def num_threads(request):
     saved = _snapshot_config()
     fastopt.set_num_threads(request.param)
-    # split every array that has anything to split (threads take multiples of
-    # 64 elements), not only those above the default 2**16
-    _core.set_parallel_threshold(1 if request.param > 1 else saved[2])
+    # split every array that has anything to split, not only those from
+    # DEFAULT_PARALLEL_THRESHOLD elements up
+    _core.set_parallel_threshold(1 if request.param > 1 else DEFAULT_PARALLEL_THRESHOLD)
     yield request.param
     _restore_config(saved)
 
