@@ -12,13 +12,14 @@ from fastopt import functional as F
 from fastopt import optim
 
 rng = np.random.default_rng(0)
+default_threshold = _core.get_parallel_threshold()
 
 
 def arrays(n, dtype, k):
     return [rng.standard_normal(n).astype(dtype) for _ in range(k)]
 
 
-for threshold in (1 << 16, 1):
+for threshold in (default_threshold, 1):
     _core.set_parallel_threshold(threshold)
     for dtype in (np.float32, np.float64):
         for n in (0, 1, 7, 17, 33, 1000):
@@ -41,7 +42,7 @@ for threshold in (1 << 16, 1):
                     bad()
                 except (TypeError, ValueError):
                     pass
-_core.set_parallel_threshold(1 << 16)
+_core.set_parallel_threshold(default_threshold)
 
 shapes = [(5, 2), (5, 1), (2, 5), (2, 1), (1, 2), (1, 1)]
 for cls, kw in [(optim.SGD, {"lr": 0.1, "momentum": 0.9}), (optim.Momentum, {"lr": 0.1}),
