@@ -12,7 +12,7 @@ import pytest
 
 import fastopt
 from fastopt import _core
-from fastopt.bench import RULES
+from fastopt.harness.bench import RULES
 
 SIZES = [10**3, 10**5, 10**6]
 DTYPES = [np.float32, np.float64]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fastopt.data import check_random_state, course_minibatches, minibatches
+from fastopt.course.data import check_random_state, course_minibatches, minibatches
 
 CASES = [
     # (m, batch_size, expected batch sizes)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fastopt.datasets import course_moons, make_moons
+from fastopt.course.datasets import course_moons, make_moons
 
 SIZES = [1, 2, 3, 7, 100, 300, 301, (5, 9), (0, 4), (6, 0)]
 NOISES = [None, 0.2]

@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from fastopt import demo
 from fastopt.__main__ import main as cli
-from fastopt.datasets import course_moons
-from fastopt.models import he_init
+from fastopt.course import demo
+from fastopt.course.datasets import course_moons
+from fastopt.course.models import he_init
 
 
 @pytest.fixture(scope="module")

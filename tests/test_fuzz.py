@@ -42,8 +42,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt
-from fastopt import _core, checkpoint, datasets, functional, lr_scheduler, models
-import fastopt.data
+from fastopt import _core, checkpoint, functional, lr_scheduler
+from fastopt.course import datasets, models
+import fastopt.course.data
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
 
 # NumPy warns about deprecated dtype aliases ("a") that the junk draws
@@ -1007,7 +1008,7 @@ def test_course_moons(data):
 @given(data=st.data())
 def test_check_random_state(data):
     pool = Pool(data)
-    check_call(pool, lambda: fastopt.data.check_random_state(data.draw(SEEDS)))
+    check_call(pool, lambda: fastopt.course.data.check_random_state(data.draw(SEEDS)))
 
 
 def examples_pair(data, pool):
@@ -1032,7 +1033,7 @@ def test_minibatches(data):
     maybe(data, kw, "seed", SEEDS)
     kw["axis"] = data.draw(st.one_of(st.just(axis), st.integers(-3, 3), JUNK))
     size = data.draw(SIZES)
-    check_call(pool, lambda: list(fastopt.data.minibatches(X, Y, size, **kw)), DATA_ALLOWED)
+    check_call(pool, lambda: list(fastopt.course.data.minibatches(X, Y, size, **kw)), DATA_ALLOWED)
 
 
 @FUZZ
@@ -1043,7 +1044,7 @@ def test_course_minibatches(data):
     kw = {}
     maybe(data, kw, "batch_size", SIZES)
     epoch = data.draw(st.one_of(st.integers(-2, 2 ** 33), SIZE_JUNK))
-    check_call(pool, lambda: list(fastopt.data.course_minibatches(X, Y, epoch, **kw)),
+    check_call(pool, lambda: list(fastopt.course.data.course_minibatches(X, Y, epoch, **kw)),
                DATA_ALLOWED)
 
 
@@ -1220,7 +1221,7 @@ def test_scheduler_load_state_dict_checks_like_the_constructor(key, bad):
     ("datasets.make_moons(10, noise=-0.1)", ValueError, "noise"),
     ("datasets.make_moons(10, shuffle='no')", TypeError, "shuffle"),
     ("datasets.make_moons(10, dtype=',')", TypeError, "dtype"),
-    ("fastopt.data.minibatches(np.zeros(4), np.zeros(4), 2, shuffle='no')", TypeError,
+    ("fastopt.course.data.minibatches(np.zeros(4), np.zeros(4), 2, shuffle='no')", TypeError,
      "shuffle"),
     ("models.MLP([2, 1], dtype=',')", TypeError, "dtype"),
     ("models.MLP([2, 1]).forward(2 ** 1100)", ValueError, "X cannot be converted"),

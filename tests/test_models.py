@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fastopt.data import course_minibatches
-from fastopt.datasets import course_moons
-from fastopt.models import MLP, he_init
+from fastopt.course.data import course_minibatches
+from fastopt.course.datasets import course_moons
+from fastopt.course.models import MLP, he_init
 
 ARCHITECTURES = [[2, 5, 2, 1], [3, 4, 1], [2, 1], [4, 6, 5, 3]]
 

@@ -10,7 +10,8 @@ def _info(args):
 
 
 def main(argv=None):
-    from fastopt import bench, demo
+    from fastopt.course import demo
+    from fastopt.harness import bench
 
     parser = argparse.ArgumentParser(
         prog="python -m fastopt",

@@ -47,9 +47,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..lr_scheduler import scheduled_inverse_time_decay
 from .data import course_minibatches
 from .datasets import course_moons
-from .lr_scheduler import scheduled_inverse_time_decay
 from .models import MLP, he_init
 
 __all__ = [
@@ -83,25 +83,25 @@ class OptimizerSpec:
 
 
 def _sgd(params, lr):
-    from .optim import SGD
+    from ..optim import SGD
 
     return SGD(params, lr=lr)
 
 
 def _momentum(params, lr):
-    from .optim import Momentum
+    from ..optim import Momentum
 
     return Momentum(params, lr=lr, beta=0.9)
 
 
 def _rmsprop(params, lr):
-    from .optim import RMSprop
+    from ..optim import RMSprop
 
     return RMSprop(params, lr=lr, alpha=0.99, eps=1e-8)
 
 
 def _adam(params, lr):
-    from .optim import Adam
+    from ..optim import Adam
 
     return Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 

@@ -51,7 +51,7 @@ def make_moons(
     shuffle : bool, default True
         Permute the points; otherwise class 0 comes first.
     random_state : None, int, numpy.random.RandomState or numpy.random.Generator
-        Random source, as in :func:`fastopt.data.check_random_state`:
+        Random source, as in :func:`fastopt.course.data.check_random_state`:
         ``None`` draws from NumPy's global generator, an int seeds a private
         ``RandomState``. A ``Generator`` is accepted too but draws different
         numbers than any ``RandomState``.

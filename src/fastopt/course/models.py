@@ -57,7 +57,7 @@ def he_init(
     layer_dims : sequence of int
         Units per layer, inputs first, e.g. ``[2, 5, 2, 1]``.
     random_state : None, int, numpy.random.RandomState or numpy.random.Generator
-        Random source, as in :func:`fastopt.data.check_random_state`.
+        Random source, as in :func:`fastopt.course.data.check_random_state`.
         ``random_state=3`` gives the course's parameters (its
         ``np.random.seed(3)``) without touching NumPy's global generator;
         ``None`` draws from the global generator.
