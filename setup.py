@@ -15,6 +15,7 @@ Environment switches:
   FASTOPT_OPENMP=0     build without OpenMP (one thread)
   FASTOPT_LEVELS=...   comma-separated levels to build (default: all for the arch)
 """
+import importlib.util
 import os
 import platform
 import sysconfig
@@ -23,6 +24,58 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+def _load_table():
+    """src/fastopt/rules.py, read as plain data before anything is built."""
+    spec = importlib.util.spec_from_file_location("fastopt_rules", "src/fastopt/rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _generate():
+    """Write what the rule table determines: the C indices (fo_table.h) and
+    the Cython entry points (_functional.pxi, from its Tempita template)."""
+    from Cython import Tempita
+    table = _load_table()
+    rules = list(table.RULES.values())
+    c = ["/* Written by setup.py from src/fastopt/rules.py; do not edit. */",
+         "#ifndef FASTOPT_FO_TABLE_H", "#define FASTOPT_FO_TABLE_H",
+         f"#define FO_MAX_STATES {table.MAX_STATES}",
+         f"#define FO_MAX_COEFFICIENTS {table.MAX_COEFFICIENTS}",
+         f"#define FO_MAX_SCALARS {table.MAX_SCALARS}",
+         "#define FO_RULE_LIST(X) " + " ".join(f"X({r.name}, {r.name.upper()})"
+                                               for r in rules),
+         "enum { " + ", ".join(f"FO_RULE_{r.name.upper()}" for r in rules)
+         + ", FO_NRULES };"]
+    for r in rules:
+        up = r.name.upper()
+        c.append(f"/* {r.name} */")
+        for kind, names in (("H", r.scalars), ("C", r.coefficients),
+                            ("S", [s.name for s in r.states])):
+            c.append("enum { " + "".join(f"FO_{up}_{kind}_{n.upper()}, " for n in names)
+                     + f"FO_{up}_N{kind} }};")
+        for bit, name in enumerate(r.options, start=2):
+            c.append(f"#define FO_{up}_O_{name.upper()} (1u << {bit})")
+    c.append("#endif")
+    _write("csrc/fastopt/fo_table.h", "\n".join(c) + "\n")
+    with open("src/fastopt/_functional.pxi.tp") as f:
+        template = Tempita.Template(f.read(), name="_functional.pxi.tp")
+    _write("src/fastopt/_functional.pxi",
+           template.substitute(rules=rules, INF=table.INF))
+
+
+def _write(path, text):
+    """Write text unless the file already holds it (keeps rebuilds lazy)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with open(path, "w") as f:
+        f.write(text)
+
+
+_generate()
 
 COMMON = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
 
@@ -83,7 +136,7 @@ class BuildExt(build_ext):
                 include_dirs=["csrc"],
                 extra_postargs=extra_compile + flags,
                 depends=["csrc/fastopt/rules.h", "csrc/fastopt/isa.h",
-                         "csrc/fastopt/kernels.h"],
+                         "csrc/fastopt/kernels.h", "csrc/fastopt/fo_table.h"],
             )
         ext.extra_objects = objects
         self._write_build_info(ext)
@@ -122,13 +175,16 @@ macros += [(f"FO_HAVE_{level.upper()}", "1") for level in LEVELS if level != "ba
 extensions = [
     Extension(
         "fastopt._core",
-        sources=["src/fastopt/_core.pyx", "csrc/dispatch.c"],
+        sources=["src/fastopt/_core.pyx", "csrc/dispatch.c", "csrc/coefficients.c"],
         include_dirs=[np.get_include(), "csrc", "src/fastopt"],
         define_macros=macros,
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
         depends=["csrc/fastopt/kernels.h", "csrc/fastopt/scalars.h",
-                 "csrc/fastopt/isa.h", "src/fastopt/_kernels.pxd"],
+                 "csrc/fastopt/isa.h", "csrc/fastopt/fo_table.h",
+                 "src/fastopt/_kernels.pxd"]
+                + [os.path.join("src/fastopt", f) for f in os.listdir("src/fastopt")
+                   if f.endswith(".pxi")],
     )
 ]
 

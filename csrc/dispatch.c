@@ -185,35 +185,23 @@ static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
     run_range(fn, args, t, count, 0, total);
 }
 
-#define FO_ENTRY(rule, argtype)                                               \
-    void fo_##rule##_f32(const argtype *a, const fo_tensor *t, size_t count)  \
-    {                                                                         \
-        drive(active->rule[0], a, t, count);                                  \
-    }                                                                         \
-    void fo_##rule##_f64(const argtype *a, const fo_tensor *t, size_t count)  \
-    {                                                                         \
-        drive(active->rule[1], a, t, count);                                  \
-    }
+/* One entry point for every rule: the row of the active level's table. */
+void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
+            size_t count)
+{
+    drive(active->rule[rule][dt], a, t, count);
+}
 
-FO_ENTRY(sgd, fo_sgd_args)
-FO_ENTRY(momentum, fo_momentum_args)
-FO_ENTRY(rmsprop, fo_rmsprop_args)
-FO_ENTRY(adam, fo_adam_args)
-FO_ENTRY(adagrad, fo_adagrad_args)
-
-void fo_scale_f32(double s, const fo_tensor *t, size_t c) { drive(active->scale[0], &s, t, c); }
-void fo_scale_f64(double s, const fo_tensor *t, size_t c) { drive(active->scale[1], &s, t, c); }
-void fo_clamp_f32(double s, const fo_tensor *t, size_t c) { drive(active->clamp[0], &s, t, c); }
-void fo_clamp_f64(double s, const fo_tensor *t, size_t c) { drive(active->clamp[1], &s, t, c); }
-void fo_traffic_f32(const fo_tensor *t, size_t c) { drive(active->traffic[0], NULL, t, c); }
-void fo_traffic_f64(const fo_tensor *t, size_t c) { drive(active->traffic[1], NULL, t, c); }
+void fo_scale(int dt, double s, const fo_tensor *t, size_t c) { drive(active->scale[dt], &s, t, c); }
+void fo_clamp(int dt, double s, const fo_tensor *t, size_t c) { drive(active->clamp[dt], &s, t, c); }
+void fo_traffic(int dt, const fo_tensor *t, size_t c) { drive(active->traffic[dt], NULL, t, c); }
 
 /* Blocks of FO_SUMSQ_BLOCK elements (a tensor's last block may be shorter)
  * are summed independently, in parallel when large, into a fixed-size window
  * of partial sums, which the calling thread then adds in block order. */
 #define FO_SUMSQ_WINDOW 256
 
-static double sumsq(int dt, const fo_tensor *t, size_t count)
+double fo_sumsq(int dt, const fo_tensor *t, size_t count)
 {
     const fo_sumsq_fn fn = active->sumsq[dt];
     double partial[FO_SUMSQ_WINDOW];
@@ -247,16 +235,10 @@ static double sumsq(int dt, const fo_tensor *t, size_t count)
     return total;
 }
 
-double fo_sumsq_f32(const fo_tensor *t, size_t c) { return sumsq(0, t, c); }
-double fo_sumsq_f64(const fo_tensor *t, size_t c) { return sumsq(1, t, c); }
-
-static int allfinite(int dt, const fo_tensor *t, size_t count)
+int fo_allfinite(int dt, const fo_tensor *t, size_t count)
 {
     const fo_allfinite_fn fn = active->allfinite[dt];
     for (size_t k = 0; k < count; k++)
         if (t[k].n && !fn(&t[k], 0, t[k].n)) return 0;
     return 1;
 }
-
-int fo_allfinite_f32(const fo_tensor *t, size_t c) { return allfinite(0, t, c); }
-int fo_allfinite_f64(const fo_tensor *t, size_t c) { return allfinite(1, t, c); }

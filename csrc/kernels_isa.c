@@ -2,9 +2,10 @@
  *
  * The build compiles this file once per level with that level's -m flags and
  * FO_ISA set to its name (baseline, avx2, avx512); each compilation exports
- * one table, fo_table_<FO_ISA>.  The source is identical for every level, and
- * no level may contract or reassociate floating-point operations, so every
- * level produces the same bits. */
+ * one table, fo_table_<FO_ISA>, with a row per rule of FO_RULE_LIST.  The
+ * source is identical for every level, and no level may contract or
+ * reassociate floating-point operations, so every level produces the same
+ * bits. */
 #include <math.h>
 
 #include "fastopt/isa.h"
@@ -33,13 +34,10 @@
 #undef FO_T
 
 #define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
+#define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
 
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
-    .sgd = FO_PAIR(sgd_range),
-    .momentum = FO_PAIR(momentum_range),
-    .rmsprop = FO_PAIR(rmsprop_range),
-    .adam = FO_PAIR(adam_range),
-    .adagrad = FO_PAIR(adagrad_range),
+    .rule = {FO_RULE_LIST(FO_RULE_ROW)},
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
     .traffic = FO_PAIR(traffic_range),

@@ -29,10 +29,12 @@ from typing import Callable, Optional
 # thread.  Must be set before fastopt (and with it libgomp) is loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
 import pytest  # noqa: E402
 
 import fastopt  # noqa: E402
+import fastopt.rules  # noqa: E402
 from fastopt import _config, _core, functional, reference  # noqa: E402
 
 # ---------------------------------------------------------------------------
@@ -149,27 +151,31 @@ class Rule:
                          **extra)
 
 
-def _always(hp):
-    return True
+def _needed_when(state, entry):
+    """The predicate on hyperparameters: is this state needed?"""
+    if state.when is None:
+        return lambda hp: True
+    default = entry.hyper(state.when).default
+    return lambda hp: bool(hp.get(state.when, default))
 
 
+def many(name):
+    """The multi-tensor call of a rule with states as positional lists."""
+    def call(params, grads, *states, step=None, labels=None, **hp):
+        _core.step_many(name, params, grads, list(states), step=step,
+                        labels=labels, **hp)
+    return call
+
+
+# From the rule table: a new rule is covered by every test that iterates it.
 RULES = {
-    "sgd": Rule("sgd", ("momentum_buffer",),
-                (lambda hp: hp.get("momentum", 0.0) != 0,),
-                True, functional.sgd, _core.sgd_many, reference.sgd),
-    "momentum": Rule("momentum", ("velocity",), (_always,), False,
-                     functional.momentum, _core.momentum_many, reference.momentum),
-    "rmsprop": Rule("rmsprop", ("square_avg", "grad_avg", "momentum_buffer"),
-                    (_always, lambda hp: bool(hp.get("centered", False)),
-                     lambda hp: hp.get("momentum", 0.0) != 0),
-                    False, functional.rmsprop, _core.rmsprop_many,
-                    reference.rmsprop),
-    "adam": Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-                 (_always, _always, lambda hp: bool(hp.get("amsgrad", False))),
-                 True, functional.adam, _core.adam_many, reference.adam),
-    "adagrad": Rule("adagrad", ("state_sum",), (_always,), True,
-                    functional.adagrad, _core.adagrad_many, reference.adagrad,
-                    init="initial_accumulator_value"),
+    name: Rule(name, tuple(s.name for s in entry.states),
+               tuple(_needed_when(s, entry) for s in entry.states),
+               entry.step is not None, getattr(functional, name), many(name),
+               getattr(reference, name),
+               init=next((s.initial for s in entry.states
+                          if isinstance(s.initial, str)), None))
+    for name, entry in fastopt.rules.RULES.items()
 }
 
 

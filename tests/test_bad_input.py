@@ -11,6 +11,8 @@ import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
+
+from conftest import many
 import pytest
 
 from fastopt import _core, functional
@@ -296,55 +298,55 @@ def _many_cases():
     ro.flags.writeable = False
     return [
         Bad("sgd_many-params-tuple", "call", TypeError, r"'params'",
-            call=call(_core.sgd_many, tuple(_arrs(3)), _arrs(3))),
+            call=call(many("sgd"), tuple(_arrs(3)), _arrs(3))),
         Bad("adam_many-grads-ndarray", "call", TypeError, r"'grads'",
-            call=call(_core.adam_many, _arrs(3), np.zeros(3, F32), _arrs(3),
+            call=call(many("adam"), _arrs(3), np.zeros(3, F32), _arrs(3),
                       _arrs(3), step=1)),
         Bad("adam_many-too-few-grads", "call", ValueError,
             r"^got 1 grad arrays for 2 parameters",
-            call=call(_core.adam_many, _arrs(3, 4), _arrs(3), _arrs(3, 4),
+            call=call(many("adam"), _arrs(3, 4), _arrs(3), _arrs(3, 4),
                       _arrs(3, 4), step=1)),
         Bad("adam_many-too-many-exp_avgs", "call", ValueError,
             r"^got 3 exp_avg arrays for 2 parameters",
-            call=call(_core.adam_many, _arrs(3, 4), _arrs(3, 4), _arrs(3, 4, 5),
+            call=call(many("adam"), _arrs(3, 4), _arrs(3, 4), _arrs(3, 4, 5),
                       _arrs(3, 4), step=1)),
         Bad("rmsprop_many-square_avgs-missing", "call", ValueError,
             r"^square_avgs is required",
-            call=call(_core.rmsprop_many, _arrs(3), _arrs(3), None)),
+            call=call(many("rmsprop"), _arrs(3), _arrs(3), None)),
         Bad("adam_many-max_exp_avg_sqs-missing", "call", ValueError,
             r"^max_exp_avg_sqs is required when amsgrad=True",
-            call=call(_core.adam_many, _arrs(3), _arrs(3), _arrs(3), _arrs(3),
+            call=call(many("adam"), _arrs(3), _arrs(3), _arrs(3), _arrs(3),
                       amsgrad=True, step=1)),
         Bad("sgd_many-grads[1]-size", "call", ValueError,
             r"^grads\[1\] has 5 elements but params\[1\] has 4",
-            call=call(_core.sgd_many, _arrs(3, 4), _arrs(3, 5))),
+            call=call(many("sgd"), _arrs(3, 4), _arrs(3, 5))),
         Bad("sgd_many-grads[1]-int", "call", TypeError,
             r"^grads\[1\] must have dtype float32 or float64",
-            call=call(_core.sgd_many, _arrs(3, 4), [np.zeros(3, F32),
+            call=call(many("sgd"), _arrs(3, 4), [np.zeros(3, F32),
                                                    np.zeros(4, np.int32)])),
         Bad("sgd_many-labels", "call", TypeError,
             r"^grad of parameter 'b1' must have dtype",
-            call=call(_core.sgd_many, _arrs(3, 4), [np.zeros(3, F32),
+            call=call(many("sgd"), _arrs(3, 4), [np.zeros(3, F32),
                                                    np.zeros(4, np.int32)],
                       labels=["W1", "b1"])),
         Bad("sgd_many-params[1]-readonly", "call", ValueError,
             r"^params\[1\] is read-only",
-            call=call(_core.sgd_many, [np.zeros(3, F32), ro], _arrs(3, 4))),
+            call=call(many("sgd"), [np.zeros(3, F32), ro], _arrs(3, 4))),
         Bad("sgd_many-mixed-dtypes", "call", TypeError,
             r"^params\[1\] has dtype float64 but params\[0\] has dtype float32",
-            call=call(_core.sgd_many, mixed_p, mixed_g)),
+            call=call(many("sgd"), mixed_p, mixed_g)),
         Bad("sgd_many-mixed-dtypes-names-params[1]", "call", TypeError,
             r"^params\[1\] has dtype float64",
-            call=call(_core.sgd_many, mixed_p, mixed_g)),
+            call=call(many("sgd"), mixed_p, mixed_g)),
         Bad("sgd_many-same-param-twice", "call", ValueError,
             r"params\[1\] overlaps params\[0\]|params\[0\] overlaps params\[1\]",
-            call=call(_core.sgd_many, [shared, shared], _arrs(4, 4))),
+            call=call(many("sgd"), [shared, shared], _arrs(4, 4))),
         Bad("adam_many-state-is-other-param", "call", ValueError,
             r"overlaps .* in memory",
-            call=call(_core.adam_many, p, g, [s[0], p[1]], _arrs(3, 4), step=1)),
+            call=call(many("adam"), p, g, [s[0], p[1]], _arrs(3, 4), step=1)),
         Bad("momentum_many-velocities-missing", "call", ValueError,
             r"^velocities is required",
-            call=call(_core.momentum_many, _arrs(3), _arrs(3), None)),
+            call=call(many("momentum"), _arrs(3), _arrs(3), None)),
         # gradient utilities
         Bad("grad_sumsq-tuple", "call", TypeError, r"'grads'",
             call=call(_core.grad_sumsq, tuple(_arrs(3)))),
@@ -446,7 +448,7 @@ def test_readonly_grad_many_and_sumsq():
     g = np.ones(5)
     g.flags.writeable = False
     p = np.zeros(5)
-    _core.sgd_many([p], [g], lr=0.5)
+    many("sgd")([p], [g], lr=0.5)
     np.testing.assert_array_equal(p, -0.5)
     assert _core.grad_sumsq([g]) == 5.0
     assert _core.grad_allfinite([g])
@@ -465,13 +467,13 @@ def test_zero_size_accepts_anything_overlapping(rule):
 # time of writing, so it runs in a child process.
 
 NONE_IN_LIST = [
-    ("sgd_many", "_core.sgd_many([p], [g], [None], momentum=0.9, step=1)"),
-    ("momentum_many", "_core.momentum_many([p], [g], [None])"),
-    ("rmsprop_many", "_core.rmsprop_many([p], [g], [None])"),
-    ("adam_many-exp_avgs", "_core.adam_many([p], [g], [None], [v], step=1)"),
+    ("sgd_many", "many('sgd')([p], [g], [None], momentum=0.9, step=1)"),
+    ("momentum_many", "many('momentum')([p], [g], [None])"),
+    ("rmsprop_many", "many('rmsprop')([p], [g], [None])"),
+    ("adam_many-exp_avgs", "many('adam')([p], [g], [None], [v], step=1)"),
     ("adam_many-max_exp_avg_sqs",
-     "_core.adam_many([p], [g], [m], [v], [None], amsgrad=True, step=1)"),
-    ("adagrad_many", "_core.adagrad_many([p], [g], [None], step=1)"),
+     "many('adam')([p], [g], [m], [v], [None], amsgrad=True, step=1)"),
+    ("adagrad_many", "many('adagrad')([p], [g], [None], step=1)"),
 ]
 
 
@@ -483,6 +485,8 @@ def test_none_inside_state_list_is_refused(code):
     prog = (
         "import numpy as np\n"
         "from fastopt import _core\n"
+        "def many(name):\n"
+        "    return lambda ps, gs, *s, **k: _core.step_many(name, ps, gs, list(s), **k)\n"
         "p, g, m, v = (np.ones(16) for _ in range(4))\n"
         "try:\n"
         f"    {code}\n"

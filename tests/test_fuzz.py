@@ -37,6 +37,8 @@ import tempfile
 import textwrap
 
 import numpy as np
+
+from conftest import many
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -333,7 +335,7 @@ def test_many(rule, data):
         kw["labels"] = tuple(range(n + 1))
     elif how == "junk":
         kw["labels"] = data.draw(JUNK)
-    check_call(pool, lambda: getattr(_core, rule + "_many")(params, grads, *states, **kw))
+    check_call(pool, lambda: many(rule)(params, grads, *states, **kw))
 
 
 GRAD_UTILS = ["grad_sumsq", "grad_allfinite", "grad_scale_", "grad_clamp_"]
@@ -1124,8 +1126,8 @@ def _run(code):
 
 
 SHORT_LABELS = [
-    "_core.sgd_many([p], [g32], labels=[])",
-    "_core.adam_many([p, p.copy()], [g, g[:2]], [p.copy(), p.copy()], "
+    "many('sgd')([p], [g32], labels=[])",
+    "many('adam')([p, p.copy()], [g, g[:2]], [p.copy(), p.copy()], "
     "[p.copy(), p.copy()], step=1, labels=['a'])",
     "_core.grad_sumsq([g, g32], labels=())",
 ]
@@ -1139,6 +1141,8 @@ def test_short_labels_raise(call):
     r = _run(f"""
         import numpy as np
         from fastopt import _core
+        def many(name):
+            return lambda ps, gs, *s, **k: _core.step_many(name, ps, gs, list(s), **k)
         p = np.ones(3); g = np.ones(3); g32 = g.astype(np.float32)
         try:
             {call}

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import fastopt.rules
 from fastopt import _core
 
 DTYPES = [np.float32, np.float64]
@@ -82,6 +83,28 @@ CONFIGS = (
        for lrd in (0.0, 0.01) for wd in (0.0, 0.01) for mx in (False, True)
        for init in (0.0, 0.1)]
 )
+
+
+def _table_configs(entry):
+    """Configs for a rule the grid above does not list: its defaults, with
+    every flag on and off and weight decay off and on."""
+    flags = [h.name for h in entry.kernel_hypers if h.check == "flag"]
+    configs = []
+    for mask in range(2 ** len(flags)):
+        for wd in (0.0, 0.01):
+            hp = {f: bool(mask >> k & 1) for k, f in enumerate(flags)}
+            if any(h.name == "weight_decay" for h in entry.hypers):
+                hp["weight_decay"] = wd
+            elif wd:
+                continue
+            configs.append(_config(entry.name, **hp))
+    return configs
+
+
+# a rule added to the table is covered here without editing this file
+CONFIGS += [c for name, entry in fastopt.rules.RULES.items()
+            if name not in {c.rule for c in CONFIGS}
+            for c in _table_configs(entry)]
 CONFIG_BY_ID = {c.id: c for c in CONFIGS}
 assert len(CONFIG_BY_ID) == len(CONFIGS), "config ids must be unique"
 
@@ -92,7 +115,9 @@ REPRESENTATIVE = [CONFIG_BY_ID[i] for i in (
     "rmsprop-centered-mom0.9-wd0.01",
     "adam-amsgrad-wd0.01-decoupled",
     "adagrad-lrdecay0.01-wd0.01-init0.1",
-)]
+)] + [next(c for c in reversed(CONFIGS) if c.rule == name)
+      for name in fastopt.rules.RULES
+      if name not in ("sgd", "momentum", "rmsprop", "adam", "adagrad")]
 
 
 # ---------------------------------------------------------------------------

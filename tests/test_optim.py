@@ -505,7 +505,9 @@ def test_load_state_dict_without_entries_resets_state():
 def test_hyperparameter_messages(make, message):
     with pytest.raises(ValueError) as info:
         make(_model())
-    assert str(info.value) == message
+    # torch's sentence, then (for a range) the rule the value broke: one
+    # message for every door
+    assert str(info.value) == message or str(info.value).startswith(message + " (")
 
 
 def test_constructor_defaults_match_torch():

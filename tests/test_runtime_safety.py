@@ -4,6 +4,8 @@ import sys
 import threading
 
 import numpy as np
+
+from conftest import many
 import pytest
 
 import fastopt
@@ -145,7 +147,7 @@ def test_reference_counts_unchanged():
         F.adam(p, g, m, v, step=2, lr=lr, betas=betas)
         with pytest.raises(ValueError):
             F.adam(p, g, m, m, step=2, lr=lr, betas=betas)
-        _core.adam_many([p], [g], [m], [v], step=2, lr=lr, betas=betas)
+        many("adam")([p], [g], [m], [v], step=2, lr=lr, betas=betas)
         _core.grad_sumsq([g])
     assert [sys.getrefcount(o) for o in objs] == before
 

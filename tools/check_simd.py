@@ -11,13 +11,24 @@ the multiplies of every rule and for sqrt and division wherever the rule has
 them.
 """
 import collections
+import importlib.util
 import pathlib
 import re
 import subprocess
 import sys
 
 WIDTH = {"baseline": "xmm", "avx2": "ymm", "avx512": "zmm"}
-RULES = ["sgd", "momentum", "rmsprop", "adam", "adagrad", "scale", "clamp", "sumsq"]
+
+def _table_rules():
+    """The rules of src/fastopt/rules.py, read as plain data."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "src/fastopt/rules.py"
+    spec = importlib.util.spec_from_file_location("fastopt_rules", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.RULES)
+
+
+RULES = _table_rules() + ["scale", "clamp", "sumsq"]
 ARITH = re.compile(r"\b(v?)(sqrt|div|mul|add|sub|max|min)p([sd])\b.*%([xyz]mm)")
 
 

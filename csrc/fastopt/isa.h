@@ -11,9 +11,9 @@ typedef void (*fo_range_fn)(const void *args, const fo_tensor *t, size_t lo,
 typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 
-/* Index 0 is float32, 1 is float64. */
+/* Index [dt]: 0 is float32, 1 is float64. */
 typedef struct {
-    fo_range_fn sgd[2], momentum[2], rmsprop[2], adam[2], adagrad[2];
+    fo_range_fn rule[FO_NRULES][2];
     fo_range_fn scale[2], clamp[2], traffic[2];
     fo_sumsq_fn sumsq[2];
     fo_allfinite_fn allfinite[2];

@@ -1,14 +1,17 @@
 /* fastopt kernels: the public C interface.
  *
  * Every update rule is one fused loop over contiguous arrays, updated in
- * place.  An entry point takes the rule's hyperparameters (already folded into
- * per-step coefficients, see scalars.h) and an array of tensors, so one call
- * steps a whole group of parameters.
+ * place.  One entry point, fo_run, steps any rule over an array of tensors;
+ * the rule's hyperparameters arrive already folded into per-step
+ * coefficients by fo_coefficients (coefficients.c).  The rules, their
+ * hyperparameters, coefficients, states and options are listed in
+ * src/fastopt/rules.py, from which the build writes fo_table.h: the indices
+ * used here and in rules.h.
  *
  * Preconditions, checked by the caller (the Cython boundary), never here:
- *   - every pointer of a used slot is valid for `n` elements of the entry
- *     point's element type, and the arrays of one tensor do not overlap;
- *   - unused state slots may be NULL;
+ *   - every pointer of a used slot is valid for `n` elements of the element
+ *     type, and the arrays of one tensor do not overlap;
+ *   - state slots the options do not use may be NULL;
  *   - coefficients are finite.
  * The kernels allocate nothing and touch no Python object, so they may run
  * without the GIL.
@@ -18,92 +21,58 @@
 
 #include <stddef.h>
 
+#include "fo_table.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* One parameter tensor and its state buffers.  The meaning of s0..s2 is the
- * rule's (listed with each argument struct below). */
+/* One parameter tensor and its state buffers, in the rule's slot order. */
 typedef struct {
     void *p;        /* parameter, updated in place */
     const void *g;  /* gradient, read only */
-    void *s0;
-    void *s1;
-    void *s2;
+    void *s[FO_MAX_STATES];
     size_t n;       /* number of elements */
 } fo_tensor;
 
-/* Gradient sign: -1 when maximizing, +1 otherwise.  Weight decay `l2` is
- * added to the gradient as l2 * p when has_l2 is set. */
-
-/* Gradient descent, optionally with torch.optim.SGD heavy-ball momentum.
- * s0: momentum buffer (used when momentum != 0). */
+/* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
+ * common bits below and the rule's own (FO_<RULE>_O_*, from bit 2 up). */
 typedef struct {
-    double lr, momentum, one_minus_dampening, l2, sign;
-    int has_l2, has_momentum, first_step, nesterov;
-} fo_sgd_args;
+    double c[FO_MAX_COEFFICIENTS];
+    unsigned opts;
+} fo_args;
 
-/* The seed's exponentially weighted momentum.  s0: velocity. */
-typedef struct {
-    double lr, beta, one_minus_beta, l2, sign;
-    int has_l2;
-} fo_momentum_args;
+#define FO_MAXIMIZE 1u   /* negate the gradient first */
+#define FO_L2 2u         /* then add c[l2] * p to it */
 
-/* RMSProp with torch.optim.RMSprop options.
- * s0: square average, s1: gradient average (centered), s2: momentum buffer. */
-typedef struct {
-    double lr, alpha, one_minus_alpha, eps, momentum, l2, sign;
-    int has_l2, centered, has_momentum;
-} fo_rmsprop_args;
+/* Fill `a` for one step of `rule` from its hyperparameters (doubles in the
+ * order FO_<RULE>_H_*, flags as 0 or 1) and the step count (0 when the call
+ * has none).  Returns NULL, or a message when the combination is invalid
+ * (then `a` is unspecified). */
+const char *fo_coefficients(int rule, const double *h, long long step,
+                            fo_args *a);
 
-/* Adam and AdamW.  s0: first moment, s1: second moment, s2: running maximum
- * of the second moment (amsgrad).  `decay` multiplies the parameter first
- * (1 - lr * weight_decay for AdamW, exactly 1 otherwise). */
-typedef struct {
-    double step_size, inv_sqrt_bc2, beta1, one_minus_beta1, beta2,
-        one_minus_beta2, eps, l2, decay, sign;
-    int has_l2, amsgrad;
-} fo_adam_args;
+/* Step `rule` over `count` tensors of element type dt (0 float32,
+ * 1 float64). */
+void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
+            size_t count);
 
-/* Adagrad.  s0: sum of squared gradients. */
-typedef struct {
-    double clr, eps, l2, sign;
-    int has_l2;
-} fo_adagrad_args;
-
-/* Entry points, one per rule and element type. */
-void fo_sgd_f32(const fo_sgd_args *a, const fo_tensor *t, size_t count);
-void fo_sgd_f64(const fo_sgd_args *a, const fo_tensor *t, size_t count);
-void fo_momentum_f32(const fo_momentum_args *a, const fo_tensor *t, size_t count);
-void fo_momentum_f64(const fo_momentum_args *a, const fo_tensor *t, size_t count);
-void fo_rmsprop_f32(const fo_rmsprop_args *a, const fo_tensor *t, size_t count);
-void fo_rmsprop_f64(const fo_rmsprop_args *a, const fo_tensor *t, size_t count);
-void fo_adam_f32(const fo_adam_args *a, const fo_tensor *t, size_t count);
-void fo_adam_f64(const fo_adam_args *a, const fo_tensor *t, size_t count);
-void fo_adagrad_f32(const fo_adagrad_args *a, const fo_tensor *t, size_t count);
-void fo_adagrad_f64(const fo_adagrad_args *a, const fo_tensor *t, size_t count);
-
-/* Gradient utilities over many tensors (slot g only; p is ignored).
+/* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the
  * element index alone (blocks of FO_SUMSQ_BLOCK, each summed over 8 fixed
  * lanes), so the result is the same bits on every instruction set and thread
  * count. */
 #define FO_SUMSQ_BLOCK 4096
-double fo_sumsq_f32(const fo_tensor *t, size_t count);
-double fo_sumsq_f64(const fo_tensor *t, size_t count);
+double fo_sumsq(int dt, const fo_tensor *t, size_t count);
 /* 1 if every element is finite, 0 at the first NaN or infinity. */
-int fo_allfinite_f32(const fo_tensor *t, size_t count);
-int fo_allfinite_f64(const fo_tensor *t, size_t count);
+int fo_allfinite(int dt, const fo_tensor *t, size_t count);
 /* In place over slot p: x *= scale, or x = min(max(x, -clip), clip). */
-void fo_scale_f32(double scale, const fo_tensor *t, size_t count);
-void fo_scale_f64(double scale, const fo_tensor *t, size_t count);
-void fo_clamp_f32(double clip, const fo_tensor *t, size_t count);
-void fo_clamp_f64(double clip, const fo_tensor *t, size_t count);
+void fo_scale(int dt, double scale, const fo_tensor *t, size_t count);
+void fo_clamp(int dt, double clip, const fo_tensor *t, size_t count);
 
 /* Bandwidth floor (benchmarks): the reads and writes of a rule over the
  * slots present, with one add per element in place of the math. */
-void fo_traffic_f32(const fo_tensor *t, size_t count);
-void fo_traffic_f64(const fo_tensor *t, size_t count);
+void fo_traffic(int dt, const fo_tensor *t, size_t count);
 
 /* Instruction-set levels and threads (dispatch.c). */
 typedef enum { FO_BASELINE = 0, FO_AVX2 = 1, FO_AVX512 = 2 } fo_level;

@@ -13,10 +13,9 @@
  * operations in the same order.  The build forbids contraction into fused
  * multiply-add (-ffp-contract=off) so every line rounds as written.
  *
- * Options that change the operation sequence (L2 decay, amsgrad, centered,
- * momentum, nesterov) are `const int` parameters of an always-inline body;
- * each entry point calls the body with literal constants, so every variant is
- * a separate branch-free loop while the math is written once.
+ * A rule's coefficients, states and options are named by the indices of
+ * fo_table.h (FO_<RULE>_C_*, _S_*, _O_*), which the build writes from the
+ * rule table, src/fastopt/rules.py.
  */
 
 #define FO_INLINE static inline __attribute__((always_inline))
@@ -27,31 +26,41 @@ FO_INLINE FO_T FO_NAME(maxnan)(FO_T a, FO_T b)
     return (a != a) ? a : (a >= b ? a : b);
 }
 
-/* g <- -g when maximizing (a true negation, which flips a NaN's sign as
- * NumPy's -g does; multiplying by -1 would not), then g + l2 * p: the
- * gradient every rule starts from */
-#define FO_GRAD(i) \
-    FO_T gi = negate ? -g[i] : g[i]; \
-    if (has_l2) gi = gi + l2 * p[i];
+/* The gradient every rule starts from: -g when maximizing (a true negation,
+ * which flips a NaN's sign as NumPy's -g does; multiplying by -1 would not),
+ * then g + l2 * p when the rule has L2 decay. */
+FO_INLINE FO_T FO_NAME(grad)(FO_T g, FO_T p, int negate, int has_l2, FO_T l2)
+{
+    const FO_T gi = negate ? -g : g;
+    return has_l2 ? gi + l2 * p : gi;
+}
+
+/* The coefficient k of a rule, rounded once to FO_T */
+#define FO_C(rule, k) ((FO_T)a->c[FO_##rule##_C_##k])
+
+/* Each rule below is a body, always inlined, whose option parameters are
+ * `const int`, and a range function that switches on the option mask (all
+ * but FO_MAXIMIZE) and calls the body with literal options: every variant is
+ * its own branch-free loop while the math is written once.  A mask that
+ * fo_coefficients never produces falls to the default, the general body. */
 
 /* ---- gradient descent / heavy-ball momentum (torch.optim.SGD) --------- */
 
-FO_INLINE void FO_NAME(sgd_body)(const fo_sgd_args *a, const fo_tensor *t,
+FO_INLINE void FO_NAME(sgd_body)(const fo_args *a, const fo_tensor *t,
                                  size_t lo, size_t hi, const int has_l2,
                                  const int has_momentum, const int first,
                                  const int nesterov)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict b = (FO_T *)t->s0;
-    const FO_T lr = (FO_T)a->lr, mu = (FO_T)a->momentum;
-    const FO_T damp = (FO_T)a->one_minus_dampening;
-    const FO_T l2 = (FO_T)a->l2;
-    const int negate = a->sign < 0;
+    FO_T *restrict b = (FO_T *)t->s[FO_SGD_S_MOMENTUM_BUFFER];
+    const FO_T lr = FO_C(SGD, LR), mu = FO_C(SGD, MOMENTUM);
+    const FO_T damp = FO_C(SGD, ONE_MINUS_DAMPENING), l2 = FO_C(SGD, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
-        FO_GRAD(i)
+        FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         if (has_momentum) {
-            FO_T bi = first ? gi : mu * b[i] + damp * gi;
+            const FO_T bi = first ? gi : mu * b[i] + damp * gi;
             b[i] = bi;
             gi = nesterov ? gi + mu * bi : bi;
         }
@@ -62,37 +71,41 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_sgd_args *a, const fo_tensor *t,
 static void FO_NAME(sgd_range)(const void *args, const fo_tensor *t,
                                size_t lo, size_t hi)
 {
-    const fo_sgd_args *a = (const fo_sgd_args *)args;
-    if (!a->has_momentum) {
-        if (a->has_l2) FO_NAME(sgd_body)(a, t, lo, hi, 1, 0, 0, 0);
-        else FO_NAME(sgd_body)(a, t, lo, hi, 0, 0, 0, 0);
-        return;
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, M = FO_SGD_O_HAS_MOMENTUM, F = FO_SGD_O_FIRST_STEP,
+           N = FO_SGD_O_NESTEROV };
+#define FO_SGD(l2, m, f, n) FO_NAME(sgd_body)(a, t, lo, hi, l2, m, f, n); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:               FO_SGD(0, 0, 0, 0);
+    case M:               FO_SGD(0, 1, 0, 0);
+    case M | F:           FO_SGD(0, 1, 1, 0);
+    case M | N:           FO_SGD(0, 1, 0, 1);
+    case M | F | N:       FO_SGD(0, 1, 1, 1);
+    case L2:              FO_SGD(1, 0, 0, 0);
+    case L2 | M:          FO_SGD(1, 1, 0, 0);
+    case L2 | M | F:      FO_SGD(1, 1, 1, 0);
+    case L2 | M | N:      FO_SGD(1, 1, 0, 1);
+    case L2 | M | F | N:  FO_SGD(1, 1, 1, 1);
+    default: FO_SGD(!!(a->opts & L2), !!(a->opts & M), !!(a->opts & F),
+                    !!(a->opts & N));
     }
-#define FO_SGD_NESTEROV(l2, first) \
-    if (a->nesterov) FO_NAME(sgd_body)(a, t, lo, hi, l2, 1, first, 1); \
-    else FO_NAME(sgd_body)(a, t, lo, hi, l2, 1, first, 0);
-#define FO_SGD_FIRST(l2) \
-    if (a->first_step) { FO_SGD_NESTEROV(l2, 1) } else { FO_SGD_NESTEROV(l2, 0) }
-    if (a->has_l2) { FO_SGD_FIRST(1) } else { FO_SGD_FIRST(0) }
-#undef FO_SGD_FIRST
-#undef FO_SGD_NESTEROV
+#undef FO_SGD
 }
 
 /* ---- the seed's exponentially weighted momentum ---------------------- */
 
-FO_INLINE void FO_NAME(momentum_body)(const fo_momentum_args *a,
-                                      const fo_tensor *t, size_t lo,
-                                      size_t hi, const int has_l2)
+FO_INLINE void FO_NAME(momentum_body)(const fo_args *a, const fo_tensor *t,
+                                      size_t lo, size_t hi, const int has_l2)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict v = (FO_T *)t->s0;
-    const FO_T lr = (FO_T)a->lr, beta = (FO_T)a->beta;
-    const FO_T one_minus_beta = (FO_T)a->one_minus_beta;
-    const FO_T l2 = (FO_T)a->l2;
-    const int negate = a->sign < 0;
+    FO_T *restrict v = (FO_T *)t->s[FO_MOMENTUM_S_VELOCITY];
+    const FO_T lr = FO_C(MOMENTUM, LR), beta = FO_C(MOMENTUM, BETA);
+    const FO_T one_minus_beta = FO_C(MOMENTUM, ONE_MINUS_BETA);
+    const FO_T l2 = FO_C(MOMENTUM, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
-        FO_GRAD(i)
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T vi = beta * v[i] + one_minus_beta * gi;
         v[i] = vi;
         p[i] = p[i] - lr * vi;
@@ -102,31 +115,30 @@ FO_INLINE void FO_NAME(momentum_body)(const fo_momentum_args *a,
 static void FO_NAME(momentum_range)(const void *args, const fo_tensor *t,
                                     size_t lo, size_t hi)
 {
-    const fo_momentum_args *a = (const fo_momentum_args *)args;
-    if (a->has_l2) FO_NAME(momentum_body)(a, t, lo, hi, 1);
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_L2) FO_NAME(momentum_body)(a, t, lo, hi, 1);
     else FO_NAME(momentum_body)(a, t, lo, hi, 0);
 }
 
 /* ---- RMSProp (torch.optim.RMSprop) ----------------------------------- */
 
-FO_INLINE void FO_NAME(rmsprop_body)(const fo_rmsprop_args *a,
-                                     const fo_tensor *t, size_t lo,
-                                     size_t hi, const int has_l2,
+FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
+                                     size_t lo, size_t hi, const int has_l2,
                                      const int centered,
                                      const int has_momentum)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict s = (FO_T *)t->s0;
-    FO_T *restrict gavg = (FO_T *)t->s1;
-    FO_T *restrict b = (FO_T *)t->s2;
-    const FO_T lr = (FO_T)a->lr, alpha = (FO_T)a->alpha;
-    const FO_T one_minus_alpha = (FO_T)a->one_minus_alpha;
-    const FO_T eps = (FO_T)a->eps, mu = (FO_T)a->momentum;
-    const FO_T l2 = (FO_T)a->l2;
-    const int negate = a->sign < 0;
+    FO_T *restrict s = (FO_T *)t->s[FO_RMSPROP_S_SQUARE_AVG];
+    FO_T *restrict gavg = (FO_T *)t->s[FO_RMSPROP_S_GRAD_AVG];
+    FO_T *restrict b = (FO_T *)t->s[FO_RMSPROP_S_MOMENTUM_BUFFER];
+    const FO_T lr = FO_C(RMSPROP, LR), alpha = FO_C(RMSPROP, ALPHA);
+    const FO_T one_minus_alpha = FO_C(RMSPROP, ONE_MINUS_ALPHA);
+    const FO_T eps = FO_C(RMSPROP, EPS), mu = FO_C(RMSPROP, MOMENTUM);
+    const FO_T l2 = FO_C(RMSPROP, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
-        FO_GRAD(i)
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = alpha * s[i] + one_minus_alpha * (gi * gi);
         s[i] = si;
         FO_T var = si;
@@ -149,37 +161,45 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_rmsprop_args *a,
 static void FO_NAME(rmsprop_range)(const void *args, const fo_tensor *t,
                                    size_t lo, size_t hi)
 {
-    const fo_rmsprop_args *a = (const fo_rmsprop_args *)args;
-#define FO_RMS_MOMENTUM(l2, c) \
-    if (a->has_momentum) FO_NAME(rmsprop_body)(a, t, lo, hi, l2, c, 1); \
-    else FO_NAME(rmsprop_body)(a, t, lo, hi, l2, c, 0);
-#define FO_RMS_CENTERED(l2) \
-    if (a->centered) { FO_RMS_MOMENTUM(l2, 1) } else { FO_RMS_MOMENTUM(l2, 0) }
-    if (a->has_l2) { FO_RMS_CENTERED(1) } else { FO_RMS_CENTERED(0) }
-#undef FO_RMS_CENTERED
-#undef FO_RMS_MOMENTUM
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, C = FO_RMSPROP_O_CENTERED, M = FO_RMSPROP_O_HAS_MOMENTUM };
+#define FO_RMS(l2, c, m) FO_NAME(rmsprop_body)(a, t, lo, hi, l2, c, m); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:           FO_RMS(0, 0, 0);
+    case C:           FO_RMS(0, 1, 0);
+    case M:           FO_RMS(0, 0, 1);
+    case C | M:       FO_RMS(0, 1, 1);
+    case L2:          FO_RMS(1, 0, 0);
+    case L2 | C:      FO_RMS(1, 1, 0);
+    case L2 | M:      FO_RMS(1, 0, 1);
+    case L2 | C | M:  FO_RMS(1, 1, 1);
+    default: FO_RMS(!!(a->opts & L2), !!(a->opts & C), !!(a->opts & M));
+    }
+#undef FO_RMS
 }
 
 /* ---- Adam / AdamW ---------------------------------------------------- */
 
-FO_INLINE void FO_NAME(adam_body)(const fo_adam_args *a, const fo_tensor *t,
+FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
                                   size_t lo, size_t hi, const int has_l2,
                                   const int amsgrad)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s0;
-    FO_T *restrict v = (FO_T *)t->s1;
-    FO_T *restrict vmax = (FO_T *)t->s2;
-    const FO_T step_size = (FO_T)a->step_size;
-    const FO_T inv_sqrt_bc2 = (FO_T)a->inv_sqrt_bc2;
-    const FO_T beta1 = (FO_T)a->beta1, one_minus_beta1 = (FO_T)a->one_minus_beta1;
-    const FO_T beta2 = (FO_T)a->beta2, one_minus_beta2 = (FO_T)a->one_minus_beta2;
-    const FO_T eps = (FO_T)a->eps, decay = (FO_T)a->decay;
-    const FO_T l2 = (FO_T)a->l2;
-    const int negate = a->sign < 0;
+    FO_T *restrict m = (FO_T *)t->s[FO_ADAM_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADAM_S_EXP_AVG_SQ];
+    FO_T *restrict vmax = (FO_T *)t->s[FO_ADAM_S_MAX_EXP_AVG_SQ];
+    const FO_T step_size = FO_C(ADAM, STEP_SIZE);
+    const FO_T inv_sqrt_bc2 = FO_C(ADAM, INV_SQRT_BC2);
+    const FO_T beta1 = FO_C(ADAM, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADAM, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADAM, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADAM, ONE_MINUS_BETA2);
+    const FO_T eps = FO_C(ADAM, EPS), decay = FO_C(ADAM, DECAY);
+    const FO_T l2 = FO_C(ADAM, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
-        FO_GRAD(i)
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
         const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
         FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
@@ -197,30 +217,32 @@ FO_INLINE void FO_NAME(adam_body)(const fo_adam_args *a, const fo_tensor *t,
 static void FO_NAME(adam_range)(const void *args, const fo_tensor *t,
                                 size_t lo, size_t hi)
 {
-    const fo_adam_args *a = (const fo_adam_args *)args;
-    if (a->amsgrad) {
-        if (a->has_l2) FO_NAME(adam_body)(a, t, lo, hi, 1, 1);
-        else FO_NAME(adam_body)(a, t, lo, hi, 0, 1);
-    } else {
-        if (a->has_l2) FO_NAME(adam_body)(a, t, lo, hi, 1, 0);
-        else FO_NAME(adam_body)(a, t, lo, hi, 0, 0);
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, A = FO_ADAM_O_AMSGRAD };
+#define FO_ADAM(l2, ams) FO_NAME(adam_body)(a, t, lo, hi, l2, ams); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:       FO_ADAM(0, 0);
+    case A:       FO_ADAM(0, 1);
+    case L2:      FO_ADAM(1, 0);
+    case L2 | A:  FO_ADAM(1, 1);
+    default: FO_ADAM(!!(a->opts & L2), !!(a->opts & A));
     }
+#undef FO_ADAM
 }
 
 /* ---- Adagrad (torch.optim.Adagrad) ----------------------------------- */
 
-FO_INLINE void FO_NAME(adagrad_body)(const fo_adagrad_args *a,
-                                     const fo_tensor *t, size_t lo,
-                                     size_t hi, const int has_l2)
+FO_INLINE void FO_NAME(adagrad_body)(const fo_args *a, const fo_tensor *t,
+                                     size_t lo, size_t hi, const int has_l2)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict sum = (FO_T *)t->s0;
-    const FO_T clr = (FO_T)a->clr, eps = (FO_T)a->eps;
-    const FO_T l2 = (FO_T)a->l2;
-    const int negate = a->sign < 0;
+    FO_T *restrict sum = (FO_T *)t->s[FO_ADAGRAD_S_STATE_SUM];
+    const FO_T clr = FO_C(ADAGRAD, CLR), eps = FO_C(ADAGRAD, EPS);
+    const FO_T l2 = FO_C(ADAGRAD, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
-        FO_GRAD(i)
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = sum[i] + gi * gi;
         sum[i] = si;
         p[i] = p[i] - clr * (gi / (FO_SQRT(si) + eps));
@@ -230,8 +252,8 @@ FO_INLINE void FO_NAME(adagrad_body)(const fo_adagrad_args *a,
 static void FO_NAME(adagrad_range)(const void *args, const fo_tensor *t,
                                    size_t lo, size_t hi)
 {
-    const fo_adagrad_args *a = (const fo_adagrad_args *)args;
-    if (a->has_l2) FO_NAME(adagrad_body)(a, t, lo, hi, 1);
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_L2) FO_NAME(adagrad_body)(a, t, lo, hi, 1);
     else FO_NAME(adagrad_body)(a, t, lo, hi, 0);
 }
 
@@ -304,11 +326,17 @@ static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict s0 = (FO_T *)t->s0;
-    FO_T *restrict s1 = (FO_T *)t->s1;
-    FO_T *restrict s2 = (FO_T *)t->s2;
+    FO_T *restrict s0 = (FO_T *)t->s[0];
+    FO_T *restrict s1 = (FO_T *)t->s[1];
+    FO_T *restrict s2 = (FO_T *)t->s[2];
+    FO_T *restrict s3 = (FO_T *)t->s[3];
     (void)args;
-    if (s2) {
+    if (s3) {
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T x = p[i] + g[i] + s0[i] + s1[i] + s2[i] + s3[i];
+            p[i] = x; s0[i] = x; s1[i] = x; s2[i] = x; s3[i] = x;
+        }
+    } else if (s2) {
         for (size_t i = lo; i < hi; i++) {
             const FO_T x = p[i] + g[i] + s0[i] + s1[i] + s2[i];
             p[i] = x; s0[i] = x; s1[i] = x; s2[i] = x;
@@ -328,5 +356,5 @@ static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
     }
 }
 
-#undef FO_GRAD
+#undef FO_C
 #undef FO_INLINE

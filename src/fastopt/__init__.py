@@ -1,7 +1,8 @@
 """fastopt: fused, bit-exact optimizer update rules for NumPy training loops.
 
-- ``fastopt.SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``:
-  torch.optim's classes over NumPy arrays, updated in place.
+- ``fastopt.SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``,
+  ...: torch.optim's classes over NumPy arrays, updated in place, one per
+  entry of the rule table ``fastopt.rules.RULES``.
 - ``fastopt.functional``: one in-place function per rule, one C loop each.
 - ``fastopt.reference``: the same rules in plain NumPy; the kernels match them
   bit for bit.
@@ -21,15 +22,15 @@ from fastopt._config import (
 from fastopt import checkpoint, functional, lr_scheduler, reference
 from fastopt.clip import clip_grad_norm_, clip_grad_value_
 from fastopt.flat import FlatParams
-from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop
+from fastopt import optim, rules
+from fastopt.optim import *  # noqa: F403  the classes of the rule table
 
 _config._init_from_environment()
 
 __all__ = [
-    "__version__",
-    "Optimizer", "SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad",
+    "__version__", *optim.__all__,
     "FlatParams", "clip_grad_norm_", "clip_grad_value_",
-    "checkpoint", "functional", "lr_scheduler", "reference",
+    "checkpoint", "functional", "lr_scheduler", "reference", "rules",
     "show_config", "get_num_threads", "set_num_threads",
     "get_simd_level", "set_simd_level",
 ]

@@ -141,6 +141,101 @@ def _check_layout(sd):
                                  f"array, got {getattr(value, 'dtype', type(value).__name__)}")
 
 
+def check_state_dict(optimizer, sd):
+    """Check ``sd`` against ``optimizer`` (its class, groups, parameters and
+    rule) before ``load_state_dict`` changes anything; return
+    (hyperparameters per group, step per parameter, states per parameter,
+    skipped_steps), or raise ValueError."""
+    keys = optimizer.rule.state_keys
+    if not isinstance(sd, dict):
+        raise ValueError(f"state_dict must be a dict, got {type(sd).__name__}")
+    if sd.get("format") != FORMAT:
+        raise ValueError(f"not a fastopt state_dict (format {sd.get('format')!r})")
+    if sd.get("version") != VERSION:
+        raise ValueError(f"unsupported state_dict version {sd.get('version')!r}; "
+                         f"this fastopt reads version {VERSION}")
+    if sd.get("optimizer") != type(optimizer).__name__:
+        raise ValueError(f"state_dict is for optimizer {sd.get('optimizer')!r}, "
+                         f"not {type(optimizer).__name__}")
+    skipped = sd.get("skipped_steps")
+    if (isinstance(skipped, (bool, np.bool_))
+            or not isinstance(skipped, numbers.Integral) or skipped < 0):
+        raise ValueError(f"skipped_steps must be an int >= 0, got {skipped!r}")
+    saved_groups, state = sd.get("param_groups"), sd.get("state")
+    if not isinstance(saved_groups, list) or not isinstance(state, dict):
+        raise ValueError("state_dict needs a list 'param_groups' and a dict 'state'")
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, "
+                         f"the optimizer {len(optimizer.param_groups)}")
+    position, hypers = {}, []
+    for k, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups)):
+        where = f"param_groups[{k}]"
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            raise ValueError(f"{where} must be a dict with a list 'params'")
+        indices = saved["params"]
+        if len(indices) != len(group["params"]):
+            raise ValueError(f"{where} has {len(indices)} parameters, the "
+                             f"optimizer's group {len(group['params'])}")
+        if "param_names" in saved and "param_names" in group and (
+                list(saved["param_names"]) != group["param_names"]):
+            raise ValueError(f"{where} names parameters {saved['param_names']}, "
+                             f"the optimizer's group {group['param_names']}")
+        offset = len(position)
+        for j, i in enumerate(indices):
+            if (isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral)
+                    or i in position):
+                raise ValueError(f"{where}['params'] must hold distinct int "
+                                 f"indices, got {i!r}")
+            position[i] = offset + j
+        hyper = {k: v for k, v in saved.items() if k not in ("params", "param_names")}
+        missing = [name for name in optimizer.defaults if name not in hyper]
+        if missing:
+            raise ValueError(f"{where} lacks hyperparameters {missing}")
+        try:
+            optimizer._check_group(hyper)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from e
+        hypers.append(hyper)
+    hyper_of = [hyper for g, hyper in zip(optimizer.param_groups, hypers)
+                for _ in g["params"]]
+    steps = [0] * len(optimizer._params)
+    entries = [{} for _ in optimizer._params]
+    for i, entry in state.items():
+        where = f"state[{i!r}]"
+        if isinstance(i, (bool, np.bool_)) or i not in position:
+            raise ValueError(f"{where} is not a parameter index of the state_dict")
+        pos = position[i]
+        param, label = optimizer._params[pos], optimizer._labels[pos]
+        if not isinstance(entry, dict) or "step" not in entry:
+            raise ValueError(f"{where} must be a dict with a 'step'")
+        step = entry["step"]
+        if not _is_int(step):
+            raise ValueError(f"{where}: step must be an int, got {type(step).__name__}")
+        if not 0 <= step < 2 ** 62:
+            raise ValueError(f"{where}: step must be >= 0 and < 2**62, got {step}")
+        for kind, value in entry.items():
+            if kind == "step":
+                continue
+            if kind not in keys:
+                raise ValueError(f"{where} has an unknown state {kind!r}; "
+                                 f"{type(optimizer).__name__} keeps {list(keys)}")
+            if (not isinstance(value, np.ndarray) or value.shape != param.shape
+                    or value.dtype != param.dtype):
+                desc = (f"{value.dtype} array of shape {value.shape}"
+                        if isinstance(value, np.ndarray) else type(value).__name__)
+                raise ValueError(f"{where}[{kind!r}] must be a {param.dtype} array "
+                                 f"of shape {param.shape} like parameter "
+                                 f"{label!r}, got {desc}")
+            entries[pos][kind] = value
+        if entry["step"]:
+            needed = [s.state_key for s in optimizer.rule.states
+                      if s.when is None and s.state_key not in entries[pos]]
+            if needed:
+                raise ValueError(f"{where} lacks states {needed}")
+        steps[pos] = int(entry["step"])
+    return hypers, steps, entries, int(skipped)
+
+
 def _encode(state_dict):
     """The checkpoint's bytes."""
     _check_layout(state_dict)

@@ -1,99 +1,151 @@
-"""The update rules in plain NumPy: the definition every kernel must match.
+"""The update rules in plain NumPy: the specification every kernel must match.
 
-Each function has the signature of its twin in :mod:`fastopt.functional` and
-performs the same floating-point operations in the same order, one line per
-line of the math, so that for float32 and float64 alike the kernel's result
-equals this one bit for bit.  Hyperparameters are Python floats, which NumPy
-rounds to the arrays' dtype, exactly as the kernels round their coefficients.
-Per-step scalars come from the helpers that the kernels use.
+One function per rule of the table (:mod:`fastopt.rules`), called exactly
+like its twin in :mod:`fastopt.functional`.  Each body is the rule's math,
+one line of math per line of code, in the kernel's names: ``c`` holds the
+per-step coefficients and options that the kernel's door computes
+(``fastopt._core.coefficients``, from csrc/coefficients.c), so a kernel and
+its reference see the very same values.  The operations and their order are
+the kernel's, so for float32 and float64 alike the kernel's result equals
+this one bit for bit: coefficients are Python floats, which NumPy rounds to
+the arrays' dtype exactly as the kernels round them.
 
 These functions check nothing: they are the specification, not the API.
 """
+import functools
+import inspect
+import types
+
 import numpy as np
 
-from fastopt._core import (
-    adagrad_clr,
-    adam_inv_sqrt_bc2,
-    adam_step_size,
-    decay_factor,
-)
+from fastopt import _core
+from fastopt.rules import RULES
 
-__all__ = ["sgd", "momentum", "rmsprop", "adam", "adagrad"]
+__all__ = list(RULES)
 
 
-def _start(param, grad, weight_decay, maximize):
+def _rule(body):
+    """The public function of a rule from its body ``body(param, grad,
+    *states, c)``: the functional twin's signature, coefficients in ``c``."""
+    entry = RULES[body.__name__]
+    states = [s.name for s in entry.states]
+    hypers = [h.name for h in entry.kernel_hypers]
+    twin = getattr(_core, entry.name)
+
+    @functools.wraps(body)
+    def rule(param, grad, *args, **kwargs):
+        given = dict(zip(states, args))
+        given.update((k, kwargs.pop(k)) for k in states if k in kwargs)
+        step = kwargs.pop("step", None)
+        c = types.SimpleNamespace(**_core.coefficients(entry.name, step, **kwargs))
+        body(param, grad, *[given.get(s) for s in states], c)
+
+    rule.__signature__ = inspect.signature(twin)
+    rule.__doc__ = (body.__doc__ or "") + f"\n\nHyperparameters: {', '.join(hypers)}."
+    return rule
+
+
+def _start(param, grad, c):
     """The gradient every rule starts from: -g when maximizing, plus L2 decay."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = -grad if c.maximize else grad
+    if c.has_l2:
+        g = g + c.l2 * param
     return g
 
 
-def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0,
-        dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
-        step=None):
-    lr, momentum, dampening = float(lr), float(momentum), float(dampening)
-    g = _start(param, grad, float(weight_decay), maximize)
-    if momentum != 0:
-        if step == 1:
+@_rule
+def sgd(param, grad, momentum_buffer, c):
+    """Gradient descent, with torch.optim.SGD's heavy-ball momentum::
+
+        g = -grad if maximize else grad;  g = g + l2 * param
+        b = g                                     (first step)
+        b = momentum * b + one_minus_dampening * g
+        g = g + momentum * b if nesterov else b   (with momentum)
+        param = param - lr * g
+
+    With momentum 0 this is the seed's gradient descent, p = p - lr * g.
+    """
+    g = _start(param, grad, c)
+    if c.has_momentum:
+        if c.first_step:
             momentum_buffer[...] = g
         else:
-            momentum_buffer[...] = momentum * momentum_buffer + (1 - dampening) * g
-        g = g + momentum * momentum_buffer if nesterov else momentum_buffer
-    param[...] = param - lr * g
+            momentum_buffer[...] = c.momentum * momentum_buffer + c.one_minus_dampening * g
+        g = g + c.momentum * momentum_buffer if c.nesterov else momentum_buffer
+    param[...] = param - c.lr * g
 
 
-def momentum(param, grad, velocity, *, lr=1e-3, beta=0.9, weight_decay=0.0,
-             maximize=False):
-    lr, beta = float(lr), float(beta)
-    g = _start(param, grad, float(weight_decay), maximize)
-    velocity[...] = beta * velocity + (1 - beta) * g
-    param[...] = param - lr * velocity
+@_rule
+def momentum(param, grad, velocity, c):
+    """The seed's exponentially weighted momentum (v starts at zero; unlike
+    torch's SGD momentum, step 1 gives v = (1 - beta) * g)::
+
+        v = beta * v + one_minus_beta * g
+        param = param - lr * v
+    """
+    g = _start(param, grad, c)
+    velocity[...] = c.beta * velocity + c.one_minus_beta * g
+    param[...] = param - c.lr * velocity
 
 
-def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *,
-            lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-            centered=False, maximize=False):
-    lr, alpha, eps, momentum = float(lr), float(alpha), float(eps), float(momentum)
-    g = _start(param, grad, float(weight_decay), maximize)
-    square_avg[...] = alpha * square_avg + (1 - alpha) * (g * g)
+@_rule
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, c):
+    """RMSProp with torch's centered and momentum variants (eps outside the
+    root, as the seed has it)::
+
+        s = alpha * s + one_minus_alpha * (g * g)
+        a = alpha * a + one_minus_alpha * g;  var = s - a * a    (centered)
+        denom = sqrt(var) + eps                                  (var = s otherwise)
+        b = momentum * b + g / denom;  param = param - lr * b    (with momentum)
+        param = param - lr * (g / denom)                         (otherwise)
+    """
+    g = _start(param, grad, c)
+    square_avg[...] = c.alpha * square_avg + c.one_minus_alpha * (g * g)
     var = square_avg
-    if centered:
-        grad_avg[...] = alpha * grad_avg + (1 - alpha) * g
+    if c.centered:
+        grad_avg[...] = c.alpha * grad_avg + c.one_minus_alpha * g
         var = square_avg - grad_avg * grad_avg
-    denom = np.sqrt(var) + eps
-    if momentum != 0:
-        momentum_buffer[...] = momentum * momentum_buffer + g / denom
-        param[...] = param - lr * momentum_buffer
+    denom = np.sqrt(var) + c.eps
+    if c.has_momentum:
+        momentum_buffer[...] = c.momentum * momentum_buffer + g / denom
+        param[...] = param - c.lr * momentum_buffer
     else:
-        param[...] = param - lr * (g / denom)
+        param[...] = param - c.lr * (g / denom)
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step,
-         lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-         amsgrad=False, maximize=False, decoupled_weight_decay=False):
-    lr, eps, weight_decay = float(lr), float(eps), float(weight_decay)
-    beta1, beta2 = float(betas[0]), float(betas[1])
-    if decoupled_weight_decay:
-        l2, decay = 0.0, decay_factor(lr, weight_decay)
-    else:
-        l2, decay = weight_decay, 1.0
-    g = _start(param, grad, l2, maximize)
-    p = param * decay
-    exp_avg[...] = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq[...] = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+@_rule
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c):
+    """Adam; AdamW when decoupled (then l2 = 0 and decay = 1 - lr * wd,
+    else l2 = wd and decay = 1).  The seed's m_hat / (sqrt(v_hat) + eps)
+    with the bias corrections folded into step_size = lr / (1 - beta1^t) and
+    inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t)::
+
+        p = param * decay
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        v_max = maximum(v_max, v);  v = v_max             (amsgrad)
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
+        param = p - step_size * (m / denom)
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
     v = exp_avg_sq
-    if amsgrad:
+    if c.amsgrad:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
-    denom = np.sqrt(v) * adam_inv_sqrt_bc2(beta2, step) + eps
-    param[...] = p - adam_step_size(lr, beta1, step) * (exp_avg / denom)
+    denom = np.sqrt(v) * c.inv_sqrt_bc2 + c.eps
+    param[...] = p - c.step_size * (exp_avg / denom)
 
 
-def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
-            weight_decay=0.0, eps=1e-10, maximize=False):
-    eps = float(eps)
-    clr = adagrad_clr(float(lr), float(lr_decay), step)
-    g = _start(param, grad, float(weight_decay), maximize)
+@_rule
+def adagrad(param, grad, state_sum, c):
+    """Adagrad, with clr = lr / (1 + (t - 1) * lr_decay)::
+
+        S = S + g * g
+        param = param - clr * (g / (sqrt(S) + eps))
+    """
+    g = _start(param, grad, c)
     state_sum[...] = state_sum + g * g
-    param[...] = param - clr * (g / (np.sqrt(state_sum) + eps))
+    param[...] = param - c.clr * (g / (np.sqrt(state_sum) + c.eps))

@@ -32,6 +32,7 @@ import numpy as np
 
 import fastopt
 from fastopt import _core
+from fastopt.rules import RULES as TABLE
 from fastopt import functional as F
 from fastopt import reference as R
 
@@ -40,28 +41,45 @@ QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
 
 
 class Rule:
-    """How to run one rule with fastopt, the reference and torch.
+    """How to run one bench row (an optimizer class of the rule table) with
+    fastopt, the reference and torch.
 
     ``bind(fn, p, g, states)`` returns a callable making one call of ``fn``
     (the functional kernel or its reference, which share a signature) with
-    the benchmark's hyperparameters as plain keywords and a step count that
-    grows by one per call, as in a training loop: the call costs what a
-    user's call costs."""
+    the row's hyperparameters as plain keywords and a step count that grows
+    by one per call, as in a training loop: the call costs what a user's
+    call costs."""
 
-    def __init__(self, name, fn, nstates, bind, torch_cls=None,
-                 torch_kwargs=None, fused=True):
+    def __init__(self, name, entry, hp, torch_cls, torch_kwargs):
         self.name = name
-        self.fastopt_fn = getattr(F, fn)
-        self.reference_fn = getattr(R, fn)
-        self.nstates = nstates
-        self.bind = bind
+        self.entry = entry
+        self.hp = hp
+        self.fastopt_fn = getattr(F, entry.name)
+        self.reference_fn = getattr(R, entry.name)
+        self.states = [s for s in entry.states
+                       if s.when is None or hp[s.when]]
+        self.nstates = len(self.states)
         self.torch_cls = torch_cls
-        self.torch_kwargs = torch_kwargs or {}
-        self.fused = fused
+        self.torch_kwargs = torch_kwargs
+        # torch has a fused kernel for these (torch/optim/*.py, _fused_*)
+        self.fused = torch_cls in ("Adam", "AdamW", "SGD", "Adagrad")
 
     def bytes_per_element(self, itemsize):
-        # p read and written, g read, each state read and written
-        return (3 + 2 * self.nstates) * itemsize
+        return self.entry.bytes_per_element(itemsize, self.hp)
+
+    def bind(self, fn, p, g, states, start=2):
+        t = start
+        step = self.entry.step is not None
+        kw = {h.name: self.hp[h.name] for h in self.entry.kernel_hypers}
+
+        def run():
+            nonlocal t
+            t += 1
+            if step:
+                fn(p, g, *states, step=t, **kw)
+            else:
+                fn(p, g, *states, **kw)
+        return run
 
     def call(self, fn, p, g, states, step):
         """One call at a given step count (for checks)."""
@@ -69,39 +87,23 @@ class Rule:
         run()
 
 
-def _counted(call):
-    """Turn call(t) into a callable that passes t = start + 1, start + 2, ..."""
-    def bind(fn, p, g, s, start=2):
-        t = start
+def _rows():
+    """A row per optimizer class of the table, at its defaults and the
+    rule's bench settings; torch compared where torch has the class."""
+    rows = {}
+    for entry in TABLE.values():
+        for cls, fixed, defaults, _ in entry.classes():
+            hp = {h.name: defaults.get(h.name, h.default) for h in entry.hypers}
+            hp.update(fixed)
+            hp.update(entry.bench)
+            torch_kwargs = {h.name: hp[h.name] for h in entry.hypers
+                            if h.name not in fixed and h.kernel}
+            rows[cls.lower()] = Rule(cls.lower(), entry, hp,
+                                     cls if entry.torch else None, torch_kwargs)
+    return rows
 
-        def run():
-            nonlocal t
-            t += 1
-            call(fn, p, g, s, t)
-        return run
-    return bind
 
-
-RULES = {
-    "adam": Rule("adam", "adam", 2, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], s[1], step=t, lr=1e-3)),
-        "Adam", {"lr": 1e-3}),
-    "adamw": Rule("adamw", "adam", 2, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], s[1], step=t, lr=1e-3,
-                                weight_decay=1e-2, decoupled_weight_decay=True)),
-        "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    "sgd": Rule("sgd", "sgd", 1, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], step=t, lr=1e-3, momentum=0.9)),
-        "SGD", {"lr": 1e-3, "momentum": 0.9}),
-    "momentum": Rule("momentum", "momentum", 1, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], lr=1e-3, beta=0.9))),
-    "rmsprop": Rule("rmsprop", "rmsprop", 1, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], lr=1e-3)),
-        "RMSprop", {"lr": 1e-3}, fused=False),
-    "adagrad": Rule("adagrad", "adagrad", 1, _counted(
-        lambda f, p, g, s, t: f(p, g, s[0], step=t, lr=1e-2)),
-        "Adagrad", {"lr": 1e-2}),
-}
+RULES = _rows()
 
 
 def _parse_sizes(text):
@@ -176,9 +178,10 @@ def _torch():
 def _arrays(rule, n, dtype, rng):
     p = rng.standard_normal(n).astype(dtype)
     g = (rng.standard_normal(n) * 1e-2).astype(dtype)
-    states = [np.zeros(n, dtype) for _ in range(rule.nstates)]
-    if rule.name == "adagrad":
-        states[0] += 0.1
+    # states at their start values (Adagrad's sum at a positive one, so the
+    # first steps do not divide by a tiny root)
+    states = [np.full(n, 0.1 if isinstance(s.initial, str) else s.initial, dtype)
+              for s in rule.states]
     return p, g, states
 
 
@@ -335,7 +338,7 @@ def measure_many(budget, torch, rng, threads):
     step = [1]
 
     def many():
-        _core.adam_many(ps, gs, ms, vs, step=step[0], lr=1e-3)
+        _core.step_many("adam", ps, gs, [ms, vs], step=step[0], lr=1e-3)
 
     def per_tensor():
         for p, g, m, v in zip(ps, gs, ms, vs):

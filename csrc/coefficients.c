@@ -1,0 +1,106 @@
+/* Per-step coefficients: a rule's hyperparameters and step count folded
+ * into the doubles its loop uses (rules.h), once per call.
+ *
+ * h holds the hyperparameters in the order of the rule table
+ * (FO_<RULE>_H_*; a pair such as betas as two entries, flags as 0 or 1),
+ * already checked one by one at the Cython boundary; what is checked here
+ * is only what involves several of them.  The NumPy reference reads the
+ * same coefficients (fastopt._core.coefficients), so a kernel and its
+ * reference see the very same values. */
+#include "fastopt/kernels.h"
+#include "fastopt/scalars.h"
+
+#define H(rule, name) h[FO_##rule##_H_##name]
+#define C(rule, name) a->c[FO_##rule##_C_##name]
+
+/* maximize and L2 decay, common to every rule */
+static unsigned common(double maximize, double l2)
+{
+    return (maximize != 0.0 ? FO_MAXIMIZE : 0u) | (l2 != 0.0 ? FO_L2 : 0u);
+}
+
+static const char *sgd(const double *h, long long step, fo_args *a)
+{
+    const double momentum = H(SGD, MOMENTUM), dampening = H(SGD, DAMPENING);
+    if (H(SGD, NESTEROV) != 0.0 && (momentum <= 0.0 || dampening != 0.0))
+        return "Nesterov momentum requires a momentum and zero dampening "
+               "(nesterov=True needs momentum > 0 and dampening == 0)";
+    C(SGD, LR) = H(SGD, LR);
+    C(SGD, MOMENTUM) = momentum;
+    C(SGD, ONE_MINUS_DAMPENING) = 1.0 - dampening;
+    C(SGD, L2) = H(SGD, WEIGHT_DECAY);
+    a->opts = common(H(SGD, MAXIMIZE), C(SGD, L2));
+    if (momentum != 0.0) {
+        a->opts |= FO_SGD_O_HAS_MOMENTUM;
+        if (step == 1) a->opts |= FO_SGD_O_FIRST_STEP;
+        if (H(SGD, NESTEROV) != 0.0) a->opts |= FO_SGD_O_NESTEROV;
+    }
+    return NULL;
+}
+
+static const char *momentum(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(MOMENTUM, LR) = H(MOMENTUM, LR);
+    C(MOMENTUM, BETA) = H(MOMENTUM, BETA);
+    C(MOMENTUM, ONE_MINUS_BETA) = 1.0 - H(MOMENTUM, BETA);
+    C(MOMENTUM, L2) = H(MOMENTUM, WEIGHT_DECAY);
+    a->opts = common(H(MOMENTUM, MAXIMIZE), C(MOMENTUM, L2));
+    return NULL;
+}
+
+static const char *rmsprop(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(RMSPROP, LR) = H(RMSPROP, LR);
+    C(RMSPROP, ALPHA) = H(RMSPROP, ALPHA);
+    C(RMSPROP, ONE_MINUS_ALPHA) = 1.0 - H(RMSPROP, ALPHA);
+    C(RMSPROP, EPS) = H(RMSPROP, EPS);
+    C(RMSPROP, MOMENTUM) = H(RMSPROP, MOMENTUM);
+    C(RMSPROP, L2) = H(RMSPROP, WEIGHT_DECAY);
+    a->opts = common(H(RMSPROP, MAXIMIZE), C(RMSPROP, L2))
+              | (H(RMSPROP, CENTERED) != 0.0 ? FO_RMSPROP_O_CENTERED : 0u)
+              | (H(RMSPROP, MOMENTUM) != 0.0 ? FO_RMSPROP_O_HAS_MOMENTUM : 0u);
+    return NULL;
+}
+
+static const char *adam(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ADAM, LR), wd = H(ADAM, WEIGHT_DECAY);
+    const double beta1 = H(ADAM, BETAS0), beta2 = H(ADAM, BETAS1);
+    const int decoupled = H(ADAM, DECOUPLED_WEIGHT_DECAY) != 0.0;
+    C(ADAM, STEP_SIZE) = fo_adam_step_size(lr, beta1, step);
+    C(ADAM, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
+    C(ADAM, BETA1) = beta1;
+    C(ADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(ADAM, BETA2) = beta2;
+    C(ADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(ADAM, EPS) = H(ADAM, EPS);
+    C(ADAM, L2) = decoupled ? 0.0 : wd;
+    C(ADAM, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
+    a->opts = common(H(ADAM, MAXIMIZE), C(ADAM, L2))
+              | (H(ADAM, AMSGRAD) != 0.0 ? FO_ADAM_O_AMSGRAD : 0u);
+    return NULL;
+}
+
+static const char *adagrad(const double *h, long long step, fo_args *a)
+{
+    C(ADAGRAD, CLR) = fo_adagrad_clr(H(ADAGRAD, LR), H(ADAGRAD, LR_DECAY), step);
+    C(ADAGRAD, EPS) = H(ADAGRAD, EPS);
+    C(ADAGRAD, L2) = H(ADAGRAD, WEIGHT_DECAY);
+    a->opts = common(H(ADAGRAD, MAXIMIZE), C(ADAGRAD, L2));
+    return NULL;
+}
+
+typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
+                                          fo_args *a);
+
+#define FO_COEFFICIENTS_ROW(name, NAME) [FO_RULE_##NAME] = name,
+static const fo_coefficients_fn table[FO_NRULES] = {
+    FO_RULE_LIST(FO_COEFFICIENTS_ROW)};
+
+const char *fo_coefficients(int rule, const double *h, long long step,
+                            fo_args *a)
+{
+    return table[rule](h, step, a);
+}

@@ -1,0 +1,126 @@
+# Running a rule: the one call path of every door (functional calls, the
+# multi-tensor call, the optimizers' plans).
+
+# Releasing and retaking the GIL costs about 0.1 us, more than a step on a
+# few thousand elements takes; below this many elements the kernel runs with
+# the GIL held.
+cdef size_t NOGIL_THRESHOLD = 4096
+
+# The rule id of the traffic kernel (benchmarks' floor), after the table's.
+cdef int R_TRAFFIC = -1
+
+cdef Py_ssize_t _last_tensors = 0
+
+
+def last_call_tensors():
+    """The number of tensors the last kernel call ran over, after neighbours
+    were fused (a diagnostic: 1 for a model laid out by FlatParams)."""
+    return _last_tensors
+
+
+cdef void _kernel(int rule, const fo_args *a, const fo_tensor *t, size_t count,
+                  int dt) noexcept nogil:
+    if rule == R_TRAFFIC:
+        fo_traffic(dt, t, count)
+    else:
+        fo_run(rule, dt, a, t, count)
+
+
+cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
+              int dt) except -1:
+    """Fuse adjacent tensors, then run the kernel, without the GIL when the
+    step is large enough to pay for releasing it."""
+    cdef size_t total = 0
+    cdef Py_ssize_t i
+    global _last_tensors
+    count = _merge_adjacent(t, count, ITEMSIZE[dt])
+    _last_tensors = count
+    for i in range(count):
+        total += t[i].n
+    if total >= NOGIL_THRESHOLD:
+        with nogil:
+            _kernel(rule, a, t, count, dt)
+    elif count:
+        _kernel(rule, a, t, count, dt)
+    return 0
+
+
+cdef int _call_one(_Rule r, const double *h, object step, object p, object g,
+                   object s0, object s1, object s2, object s3) except -1:
+    """One step of rule r on one tensor (fastopt.functional): everything
+    checked, then one kernel call."""
+    cdef fo_args a
+    cdef fo_tensor t
+    cdef _Range ranges[NSLOTS]
+    r.coefficients(h, r.step_count(step, h), &a)
+    r.check_states(h, s0, s1, s2, s3, False)
+    dt = _fill_tensor(&t, r.slots, -1, None, p, g, s0, s1, s2, s3, -1)
+    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True),
+                   r.slots, None, True)
+    _run(r.id, &a, &t, 1, dt)
+    return 0
+
+
+cdef class _Tensors:
+    """The checked tensors of one call: a buffer of fo_tensor and a dtype."""
+    cdef fo_tensor *t
+    cdef Py_ssize_t count
+    cdef int dt
+
+    def __dealloc__(self):
+        PyMem_Free(self.t)
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        self.count = n
+        self.dt = -1
+        self.t = <fo_tensor *>PyMem_Malloc(max(n, 1) * sizeof(fo_tensor))
+        if self.t == NULL:
+            raise MemoryError()
+        return 0
+
+
+def step_many(str rule, list params, list grads, states=None, *, step=None,
+              labels=None, **hyper):
+    """One step of ``rule`` over many tensors of one dtype, in one kernel call.
+
+    ``states`` lists, per state slot of the rule, a list of arrays (one per
+    parameter) or None for a slot the options do not use; hyperparameters
+    are those of ``fastopt.functional.<rule>`` (defaults from the table),
+    ``labels`` names the tensors in messages.  Checked like a single call."""
+    cdef _Rule r = _rule(rule)
+    cdef _Hyper x
+    cdef double h[FO_MAX_SCALARS]
+    cdef fo_args a
+    cdef _Tensors ts = _Tensors.__new__(_Tensors)
+    cdef Py_ssize_t i, n = len(params)
+    cdef int k
+    known = [x.name for x in r.kernel_hypers]
+    for name in hyper:
+        if name not in known:
+            raise TypeError(f"{rule} has no hyperparameter {name!r}")
+    for x in r.kernel_hypers:
+        x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
+    r.coefficients(h, r.step_count(step, h), &a)
+    if states is None:
+        states = []
+    if not isinstance(states, (list, tuple)) or len(states) > r.nstates:
+        raise TypeError(f"states must be a list of at most {r.nstates} lists "
+                        f"(one per state of {rule}), got {states!r}")
+    per_slot = [_as_list(states[k] if k < len(states) else None,
+                         r.slots[S0 + k], n) for k in range(r.nstates)]
+    per_slot += [None] * (FO_MAX_STATES - r.nstates)
+    r.check_states(h, per_slot[0], per_slot[1], per_slot[2], per_slot[3], True)
+    _check_labels(labels, n)
+    _as_list(grads, "grad", n)
+    ts.reserve(n)
+    for i in range(n):
+        s = [None if slot is None else slot[i] for slot in per_slot]
+        for k in range(r.nstates):
+            if per_slot[k] is not None and s[k] is None:
+                raise ValueError(f"{_slot_name(r.slots, S0 + k, i, labels)} is "
+                                 f"None; every tensor needs this state")
+        ts.dt = _fill_tensor(&ts.t[i], r.slots, i, labels, params[i], grads[i],
+                             s[0], s[1], s[2], s[3], ts.dt)
+    if n:
+        _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
+        _run(r.id, &a, ts.t, n, ts.dt)

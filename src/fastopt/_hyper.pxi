@@ -1,0 +1,293 @@
+# Hyperparameters: one set of checks for every door (functional calls,
+# optimizer groups, schedulers, clipping), driven by the rule table.
+
+cdef inline double _real(object x, str name) except? -1.0:
+    """x as a double: any real number but a bool; ValueError past the float
+    range."""
+    if type(x) is float:
+        return <double>x
+    if type(x) is not int and (isinstance(x, (bool, np.bool_))
+                               or not isinstance(x, numbers.Real)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except OverflowError:
+        raise ValueError(f"{name} is outside the float range: {x!r}") from None
+
+
+cdef double _check_real(object x, str name, str label, double lo, double hi,
+                        bint closed) except? -1.0:
+    """x as a double, finite, lo <= x and x < hi (x <= hi when closed)."""
+    cdef double v = _real(x, name)
+    if isfinite(v) and v >= lo and (v <= hi if closed else v < hi):
+        return v
+    if hi == INFINITY:
+        rule = f">= {lo:g}"
+    else:
+        rule = f"in [{lo:g}, {hi:g}{']' if closed else ')'}"
+    raise ValueError(f"Invalid {label or name}: {x} ({name} must be finite and {rule})")
+
+
+cdef inline bint _check_flag(object x, str name) except -1:
+    if x is True or x is False:
+        return x is True
+    if isinstance(x, np.bool_):
+        return bool(x)
+    raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+
+
+cdef int _check_pair(object x, str name, str label, double lo, double hi,
+                     bint closed, double *out) except -1:
+    if type(x) is tuple and len(<tuple>x) == 2:
+        x0, x1 = <tuple>x
+        if type(x0) is float and type(x1) is float:
+            out[0], out[1] = x0, x1
+            if lo <= out[0] < hi and lo <= out[1] < hi:
+                return 0
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise TypeError(f"{name} must be a pair ({name}[0], {name}[1]), got {x!r}")
+    out[0] = _check_real(x[0], f"{name}[0]", f"{label} at index 0", lo, hi, closed)
+    out[1] = _check_real(x[1], f"{name}[1]", f"{label} at index 1", lo, hi, closed)
+    return 0
+
+
+cdef long long _check_step(object step) except -1:
+    """The step count: an int in [1, 2**62]."""
+    cdef long long t
+    cdef int overflow = 0
+    if type(step) is int:
+        t = PyLong_AsLongLongAndOverflow(step, &overflow)
+        if overflow == 0 and 1 <= t <= (1LL << 62):
+            return t
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if step > 2 ** 62:
+        raise ValueError(f"step is too large: {step}")
+    return step
+
+
+cdef enum:
+    K_REAL = 0
+    K_FLAG = 1
+    K_PAIR = 2
+
+
+cdef class _Hyper:
+    """A hyperparameter of the table, ready for checking: where its doubles
+    go in the kernel's array (index, -1 for a class-only one)."""
+    cdef readonly str name
+    cdef str label
+    cdef int kind
+    cdef int index
+    cdef double lo, hi
+    cdef bint closed
+
+    cdef int convert(self, object x, double *h) except -1:
+        """Check x; store its doubles at h[index] when the kernel takes it."""
+        cdef double pair[2]
+        cdef double v
+        if self.kind == K_REAL:
+            v = _check_real(x, self.name, self.label, self.lo, self.hi, self.closed)
+        elif self.kind == K_FLAG:
+            v = 1.0 if _check_flag(x, self.name) else 0.0
+        else:
+            _check_pair(x, self.name, self.label, self.lo, self.hi, self.closed, pair)
+            if self.index >= 0:
+                h[self.index + 1] = pair[1]
+            v = pair[0]
+        if self.index >= 0:
+            h[self.index] = v
+        return 0
+
+
+cdef enum:
+    STEP_NONE = 0
+    STEP_REQUIRED = 1
+    STEP_WHEN = 2
+
+
+cdef class _Rule:
+    """What the boundary needs of one table entry."""
+    cdef readonly int id
+    cdef readonly str name
+    cdef readonly object entry          # the rules.Rule
+    cdef readonly tuple slots           # ("param", "grad", state names...)
+    cdef tuple hypers                   # _Hyper, every hyperparameter
+    cdef tuple kernel_hypers            # _Hyper, those the kernel takes
+    cdef int nstates
+    cdef int when[FO_MAX_STATES]        # h index making state k needed, -1: always
+    cdef tuple when_text                # "amsgrad=True", "momentum != 0", ...
+    cdef int step_mode
+    cdef int step_when
+    cdef str step_when_text
+
+    cdef inline bint needs(self, const double *h, int k) noexcept:
+        return self.when[k] < 0 or h[self.when[k]] != 0.0
+
+    cdef int read_group(self, dict group, double *h) except -1:
+        """The kernel's hyperparameters from an optimizer's group."""
+        cdef _Hyper x
+        for x in self.kernel_hypers:
+            x.convert(group[x.name], h)
+        return 0
+
+    cdef int check_states(self, const double *h, object s0, object s1,
+                          object s2, object s3, bint plural) except -1:
+        """Each state given exactly when the options need it."""
+        cdef int k
+        cdef bint given
+        for k in range(self.nstates):
+            given = (s0 if k == 0 else s1 if k == 1 else s2 if k == 2 else s3) is not None
+            if given != self.needs(h, k):
+                self._state_error(k, given, plural)
+        return 0
+
+    cdef int _state_error(self, int k, bint given, bint plural) except -1:
+        name = self.slots[2 + k]
+        if plural:   # the lists of a multi-tensor call
+            name = name[:-1] + "ies" if name.endswith("y") else name + "s"
+        if self.when[k] < 0:
+            raise ValueError(f"{name} is required")
+        if not given:
+            raise ValueError(f"{name} is required when {self.when_text[k]}")
+        raise ValueError(f"{name} is given but not used: it is needed "
+                         f"only when {self.when_text[k]}")
+
+    cdef long long step_count(self, object step, const double *h) except -1:
+        """The step for the coefficients: checked, or 0 when not used."""
+        if self.step_mode == STEP_REQUIRED:
+            return _check_step(step)
+        if self.step_mode == STEP_WHEN and h[self.step_when] != 0.0:
+            if step is None:
+                raise ValueError(f"step is required when {self.step_when_text}")
+            return _check_step(step)
+        if step is not None:
+            _check_step(step)
+        return 0
+
+    cdef int coefficients(self, const double *h, long long step,
+                          fo_args *a) except -1:
+        cdef const char *msg = fo_coefficients(self.id, h, step, a)
+        if msg != NULL:
+            raise ValueError(msg.decode())
+        return 0
+
+
+cdef str _when_text(object entry, str name):
+    h = entry.hyper(name)
+    return f"{name}=True" if h.check == "flag" else f"{name} != 0"
+
+
+cdef _Rule _make_rule(int rid, object entry):
+    cdef _Rule r = _Rule.__new__(_Rule)
+    cdef _Hyper x
+    cdef int k, index = 0
+    r.id = rid
+    r.name = entry.name
+    r.entry = entry
+    r.slots = ("param", "grad") + tuple(s.name for s in entry.states)
+    hypers, positions = [], {}
+    for spec in entry.hypers:
+        x = _Hyper.__new__(_Hyper)
+        x.name = spec.name
+        x.label = spec.label
+        x.kind = {"real": K_REAL, "flag": K_FLAG, "pair": K_PAIR}[spec.check]
+        x.lo, x.hi, x.closed = spec.lo, spec.hi, spec.closed
+        x.index = -1
+        if spec.kernel:
+            x.index = index
+            positions[spec.name] = index
+            index += len(spec.scalars())
+        hypers.append(x)
+    r.hypers = tuple(hypers)
+    kernel = []
+    for x in hypers:
+        if x.index >= 0:
+            kernel.append(x)
+    r.kernel_hypers = tuple(kernel)
+    r.nstates = len(entry.states)
+    r.when_text = tuple(None if s.when is None else _when_text(entry, s.when)
+                        for s in entry.states)
+    for k in range(FO_MAX_STATES):
+        r.when[k] = -1
+    for k, s in enumerate(entry.states):
+        if s.when is not None:
+            r.when[k] = positions[s.when]
+    r.step_mode, r.step_when, r.step_when_text = STEP_NONE, -1, None
+    if entry.step == "required":
+        r.step_mode = STEP_REQUIRED
+    elif entry.step is not None:
+        r.step_mode = STEP_WHEN
+        r.step_when = positions[entry.step]
+        r.step_when_text = _when_text(entry, entry.step)
+    return r
+
+
+# The table, as the boundary uses it: by name and by id (the order of
+# rules.RULES, which is also the order of FO_RULE_LIST).
+_RULES = {}
+cdef list _RULE_BY_ID = []
+for _rid, _entry in enumerate(_table.RULES.values()):
+    _RULES[_entry.name] = _make_rule(_rid, _entry)
+    _RULE_BY_ID.append(_RULES[_entry.name])
+
+
+cdef _Rule _rule(object name):
+    try:
+        return _RULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"rule must be one of {', '.join(_RULES)}, got {name!r}") from None
+
+
+def check_hyperparameters(str rule, dict group):
+    """Check every hyperparameter of ``rule`` in ``group`` (an optimizer's
+    parameter group, or any dict holding them all), as every door checks
+    them: TypeError or ValueError naming the first bad one."""
+    cdef _Rule r = _rule(rule)
+    cdef _Hyper x
+    cdef double h[FO_MAX_SCALARS]
+    cdef fo_args a
+    for x in r.hypers:
+        if x.name not in group:
+            raise ValueError(f"{x.name} is missing")
+        x.convert(group[x.name], h)
+    r.coefficients(h, 1, &a)
+
+
+def check_real(x, str name, double lo=0.0, double hi=INFINITY, bint closed=False,
+               str label=""):
+    """x as a float when finite and in [lo, hi) ([lo, hi] when closed); the
+    check and message every hyperparameter gets."""
+    return _check_real(x, name, label, lo, hi, closed)
+
+
+def check_flag(x, str name):
+    return _check_flag(x, name)
+
+
+def check_step(step):
+    return _check_step(step)
+
+
+def coefficients(str rule, step=None, **hyper):
+    """The per-step coefficients and options of ``rule`` as the kernel sees
+    them (for the NumPy reference): {name: float or bool}.  Missing
+    hyperparameters take the table's defaults; nothing else is checked
+    beyond what the kernel's door checks."""
+    cdef _Rule r = _rule(rule)
+    cdef _Hyper x
+    cdef double h[FO_MAX_SCALARS]
+    cdef fo_args a
+    cdef long long t
+    for x in r.kernel_hypers:
+        x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
+    t = r.step_count(step, h)
+    r.coefficients(h, t, &a)
+    out = {name: a.c[k] for k, name in enumerate(r.entry.coefficients)}
+    out["maximize"] = bool(a.opts & FO_MAXIMIZE)
+    out["has_l2"] = bool(a.opts & FO_L2)
+    for k, name in enumerate(r.entry.options):
+        out[name] = bool(a.opts & (1u << (k + 2)))
+    return out

@@ -1,0 +1,335 @@
+# Plans: the one step engine of the optimizers.
+
+cdef inline bint _grad_fits(object g, cnp.ndarray p, int dt):
+    """g is an array the kernel can read as p's gradient: same dtype and
+    shape, C-contiguous, aligned, native byte order."""
+    cdef cnp.ndarray a
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    cdef int nd, k
+    if not cnp.PyArray_Check(g):
+        return False
+    a = <cnp.ndarray>g
+    if (cnp.PyArray_TYPE(a) != NPY_TYPE[dt]
+            or (cnp.PyArray_FLAGS(a) & need) != need or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return False
+    nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(p):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIMS(a)[k] != cnp.PyArray_DIMS(p)[k]:
+            return False
+    return True
+
+
+cdef class Plan:
+    """One optimizer bucket (the parameters of a group that share a dtype)
+    with its states and step counts: everything a step needs, checked once.
+
+    Parameters are checked (dtype, layout, no shared memory) when the plan is
+    made.  ``prepare(grads)`` checks what can change between steps: the
+    group's hyperparameters (read from ``group`` each step, so changes
+    count), each parameter still writable, each gradient present or None and
+    fitting its parameter, no gradient sharing memory with another array.
+    ``run()`` then allocates the states the options need (one buffer per
+    state, with a view per parameter, at the state's start value) and steps
+    every parameter that has a gradient, one kernel call per distinct step
+    count (one call in the common case).  Nothing is written before
+    ``run``.  The plan holds every array, so their memory cannot move.
+    Not thread-safe: the optimizer serialises steps.
+    """
+    cdef _Rule r
+    cdef readonly int dt
+    cdef readonly Py_ssize_t count
+    cdef readonly dict group
+    cdef readonly list params
+    cdef list labels
+    cdef tuple names
+    cdef list buffers          # per state slot: one 1-D array, or None
+    cdef list views            # per state slot: a view per parameter, or None
+    cdef long long *steps
+    cdef fo_tensor *base       # parameters and states; g unset
+    cdef fo_tensor *work       # this step's tensors
+    cdef fo_tensor *sel        # a selection of them for one call
+    cdef char *present         # per parameter: a gradient this step
+    cdef _Range *ranges        # parameters and states, sorted by address
+    cdef _Range *granges       # this step's gradients
+    cdef int nranges
+    cdef double h[FO_MAX_SCALARS]
+    cdef bint prepared
+    cdef bint all_present
+
+    def __cinit__(self, str rule, list params, dict group, labels=None,
+                  names=None):
+        cdef Py_ssize_t i, n = len(params)
+        cdef int dt = -1
+        self.r = _rule(rule)
+        if n == 0:
+            raise ValueError("a plan needs at least one parameter")
+        _check_labels(labels, n)
+        self.labels = list(labels) if labels is not None else list(range(n))
+        self.names = None if names is None else tuple(names)
+        if self.names is not None and len(self.names) != n:
+            raise ValueError("names must name every parameter")
+        self.group = group
+        self.params = list(params)
+        self.count = n
+        self.buffers = [None] * FO_MAX_STATES
+        self.views = [None] * FO_MAX_STATES
+        self.steps = <long long *>PyMem_Calloc(n, sizeof(long long))
+        self.base = <fo_tensor *>PyMem_Calloc(n, sizeof(fo_tensor))
+        self.work = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+        self.sel = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+        self.present = <char *>PyMem_Malloc(n)
+        self.ranges = <_Range *>PyMem_Malloc((1 + FO_MAX_STATES) * n * sizeof(_Range))
+        self.granges = <_Range *>PyMem_Malloc(n * sizeof(_Range))
+        if not (self.steps and self.base and self.work and self.sel and self.present
+                and self.ranges and self.granges):
+            raise MemoryError()
+        for i in range(n):
+            p = self.params[i]
+            dt = _check_array(p, self.r.slots, P, i, self.labels, dt, -1, True)
+            self.base[i].n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>p)
+            self.base[i].p = _data(p)
+        self.dt = dt
+        _check_overlap(self.base, n, ITEMSIZE[dt], self.r.slots, self.labels, False)
+        self._index_ranges()
+
+    def __dealloc__(self):
+        PyMem_Free(self.steps)
+        PyMem_Free(self.base)
+        PyMem_Free(self.work)
+        PyMem_Free(self.sel)
+        PyMem_Free(self.present)
+        PyMem_Free(self.ranges)
+        PyMem_Free(self.granges)
+
+    cdef void _index_ranges(self) noexcept:
+        cdef Py_ssize_t i
+        self.nranges = 0
+        for i in range(self.count):
+            self.nranges = _tensor_ranges(self.ranges, self.nranges, &self.base[i],
+                                          self.base[i].n * ITEMSIZE[self.dt], i, False)
+        qsort(self.ranges, self.nranges, sizeof(_Range), _range_cmp)
+
+    # -- states and step counts ----------------------------------------------
+
+    def state(self, int slot):
+        """The views of state ``slot`` (one per parameter), None when the
+        state was never needed."""
+        if not 0 <= slot < self.r.nstates:
+            raise IndexError(slot)
+        return self.views[slot]
+
+    def allocate(self, int slot, double value):
+        """Give state ``slot`` its buffer, filled with ``value``; keep it if
+        it has one (then fill nothing)."""
+        cdef Py_ssize_t i, offset = 0
+        if not 0 <= slot < self.r.nstates:
+            raise IndexError(slot)
+        if self.buffers[slot] is not None:
+            return
+        total = sum(self.base[i].n for i in range(self.count))
+        buf = np.full(total, value, dtype=_DTYPE_NAMES[self.dt])
+        views = []
+        for i in range(self.count):
+            views.append(buf[offset:offset + <Py_ssize_t>self.base[i].n]
+                         .reshape(np.shape(self.params[i])))
+            self.base[i].s[slot] = _data(views[i])
+            offset += self.base[i].n
+        self.buffers[slot] = buf
+        self.views[slot] = views
+        self._index_ranges()
+
+    def get_steps(self):
+        return [self.steps[i] for i in range(self.count)]
+
+    def set_steps(self, list steps):
+        cdef Py_ssize_t i
+        if len(steps) != self.count:
+            raise ValueError(f"got {len(steps)} step counts for {self.count} parameters")
+        for t in steps:
+            if not (type(t) is int and 0 <= t < 2 ** 62):
+                raise ValueError(f"step counts must be ints in [0, 2**62), got {t!r}")
+        for i in range(self.count):
+            self.steps[i] = steps[i]
+
+    # -- a step ---------------------------------------------------------------
+
+    cdef bint _hits_owned(self, uintptr_t lo, uintptr_t hi) noexcept:
+        """[lo, hi) intersects a parameter or state (sorted, disjoint)."""
+        cdef int a = 0, b = self.nranges
+        cdef int mid
+        while a < b:  # first range starting at or after hi
+            mid = (a + b) // 2
+            if self.ranges[mid].lo < hi:
+                a = mid + 1
+            else:
+                b = mid
+        return a > 0 and self.ranges[a - 1].hi > lo
+
+    cdef int _grad_error(self, object g, Py_ssize_t i) except -1:
+        label = self.labels[i]
+        p = self.params[i]
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"grad of parameter {label!r} must be a "
+                            f"numpy.ndarray or None, got {type(g).__name__}")
+        if g.shape != p.shape:
+            raise ValueError(f"grad of parameter {label!r} has shape {g.shape} "
+                             f"but the parameter has shape {p.shape}")
+        _check_array(g, self.r.slots, G, i, self.labels, self.dt,
+                     <Py_ssize_t>self.base[i].n, False)
+        raise AssertionError("unreachable")
+
+    cdef int _owned_error(self, Py_ssize_t i) except -1:
+        """Name the parameter or state that gradient i overlaps."""
+        cdef uintptr_t lo = <uintptr_t>self.work[i].g
+        cdef uintptr_t hi = lo + self.work[i].n * ITEMSIZE[self.dt]
+        cdef int k
+        for k in range(self.nranges):
+            if self.ranges[k].lo < hi and lo < self.ranges[k].hi:
+                raise ValueError(
+                    f"grad of parameter {self.labels[i]!r} overlaps "
+                    f"{_slot_name(self.r.slots, self.ranges[k].slot, self.ranges[k].index, self.labels)}"
+                    f" in memory; every array of a step must be separate")
+        return 0
+
+    cdef int _prepare(self, object grads) except -1:
+        cdef Py_ssize_t i, n = self.count
+        cdef object g
+        cdef cnp.ndarray p
+        cdef int need = cnp.NPY_ARRAY_WRITEABLE
+        cdef int ng = 0
+        cdef list glist = None
+        cdef dict gdict = None
+        cdef fo_args a
+        self.prepared = False
+        self.r.read_group(self.group, self.h)
+        self.r.coefficients(self.h, 1, &a)   # the checks across hyperparameters
+        if type(grads) is list:
+            glist = <list>grads
+            if len(glist) != n:
+                raise ValueError(f"got {len(glist)} gradients for {n} parameters")
+        elif type(grads) is dict:
+            gdict = <dict>grads
+            if self.names is None:
+                raise TypeError("grads must be a list: the parameters were "
+                                "given without names")
+        else:
+            raise TypeError(f"grads must be a list or dict of arrays, got "
+                            f"{type(grads).__name__}")
+        self.all_present = True
+        for i in range(n):
+            g = glist[i] if glist is not None else gdict.get(self.names[i])
+            p = <cnp.ndarray>self.params[i]
+            if (cnp.PyArray_FLAGS(p) & need) != need or cnp.PyArray_TYPE(p) != NPY_TYPE[self.dt]:
+                _check_array(p, self.r.slots, P, i, self.labels, self.dt, -1, True)
+                raise ValueError(f"parameter {self.labels[i]!r} changed since "
+                                 f"the optimizer was made")
+            if g is None:
+                self.present[i] = 0
+                self.all_present = False
+                continue
+            if not _grad_fits(g, p, self.dt):
+                self._grad_error(g, i)
+            self.present[i] = 1
+            self.work[i] = self.base[i]
+            self.work[i].g = _data(g)
+            if self.work[i].n:
+                if self._hits_owned(<uintptr_t>self.work[i].g,
+                                    <uintptr_t>self.work[i].g + self.work[i].n * ITEMSIZE[self.dt]):
+                    self._owned_error(i)
+                ng = _add_range(self.granges, ng, self.work[i].g,
+                                self.work[i].n * ITEMSIZE[self.dt], G, i)
+        _overlap_sorted(self.granges, ng, self.r.slots, self.labels)
+        self.prepared = True
+        return 0
+
+    def prepare(self, grads):
+        """Check this step's gradients (a list aligned with the parameters,
+        or a dict by name when the plan has names; None for no gradient)
+        and hyperparameters; write nothing."""
+        self._prepare(grads)
+
+    cdef Py_ssize_t _select(self, bint any_step, long long t) noexcept:
+        """Copy into sel the prepared tensors with a gradient (and step
+        count t unless any_step), in order; return how many."""
+        cdef Py_ssize_t i, k = 0
+        for i in range(self.count):
+            if self.present[i] and (any_step or self.steps[i] == t):
+                self.sel[k] = self.work[i]
+                k += 1
+        return k
+
+    def allfinite(self):
+        """After prepare: no gradient holds a NaN or an infinity."""
+        cdef Py_ssize_t k
+        cdef int ok
+        if not self.prepared:
+            raise RuntimeError("prepare() first")
+        k = self._select(True, 0)
+        with nogil:
+            ok = fo_allfinite(self.dt, self.sel, k) if k else 1
+        return ok != 0
+
+    cdef int _run(self) except -1:
+        cdef Py_ssize_t i, k
+        cdef int slot
+        cdef long long t
+        cdef fo_args a
+        cdef _Rule r = self.r
+        if not self.prepared:
+            raise RuntimeError("prepare() first")
+        self.prepared = False
+        for slot in range(r.nstates):
+            if r.needs(self.h, slot) and self.buffers[slot] is None:
+                self.allocate(slot, self._initial(slot))
+        for i in range(self.count):
+            for slot in range(FO_MAX_STATES):
+                self.work[i].s[slot] = (self.base[i].s[slot]
+                                        if slot < r.nstates and r.needs(self.h, slot)
+                                        else NULL)
+        t = self.steps[0]
+        if self.all_present:
+            for i in range(1, self.count):
+                if self.steps[i] != t:
+                    break
+            else:
+                r.coefficients(self.h, t + 1, &a)
+                _run(r.id, &a, self.work, self.count, self.dt)
+                for i in range(self.count):
+                    self.steps[i] += 1
+                return 0
+        # parameters without gradients, or step counts that differ: one call
+        # per distinct count over the parameters that have it; the counts
+        # advance after every call is made
+        done = set()
+        for i in range(self.count):
+            if self.present[i] and self.steps[i] not in done:
+                t = self.steps[i]
+                done.add(t)
+                r.coefficients(self.h, t + 1, &a)
+                k = self._select(False, t)
+                _run(r.id, &a, self.sel, k, self.dt)
+        for i in range(self.count):
+            if self.present[i]:
+                self.steps[i] += 1
+        return 0
+
+    cdef double _initial(self, int slot) except? -1.0:
+        init = self.r.entry.states[slot].initial
+        if isinstance(init, str):
+            return float(self.group[init])
+        return float(init)
+
+    def run(self):
+        """Step every parameter with a gradient (after prepare)."""
+        self._run()
+
+    def step(self, grads, bint check_finite=False):
+        """prepare, then run; returns 1 when it stepped, 2 when
+        check_finite found a NaN or an infinity (nothing written)."""
+        self._prepare(grads)
+        if check_finite and not self.allfinite():
+            return 2
+        self._run()
+        return 1

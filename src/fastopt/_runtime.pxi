@@ -1,0 +1,65 @@
+# Run-time configuration: instruction-set level and threads.
+
+LEVELS = ("baseline", "avx2", "avx512")
+
+
+def simd_levels():
+    """{level: (compiled, supported by this CPU)} for every level."""
+    return {fo_level_name(i).decode(): (bool(fo_level_compiled(i)),
+                                        bool(fo_level_supported(i)))
+            for i in range(len(LEVELS))}
+
+
+def cpu_features():
+    """The CPU features that decide the SIMD level, as the CPU reports them."""
+    return fo_cpu_features().decode().split()
+
+
+def get_simd_level():
+    return fo_level_name(fo_level_get()).decode()
+
+
+def set_simd_level(str level):
+    """Use the kernels compiled for `level`; it must be supported here."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if fo_level_set(LEVELS.index(level)) != 0:
+        raise ValueError(f"level {level!r} is not available on this build and CPU")
+
+
+def best_simd_level():
+    cdef int i
+    for i in range(len(LEVELS) - 1, -1, -1):
+        if fo_level_supported(i):
+            return LEVELS[i]
+    return "baseline"
+
+
+def get_num_threads():
+    """Threads a large step uses: set_num_threads' value, capped by OpenMP's
+    limit for the calling thread."""
+    return fo_num_threads_get()
+
+
+def set_num_threads(n):
+    """Use at most n threads (n >= 1); None restores the default."""
+    if n is None:
+        fo_num_threads_set(0)
+        return
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be an int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    fo_num_threads_set(min(n, 1 << 16))
+
+
+def get_parallel_threshold():
+    return fo_parallel_threshold()
+
+
+def set_parallel_threshold(size_t n):
+    fo_parallel_threshold_set(n)
+
+
+def openmp_enabled():
+    return bool(fo_openmp_enabled())

@@ -1,0 +1,255 @@
+"""The rule table: one description per update rule.
+
+Everything fastopt knows *about* a rule is written here once; the math is
+written once in C (``csrc/fastopt/rules.h`` for the loop over elements,
+``csrc/coefficients.c`` for the per-step scalars) and once in NumPy
+(:mod:`fastopt.reference`, the specification).  From this table
+
+- the build generates the C indices of hyperparameters, coefficients, states
+  and options (``fo_table.h``) and the Cython entry points
+  (:mod:`fastopt.functional`), so their signatures and checks are this table;
+- :mod:`fastopt.optim` makes the optimizer classes;
+- the state_dict layout check, the bench rows, ``tools/check_simd.py`` and
+  the test tables iterate it.
+
+This module is plain data: setup.py reads it before anything is compiled.
+``docs/adding-a-rule.md`` says what a new entry needs.
+"""
+import dataclasses
+import math
+
+INF = math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter.
+
+    check: "real" (a finite number in [lo, hi), or [lo, hi] when closed),
+    "flag" (a bool) or "pair" (a tuple or list of two reals, each checked as
+    "real"; betas).  label: torch's words for it in "Invalid <label>: x".
+    kernel: False for a class-only hyperparameter (e.g. the initial value of
+    a state), which the kernel never sees.  keyword_only: after ``*`` in the
+    class signature, as torch has it."""
+    name: str
+    default: object
+    doc: str
+    check: str = "real"
+    lo: float = 0.0
+    hi: float = INF
+    closed: bool = False
+    label: str = ""
+    kernel: bool = True
+    keyword_only: bool = False
+
+    def scalars(self):
+        """The names of the doubles this hyperparameter gives the kernel."""
+        if not self.kernel:
+            return ()
+        if self.check == "pair":
+            return (f"{self.name}0", f"{self.name}1")
+        return (self.name,)
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A state array of the rule, in the kernel's slot order.
+
+    name: the functional argument; key: torch's state key (name if empty);
+    when: the hyperparameter whose nonzero (or true) value makes the state
+    needed, None when always needed; initial: its start value, a number or
+    the name of a class-only hyperparameter."""
+    name: str
+    key: str = ""
+    when: str = None
+    initial: object = 0.0
+
+    @property
+    def state_key(self):
+        return self.key or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A further optimizer class over the same rule (AdamW over Adam):
+    ``fixed`` hyperparameters are set and leave the signature, ``defaults``
+    override the rule's."""
+    cls: str
+    doc: str
+    fixed: dict = dataclasses.field(default_factory=dict)
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One update rule.
+
+    step: "required" when the per-step scalars use the step count, None when
+    the rule ignores it, or the name of the hyperparameter whose nonzero
+    value makes it required (SGD needs the count for its momentum buffer).
+    coefficients: the per-step doubles the C side derives from the
+    hyperparameters and the step (csrc/coefficients.c), in the kernel's
+    names; options: the rule's own switches of the loop (maximize and l2 are
+    common to all); bench: hyperparameters of the bench rows that differ
+    from the defaults."""
+    name: str
+    cls: str
+    torch: str
+    source: str
+    doc: str
+    hypers: tuple
+    states: tuple
+    coefficients: tuple
+    options: tuple = ()
+    step: object = "required"
+    variants: tuple = ()
+    bench: dict = dataclasses.field(default_factory=dict)
+
+    def hyper(self, name):
+        for h in self.hypers:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    @property
+    def kernel_hypers(self):
+        return tuple(h for h in self.hypers if h.kernel)
+
+    @property
+    def scalars(self):
+        """The hyperparameter doubles of the kernel, in order."""
+        return tuple(s for h in self.kernel_hypers for s in h.scalars())
+
+    @property
+    def state_keys(self):
+        return tuple(s.state_key for s in self.states)
+
+    def classes(self):
+        """(class name, fixed hyperparameters, default overrides, doc)."""
+        return [(self.cls, {}, {}, self.doc)] + [
+            (v.cls, v.fixed, v.defaults, v.doc) for v in self.variants]
+
+    def bytes_per_element(self, itemsize, hp=None):
+        """Minimal traffic of one step: p read and written, g read, each
+        state needed by ``hp`` (the defaults when None) read and written."""
+        hp = hp or {}
+        used = [s for s in self.states
+                if s.when is None or hp.get(s.when, self.hyper(s.when).default)]
+        return (3 + 2 * len(used)) * itemsize
+
+
+def _lr(default):
+    return Hyper("lr", default, "learning rate", label="learning rate")
+
+
+def _weight_decay(default=0.0, keyword_only=False):
+    return Hyper("weight_decay", default, "L2 penalty added to the gradient",
+                 label="weight_decay value", keyword_only=keyword_only)
+
+
+def _eps(default):
+    return Hyper("eps", default, "added to the denominator", label="epsilon value")
+
+
+MAXIMIZE = Hyper("maximize", False, "ascend instead of descend", check="flag",
+                 keyword_only=True)
+BETAS = Hyper("betas", (0.9, 0.999), "decay of the first and second moments",
+              check="pair", hi=1.0, label="beta parameter")
+
+
+RULES = {r.name: r for r in (
+    Rule(
+        name="sgd", cls="SGD", torch="torch.optim.SGD",
+        source="Robbins & Monro 1951; heavy ball: Polyak 1964; Nesterov: "
+               "Sutskever et al. 2013; names and defaults: torch.optim.SGD",
+        doc="Gradient descent with optional heavy-ball or Nesterov momentum "
+            "(torch.optim.SGD).",
+        hypers=(_lr(1e-3),
+                Hyper("momentum", 0.0, "momentum factor", label="momentum value"),
+                Hyper("dampening", 0.0, "dampening of the momentum", hi=1.0,
+                      closed=True, label="dampening value"),
+                _weight_decay(),
+                Hyper("nesterov", False, "Nesterov momentum", check="flag"),
+                MAXIMIZE),
+        states=(State("momentum_buffer", when="momentum"),),
+        coefficients=("lr", "momentum", "one_minus_dampening", "l2"),
+        options=("has_momentum", "first_step", "nesterov"),
+        step="momentum", bench={"momentum": 0.9}),
+    Rule(
+        name="momentum", cls="Momentum", torch="",
+        source="the seed article's exponentially weighted momentum "
+               "(Deep Learning Specialization, course 2)",
+        doc="The seed's momentum: an exponentially weighted average of "
+            "gradients.",
+        hypers=(_lr(1e-3),
+                Hyper("beta", 0.9, "decay of the velocity", hi=1.0,
+                      label="beta value"),
+                _weight_decay(keyword_only=True),
+                MAXIMIZE),
+        states=(State("velocity"),),
+        coefficients=("lr", "beta", "one_minus_beta", "l2"),
+        step=None),
+    Rule(
+        name="rmsprop", cls="RMSprop", torch="torch.optim.RMSprop",
+        source="Hinton, Lecture 6e of Neural Networks for Machine Learning "
+               "(2012); names and defaults: torch.optim.RMSprop",
+        doc="RMSProp with torch.optim.RMSprop's centered and momentum "
+            "variants.",
+        hypers=(_lr(1e-2),
+                Hyper("alpha", 0.99, "decay of the square average", hi=1.0,
+                      closed=True, label="alpha value"),
+                _eps(1e-8),
+                _weight_decay(),
+                Hyper("momentum", 0.0, "momentum factor", label="momentum value"),
+                Hyper("centered", False, "normalise by the variance estimate",
+                      check="flag"),
+                MAXIMIZE),
+        states=(State("square_avg"),
+                State("grad_avg", when="centered"),
+                State("momentum_buffer", when="momentum")),
+        coefficients=("lr", "alpha", "one_minus_alpha", "eps", "momentum", "l2"),
+        options=("centered", "has_momentum"),
+        step=None),
+    Rule(
+        name="adam", cls="Adam", torch="torch.optim.Adam",
+        source="Kingma & Ba 2015; AMSGrad: Reddi et al. 2018; decoupled decay: "
+               "Loshchilov & Hutter 2019; names and defaults: torch.optim.Adam",
+        doc="Adam with bias correction; AdamW with decoupled_weight_decay.",
+        hypers=(_lr(1e-3), BETAS, _eps(1e-8), _weight_decay(),
+                Hyper("amsgrad", False, "keep the running maximum of v",
+                      check="flag"),
+                MAXIMIZE,
+                Hyper("decoupled_weight_decay", False,
+                      "decay the parameter instead of adding to the gradient",
+                      check="flag", keyword_only=True)),
+        states=(State("exp_avg"), State("exp_avg_sq"),
+                State("max_exp_avg_sq", when="amsgrad")),
+        coefficients=("step_size", "inv_sqrt_bc2", "beta1", "one_minus_beta1",
+                      "beta2", "one_minus_beta2", "eps", "l2", "decay"),
+        options=("amsgrad",),
+        variants=(Variant(
+            "AdamW", "Adam with decoupled weight decay (torch.optim.AdamW).",
+            fixed={"decoupled_weight_decay": True},
+            defaults={"weight_decay": 1e-2}),)),
+    Rule(
+        name="adagrad", cls="Adagrad", torch="torch.optim.Adagrad",
+        source="Duchi, Hazan & Singer 2011; names and defaults: "
+               "torch.optim.Adagrad",
+        doc="Adagrad with torch.optim.Adagrad's semantics.",
+        hypers=(_lr(1e-2),
+                Hyper("lr_decay", 0.0, "decay of the learning rate per step",
+                      label="lr_decay value"),
+                _weight_decay(),
+                Hyper("initial_accumulator_value", 0.0,
+                      "start value of the sum of squares",
+                      label="initial_accumulator_value value", kernel=False),
+                _eps(1e-10),
+                MAXIMIZE),
+        states=(State("state_sum", key="sum", initial="initial_accumulator_value"),),
+        coefficients=("clr", "eps", "l2")),
+)}
+
+# The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
+MAX_STATES = 4
+MAX_COEFFICIENTS = 16
+MAX_SCALARS = 16

@@ -1,0 +1,111 @@
+"""The rule table is the one description of a rule: every place that knows
+a rule must know every rule of the table, and no other.
+
+Fails when a rule is registered in one place and missing in another (C
+kernel, coefficients, functional entry point, reference, class, bench row,
+SIMD check), and when one mistake gets different messages at different
+doors."""
+import importlib.util
+import inspect
+import pathlib
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _core, functional, optim, reference
+from fastopt.harness import bench
+from fastopt.rules import RULES
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_functional_and_reference_have_every_rule_and_no_other():
+    assert list(functional.__all__) == list(RULES)
+    assert list(reference.__all__) == list(RULES)
+    assert [f.__name__ for f in _core.FUNCTIONS] == list(RULES)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_signatures_follow_the_table(name):
+    entry = RULES[name]
+    sig = inspect.signature(getattr(functional, name))
+    params = list(sig.parameters.values())
+    assert [p.name for p in params[:2]] == ["param", "grad"]
+    assert [p.name for p in params[2:2 + len(entry.states)]] == [s.name for s in entry.states]
+    for h in entry.kernel_hypers:
+        assert sig.parameters[h.name].default == h.default
+    assert inspect.signature(getattr(reference, name)) == sig
+    for cls, fixed, defaults, _ in entry.classes():
+        csig = inspect.signature(getattr(fastopt, cls))
+        for h in entry.hypers:
+            if h.name in fixed:
+                assert h.name not in csig.parameters
+            else:
+                assert csig.parameters[h.name].default == defaults.get(h.name, h.default)
+                assert (csig.parameters[h.name].kind is inspect.Parameter.KEYWORD_ONLY) \
+                    == h.keyword_only
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_c_side_knows_the_rule(name):
+    """The coefficients come back under the table's names (the C side was
+    built from this table), and the kernel runs at every level."""
+    entry = RULES[name]
+    c = _core.coefficients(name, 1)
+    assert set(entry.coefficients) <= set(c)
+    assert all(isinstance(c[k], float) for k in entry.coefficients)
+    assert all(isinstance(c[o], bool) for o in entry.options)
+
+
+def test_classes_bench_rows_and_simd_check_have_every_rule():
+    classes = [cls for entry in RULES.values() for cls, *_ in entry.classes()]
+    assert [c for c in optim.__all__ if c != "Optimizer"] == classes
+    assert all(getattr(fastopt, c).rule is RULES[getattr(fastopt, c).rule.name]
+               for c in classes)
+    assert sorted(bench.RULES) == sorted(c.lower() for c in classes)
+    spec = importlib.util.spec_from_file_location("check_simd", ROOT / "tools/check_simd.py")
+    check_simd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_simd)
+    assert set(RULES) <= set(check_simd.RULES)
+
+
+def _bad_values(h):
+    if h.check == "flag":
+        return ["yes"]
+    if h.check == "pair":
+        return [(h.hi, 0.5), 3.0]
+    return [h.lo - 1.0, float("nan"), "x"] + ([h.hi + 1.0] if h.hi < np.inf else [])
+
+
+CASES = [(name, h.name, v) for name, entry in RULES.items()
+         for h in entry.kernel_hypers for v in _bad_values(h)]
+
+
+@pytest.mark.parametrize("name, hyper, value", CASES,
+                         ids=[f"{n}-{h}-{v!r}" for n, h, v in CASES])
+def test_same_mistake_same_message_at_every_door(name, hyper, value):
+    """The functional door, the class door, a class's group changed before
+    a step and the multi-tensor call all give one exception and message."""
+    entry = RULES[name]
+    p, g = np.ones(4), np.ones(4)
+    states = [np.zeros(4) for _ in entry.states]
+    step = {"step": 1} if entry.step is not None else {}
+    messages = []
+
+    def record(call):
+        with pytest.raises((TypeError, ValueError)) as info:
+            call()
+        messages.append((type(info.value), str(info.value)))
+
+    record(lambda: getattr(functional, name)(p, g, *states, **step, **{hyper: value}))
+    record(lambda: _core.step_many(name, [p], [g], [[s] for s in states], **step,
+                                   **{hyper: value}))
+    cls = getattr(fastopt, entry.cls)
+    record(lambda: cls([p], **{hyper: value}))
+    opt = cls([p])
+    opt.param_groups[0][hyper] = value
+    before = p.copy()
+    record(lambda: opt.step([g]))
+    assert np.array_equal(p, before)
+    assert len(set(messages)) == 1, messages
