@@ -7,8 +7,9 @@ For every rule's range function at every compiled level, counts packed
 arithmetic instructions by register width (xmm = 128, ymm = 256, zmm = 512
 bits) and reports the widest packed sqrt and division.  Exits 1 when a level
 lacks its width: AVX-512 must use zmm, AVX2 ymm, the baseline packed xmm, for
-the multiplies of every rule and for sqrt and division wherever the rule has
-them.
+the multiplies of every update rule of the table (src/fastopt/rules.py) and
+for sqrt and division wherever the rule has them; a function without packed
+arithmetic at its level's width fails.
 """
 import collections
 import importlib.util
@@ -28,7 +29,8 @@ def _table_rules():
     return list(module.RULES)
 
 
-RULES = _table_rules() + ["scale", "clamp", "sumsq"]
+TABLE_RULES = _table_rules()
+RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 ARITH = re.compile(r"\b(v?)(sqrt|div|mul|add|sub|max|min)p([sd])\b.*%([xyz]mm)")
 
 
@@ -70,7 +72,11 @@ def main():
                                     for r in ("xmm", "ymm", "zmm") if count[(op, r)])
                                     for op in ops)
                 need = [op for op in ("sqrt", "div", "mul") if op in ops]
+                if rule in TABLE_RULES:   # every update rule multiplies
+                    need = sorted(set(need) | {"mul"})
                 missing = [op for op in need if not count[(op, reg)]]
+                if not any(count[(op, reg)] for op in ops):
+                    missing.append("any packed arithmetic")
                 if rule == "sumsq":  # accumulates in double: f32 is widened
                     missing = [op for op in missing if op != "mul" or dt == "f64"]
                 status = "ok" if body and not missing else f"MISSING {reg} {missing}"
