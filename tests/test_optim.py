@@ -528,8 +528,9 @@ def test_constructor_defaults_match_torch():
                                               maximize=False)
     with pytest.raises(TypeError):
         SGD(p, 0.1, 0.9, 0, 0, False, False)    # maximize is keyword-only
-    assert optim.__all__ == ["Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
-                             "AdamW", "Adagrad"]
+    # torch's classes first, then whatever else the rule table holds
+    assert optim.__all__[:7] == ["Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
+                                 "AdamW", "Adagrad"]
 
 
 # ---------------------------------------------------------------------------
