@@ -92,6 +92,19 @@ static const char *adagrad(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+static const char *lion(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(LION, LR) = H(LION, LR);
+    C(LION, BETA1) = H(LION, BETAS0);
+    C(LION, ONE_MINUS_BETA1) = 1.0 - H(LION, BETAS0);
+    C(LION, BETA2) = H(LION, BETAS1);
+    C(LION, ONE_MINUS_BETA2) = 1.0 - H(LION, BETAS1);
+    C(LION, DECAY) = fo_decay_factor(H(LION, LR), H(LION, WEIGHT_DECAY));
+    a->opts = common(H(LION, MAXIMIZE), 0.0);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

@@ -257,6 +257,37 @@ static void FO_NAME(adagrad_range)(const void *args, const fo_tensor *t,
     else FO_NAME(adagrad_body)(a, t, lo, hi, 0);
 }
 
+/* ---- Lion (Chen et al. 2023; google/automl lion_pytorch.py) ---------- */
+
+/* sign(x) as numpy.sign: +0 for both zeros, NaN kept.  Written as a
+ * difference of comparisons and one select: gcc vectorises this form at
+ * every level, not a chain of conditionals. */
+FO_INLINE FO_T FO_NAME(sign)(FO_T x)
+{
+    const FO_T s = (FO_T)(x > 0) - (FO_T)(x < 0);
+    return x != x ? x : s;
+}
+
+static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_LION_S_EXP_AVG];
+    const FO_T lr = FO_C(LION, LR), decay = FO_C(LION, DECAY);
+    const FO_T beta1 = FO_C(LION, BETA1), one_minus_beta1 = FO_C(LION, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(LION, BETA2), one_minus_beta2 = FO_C(LION, ONE_MINUS_BETA2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
+        const FO_T pi = p[i] * decay;
+        const FO_T ui = FO_NAME(sign)(beta1 * m[i] + one_minus_beta1 * gi);
+        p[i] = pi - lr * ui;
+        m[i] = beta2 * m[i] + one_minus_beta2 * gi;
+    }
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

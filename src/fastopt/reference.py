@@ -149,3 +149,18 @@ def adagrad(param, grad, state_sum, c):
     g = _start(param, grad, c)
     state_sum[...] = state_sum + g * g
     param[...] = param - c.clr * (g / (np.sqrt(state_sum) + c.eps))
+
+
+@_rule
+def lion(param, grad, exp_avg, c):
+    """Lion, with decoupled weight decay (decay = 1 - lr * weight_decay) and
+    sign(0) = 0::
+
+        p = param * decay
+        param = p - lr * sign(beta1 * m + one_minus_beta1 * g)
+        m = beta2 * m + one_minus_beta2 * g
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    param[...] = p - c.lr * np.sign(c.beta1 * exp_avg + c.one_minus_beta1 * g)
+    exp_avg[...] = c.beta2 * exp_avg + c.one_minus_beta2 * g

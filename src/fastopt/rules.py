@@ -247,6 +247,24 @@ RULES = {r.name: r for r in (
                 MAXIMIZE),
         states=(State("state_sum", key="sum", initial="initial_accumulator_value"),),
         coefficients=("clr", "eps", "l2")),
+    Rule(
+        name="lion", cls="Lion", torch="",
+        source="Chen et al., Symbolic Discovery of Optimization Algorithms "
+               "(2023); reference loop and defaults: google/automl, "
+               "lion/lion_pytorch.py",
+        doc="Lion: the sign of an interpolated momentum, with decoupled "
+            "weight decay.",
+        hypers=(_lr(1e-4),
+                Hyper("betas", (0.9, 0.99),
+                      "interpolation of the update and decay of the momentum",
+                      check="pair", hi=1.0, label="beta parameter"),
+                Hyper("weight_decay", 0.0, "decoupled weight decay",
+                      label="weight_decay value"),
+                MAXIMIZE),
+        states=(State("exp_avg"),),
+        coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "decay"),
+        step=None),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
