@@ -115,13 +115,24 @@ cdef inline void *_data(object x):
     return cnp.PyArray_DATA(<cnp.ndarray>x)
 
 
+cdef inline int _fill_state(fo_tensor *t, int k, object s, tuple slots,
+                            Py_ssize_t index, object labels, int dt,
+                            Py_ssize_t n) except -1:
+    if s is None:
+        t.s[k] = NULL
+        return 0
+    if _array_ok(s, dt, n, True) < 0:
+        _check_array(s, slots, S0 + k, index, labels, dt, n, True)
+    t.s[k] = _data(s)
+    return 0
+
+
 cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
                       object labels, object p, object g, object s0,
                       object s1, object s2, object s3, int dt) except -2:
     """Check one tensor's arrays and point t at them; return the dtype index.
     States that are None stay NULL (the caller checked which are needed)."""
     cdef Py_ssize_t n
-    cdef int k
     cdef int d = _array_ok(p, dt, -1, True)
     dt = d if d >= 0 else _check_array(p, slots, P, index, labels, dt, -1, True)
     n = _size(<cnp.ndarray>p)
@@ -130,10 +141,10 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     t.n = <size_t>n
     t.p = _data(p)
     t.g = _data(g)
-    for k, s in enumerate((s0, s1, s2, s3)):
-        if s is not None and _array_ok(s, dt, n, True) < 0:
-            _check_array(s, slots, S0 + k, index, labels, dt, n, True)
-        t.s[k] = _data(s) if s is not None else NULL
+    _fill_state(t, 0, s0, slots, index, labels, dt, n)
+    _fill_state(t, 1, s1, slots, index, labels, dt, n)
+    _fill_state(t, 2, s2, slots, index, labels, dt, n)
+    _fill_state(t, 3, s3, slots, index, labels, dt, n)
     return dt
 
 

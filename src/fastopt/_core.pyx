@@ -13,6 +13,7 @@ calls the kernels with the GIL released.  The parts, one job each:
   _runtime.pxi      instruction-set level and threads
 """
 
+cimport cython
 cimport numpy as cnp
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc

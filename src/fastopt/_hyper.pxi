@@ -15,17 +15,29 @@ cdef inline double _real(object x, str name) except? -1.0:
         raise ValueError(f"{name} is outside the float range: {x!r}") from None
 
 
-cdef double _check_real(object x, str name, str label, double lo, double hi,
-                        bint closed) except? -1.0:
+cdef inline double _check_real(object x, str name, str label, double lo,
+                               double hi, bint closed) except? -1.0:
     """x as a double, finite, lo <= x and x < hi (x <= hi when closed)."""
     cdef double v = _real(x, name)
     if isfinite(v) and v >= lo and (v <= hi if closed else v < hi):
         return v
+    return _range_error(x, name, label, lo, hi, closed)
+
+
+cdef double _range_error(object x, str name, str label, double lo, double hi,
+                         bint closed, bint lo_open=False,
+                         bint finite=True) except? -1.0:
+    """The one message of a number out of its range, at every door."""
     if hi == INFINITY:
-        rule = f">= {lo:g}"
+        rule = f"{'>' if lo_open else '>='} {lo:g}"
     else:
-        rule = f"in [{lo:g}, {hi:g}{']' if closed else ')'}"
-    raise ValueError(f"Invalid {label or name}: {x} ({name} must be finite and {rule})")
+        rule = (f"in {'(' if lo_open else '['}{lo:g}, "
+                f"{hi:g}{']' if closed else ')'}")
+    if finite:
+        rule = "finite and " + rule
+    if label:
+        raise ValueError(f"Invalid {label}: {x} ({name} must be {rule})")
+    raise ValueError(f"{name} must be {rule}, got {x!r}")
 
 
 cdef inline bint _check_flag(object x, str name) except -1:
@@ -74,6 +86,7 @@ cdef enum:
     K_PAIR = 2
 
 
+@cython.final
 cdef class _Hyper:
     """A hyperparameter of the table, ready for checking: where its doubles
     go in the kernel's array (index, -1 for a class-only one)."""
@@ -84,7 +97,7 @@ cdef class _Hyper:
     cdef double lo, hi
     cdef bint closed
 
-    cdef int convert(self, object x, double *h) except -1:
+    cdef inline int convert(self, object x, double *h) except -1:
         """Check x; store its doubles at h[index] when the kernel takes it."""
         cdef double pair[2]
         cdef double v
@@ -108,6 +121,7 @@ cdef enum:
     STEP_WHEN = 2
 
 
+@cython.final
 cdef class _Rule:
     """What the boundary needs of one table entry."""
     cdef readonly int id
@@ -133,8 +147,8 @@ cdef class _Rule:
             x.convert(group[x.name], h)
         return 0
 
-    cdef int check_states(self, const double *h, object s0, object s1,
-                          object s2, object s3, bint plural) except -1:
+    cdef inline int check_states(self, const double *h, object s0, object s1,
+                                 object s2, object s3, bint plural) except -1:
         """Each state given exactly when the options need it."""
         cdef int k
         cdef bint given
@@ -155,7 +169,7 @@ cdef class _Rule:
         raise ValueError(f"{name} is given but not used: it is needed "
                          f"only when {self.when_text[k]}")
 
-    cdef long long step_count(self, object step, const double *h) except -1:
+    cdef inline long long step_count(self, object step, const double *h) except -1:
         """The step for the coefficients: checked, or 0 when not used."""
         if self.step_mode == STEP_REQUIRED:
             return _check_step(step)
@@ -167,8 +181,8 @@ cdef class _Rule:
             _check_step(step)
         return 0
 
-    cdef int coefficients(self, const double *h, long long step,
-                          fo_args *a) except -1:
+    cdef inline int coefficients(self, const double *h, long long step,
+                                 fo_args *a) except -1:
         cdef const char *msg = fo_coefficients(self.id, h, step, a)
         if msg != NULL:
             raise ValueError(msg.decode())
@@ -256,11 +270,19 @@ def check_hyperparameters(str rule, dict group):
     r.coefficients(h, 1, &a)
 
 
-def check_real(x, str name, double lo=0.0, double hi=INFINITY, bint closed=False,
+def check_real(x, str name, double lo=0.0, double hi=INFINITY, *,
+               bint closed=False, bint lo_open=False, bint finite=True,
                str label=""):
-    """x as a float when finite and in [lo, hi) ([lo, hi] when closed); the
-    check and message every hyperparameter gets."""
-    return _check_real(x, name, label, lo, hi, closed)
+    """x as a float: a real number (not a bool), not NaN, finite unless
+    finite=False, above lo (or at it unless lo_open) and below hi (or at it
+    when closed).  The check and the message of every number fastopt takes:
+    hyperparameters, schedules, clipping."""
+    cdef double v = _real(x, name)
+    if (v == v and (isfinite(v) or not finite)
+            and (v > lo if lo_open else v >= lo)
+            and (v <= hi if closed else v < hi)):
+        return v
+    return _range_error(x, name, label, lo, hi, closed, lo_open, finite)
 
 
 def check_flag(x, str name):

@@ -21,6 +21,9 @@ cdef inline bint _grad_fits(object g, cnp.ndarray p, int dt):
     return True
 
 
+cdef object _MISSING = object()
+
+
 cdef class Plan:
     """One optimizer bucket (the parameters of a group that share a dtype)
     with its states and step counts: everything a step needs, checked once.
@@ -55,6 +58,7 @@ cdef class Plan:
     cdef _Range *granges       # this step's gradients
     cdef int nranges
     cdef double h[FO_MAX_SCALARS]
+    cdef fo_args args          # coefficients at the first parameter's next step
     cdef bint prepared
     cdef bint all_present
 
@@ -193,6 +197,12 @@ cdef class Plan:
                     f" in memory; every array of a step must be separate")
         return 0
 
+    cdef int _names_error(self, dict grads) except -1:
+        missing = [k for k in self.names if k not in grads]
+        extra = [k for k in grads if k not in self.names]
+        raise ValueError(f"grads must have the parameters' names; "
+                         f"missing {missing}, unexpected {extra}")
+
     cdef int _prepare(self, object grads) except -1:
         cdef Py_ssize_t i, n = self.count
         cdef object g
@@ -201,10 +211,11 @@ cdef class Plan:
         cdef int ng = 0
         cdef list glist = None
         cdef dict gdict = None
-        cdef fo_args a
         self.prepared = False
         self.r.read_group(self.group, self.h)
-        self.r.coefficients(self.h, 1, &a)   # the checks across hyperparameters
+        # the checks across hyperparameters, and the coefficients of the
+        # common case (every count equal), kept for run
+        self.r.coefficients(self.h, self.steps[0] + 1, &self.args)
         if type(grads) is list:
             glist = <list>grads
             if len(glist) != n:
@@ -214,12 +225,19 @@ cdef class Plan:
             if self.names is None:
                 raise TypeError("grads must be a list: the parameters were "
                                 "given without names")
+            if len(gdict) != n:
+                self._names_error(gdict)
         else:
             raise TypeError(f"grads must be a list or dict of arrays, got "
                             f"{type(grads).__name__}")
         self.all_present = True
         for i in range(n):
-            g = glist[i] if glist is not None else gdict.get(self.names[i])
+            if glist is not None:
+                g = glist[i]
+            else:
+                g = gdict.get(self.names[i], _MISSING)
+                if g is _MISSING:
+                    self._names_error(gdict)
             p = <cnp.ndarray>self.params[i]
             if (cnp.PyArray_FLAGS(p) & need) != need or cnp.PyArray_TYPE(p) != NPY_TYPE[self.dt]:
                 _check_array(p, self.r.slots, P, i, self.labels, self.dt, -1, True)
@@ -294,8 +312,7 @@ cdef class Plan:
                 if self.steps[i] != t:
                     break
             else:
-                r.coefficients(self.h, t + 1, &a)
-                _run(r.id, &a, self.work, self.count, self.dt)
+                _run(r.id, &self.args, self.work, self.count, self.dt)
                 for i in range(self.count):
                     self.steps[i] += 1
                 return 0

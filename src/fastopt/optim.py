@@ -168,9 +168,9 @@ class Optimizer:
         """
         with self._lock:
             if self._single:
-                if not ((type(grads) is list and self._list_ok) or (
-                        type(grads) is dict and self._names is not None
-                        and grads.keys() == self._name_set)):
+                # a list, or a dict by name, goes to the plan as it is
+                if not ((type(grads) is list and self._list_ok)
+                        or (type(grads) is dict and self._names is not None)):
                     grads = self._ordered(grads)
                 if self._plans[0].step(grads, self.skip_nonfinite) == 2:
                     self.skipped_steps += 1
