@@ -479,3 +479,16 @@ def test_one_cycle_against_torch_bit_for_bit(kw, kind):
                 assert g[key] == tg[key]
                 for k in ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"):
                     assert g[k] == tg[k]
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_one_cycle_refused_leaves_groups_as_they_were(momentum):
+    """An initial rate max_lr / div_factor that overflows is refused by the
+    first schedule step, after the groups were written: they are put back."""
+    opt = (FakeOptimizer([0.5], betas=(0.9, 0.999)) if momentum
+           else FakeOptimizer([0.5], momentum=0.0))
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError):
+        L.OneCycleLR(opt, max_lr=1.0, total_steps=10, div_factor=5e-324,
+                     cycle_momentum=momentum)
+    assert opt.param_groups == before

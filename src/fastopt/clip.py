@@ -92,16 +92,9 @@ def _by_dtype(arrays):
 
 
 def _nonneg(x, name):
-    """x as a float; a real number (not bool), not NaN, >= 0; inf allowed."""
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    try:
-        v = float(x)
-    except OverflowError:
-        raise ValueError(f"{name} is outside the float range: {x!r}") from None
-    if not v >= 0.0:  # NaN fails too
-        raise ValueError(f"{name} must be >= 0 and not NaN, got {x!r}")
-    return v
+    """x as a float; a real number (not bool), not NaN, >= 0; inf allowed
+    (the optimizers' check and message)."""
+    return _core.check_real(x, name, 0.0, math.inf, closed=True, finite=False)
 
 
 def _norm_type(norm_type):

@@ -49,6 +49,8 @@ import math
 import numbers
 from bisect import bisect_right
 
+from fastopt import _core
+
 __all__ = [
     # schedulers
     "LRScheduler",
@@ -78,24 +80,9 @@ __all__ = [
 # Argument checks
 
 def _real(x, name, *, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
-    """x as a float: a real number (not bool), finite, within the bounds."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    try:
-        v = float(x)
-    except OverflowError:
-        raise ValueError(f"{name} is outside the float range: {x!r}") from None
-    ok = (math.isfinite(v)
-          and (v > lo if lo_open else v >= lo)
-          and (v < hi if hi_open else v <= hi))
-    if not ok:
-        if hi == math.inf:
-            rule = f"{'>' if lo_open else '>='} {lo:g}"
-        else:
-            rule = (f"in {'(' if lo_open else '['}{lo:g}, "
-                    f"{hi:g}{')' if hi_open else ']'}")
-        raise ValueError(f"{name} must be finite and {rule}, got {x!r}")
-    return v
+    """x as a float: a real number (not bool), finite, within the bounds
+    (the optimizers' check and message)."""
+    return _core.check_real(x, name, lo, hi, closed=not hi_open, lo_open=lo_open)
 
 
 _INT_MAX = 2 ** 62     # as the optimizers' step counts; keeps float(x) exact enough
@@ -711,17 +698,27 @@ class OneCycleLR(LRScheduler):
                 if missing:
                     raise KeyError(f"param_groups[{i}] lacks {missing} when "
                                    f"resuming with last_epoch={last_epoch}")
-        # Checked; now write.
-        if not resume:
-            for i, g in enumerate(groups):
-                g["initial_lr"] = max_lrs[i] / div_factor
-                g["max_lr"] = max_lrs[i]
-                g["min_lr"] = g["initial_lr"] / final_div_factor
-                if self.cycle_momentum:
-                    self._set_momentum(g, max_ms[i])
-                    g["max_momentum"] = max_ms[i]
-                    g["base_momentum"] = base_ms[i]
-        super().__init__(optimizer, last_epoch)
+        # Checked; now write.  What the arguments give together (an
+        # initial rate max_lr / div_factor that overflows) is only checked
+        # by the first schedule step below, so the groups are put back as
+        # they were if it fails.
+        saved = [dict(g) for g in groups]
+        try:
+            if not resume:
+                for i, g in enumerate(groups):
+                    g["initial_lr"] = max_lrs[i] / div_factor
+                    g["max_lr"] = max_lrs[i]
+                    g["min_lr"] = g["initial_lr"] / final_div_factor
+                    if self.cycle_momentum:
+                        self._set_momentum(g, max_ms[i])
+                        g["max_momentum"] = max_ms[i]
+                        g["base_momentum"] = base_ms[i]
+            super().__init__(optimizer, last_epoch)
+        except BaseException:
+            for g, before in zip(groups, saved):
+                g.clear()
+                g.update(before)
+            raise
 
     def _set_momentum(self, group, m):
         if self._momentum_key == "betas":
