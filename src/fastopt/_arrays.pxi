@@ -18,6 +18,8 @@ _DTYPE_NAMES = ("float32", "float64")
 
 
 cdef str _slot_name(tuple slots, int slot, Py_ssize_t index, object labels):
+    if slot < 0:   # a named array (check_disjoint): the label is its name
+        return str(_label(labels, index))
     cdef str base = slots[slot]
     if index < 0:
         return base
@@ -308,3 +310,33 @@ cdef inline list _as_list(object seq, str what, Py_ssize_t n):
     if len(<list>seq) != n:
         raise ValueError(f"got {len(<list>seq)} {what} arrays for {n} parameters")
     return <list>seq
+
+
+def check_arrays(list arrays, list names, bint writable=True):
+    """The array checks of every call, for callers outside the rules (the
+    optimizers' construction, clipping): each array a C-contiguous, aligned,
+    native float32 or float64 numpy.ndarray (writable when it is written),
+    no two sharing memory; messages name array i by names[i]."""
+    cdef Py_ssize_t i
+    if len(names) != len(arrays):
+        raise ValueError("names must name every array")
+    for i in range(len(arrays)):
+        _check_array(arrays[i], (names[i],), 0, -1, None, -1, -1, writable)
+    check_disjoint(arrays, names)
+
+
+def check_disjoint(list arrays, list names):
+    """ValueError naming two arrays (C-contiguous ones) that share memory."""
+    cdef Py_ssize_t i, n = len(arrays)
+    cdef int k = 0
+    cdef _Range *r = <_Range *>PyMem_Malloc(max(n, 1) * sizeof(_Range))
+    cdef cnp.ndarray a
+    if r == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            a = <cnp.ndarray?>arrays[i]
+            k = _add_range(r, k, cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(a), -1, i)
+        _overlap_sorted(r, k, ("array",), names)
+    finally:
+        PyMem_Free(r)

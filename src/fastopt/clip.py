@@ -48,41 +48,10 @@ def _collect(grads):
     else:
         raise TypeError(f"grads must be a list, tuple or dict of numpy arrays "
                         f"(or one array), got {type(grads).__name__}")
-    arrays, labels = [], []
-    for name, g in items:
-        if g is None:
-            continue
-        if not isinstance(g, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray or None, got "
-                            f"{type(g).__name__}")
-        if g.dtype.type not in (np.float32, np.float64):
-            raise TypeError(f"{name} must have dtype float32 or float64, got "
-                            f"{g.dtype}")
-        if not g.dtype.isnative:
-            raise TypeError(f"{name} must be in native byte order, got {g.dtype}")
-        if not g.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        if not g.flags.aligned:
-            raise ValueError(f"{name} is not aligned to its dtype")
-        if not g.flags.writeable:
-            raise ValueError(f"{name} is read-only; it is updated in place")
-        arrays.append(g)
-        labels.append(name)
-    _check_separate(arrays, labels)
+    present = [(name, g) for name, g in items if g is not None]
+    arrays, labels = [g for _, g in present], [name for name, _ in present]
+    _core.check_arrays(arrays, labels, writable=True)
     return arrays, labels
-
-
-def _check_separate(arrays, labels):
-    """ValueError if two gradients share memory (contiguous: byte ranges meet)."""
-    ranges = sorted((a.__array_interface__["data"][0], a.nbytes, i)
-                    for i, a in enumerate(arrays) if a.nbytes)
-    end, owner = 0, None
-    for lo, nbytes, i in ranges:
-        if owner is not None and lo < end:
-            raise ValueError(f"{labels[i]} overlaps {labels[owner]} in memory; "
-                             f"every gradient must be separate")
-        if lo + nbytes > end:
-            end, owner = lo + nbytes, i
 
 
 def _by_dtype(arrays):

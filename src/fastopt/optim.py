@@ -32,22 +32,6 @@ __all__ = ["Optimizer"] + [name for rule in RULES.values()
                            for name, *_ in rule.classes()]
 
 
-def _address(a):
-    return a.__array_interface__["data"][0]
-
-
-def _check_disjoint(ranges):
-    """ranges: (address, nbytes, what) triples; raise if two intersect."""
-    ranges = sorted(r for r in ranges if r[1])
-    widest = None
-    for lo, nbytes, what in ranges:
-        if widest is not None and lo < widest[0] + widest[1]:
-            raise ValueError(f"{what} overlaps {widest[2]} in memory; every "
-                             f"array of a step must be separate")
-        if widest is None or lo + nbytes > widest[0] + widest[1]:
-            widest = (lo, nbytes, what)
-
-
 class Optimizer:
     """Base class: parameter groups, buckets, checked steps and checkpoints.
 
@@ -95,8 +79,8 @@ class Optimizer:
             self._names = list(self._labels)
             self._name_set = set(self._names)
         self._plans, self._index = self._make_plans()
-        _check_disjoint([(_address(p), p.nbytes, f"parameter {label!r}")
-                         for p, label in zip(self._params, self._labels)])
+        _core.check_disjoint(self._params, [f"parameter {label!r}"
+                                            for label in self._labels])
         # The common case, one bucket holding every parameter in order: a
         # step hands the caller's gradients to the plan as they are.
         self._single = len(self._plans) == 1
@@ -191,17 +175,19 @@ class Optimizer:
     def _check_across(self, ordered):
         """Each plan checked its own arrays; here no gradient may share
         memory with another bucket's arrays either."""
-        ranges = [(_address(p), p.nbytes, f"parameter {label!r}")
-                  for p, label in zip(self._params, self._labels)]
-        ranges += [(_address(g), g.nbytes, f"grad of parameter {label!r}")
-                   for g, label in zip(ordered, self._labels) if g is not None]
+        arrays = list(self._params)
+        names = [f"parameter {label!r}" for label in self._labels]
+        for g, label in zip(ordered, self._labels):
+            if g is not None:
+                arrays.append(g)
+                names.append(f"grad of parameter {label!r}")
         for plan in self._plans:
-            for slot in range(len(self.rule.states)):
+            for slot, key in enumerate(self.rule.state_keys):
                 views = plan.state(slot)
                 if views is not None:
-                    buf = views[0].base if views[0].base is not None else views[0]
-                    ranges.append((_address(buf), buf.nbytes, f"state {slot}"))
-        _check_disjoint(ranges)
+                    arrays.append(views[0].base if views[0].base is not None else views[0])
+                    names.append(f"the {key} buffer")
+        _core.check_disjoint(arrays, names)
 
     def _ordered(self, grads):
         """grads as one list aligned with self._params."""
