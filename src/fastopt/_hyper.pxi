@@ -97,6 +97,10 @@ cdef class _Hyper:
     cdef double lo, hi
     cdef bint closed
 
+    cdef double real(self, object x) except? -1.0:
+        """x checked as this real hyperparameter, as a double."""
+        return _check_real(x, self.name, self.label, self.lo, self.hi, self.closed)
+
     cdef inline int convert(self, object x, double *h) except -1:
         """Check x; store its doubles at h[index] when the kernel takes it."""
         cdef double pair[2]
@@ -168,6 +172,18 @@ cdef class _Rule:
             raise ValueError(f"{name} is required when {self.when_text[k]}")
         raise ValueError(f"{name} is given but not used: it is needed "
                          f"only when {self.when_text[k]}")
+
+    cdef double initial(self, int k, dict group) except? -1.0:
+        """The start value of state k: a number, or a hyperparameter of the
+        group, checked as such."""
+        cdef _Hyper x
+        init = self.entry.states[k].initial
+        if not isinstance(init, str):
+            return float(init)
+        for x in self.hypers:
+            if x.name == init:
+                return x.real(group[init])
+        raise KeyError(init)
 
     cdef inline long long step_count(self, object step, const double *h) except -1:
         """The step for the coefficients: checked, or 0 when not used."""

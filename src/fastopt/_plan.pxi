@@ -59,6 +59,7 @@ cdef class Plan:
     cdef int nranges
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args args          # coefficients at the first parameter's next step
+    cdef double init[FO_MAX_STATES]   # start values of states made by run
     cdef bint prepared
     cdef bint all_present
 
@@ -208,7 +209,7 @@ cdef class Plan:
         cdef object g
         cdef cnp.ndarray p
         cdef int need = cnp.NPY_ARRAY_WRITEABLE
-        cdef int ng = 0
+        cdef int ng = 0, slot
         cdef list glist = None
         cdef dict gdict = None
         self.prepared = False
@@ -216,6 +217,9 @@ cdef class Plan:
         # the checks across hyperparameters, and the coefficients of the
         # common case (every count equal), kept for run
         self.r.coefficients(self.h, self.steps[0] + 1, &self.args)
+        for slot in range(self.r.nstates):
+            if self.buffers[slot] is None and self.r.needs(self.h, slot):
+                self.init[slot] = self.r.initial(slot, self.group)
         if type(grads) is list:
             glist = <list>grads
             if len(glist) != n:
@@ -300,7 +304,7 @@ cdef class Plan:
         self.prepared = False
         for slot in range(r.nstates):
             if r.needs(self.h, slot) and self.buffers[slot] is None:
-                self.allocate(slot, self._initial(slot))
+                self.allocate(slot, self.init[slot])
         for i in range(self.count):
             for slot in range(FO_MAX_STATES):
                 self.work[i].s[slot] = (self.base[i].s[slot]
@@ -331,12 +335,6 @@ cdef class Plan:
             if self.present[i]:
                 self.steps[i] += 1
         return 0
-
-    cdef double _initial(self, int slot) except? -1.0:
-        init = self.r.entry.states[slot].initial
-        if isinstance(init, str):
-            return float(self.group[init])
-        return float(init)
 
     def run(self):
         """Step every parameter with a gradient (after prepare)."""

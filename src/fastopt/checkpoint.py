@@ -196,8 +196,6 @@ def check_state_dict(optimizer, sd):
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e
         hypers.append(hyper)
-    hyper_of = [hyper for g, hyper in zip(optimizer.param_groups, hypers)
-                for _ in g["params"]]
     steps = [0] * len(optimizer._params)
     entries = [{} for _ in optimizer._params]
     for i, entry in state.items():
