@@ -105,6 +105,18 @@ static const char *lion(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+static const char *adadelta(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(ADADELTA, LR) = H(ADADELTA, LR);
+    C(ADADELTA, RHO) = H(ADADELTA, RHO);
+    C(ADADELTA, ONE_MINUS_RHO) = 1.0 - H(ADADELTA, RHO);
+    C(ADADELTA, EPS) = H(ADADELTA, EPS);
+    C(ADADELTA, L2) = H(ADADELTA, WEIGHT_DECAY);
+    a->opts = common(H(ADADELTA, MAXIMIZE), C(ADADELTA, L2));
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

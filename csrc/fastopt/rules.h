@@ -288,6 +288,40 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
     }
 }
 
+/* ---- Adadelta (torch.optim.Adadelta) -------------------------------- */
+
+/* eps sits inside both roots; acc_delta takes the new delta, after the step
+ * has used the old acc_delta. */
+FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
+                                      size_t lo, size_t hi, const int has_l2)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict s = (FO_T *)t->s[FO_ADADELTA_S_SQUARE_AVG];
+    FO_T *restrict acc = (FO_T *)t->s[FO_ADADELTA_S_ACC_DELTA];
+    const FO_T lr = FO_C(ADADELTA, LR), rho = FO_C(ADADELTA, RHO);
+    const FO_T one_minus_rho = FO_C(ADADELTA, ONE_MINUS_RHO);
+    const FO_T eps = FO_C(ADADELTA, EPS), l2 = FO_C(ADADELTA, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T si = rho * s[i] + one_minus_rho * (gi * gi);
+        s[i] = si;
+        const FO_T std = FO_SQRT(si + eps);
+        const FO_T di = FO_SQRT(acc[i] + eps) / std * gi;
+        acc[i] = rho * acc[i] + one_minus_rho * (di * di);
+        p[i] = p[i] - lr * di;
+    }
+}
+
+static void FO_NAME(adadelta_range)(const void *args, const fo_tensor *t,
+                                    size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_L2) FO_NAME(adadelta_body)(a, t, lo, hi, 1);
+    else FO_NAME(adadelta_body)(a, t, lo, hi, 0);
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

@@ -164,3 +164,21 @@ def lion(param, grad, exp_avg, c):
     p = param * c.decay
     param[...] = p - c.lr * np.sign(c.beta1 * exp_avg + c.one_minus_beta1 * g)
     exp_avg[...] = c.beta2 * exp_avg + c.one_minus_beta2 * g
+
+
+@_rule
+def adadelta(param, grad, square_avg, acc_delta, c):
+    """Adadelta, eps inside both roots; acc_delta takes the new delta after
+    the step has used the old one::
+
+        v = rho * v + one_minus_rho * (g * g)
+        delta = sqrt(acc_delta + eps) / sqrt(v + eps) * g
+        acc_delta = rho * acc_delta + one_minus_rho * (delta * delta)
+        param = param - lr * delta
+    """
+    g = _start(param, grad, c)
+    square_avg[...] = c.rho * square_avg + c.one_minus_rho * (g * g)
+    std = np.sqrt(square_avg + c.eps)
+    delta = np.sqrt(acc_delta + c.eps) / std * g
+    acc_delta[...] = c.rho * acc_delta + c.one_minus_rho * (delta * delta)
+    param[...] = param - c.lr * delta

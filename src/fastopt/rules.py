@@ -265,6 +265,22 @@ RULES = {r.name: r for r in (
         coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "decay"),
         step=None),
+    Rule(
+        name="adadelta", cls="Adadelta", torch="torch.optim.Adadelta",
+        source="Zeiler, ADADELTA: An Adaptive Learning Rate Method (2012); "
+               "names and defaults: torch.optim.Adadelta",
+        doc="Adadelta: the gradient scaled by the ratio of the RMS of past "
+            "updates to the RMS of past gradients (torch.optim.Adadelta).",
+        hypers=(_lr(1.0),
+                Hyper("rho", 0.9, "decay of the square averages", hi=1.0,
+                      closed=True, label="rho value"),
+                Hyper("eps", 1e-6, "added inside both square roots",
+                      label="epsilon value"),
+                _weight_decay(),
+                MAXIMIZE),
+        states=(State("square_avg"), State("acc_delta")),
+        coefficients=("lr", "rho", "one_minus_rho", "eps", "l2"),
+        step=None),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).

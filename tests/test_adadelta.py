@@ -1,0 +1,186 @@
+"""Adadelta against torch.optim.Adadelta, and its two traps.
+
+fastopt.Adadelta is compared with torch 2.13's single-tensor loop
+(torch/optim/adadelta.py, ``_single_tensor_adadelta``, by foreach=False) and
+with torch's default implementation, from the same NumPy data and a
+quadratic-plus-noise gradient over 50 steps, for every option combination:
+parameters, the torch states ``square_avg`` and ``acc_delta`` and the step
+count within rtol 1e-10 (float64) or 1e-5 (float32), with rtol times the
+tensor's largest magnitude as absolute error (tests/test_torch_conformance.py).
+The traps: eps sits inside both square roots, and acc_delta takes the new
+delta after the step.  Kernel parity on every level and thread count comes
+from the rule table (tests/test_kernels.py)."""
+import copy
+import inspect
+import itertools
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt.optim import Adadelta
+
+STEPS = 50
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}
+SHAPES = [(4, 3), (3,), (2, 2, 2)]
+IMPLS = {"for-loop": {"foreach": False}, "default": {}}
+# torch's defaults and a set that moves every hyperparameter off them
+HYPERS = {"defaults": {}, "tuned": dict(lr=0.5, rho=0.8, eps=1e-5)}
+
+
+def _grid(**axes):
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+CASES = [dict(**HYPERS[h], **c) for h in HYPERS
+         for c in _grid(weight_decay=[0, 0.1], maximize=[False, True])]
+CASE_IDS = [f"{h}-wd{c['weight_decay']}-maximize={c['maximize']}" for h in HYPERS
+            for c in _grid(weight_decay=[0, 0.1], maximize=[False, True])]
+
+
+def _problem(dtype):
+    rng = np.random.default_rng(1234)
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
+    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
+             for _ in range(STEPS)]
+    return params, curvature, noise
+
+
+def _assert_close(actual, desired, rtol, what):
+    np.testing.assert_allclose(actual, desired, rtol=rtol,
+                               atol=rtol * np.abs(desired).max(), err_msg=what)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("config", CASES, ids=CASE_IDS)
+def test_matches_torch(config, dtype, impl):
+    torch = pytest.importorskip("torch")
+    params, curvature, noise = _problem(dtype)
+    ours = [p.copy() for p in params]
+    theirs = [torch.tensor(p.copy()) for p in params]
+    opt = Adadelta(ours, **config)
+    topt = torch.optim.Adadelta(theirs, **config, **IMPLS[impl])
+    for t in range(STEPS):
+        opt.step([c * p + n for c, p, n in zip(curvature, ours, noise[t])])
+        for p, c, n in zip(theirs, curvature, noise[t]):
+            p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
+        topt.step()
+    rtol = RTOL[dtype]
+    state = opt.state_dict()["state"]
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.dtype == dtype
+        _assert_close(a, b.detach().numpy(), rtol, f"param {i}")
+        torch_state = topt.state[b]
+        assert set(torch_state) == {"step", "square_avg", "acc_delta"}
+        assert set(state[i]) == set(torch_state)
+        for name, value in torch_state.items():
+            if name == "step":
+                assert state[i]["step"] == int(value) == STEPS
+                continue
+            mine = state[i][name]
+            assert mine.dtype == dtype
+            _assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
+
+
+def test_defaults_are_torchs():
+    torch = pytest.importorskip("torch")
+    ours = inspect.signature(fastopt.Adadelta).parameters
+    theirs = inspect.signature(torch.optim.Adadelta).parameters
+    shared = ["lr", "rho", "eps", "weight_decay", "maximize"]
+    for name in shared:
+        assert ours[name].default == theirs[name].default, name
+        assert ours[name].kind == theirs[name].kind, name
+    # torch's positional order, less foreach
+    positional = [n for n, p in theirs.items()
+                  if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "foreach"]
+    assert [n for n, p in ours.items()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == positional
+
+
+def _one_step(p, g, square_avg, acc_delta, **hp):
+    fastopt.functional.adadelta(p, g, square_avg, acc_delta, **hp)
+
+
+def test_eps_inside_both_roots():
+    lr, rho, eps = 1.0, 0.9, 1e-6
+    # |g| near sqrt(eps) so that every placement of eps gives another delta
+    g = np.array([1e-3, -3e-3, 5e-4, 2.0])
+    p = np.zeros(4)
+    v, acc = np.zeros(4), np.zeros(4)
+    _one_step(p, g, v, acc, lr=lr, rho=rho, eps=eps)
+    v1 = (1 - rho) * g * g
+    delta1 = np.sqrt(0.0 + eps) / np.sqrt(v1 + eps) * g
+    np.testing.assert_allclose(v, v1, rtol=1e-15)
+    np.testing.assert_allclose(p, -lr * delta1, rtol=1e-14)
+    # eps outside the denominator's root, or outside the numerator's (a zero
+    # step from a zero acc_delta), would be far off
+    assert not np.allclose(p, -lr * np.sqrt(eps) / (np.sqrt(v1) + eps) * g, rtol=1e-3)
+    assert not np.allclose(p, 0.0)
+    # step 2: acc_delta > 0 now, eps still inside the numerator's root
+    g2 = np.array([2e-3, 1e-3, -1e-3, 1.0])
+    p_before, acc1 = p.copy(), acc.copy()
+    _one_step(p, g2, v, acc, lr=lr, rho=rho, eps=eps)
+    v2 = rho * v1 + (1 - rho) * g2 * g2
+    delta2 = np.sqrt(acc1 + eps) / np.sqrt(v2 + eps) * g2
+    np.testing.assert_allclose(p, p_before - lr * delta2, rtol=1e-13)
+    outside = (np.sqrt(acc1) + eps) / np.sqrt(v2 + eps) * g2
+    assert not np.allclose(p, p_before - lr * outside, rtol=1e-3)
+
+
+def test_acc_delta_updated_after_the_step():
+    lr, rho, eps = 0.7, 0.9, 1e-6
+    g1 = np.array([0.5, -2.0, 1e-3])
+    g2 = np.array([-0.25, 1.0, 4e-3])
+    p = np.ones(3)
+    v, acc = np.zeros(3), np.zeros(3)
+    _one_step(p, g1, v, acc, lr=lr, rho=rho, eps=eps)
+    # delta1 used acc_delta = 0; only then acc_delta took delta1
+    delta1 = np.sqrt(0.0 + eps) / np.sqrt((1 - rho) * g1 * g1 + eps) * g1
+    np.testing.assert_allclose(acc, (1 - rho) * delta1 ** 2, rtol=1e-14)
+    np.testing.assert_allclose(p, 1.0 - lr * delta1, rtol=1e-14)
+    # step 2 reads the acc_delta of step 1, then adds its own delta
+    v1, acc1, p1 = v.copy(), acc.copy(), p.copy()
+    _one_step(p, g2, v, acc, lr=lr, rho=rho, eps=eps)
+    delta2 = np.sqrt(acc1 + eps) / np.sqrt(rho * v1 + (1 - rho) * g2 * g2 + eps) * g2
+    np.testing.assert_allclose(acc, rho * acc1 + (1 - rho) * delta2 ** 2, rtol=1e-14)
+    np.testing.assert_allclose(p, p1 - lr * delta2, rtol=1e-13)
+    # an update before the step would have scaled delta2 by the new acc_delta
+    early = rho * acc1 + (1 - rho) * delta2 ** 2
+    wrong = np.sqrt(early + eps) / np.sqrt(v + eps) * g2
+    assert not np.allclose(p, p1 - lr * wrong, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_checkpoint_round_trip_mid_trajectory(dtype):
+    params, curvature, noise = _problem(dtype)
+    config = dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1, maximize=False)
+    ours = [p.copy() for p in params]
+    opt = Adadelta(ours, **config)
+
+    def grads(ps, t):
+        return [c * p + n for c, p, n in zip(curvature, ps, noise[t])]
+
+    half = STEPS // 2
+    for t in range(half):
+        opt.step(grads(ours, t))
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = [p.copy() for p in ours]
+    fresh = Adadelta(resumed)       # defaults: the checkpoint brings the group's
+    fresh.load_state_dict(saved)
+    assert {k: v for k, v in fresh.param_groups[0].items() if k != "params"} == \
+        {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    for t in range(half, STEPS):
+        opt.step(grads(ours, t))
+        fresh.step(grads(resumed, t))
+    for a, b in zip(ours, resumed):
+        assert np.array_equal(a, b)
+    want, got = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert want.keys() == got.keys()
+    for i in want:
+        assert want[i]["step"] == got[i]["step"] == STEPS
+        for key in ("square_avg", "acc_delta"):
+            assert got[i][key].dtype == dtype
+            assert np.array_equal(want[i][key], got[i][key]), (i, key)
