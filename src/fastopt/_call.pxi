@@ -45,8 +45,8 @@ cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
     return 0
 
 
-cdef int _call_one(_Rule r, const double *h, object step, object p, object g,
-                   object s0, object s1, object s2, object s3) except -1:
+cdef inline int _call_one(_Rule r, const double *h, object step, object p, object g,
+                          object s0, object s1, object s2, object s3) except -1:
     """One step of rule r on one tensor (fastopt.functional): everything
     checked, then one kernel call."""
     cdef fo_args a
