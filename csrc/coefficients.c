@@ -7,6 +7,9 @@
  * is only what involves several of them.  The NumPy reference reads the
  * same coefficients (fastopt._core.coefficients), so a kernel and its
  * reference see the very same values. */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "fastopt/kernels.h"
 #include "fastopt/scalars.h"
 
@@ -114,6 +117,50 @@ static const char *adadelta(const double *h, long long step, fo_args *a)
     C(ADADELTA, EPS) = H(ADADELTA, EPS);
     C(ADADELTA, L2) = H(ADADELTA, WEIGHT_DECAY);
     a->opts = common(H(ADADELTA, MAXIMIZE), C(ADADELTA, L2));
+    return NULL;
+}
+
+/* x as Python's repr() writes a float (shortest digits that read back as x;
+ * positional for exponents -4 to 15, with ".0" on whole numbers), so that a
+ * message quoting values reads as torch's does */
+static const char *py_float(char *out, size_t n, double x)
+{
+    char e[40];
+    int digits = 1;
+    for (; digits < 17; digits++) {
+        snprintf(e, sizeof e, "%.*e", digits - 1, x);
+        if (strtod(e, NULL) == x) break;
+    }
+    snprintf(e, sizeof e, "%.*e", digits - 1, x);
+    const char *exp10 = e;
+    while (*exp10 && *exp10 != 'e') exp10++;
+    const int p10 = *exp10 ? atoi(exp10 + 1) : 0;
+    const int decimals = digits - 1 - p10;
+    if (!isfinite(x) || p10 < -4 || p10 >= 16)
+        snprintf(out, n, "%s", e);
+    else
+        snprintf(out, n, "%.*f%s", decimals > 0 ? decimals : 0, x,
+                 decimals > 0 ? "" : ".0");
+    return out;
+}
+
+static const char *rprop(const double *h, long long step, fo_args *a)
+{
+    const double etaminus = H(RPROP, ETAS0), etaplus = H(RPROP, ETAS1);
+    (void)step;
+    /* lr only starts step_size, which the caller fills */
+    if (!(0.0 < etaminus && etaminus < 1.0 && 1.0 < etaplus)) {
+        static _Thread_local char msg[96];
+        char lo[40], hi[40];
+        snprintf(msg, sizeof msg, "Invalid eta values: %s, %s",
+                 py_float(lo, sizeof lo, etaminus), py_float(hi, sizeof hi, etaplus));
+        return msg;
+    }
+    C(RPROP, ETAMINUS) = etaminus;
+    C(RPROP, ETAPLUS) = etaplus;
+    C(RPROP, STEP_SIZE_MIN) = H(RPROP, STEP_SIZES0);
+    C(RPROP, STEP_SIZE_MAX) = H(RPROP, STEP_SIZES1);
+    a->opts = common(H(RPROP, MAXIMIZE), 0.0);
     return NULL;
 }
 

@@ -322,6 +322,39 @@ static void FO_NAME(adadelta_range)(const void *args, const fo_tensor *t,
     else FO_NAME(adadelta_body)(a, t, lo, hi, 0);
 }
 
+/* ---- Rprop (torch.optim.Rprop) --------------------------------------- */
+
+/* The factor comes from the sign of g * prev: etaplus where it is positive,
+ * etaminus where negative, 1 elsewhere (zero, and NaN as torch.sign(NaN) is
+ * 0).  Where the sign flipped the gradient counts as 0 for this step and
+ * becomes prev.  The clamp is min(max(s, lo), hi), torch's clamp: hi when
+ * lo > hi, NaN kept. */
+static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict prev = (FO_T *)t->s[FO_RPROP_S_PREV];
+    FO_T *restrict size = (FO_T *)t->s[FO_RPROP_S_STEP_SIZE];
+    const FO_T etaminus = FO_C(RPROP, ETAMINUS), etaplus = FO_C(RPROP, ETAPLUS);
+    const FO_T size_min = FO_C(RPROP, STEP_SIZE_MIN);
+    const FO_T size_max = FO_C(RPROP, STEP_SIZE_MAX);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
+        const FO_T d = gi * prev[i];
+        const FO_T eta = d > 0 ? etaplus : (d < 0 ? etaminus : (FO_T)1);
+        const FO_T si = size[i] * eta;
+        const FO_T up = si < size_min ? size_min : si;
+        const FO_T sc = up > size_max ? size_max : up;
+        const FO_T gz = d < 0 ? (FO_T)0 : gi;
+        size[i] = sc;
+        prev[i] = gz;
+        p[i] = p[i] - FO_NAME(sign)(gz) * sc;
+    }
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

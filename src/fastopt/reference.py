@@ -182,3 +182,30 @@ def adadelta(param, grad, square_avg, acc_delta, c):
     delta = np.sqrt(acc_delta + c.eps) / std * g
     acc_delta[...] = c.rho * acc_delta + c.one_minus_rho * (delta * delta)
     param[...] = param - c.lr * delta
+
+
+@_rule
+def rprop(param, grad, prev, step_size, c):
+    """Rprop, torch.optim.Rprop's: a step size per element, which starts at
+    lr (the caller fills step_size with it), scaled by the sign agreement
+    of successive gradients and clamped; where the sign flipped the
+    gradient counts as zero, for the update and as the next prev::
+
+        d = g * prev
+        eta = etaplus if d > 0 else etaminus if d < 0 else 1
+        s = step_size * eta
+        s = step_size_min if s < step_size_min else s
+        step_size = step_size_max if s > step_size_max else s
+        g = 0 if d < 0 else g;  prev = g
+        param = param - sign(g) * step_size
+    """
+    g = _start(param, grad, c)
+    t = param.dtype.type            # scalars rounded to the dtype, as the kernel does
+    lo, hi = t(c.step_size_min), t(c.step_size_max)
+    d = g * prev
+    eta = np.where(d > 0, t(c.etaplus), np.where(d < 0, t(c.etaminus), t(1)))
+    s = step_size * eta
+    s = np.where(s < lo, lo, s)
+    step_size[...] = np.where(s > hi, hi, s)
+    prev[...] = np.where(d < 0, t(0), g)
+    param[...] = param - np.sign(prev) * step_size

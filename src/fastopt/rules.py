@@ -281,6 +281,32 @@ RULES = {r.name: r for r in (
         states=(State("square_avg"), State("acc_delta")),
         coefficients=("lr", "rho", "one_minus_rho", "eps", "l2"),
         step=None),
+    Rule(
+        name="rprop", cls="Rprop", torch="torch.optim.Rprop",
+        source="Riedmiller & Braun, A Direct Adaptive Method for Faster "
+               "Backpropagation Learning: The RPROP Algorithm (1993); names, "
+               "defaults and semantics: torch.optim.Rprop",
+        doc="Rprop: a step size per element, grown while the gradient keeps "
+            "its sign and shrunk where it flips (torch.optim.Rprop); "
+            "step_size starts at lr.",
+        hypers=(Hyper("lr", 1e-2, "start value of every step size: the "
+                      "optimizer fills step_size with it, a functional "
+                      "caller must (a step never reads it)",
+                      label="learning rate"),
+                Hyper("etas", (0.5, 1.2),
+                      "(etaminus, etaplus): step size factors where the "
+                      "gradient flips its sign and where it keeps it; "
+                      "0 < etaminus < 1 < etaplus",
+                      check="pair", label="eta values"),
+                Hyper("step_sizes", (1e-6, 50),
+                      "(min, max): the bounds of every step size",
+                      check="pair", label="step size"),
+                MAXIMIZE),
+        states=(State("prev"), State("step_size", initial="lr")),
+        coefficients=("etaminus", "etaplus", "step_size_min", "step_size_max"),
+        step=None,
+        # the bench starts step_size at 0.1; torch must start there too
+        bench={"lr": 0.1}),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
