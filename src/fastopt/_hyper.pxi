@@ -165,7 +165,7 @@ cdef class _Rule:
     cdef int _state_error(self, int k, bint given, bint plural) except -1:
         name = self.slots[2 + k]
         if plural:   # the lists of a multi-tensor call
-            name = name[:-1] + "ies" if name.endswith("y") else name + "s"
+            name = name[:len(name) - 1] + "ies" if name.endswith("y") else name + "s"
         if self.when[k] < 0:
             raise ValueError(f"{name} is required")
         if not given:
