@@ -136,6 +136,7 @@ cdef class _Rule:
     cdef tuple kernel_hypers            # _Hyper, those the kernel takes
     cdef int nstates
     cdef int when[FO_MAX_STATES]        # h index making state k needed, -1: always
+    cdef bint init_from_group[FO_MAX_STATES]  # state k starts at a hyperparameter
     cdef tuple when_text                # "amsgrad=True", "momentum != 0", ...
     cdef int step_mode
     cdef int step_when
@@ -242,9 +243,11 @@ cdef _Rule _make_rule(int rid, object entry):
                         for s in entry.states)
     for k in range(FO_MAX_STATES):
         r.when[k] = -1
+        r.init_from_group[k] = False
     for k, s in enumerate(entry.states):
         if s.when is not None:
             r.when[k] = positions[s.when]
+        r.init_from_group[k] = isinstance(s.initial, str)
     r.step_mode, r.step_when, r.step_when_text = STEP_NONE, -1, None
     if entry.step == "required":
         r.step_mode = STEP_REQUIRED

@@ -218,7 +218,8 @@ cdef class Plan:
         # common case (every count equal), kept for run
         self.r.coefficients(self.h, self.steps[0] + 1, &self.args)
         for slot in range(self.r.nstates):
-            if self.buffers[slot] is None and self.r.needs(self.h, slot):
+            if self.r.needs(self.h, slot) and (self.buffers[slot] is None
+                                               or self.r.init_from_group[slot]):
                 self.init[slot] = self.r.initial(slot, self.group)
         if type(grads) is list:
             glist = <list>grads
@@ -305,6 +306,13 @@ cdef class Plan:
         for slot in range(r.nstates):
             if r.needs(self.h, slot) and self.buffers[slot] is None:
                 self.allocate(slot, self.init[slot])
+            elif r.needs(self.h, slot) and r.init_from_group[slot]:
+                # a start value from the group is the one of the parameter's
+                # first step, as torch makes state then (Rprop's step_size
+                # starts at the lr of that step)
+                for i in range(self.count):
+                    if self.present[i] and self.steps[i] == 0:
+                        self.views[slot][i].fill(self.init[slot])
         for i in range(self.count):
             for slot in range(FO_MAX_STATES):
                 self.work[i].s[slot] = (self.base[i].s[slot]
