@@ -12,7 +12,7 @@ import pytest
 
 from fastopt import FlatParams
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
-from test_state_machine import RefOptimizer, assert_same
+from test_state_machine import CLASS_RULE, RefOptimizer, assert_same
 
 CONFIGS = [
     (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
@@ -27,6 +27,12 @@ CONFIGS = [
     (Adagrad, dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1,
                    weight_decay=0.1)),
 ]
+# every other class of the table, with every state its rule has switched on
+CONFIGS += [(cls, {"lr": rule.hyper("lr").default,
+                   **{s.when: True if rule.hyper(s.when).check == "flag" else 0.5
+                      for s in rule.states if s.when is not None}})
+            for cls, rule in CLASS_RULE.items()
+            if cls not in {c for c, _ in CONFIGS}]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
 BAD = [np.nan, np.inf, -np.inf]
 SHAPES = {"W1": ((4, 3), np.float64), "b1": ((4,), np.float32),

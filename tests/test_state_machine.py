@@ -19,45 +19,43 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule)
 
+import fastopt
 from fastopt import reference
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
+from fastopt.rules import RULES
 
 # ---------------------------------------------------------------------------
 # The model
 
-# Per class: the state kinds a group's hyperparameters use, in the reference
-# rule's argument order (None: slot unused), and the call of the rule.
-MODEL = {
-    SGD: (lambda h: ["momentum_buffer" if h["momentum"] != 0 else None],
-          lambda p, g, s, t, h: reference.sgd(p, g, *s, step=t, **h)),
-    Momentum: (lambda h: ["velocity"],
-               lambda p, g, s, t, h: reference.momentum(p, g, *s, **h)),
-    RMSprop: (lambda h: ["square_avg", "grad_avg" if h["centered"] else None,
-                         "momentum_buffer" if h["momentum"] != 0 else None],
-              lambda p, g, s, t, h: reference.rmsprop(p, g, *s, **h)),
-    Adam: (lambda h: ["exp_avg", "exp_avg_sq",
-                      "max_exp_avg_sq" if h["amsgrad"] else None],
-           lambda p, g, s, t, h: reference.adam(p, g, *s, step=t, **h)),
-    Adagrad: (lambda h: ["sum"],
-              lambda p, g, s, t, h: reference.adagrad(
-                  p, g, *s, step=t, **{k: v for k, v in h.items()
-                                       if k != "initial_accumulator_value"})),
-}
-MODEL[AdamW] = MODEL[Adam]
-HYPER_NAMES = {
-    SGD: ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
-    Momentum: ("lr", "beta", "weight_decay", "maximize"),
-    RMSprop: ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
-    Adam: ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-           "decoupled_weight_decay"),
-    Adagrad: ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
-              "maximize"),
-}
-HYPER_NAMES[AdamW] = HYPER_NAMES[Adam]
+# From the rule table, per class: the state kinds a group's hyperparameters
+# use, in the reference rule's argument order (None: slot unused), the call
+# of the rule, and the group's hyperparameter names.
+
+def _model(rule):
+    kernel = [h.name for h in rule.kernel_hypers]
+
+    def kinds(h):
+        return [s.state_key if s.when is None or h[s.when] else None
+                for s in rule.states]
+
+    def call(p, g, s, t, h):
+        step = {} if rule.step is None else {"step": t}
+        getattr(reference, rule.name)(p, g, *s, **step, **{k: h[k] for k in kernel})
+    return kinds, call
+
+
+CLASS_RULE = {getattr(fastopt, name): rule for rule in RULES.values()
+              for name, *_ in rule.classes()}
+MODEL = {cls: _model(rule) for cls, rule in CLASS_RULE.items()}
+HYPER_NAMES = {cls: tuple(h.name for h in rule.hypers)
+               for cls, rule in CLASS_RULE.items()}
+_INITIAL = {s.state_key: s.initial for rule in RULES.values() for s in rule.states}
 
 
 def initial(h, kind):
-    return float(h.get("initial_accumulator_value", 0.0)) if kind == "sum" else 0.0
+    """A state's start value: a number, or a hyperparameter of the group."""
+    start = _INITIAL[kind]
+    return float(h[start]) if isinstance(start, str) else float(start)
 
 
 class RefOptimizer:
@@ -145,6 +143,11 @@ OPTIONS = [
     (AdamW, dict(lr=0.01, amsgrad=True)),
     (Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.2)),
 ]
+# every other class of the table, with every state its rule has switched on
+OPTIONS += [(cls, {s.when: True if rule.hyper(s.when).check == "flag" else 0.5
+                   for s in rule.states if s.when is not None})
+            for cls, rule in CLASS_RULE.items()
+            if cls not in {c for c, _ in OPTIONS}]
 # hyperparameters a rule may change between steps, with values to pick from
 CHANGES = {
     "lr": [0.0, 0.003, 0.05, 0.2],

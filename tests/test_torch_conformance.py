@@ -15,7 +15,9 @@ import itertools
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from fastopt.rules import RULES
 
 torch = pytest.importorskip("torch")
 
@@ -54,6 +56,33 @@ CASES = (
         lr_decay=[0, 0.01], weight_decay=[0, 0.1],
         initial_accumulator_value=[0, 0.1], maximize=[False, True])]
 )
+HAND_WRITTEN = len(CASES)
+
+
+def _table_cases():
+    """Every class of the table with a torch counterpart that the grid above
+    does not list: each flag on and off, weight decay off and on, at the
+    rule's defaults."""
+    listed = {cls.__name__ for cls, _, _ in CASES}
+    out = []
+    for rule in RULES.values():
+        if not rule.torch:
+            continue
+        for name, fixed, _, _ in rule.classes():
+            if name in listed:
+                continue
+            hypers = [h for h in rule.hypers if h.name not in fixed]
+            axes = {h.name: [False, True] for h in hypers if h.check == "flag"}
+            if any(h.name == "weight_decay" for h in hypers):
+                axes["weight_decay"] = [0, 0.1]
+            out += [(getattr(fastopt, name), getattr(torch.optim, name), c)
+                    for c in _grid(**axes)]
+    return out
+
+
+# a rule added to the table is compared with torch here without editing this file
+TABLE_CASES = _table_cases()
+CASES += TABLE_CASES
 
 
 def _case_id(case):
@@ -112,4 +141,5 @@ def test_matches_torch(case, dtype, impl):
 def test_every_case_is_distinct():
     ids = [_case_id(c) for c in CASES]
     assert len(ids) == len(set(ids))
-    assert len(CASES) == 20 + 16 + 16 + 8 + 16
+    assert HAND_WRITTEN == 20 + 16 + 16 + 8 + 16
+    assert len(CASES) == HAND_WRITTEN + len(TABLE_CASES)
