@@ -8,14 +8,15 @@ snapshots every array reachable from the call (and the buffers that views
 share) as bytes before the call and compares after.
 """
 import dataclasses
+import re
 from typing import Callable, Optional
 
 import numpy as np
-
-from conftest import many
 import pytest
 
 from fastopt import _core, functional
+from fastopt.rules import RULES
+from conftest import many
 
 N = 8
 F32 = np.float32
@@ -34,6 +35,21 @@ VALID = {
     "adagrad": (functional.adagrad, ("param", "grad", "state_sum"),
                 dict(lr=0.1, step=1)),
 }
+HAND_WRITTEN = tuple(VALID)
+
+
+def _switched_on(rule):
+    """Hyperparameters that make every state of the rule needed."""
+    hp = {s.when: True if rule.hyper(s.when).check == "flag" else 0.5
+          for s in rule.states if s.when is not None}
+    return {**hp, **({"step": 1} if rule.step is not None else {})}
+
+
+# every other rule of the table, with every state switched on
+VALID.update({name: (getattr(functional, name),
+                     ("param", "grad") + tuple(s.name for s in rule.states),
+                     _switched_on(rule))
+              for name, rule in RULES.items() if name not in VALID})
 STATES = {rule: names[2:] for rule, (_, names, _) in VALID.items()}
 WRITABLE = {rule: ("param",) + STATES[rule] for rule in VALID}
 ALL_SLOTS = {rule: names for rule, (_, names, _) in VALID.items()}
@@ -173,7 +189,7 @@ def _hp_cases():
         cases.append(Bad(f"{rule}-{label}", rule, exc, match,
                          hp={key: value, **more}))
 
-    for rule in VALID:
+    for rule in HAND_WRITTEN:
         for v in (-1.0, NAN, INF, -INF):
             bad(rule, "lr", v, ValueError, r"Invalid learning rate: .*\(lr must")
             bad(rule, "weight_decay", v, ValueError,
@@ -236,6 +252,26 @@ def _hp_cases():
     # Adagrad
     for v in (-0.1, NAN, INF):
         bad("adagrad", "lr_decay", v, ValueError, r"Invalid lr_decay value: .*\(lr_decay must")
+    # every other rule of the table, from its hyperparameters' checks
+    for name, rule in RULES.items():
+        if name in HAND_WRITTEN:
+            continue
+        for h in rule.kernel_hypers:
+            label = re.escape(h.label or h.name)
+            if h.check == "flag":
+                bad(name, h.name, 1, TypeError, rf"^{h.name} must be a bool, got int")
+            elif h.check == "pair":
+                bad(name, h.name, (h.lo - 1.0, h.default[1]), ValueError,
+                    rf"Invalid {label} at index 0: .*\({h.name}\[0\] must")
+                bad(name, h.name, (h.lo,), TypeError, rf"^{h.name} must be a pair")
+            else:
+                for v in (h.lo - 1.0, NAN, INF):
+                    bad(name, h.name, v, ValueError,
+                        rf"Invalid {label}: .*\({h.name} must be finite")
+                bad(name, h.name, "0.1", TypeError,
+                    rf"^{h.name} must be a real number, got str")
+        if rule.step == "required":
+            bad(name, "step", 0, ValueError, r"^step must be >= 1, got 0")
     return cases
 
 
@@ -279,6 +315,19 @@ def _state_cases():
             r"Nesterov momentum requires a momentum and zero dampening",
             hp=dict(nesterov=True, dampening=1e-20)),
     ]
+    # every other rule of the table: each state missing, and each optional
+    # one given while its option is off
+    for name, rule in RULES.items():
+        if name in HAND_WRITTEN:
+            continue
+        for st in rule.states:
+            cases.append(Bad(f"{name}-{st.name}-missing", name, ValueError,
+                             rf"^{st.name} is required", edit=_missing(st.name)))
+            if st.when is not None:
+                off = False if rule.hyper(st.when).check == "flag" else 0.0
+                cases.append(Bad(f"{name}-{st.name}-unused", name, ValueError,
+                                 rf"^{st.name} is given but not used",
+                                 hp={st.when: off}))
     return cases
 
 

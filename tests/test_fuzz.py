@@ -37,8 +37,6 @@ import tempfile
 import textwrap
 
 import numpy as np
-
-from conftest import many
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,6 +46,8 @@ from fastopt import _core, checkpoint, functional, lr_scheduler
 from fastopt.course import datasets, models
 import fastopt.course.data
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
+from fastopt.rules import RULES as TABLE
+from conftest import many
 
 # NumPy warns about deprecated dtype aliases ("a") that the junk draws
 pytestmark = pytest.mark.filterwarnings("ignore:Data type alias:DeprecationWarning")
@@ -260,6 +260,20 @@ RULES = {
     "adagrad": (("state_sum",), dict(lr=0.01, lr_decay=0.0, weight_decay=0.0,
                                      eps=1e-10, maximize=False), True),
 }
+
+
+def _switched_on(rule, kernel_only):
+    """The rule's defaults with every state's option switched on."""
+    hp = {h.name: h.default for h in rule.hypers if h.kernel or not kernel_only}
+    hp.update({s.when: True if rule.hyper(s.when).check == "flag" else 0.5
+               for s in rule.states if s.when is not None})
+    return hp
+
+
+# every other rule of the table
+RULES.update({name: (tuple(s.name for s in rule.states), _switched_on(rule, True),
+                     rule.step is not None)
+              for name, rule in TABLE.items() if name not in RULES})
 STEPS = st.one_of(st.integers(1, 5), st.integers(-2, 2 ** 64), st.sampled_from(
     [2 ** 62 - 1, 2 ** 62, 2 ** 62 + 1, 2 ** 63, 1.0, True, np.int64(3), None, "1"]))
 SHAPES = st.sampled_from([(0,), (1,), (3,), (2, 3), (17,), (1, 1), (4, 1, 2)])
@@ -425,6 +439,11 @@ CLASSES = {
     Adagrad: dict(lr=0.01, lr_decay=0.01, weight_decay=0.0, initial_accumulator_value=0.1,
                   eps=1e-10, maximize=False),
 }
+# every other class of the table
+CLASSES.update({getattr(fastopt, name): {k: v for k, v in _switched_on(rule, False).items()
+                                         if k not in fixed}
+                for rule in TABLE.values() for name, fixed, *_ in rule.classes()
+                if getattr(fastopt, name) not in CLASSES})
 CLASS_IDS = [c.__name__ for c in CLASSES]
 
 

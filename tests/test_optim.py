@@ -8,8 +8,10 @@ import threading
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt import optim, reference
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
+from fastopt.rules import RULES
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -51,24 +53,49 @@ def _sgd_kinds(h):
 
 
 REFERENCE = {
-    SGD: (_sgd_kinds, lambda h: 0.0,
+    SGD: (_sgd_kinds, lambda h, kind: 0.0,
           lambda p, g, s, t, h: reference.sgd(p, g, *s, step=t, **h)),
-    Momentum: (lambda h: ["velocity"], lambda h: 0.0,
+    Momentum: (lambda h: ["velocity"], lambda h, kind: 0.0,
                lambda p, g, s, t, h: reference.momentum(p, g, *s, **h)),
     RMSprop: (lambda h: ["square_avg", "grad_avg" if h["centered"] else None,
                          "momentum_buffer" if h["momentum"] else None],
-              lambda h: 0.0,
+              lambda h, kind: 0.0,
               lambda p, g, s, t, h: reference.rmsprop(p, g, *s, **h)),
     Adam: (lambda h: ["exp_avg", "exp_avg_sq",
                       "max_exp_avg_sq" if h["amsgrad"] else None],
-           lambda h: 0.0,
+           lambda h, kind: 0.0,
            lambda p, g, s, t, h: reference.adam(p, g, *s, step=t, **h)),
-    Adagrad: (lambda h: ["sum"], lambda h: h["initial_accumulator_value"],
+    Adagrad: (lambda h: ["sum"], lambda h, kind: h["initial_accumulator_value"],
               lambda p, g, s, t, h: reference.adagrad(
                   p, g, *s, step=t, **{k: v for k, v in h.items()
                                        if k != "initial_accumulator_value"})),
 }
 REFERENCE[AdamW] = REFERENCE[Adam]
+
+
+def _from_table(rule):
+    """(kinds, initial, call) of a rule of the table, as REFERENCE holds."""
+    kernel = [h.name for h in rule.kernel_hypers]
+    starts = {s.state_key: s.initial for s in rule.states}
+
+    def kinds(h):
+        return [s.state_key if s.when is None or h[s.when] else None
+                for s in rule.states]
+
+    def initial(h, kind=None):
+        start = starts[kind] if kind else 0.0
+        return float(h[start]) if isinstance(start, str) else float(start)
+
+    def call(p, g, s, t, h):
+        step = {} if rule.step is None else {"step": t}
+        getattr(reference, rule.name)(p, g, *s, **step, **{k: h[k] for k in kernel})
+    return kinds, initial, call
+
+
+# every other class of the table
+REFERENCE.update({getattr(fastopt, name): _from_table(rule)
+                  for rule in RULES.values() for name, *_ in rule.classes()
+                  if getattr(fastopt, name) not in REFERENCE})
 
 
 class _Reference:
@@ -90,7 +117,7 @@ class _Reference:
             states = []
             for kind in self.kinds(h):
                 if kind is not None and kind not in self.state[i]:
-                    self.state[i][kind] = np.full_like(p, self.initial(h))
+                    self.state[i][kind] = np.full_like(p, self.initial(h, kind))
                 states.append(None if kind is None else self.state[i][kind])
             self.steps[i] += 1
             self.rule(p, g, states, self.steps[i], h)
@@ -142,6 +169,15 @@ CONFIGS = (
                                    initial_accumulator_value=[0, 0.1],
                                    maximize=[False, True])]
 )
+# every other class of the table: each flag on and off at its defaults, with
+# every state's option on
+CONFIGS += tuple(
+    (cls, {**{s.when: True if rule.hyper(s.when).check == "flag" else 0.5
+              for s in rule.states if s.when is not None}, **c})
+    for cls, rule in ((getattr(fastopt, name), rule) for rule in RULES.values()
+                      for name, *_ in rule.classes())
+    if cls not in {c for c, _ in CONFIGS}
+    for c in _grid(**{h.name: [False, True] for h in rule.hypers if h.check == "flag"}))
 
 
 def _config_id(case):

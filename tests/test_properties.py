@@ -6,6 +6,8 @@ NaN, in the gradient, the parameter and the state arrays alike; states start
 anywhere (a negative square average makes both sides NaN).  The SIMD level
 and the thread count (with the parallel threshold at 1) are drawn too.
 """
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastopt
 from fastopt import _core
+from fastopt.rules import RULES
 
 LEVELS = [lvl for lvl, (compiled, supported) in _core.simd_levels().items()
           if compiled and supported]
@@ -80,6 +83,24 @@ HYPERPARAMS = {
         lr=nonneg, lr_decay=nonneg, weight_decay=nonneg, eps=nonneg,
         maximize=flag)),
 }
+
+
+def _strategy(h):
+    """Any valid value of a hyperparameter of the table.  A pair stays at
+    its default: its elements may be constrained together (Rprop's etas)."""
+    if h.check == "flag":
+        return flag
+    if h.check == "pair":
+        return st.just(h.default)
+    if h.hi == math.inf:
+        return nonneg if h.lo == 0 else st.floats(h.lo, 1e300)
+    return st.floats(h.lo, h.hi, exclude_max=not h.closed)
+
+
+# every other rule of the table
+HYPERPARAMS.update({
+    name: st.fixed_dictionaries({h.name: _strategy(h) for h in rule.kernel_hypers})
+    for name, rule in RULES.items() if name not in HYPERPARAMS})
 
 sizes = st.one_of(st.integers(0, 20), st.sampled_from([31, 64, 65, 127, 128,
                                                        129, 200, 257]))

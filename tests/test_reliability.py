@@ -11,8 +11,10 @@ import threading
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt import FlatParams
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
+from fastopt.rules import RULES
 
 CLASSES = [
     (SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
@@ -22,6 +24,10 @@ CLASSES = [
     (AdamW, dict()),
     (Adagrad, dict(lr_decay=0.01, initial_accumulator_value=0.1)),
 ]
+# every other class of the table, at its defaults
+CLASSES += [(getattr(fastopt, name), dict()) for rule in RULES.values()
+            for name, *_ in rule.classes()
+            if getattr(fastopt, name) not in {c for c, _ in CLASSES}]
 
 
 def _rss_bytes():

@@ -4,14 +4,13 @@ import sys
 import threading
 
 import numpy as np
-
-from conftest import many
 import pytest
 
 import fastopt
 from fastopt import _core
 from fastopt import functional as F
 from fastopt import reference as R
+from conftest import many
 
 
 def _rss_bytes():
