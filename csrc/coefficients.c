@@ -164,6 +164,19 @@ static const char *rprop(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+static const char *adamax(const double *h, long long step, fo_args *a)
+{
+    const double beta1 = H(ADAMAX, BETAS0);
+    C(ADAMAX, CLR) = H(ADAMAX, LR) / fo_bias_correction(beta1, step);
+    C(ADAMAX, BETA1) = beta1;
+    C(ADAMAX, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(ADAMAX, BETA2) = H(ADAMAX, BETAS1);
+    C(ADAMAX, EPS) = H(ADAMAX, EPS);
+    C(ADAMAX, L2) = H(ADAMAX, WEIGHT_DECAY);
+    a->opts = common(H(ADAMAX, MAXIMIZE), C(ADAMAX, L2));
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

@@ -355,6 +355,49 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
     }
 }
 
+/* ---- Adamax (torch.optim.Adamax) ------------------------------------- */
+
+/* |x| as numpy.abs: the sign bit cleared, of a zero and a NaN too */
+FO_INLINE FO_T FO_NAME(abs)(FO_T x)
+{
+    return _Generic(x, float: fabsf, default: fabs)(x);
+}
+
+/* eps is added to |g| inside the maximum, not to the denominator */
+FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
+                                    size_t lo, size_t hi, const int has_l2)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_ADAMAX_S_EXP_AVG];
+    FO_T *restrict u = (FO_T *)t->s[FO_ADAMAX_S_EXP_INF];
+    const FO_T clr = FO_C(ADAMAX, CLR), eps = FO_C(ADAMAX, EPS);
+    const FO_T beta1 = FO_C(ADAMAX, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADAMAX, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADAMAX, BETA2), l2 = FO_C(ADAMAX, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
+        const FO_T decayed = beta2 * u[i], norm = FO_NAME(abs)(gi) + eps;
+        /* maxnan(decayed, norm) as two selects, the NaN test last: inlined
+         * here, maxnan's nested form leaves a branch gcc does not vectorise */
+        const FO_T larger = decayed >= norm ? decayed : norm;
+        const FO_T ui = decayed != decayed ? decayed : larger;
+        m[i] = mi;
+        u[i] = ui;
+        p[i] = p[i] - clr * (mi / ui);
+    }
+}
+
+static void FO_NAME(adamax_range)(const void *args, const fo_tensor *t,
+                                  size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_L2) FO_NAME(adamax_body)(a, t, lo, hi, 1);
+    else FO_NAME(adamax_body)(a, t, lo, hi, 0);
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

@@ -209,3 +209,18 @@ def rprop(param, grad, prev, step_size, c):
     step_size[...] = np.where(s > hi, hi, s)
     prev[...] = np.where(d < 0, t(0), g)
     param[...] = param - np.sign(prev) * step_size
+
+
+@_rule
+def adamax(param, grad, exp_avg, exp_inf, c):
+    """Adamax, with clr = lr / (1 - beta1^t) and eps inside the maximum
+    (NaN from either side propagates)::
+
+        m = beta1 * m + one_minus_beta1 * g
+        u = maximum(beta2 * u, abs(g) + eps)
+        param = param - clr * (m / u)
+    """
+    g = _start(param, grad, c)
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_inf[...] = np.maximum(c.beta2 * exp_inf, np.abs(g) + c.eps)
+    param[...] = param - c.clr * (exp_avg / exp_inf)

@@ -307,6 +307,18 @@ RULES = {r.name: r for r in (
         step=None,
         # the bench starts step_size at 0.1; torch must start there too
         bench={"lr": 0.1}),
+    Rule(
+        name="adamax", cls="Adamax", torch="torch.optim.Adamax",
+        source="Kingma & Ba 2015, section 7.1; names and defaults: "
+               "torch.optim.Adamax",
+        doc="Adamax: Adam with the infinity norm in place of the second "
+            "moment (torch.optim.Adamax).",
+        hypers=(_lr(2e-3), BETAS,
+                Hyper("eps", 1e-8, "added to |g| inside the maximum",
+                      label="epsilon value"),
+                _weight_decay(), MAXIMIZE),
+        states=(State("exp_avg"), State("exp_inf")),
+        coefficients=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "l2")),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
