@@ -20,47 +20,24 @@ the step count) are tests of their own.  Kernel parity on every level and
 thread count comes from the rule table (tests/test_kernels.py).
 """
 import inspect
-import itertools
 
 import numpy as np
 import pytest
 
 import fastopt
+from conformance import IMPLS, STEPS, check_against_torch, grid, problem
 
 torch = pytest.importorskip("torch")
 
-STEPS = 50
-RTOL = {np.float64: 1e-10, np.float32: 1e-5}
-SHAPES = [(4, 3), (3,), (2, 2, 2)]
-IMPLS = {"for-loop": {"foreach": False}, "default": {}}
 TORCH_ONLY = {"foreach", "differentiable", "capturable"}
 FASTOPT_ONLY = {"skip_nonfinite"}
 
 
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-
-
-CONFIGS = _grid(weight_decay=[0, 0.1], maximize=[False, True])
+CONFIGS = grid(weight_decay=[0, 0.1], maximize=[False, True])
 
 
 def _config_id(config):
     return "-".join(f"{k}={v}" for k, v in config.items())
-
-
-def _problem(dtype):
-    rng = np.random.default_rng(1234)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
-    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
-             for _ in range(STEPS)]
-    return params, curvature, noise
-
-
-def _assert_close(actual, desired, rtol, what):
-    np.testing.assert_allclose(actual, desired, rtol=rtol,
-                               atol=rtol * np.abs(desired).max(), err_msg=what)
 
 
 def _torch_steps(params, grads, **hp):
@@ -81,31 +58,12 @@ def _torch_steps(params, grads, **hp):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=[_config_id(c) for c in CONFIGS])
 def test_matches_torch(config, dtype, impl):
-    params, curvature, noise = _problem(dtype)
-    ours = [p.copy() for p in params]
-    theirs = [torch.tensor(p.copy()) for p in params]
-    opt = fastopt.Adamax(ours, lr=0.01, **config)
-    topt = torch.optim.Adamax(theirs, lr=0.01, **config, **IMPLS[impl])
-    for t in range(STEPS):
-        opt.step([c * p + n for c, p, n in zip(curvature, ours, noise[t])])
-        for p, c, n in zip(theirs, curvature, noise[t]):
-            p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
-        topt.step()
-    rtol = RTOL[dtype]
+    opt, topt = check_against_torch(fastopt.Adamax, torch.optim.Adamax,
+                                    dict(lr=0.01, **config), dtype, impl)
     state = opt.state_dict()["state"]
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a.dtype == dtype
-        _assert_close(a, b.detach().numpy(), rtol, f"param {i}")
-        torch_state = topt.state[b]
+    for i, torch_state in enumerate(topt.state.values()):
         assert set(torch_state) == {"step", "exp_avg", "exp_inf"}
         assert set(state[i]) == set(torch_state)
-        for name, value in torch_state.items():
-            if name == "step":
-                assert state[i]["step"] == int(value) == STEPS
-                continue
-            mine = state[i][name]
-            assert mine.dtype == dtype
-            _assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
 
 
 def test_every_config_is_distinct():
@@ -234,7 +192,7 @@ def test_defaults_are_torchs():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_checkpoint_round_trip_continues_bit_for_bit(dtype):
-    params, curvature, noise = _problem(dtype)
+    params, curvature, noise = problem(dtype)
     ours = [p.copy() for p in params]
     opt = fastopt.Adamax(ours, lr=0.01, weight_decay=0.1, maximize=True)
 

@@ -15,31 +15,22 @@ flipped, step sizes clamped to step_sizes), torch's defaults and eta check,
 and a checkpoint round trip.  Kernel parity on every SIMD level and thread
 count comes from the rule table (tests/test_kernels.py)."""
 import inspect
-import itertools
 
 import numpy as np
 import pytest
 
 import fastopt
 from fastopt import functional, reference
+from conformance import IMPLS, STEPS, check_against_torch, grid, problem
 
 torch = pytest.importorskip("torch")
 
-STEPS = 50
-RTOL = {np.float64: 1e-10, np.float32: 1e-5}
-SHAPES = [(4, 3), (3,), (2, 2, 2)]
-IMPLS = {"for-loop": {"foreach": False}, "default": {}}
-
-
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 # every flag (maximize) on and off, at torch's defaults, with step sizes that
 # both bounds clamp, with other etas, and with bounds given the wrong way
 # round (torch's clamp then gives the upper bound)
-CONFIGS = _grid(
+CONFIGS = grid(
     hyper=[{}, {"step_sizes": (1e-3, 0.05)}, {"lr": 0.1, "etas": (0.3, 1.5)},
            {"step_sizes": (0.02, 0.01)}],
     maximize=[False, True])
@@ -48,20 +39,6 @@ CONFIGS = _grid(
 def _config_id(c):
     shown = [f"{k}={v}" for k, v in c["hyper"].items()] or ["defaults"]
     return "-".join(shown + (["maximize"] if c["maximize"] else []))
-
-
-def _problem(dtype):
-    rng = np.random.default_rng(1234)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
-    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
-             for _ in range(STEPS)]
-    return params, curvature, noise
-
-
-def _assert_close(actual, desired, rtol, what):
-    np.testing.assert_allclose(actual, desired, rtol=rtol,
-                               atol=rtol * np.abs(desired).max(), err_msg=what)
 
 
 def _grads(curvature, params, noise):
@@ -73,35 +50,17 @@ def _grads(curvature, params, noise):
 @pytest.mark.parametrize("config", CONFIGS, ids=[_config_id(c) for c in CONFIGS])
 def test_matches_torch(config, dtype, impl):
     kw = dict(config["hyper"], maximize=config["maximize"])
-    params, curvature, noise = _problem(dtype)
-    ours = [p.copy() for p in params]
-    theirs = [torch.tensor(p.copy()) for p in params]
-    opt = fastopt.Rprop(ours, **kw)
-    topt = torch.optim.Rprop(theirs, **kw, **IMPLS[impl])
-    flips = 0
-    for t in range(STEPS):
-        before = [s["prev"].copy() for s in opt.state_dict()["state"].values()]
-        grads = _grads(curvature, ours, noise[t])
-        flips += sum(int(np.sum(g * b < 0)) for g, b in zip(grads, before))
-        opt.step(grads)
-        for p, c, n in zip(theirs, curvature, noise[t]):
-            p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
-        topt.step()
-    assert flips > 0   # the trajectory exercises the sign-flip branch
-    rtol = RTOL[dtype]
-    state = opt.state_dict()["state"]
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a.dtype == dtype
-        _assert_close(a, b.detach().numpy(), rtol, f"param {i}")
-        torch_state = topt.state[b]
+    flips = []
+
+    def count_flips(opt, grads):
+        prev = [s["prev"] for s in opt.state_dict()["state"].values()]
+        flips.extend(int(np.sum(g * b < 0)) for g, b in zip(grads, prev))
+
+    opt, topt = check_against_torch(fastopt.Rprop, torch.optim.Rprop, kw, dtype,
+                                    impl, before_step=count_flips)
+    assert sum(flips) > 0   # the trajectory exercises the sign-flip branch
+    for torch_state in topt.state.values():
         assert set(torch_state) == {"step", "prev", "step_size"}
-        for name, value in torch_state.items():
-            if name == "step":
-                assert state[i]["step"] == int(value) == STEPS
-                continue
-            mine = state[i][name]
-            assert mine.dtype == dtype
-            _assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
 
 
 # ---------------------------------------------------------------------------
@@ -279,7 +238,7 @@ def test_checkpoint_round_trip(dtype):
     """state_dict in the middle of a run, loaded into a fresh optimizer over
     copies of the parameters: the continuation has the same bits as the
     run that went on."""
-    params, curvature, noise = _problem(dtype)
+    params, curvature, noise = problem(dtype)
     ours = [p.copy() for p in params]
     opt = fastopt.Rprop(ours, lr=0.02, step_sizes=(1e-4, 0.5))
     for t in range(STEPS // 2):

@@ -1,0 +1,73 @@
+"""The comparison with torch.optim that every conformance test runs.
+
+Both sides start from the same NumPy data and take gradients of the same
+quadratic-plus-noise loss, each from its own parameters, so rounding
+differences would grow if the rules differed.  Parameters and every torch
+state must match within rtol 1e-10 (float64) or 1e-5 (float32).  An element
+that cancels to near zero (a momentum buffer crossing zero) carries the
+absolute error of the tensor's large elements, so each comparison also
+allows rtol times the tensor's largest magnitude as absolute error.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+STEPS = 50
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}
+SHAPES = [(4, 3), (3,), (2, 2, 2)]
+# torch's single-tensor code, and its default (foreach on CPU tensors)
+IMPLS = {"for-loop": {"foreach": False}, "default": {}}
+
+
+def grid(**axes):
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def problem(dtype):
+    """Start parameters, curvatures and per-step noise, fixed by a seed."""
+    rng = np.random.default_rng(1234)
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
+    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
+             for _ in range(STEPS)]
+    return params, curvature, noise
+
+
+def assert_close(actual, desired, rtol, what):
+    np.testing.assert_allclose(actual, desired, rtol=rtol,
+                               atol=rtol * np.abs(desired).max(), err_msg=what)
+
+
+def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None):
+    """Run both over STEPS steps and compare parameters, every torch state
+    and the step counts; return fastopt's optimizer and torch's.
+    ``before_step(opt, grads)`` sees each step's gradients first."""
+    torch = pytest.importorskip("torch")
+    params, curvature, noise = problem(dtype)
+    ours = [p.copy() for p in params]
+    theirs = [torch.tensor(p.copy()) for p in params]
+    opt = cls(ours, **config)
+    topt = torch_cls(theirs, **config, **IMPLS[impl])
+    for t in range(STEPS):
+        grads = [c * p + n for c, p, n in zip(curvature, ours, noise[t])]
+        if before_step is not None:
+            before_step(opt, grads)
+        opt.step(grads)
+        for p, c, n in zip(theirs, curvature, noise[t]):
+            p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
+        topt.step()
+    rtol = RTOL[dtype]
+    state = opt.state_dict()["state"]
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.dtype == dtype
+        assert_close(a, b.detach().numpy(), rtol, f"param {i}")
+        for name, value in topt.state[b].items():
+            if name == "step":
+                assert state[i]["step"] == int(value) == STEPS
+                continue
+            mine = state[i][name]
+            assert mine.dtype == dtype
+            assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
+    return opt, topt
