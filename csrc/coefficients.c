@@ -177,6 +177,40 @@ static const char *adamax(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+/* rho_inf = 2 / (1 - beta2) - 1 and rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t),
+ * in torch's order of operations so the per-step choice is torch's.  Above
+ * rho_t = 5 (torch's threshold; the paper has 4) the step is rectified by
+ * rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+ * with the adaptive rate sqrt(1 - beta2^t) / (sqrt(v) + eps); below it, the
+ * step is the bias-corrected momentum alone. */
+static const char *radam(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(RADAM, LR), wd = H(RADAM, WEIGHT_DECAY);
+    const double beta1 = H(RADAM, BETAS0), beta2 = H(RADAM, BETAS1);
+    const int decoupled = H(RADAM, DECOUPLED_WEIGHT_DECAY) != 0.0;
+    const double bc2 = fo_bias_correction(beta2, step);
+    const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * (double)step * fo_power(beta2, step) / bc2;
+    const int rectified = rho_t > 5.0;
+    double step_size = fo_adam_step_size(lr, beta1, step);
+    if (rectified) {
+        const double rect = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+        step_size *= rect * sqrt(bc2);
+    }
+    C(RADAM, STEP_SIZE) = step_size;
+    C(RADAM, BETA1) = beta1;
+    C(RADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(RADAM, BETA2) = beta2;
+    C(RADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(RADAM, EPS) = H(RADAM, EPS);
+    C(RADAM, L2) = decoupled ? 0.0 : wd;
+    C(RADAM, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
+    a->opts = common(H(RADAM, MAXIMIZE), C(RADAM, L2))
+              | (rectified ? FO_RADAM_O_RECTIFIED : 0u);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

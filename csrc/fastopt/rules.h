@@ -398,6 +398,59 @@ static void FO_NAME(adamax_range)(const void *args, const fo_tensor *t,
     else FO_NAME(adamax_body)(a, t, lo, hi, 0);
 }
 
+/* ---- RAdam (torch.optim.RAdam) -------------------------------------- */
+
+/* Whether a step is rectified depends on the step alone (rho_t > 5), so it is
+ * an option bit: each branch is its own loop.  step_size holds lr over the
+ * first moment's bias correction, times rect * sqrt(1 - beta2^t) when
+ * rectified; eps is added to the uncorrected root, as torch does.  v is
+ * updated on every step, whichever branch. */
+FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
+                                   size_t lo, size_t hi, const int has_l2,
+                                   const int rectified)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_RADAM_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_RADAM_S_EXP_AVG_SQ];
+    const FO_T step_size = FO_C(RADAM, STEP_SIZE);
+    const FO_T beta1 = FO_C(RADAM, BETA1);
+    const FO_T one_minus_beta1 = FO_C(RADAM, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(RADAM, BETA2);
+    const FO_T one_minus_beta2 = FO_C(RADAM, ONE_MINUS_BETA2);
+    const FO_T eps = FO_C(RADAM, EPS), decay = FO_C(RADAM, DECAY);
+    const FO_T l2 = FO_C(RADAM, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T pi = p[i] * decay;
+        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        if (rectified)
+            p[i] = pi - step_size * (mi / (FO_SQRT(vi) + eps));
+        else
+            p[i] = pi - step_size * mi;
+    }
+}
+
+static void FO_NAME(radam_range)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, R = FO_RADAM_O_RECTIFIED };
+#define FO_RADAM(l2, r) FO_NAME(radam_body)(a, t, lo, hi, l2, r); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:       FO_RADAM(0, 0);
+    case R:       FO_RADAM(0, 1);
+    case L2:      FO_RADAM(1, 0);
+    case L2 | R:  FO_RADAM(1, 1);
+    default: FO_RADAM(!!(a->opts & L2), !!(a->opts & R));
+    }
+#undef FO_RADAM
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

@@ -224,3 +224,25 @@ def adamax(param, grad, exp_avg, exp_inf, c):
     exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
     exp_inf[...] = np.maximum(c.beta2 * exp_inf, np.abs(g) + c.eps)
     param[...] = param - c.clr * (exp_avg / exp_inf)
+
+
+@_rule
+def radam(param, grad, exp_avg, exp_avg_sq, c):
+    """RAdam; decoupled decay as in adam (decay = 1 - lr * wd, l2 = 0).
+    Whether the step is rectified (rho_t > 5) is decided per step; step_size
+    is lr / (1 - beta1^t), times rect * sqrt(1 - beta2^t) when rectified::
+
+        p = param * decay
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        param = p - step_size * (m / (sqrt(v) + eps))     (rectified)
+        param = p - step_size * m                         (otherwise)
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    if c.rectified:
+        param[...] = p - c.step_size * (exp_avg / (np.sqrt(exp_avg_sq) + c.eps))
+    else:
+        param[...] = p - c.step_size * exp_avg

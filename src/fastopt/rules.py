@@ -319,6 +319,23 @@ RULES = {r.name: r for r in (
                 _weight_decay(), MAXIMIZE),
         states=(State("exp_avg"), State("exp_inf")),
         coefficients=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "l2")),
+    Rule(
+        name="radam", cls="RAdam", torch="torch.optim.RAdam",
+        source="Liu et al., On the Variance of the Adaptive Learning Rate and "
+               "Beyond (2020); names, defaults and the rho_t > 5 threshold: "
+               "torch.optim.RAdam",
+        doc="RAdam: Adam whose adaptive step is rectified by the variance of "
+            "its learning rate, and plain bias-corrected momentum while that "
+            "variance is intractable (torch.optim.RAdam).",
+        hypers=(_lr(1e-3), BETAS, _eps(1e-8), _weight_decay(),
+                Hyper("decoupled_weight_decay", False,
+                      "decay the parameter instead of adding to the gradient",
+                      check="flag"),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("step_size", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "eps", "l2", "decay"),
+        options=("rectified",)),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
