@@ -18,32 +18,23 @@ it the step is bias-corrected momentum alone), torch's defaults, and a
 checkpoint round trip.  Kernel parity on every SIMD level and thread count
 comes from the rule table (tests/test_kernels.py)."""
 import inspect
-import itertools
 
 import numpy as np
 import pytest
 
 import fastopt
 from fastopt import _core, functional, reference
+from conformance import IMPLS, RTOL, STEPS, assert_close, grid, problem
 
 torch = pytest.importorskip("torch")
 
-STEPS = 50
-RTOL = {np.float64: 1e-10, np.float32: 1e-5}
-SHAPES = [(4, 3), (3,), (2, 2, 2)]
-IMPLS = {"for-loop": {"foreach": False}, "default": {}}
-
-
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 # every flag on and off and weight decay off and on, at torch's betas
 # (rectified from step 6), at beta2 = 0.9 (from step 6, with a shorter
 # memory) and with betas (0.8, 0.8) (from step 7), and with an eps that
 # shows it is added to the uncorrected root
-CONFIGS = _grid(
+CONFIGS = grid(
     hyper=[{}, {"betas": (0.9, 0.9)}, {"betas": (0.8, 0.8)}, {"eps": 1e-2}],
     weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True],
     maximize=[False, True])
@@ -62,20 +53,6 @@ def _kwargs(config):
                 maximize=config["maximize"])
 
 
-def _problem(dtype):
-    rng = np.random.default_rng(1234)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
-    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
-             for _ in range(STEPS)]
-    return params, curvature, noise
-
-
-def _assert_close(actual, desired, rtol, what):
-    np.testing.assert_allclose(actual, desired, rtol=rtol,
-                               atol=rtol * np.abs(desired).max(), err_msg=what)
-
-
 def _grads(curvature, params, noise):
     return [c * p + n for c, p, n in zip(curvature, params, noise)]
 
@@ -83,7 +60,7 @@ def _grads(curvature, params, noise):
 def _run_both(kw, dtype, impl, steps):
     """fastopt.RAdam and torch.optim.RAdam over `steps` steps of the same
     problem: (ours, fastopt optimizer, theirs, torch optimizer)."""
-    params, curvature, noise = _problem(dtype)
+    params, curvature, noise = problem(dtype)
     ours = [p.copy() for p in params]
     theirs = [torch.tensor(p.copy()) for p in params]
     opt = fastopt.RAdam(ours, **kw)
@@ -101,7 +78,7 @@ def _assert_matches(ours, opt, theirs, topt, dtype, steps):
     state = opt.state_dict()["state"]
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert a.dtype == dtype
-        _assert_close(a, b.detach().numpy(), rtol, f"param {i} after {steps} steps")
+        assert_close(a, b.detach().numpy(), rtol, f"param {i} after {steps} steps")
         torch_state = topt.state[b]
         assert set(torch_state) == {"step", "exp_avg", "exp_avg_sq"}
         for name, value in torch_state.items():
@@ -110,7 +87,7 @@ def _assert_matches(ours, opt, theirs, topt, dtype, steps):
                 continue
             mine = state[i][name]
             assert mine.dtype == dtype
-            _assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
+            assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -230,7 +207,7 @@ def test_switch_step_follows_rho_t_above_5(beta2, first):
 def test_switch_step_matches_torch_step_by_step(beta2, dtype):
     """Around the switch, fastopt and torch's single-tensor code agree after
     every step: the branch of each step is torch's."""
-    params, curvature, noise = _problem(dtype)
+    params, curvature, noise = problem(dtype)
     ours = [p.copy() for p in params]
     theirs = [torch.tensor(p.copy()) for p in params]
     kw = dict(lr=0.05, betas=(0.9, beta2))
@@ -243,7 +220,7 @@ def test_switch_step_matches_torch_step_by_step(beta2, dtype):
             p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
         topt.step()
         for i, (a, b) in enumerate(zip(ours, theirs)):
-            _assert_close(a, b.detach().numpy(), RTOL[dtype],
+            assert_close(a, b.detach().numpy(), RTOL[dtype],
                           f"param {i} after step {t + 1}")
         assert any(not np.array_equal(a, b) for a, b in zip(ours, before))
 
@@ -321,7 +298,7 @@ def test_checkpoint_round_trip(dtype):
     on."""
     kw = dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True)
     for stop in (3, STEPS // 2):
-        params, curvature, noise = _problem(dtype)
+        params, curvature, noise = problem(dtype)
         ours = [p.copy() for p in params]
         opt = fastopt.RAdam(ours, **kw)
         for t in range(stop):
