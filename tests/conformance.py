@@ -8,6 +8,7 @@ that cancels to near zero (a momentum buffer crossing zero) carries the
 absolute error of the tensor's large elements, so each comparison also
 allows rtol times the tensor's largest magnitude as absolute error.
 """
+import copy
 import itertools
 
 import numpy as np
@@ -71,3 +72,39 @@ def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None):
             assert mine.dtype == dtype
             assert_close(mine, value.numpy(), rtol, f"{name} of param {i}")
     return opt, topt
+
+
+def check_resume(cls, config, dtype, stop, fresh_config=None):
+    """A state_dict taken after ``stop`` steps and loaded into a fresh
+    optimizer (made with ``fresh_config``, which the checkpoint overrides)
+    over copies of the parameters: the continuation has the same bits as the
+    run that went on, parameters, states, step counts and hyperparameters."""
+    params, curvature, noise = problem(dtype)
+    ours = [p.copy() for p in params]
+    opt = cls(ours, **config)
+
+    def grads(ps, t):
+        return [c * p + n for c, p, n in zip(curvature, ps, noise[t])]
+
+    for t in range(stop):
+        opt.step(grads(ours, t))
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = [p.copy() for p in ours]
+    fresh = cls(resumed, **(fresh_config or {}))
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0].keys() == opt.param_groups[0].keys()
+    assert all(fresh.param_groups[0][k] == v for k, v in opt.param_groups[0].items()
+               if k != "params")
+    for t in range(stop, STEPS):
+        opt.step(grads(ours, t))
+        fresh.step(grads(resumed, t))
+    for a, b in zip(ours, resumed):
+        assert a.tobytes() == b.tobytes()
+    want, got = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert want.keys() == got.keys()
+    for i in want:
+        assert want[i].keys() == got[i].keys()
+        assert want[i]["step"] == got[i]["step"] == STEPS
+        for key in want[i].keys() - {"step"}:
+            assert got[i][key].dtype == dtype
+            assert got[i][key].tobytes() == want[i][key].tobytes(), (i, key)

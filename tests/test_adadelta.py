@@ -10,7 +10,6 @@ tensor's largest magnitude as absolute error (tests/test_torch_conformance.py).
 The traps: eps sits inside both square roots, and acc_delta takes the new
 delta after the step.  Kernel parity on every level and thread count comes
 from the rule table (tests/test_kernels.py)."""
-import copy
 import inspect
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 
 import fastopt
 from fastopt.optim import Adadelta
-from conformance import IMPLS, STEPS, check_against_torch, grid, problem
+from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
 
 # torch's defaults and a set that moves every hyperparameter off them
 HYPERS = {"defaults": {}, "tuned": dict(lr=0.5, rho=0.8, eps=1e-5)}
@@ -113,32 +112,5 @@ def test_acc_delta_updated_after_the_step():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_checkpoint_round_trip_mid_trajectory(dtype):
-    params, curvature, noise = problem(dtype)
-    config = dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1, maximize=False)
-    ours = [p.copy() for p in params]
-    opt = Adadelta(ours, **config)
-
-    def grads(ps, t):
-        return [c * p + n for c, p, n in zip(curvature, ps, noise[t])]
-
-    half = STEPS // 2
-    for t in range(half):
-        opt.step(grads(ours, t))
-    saved = copy.deepcopy(opt.state_dict())
-    resumed = [p.copy() for p in ours]
-    fresh = Adadelta(resumed)       # defaults: the checkpoint brings the group's
-    fresh.load_state_dict(saved)
-    assert {k: v for k, v in fresh.param_groups[0].items() if k != "params"} == \
-        {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-    for t in range(half, STEPS):
-        opt.step(grads(ours, t))
-        fresh.step(grads(resumed, t))
-    for a, b in zip(ours, resumed):
-        assert np.array_equal(a, b)
-    want, got = opt.state_dict()["state"], fresh.state_dict()["state"]
-    assert want.keys() == got.keys()
-    for i in want:
-        assert want[i]["step"] == got[i]["step"] == STEPS
-        for key in ("square_avg", "acc_delta"):
-            assert got[i][key].dtype == dtype
-            assert np.array_equal(want[i][key], got[i][key]), (i, key)
+    check_resume(Adadelta, dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1),
+                 dtype, STEPS // 2)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from conformance import IMPLS, STEPS, check_against_torch, grid, problem
+from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
 
 torch = pytest.importorskip("torch")
 
@@ -187,35 +187,7 @@ def test_defaults_are_torchs():
     assert ours["maximize"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-# ---------------------------------------------------------------------------
-# (d) checkpoint round trip
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_checkpoint_round_trip_continues_bit_for_bit(dtype):
-    params, curvature, noise = problem(dtype)
-    ours = [p.copy() for p in params]
-    opt = fastopt.Adamax(ours, lr=0.01, weight_decay=0.1, maximize=True)
-
-    def grads(ps, t):
-        return [c * p + n for c, p, n in zip(curvature, ps, noise[t])]
-
-    for t in range(STEPS // 2):
-        opt.step(grads(ours, t))
-    sd = opt.state_dict()
-    saved = [p.copy() for p in ours]
-    for t in range(STEPS // 2, STEPS):
-        opt.step(grads(ours, t))
-    fresh_params = [p.copy() for p in saved]
-    fresh = fastopt.Adamax(fresh_params, lr=0.5)       # hyperparameters come from sd
-    fresh.load_state_dict(sd)
-    assert fresh.param_groups[0]["lr"] == 0.01
-    assert fresh.param_groups[0]["maximize"] is True
-    for t in range(STEPS // 2, STEPS):
-        fresh.step(grads(fresh_params, t))
-    for a, b in zip(fresh_params, ours):
-        assert a.tobytes() == b.tobytes()
-    want, got = opt.state_dict()["state"], fresh.state_dict()["state"]
-    for i in want:
-        assert got[i]["step"] == want[i]["step"] == STEPS
-        for key in ("exp_avg", "exp_inf"):
-            assert got[i][key].tobytes() == want[i][key].tobytes()
+    check_resume(fastopt.Adamax, dict(lr=0.01, weight_decay=0.1, maximize=True),
+                 dtype, STEPS // 2, fresh_config=dict(lr=0.5))

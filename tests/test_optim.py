@@ -12,6 +12,7 @@ import fastopt
 from fastopt import optim, reference
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, Momentum, RMSprop
 from fastopt.rules import RULES
+from conformance import STEPS, check_resume
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -826,3 +827,14 @@ def test_state_of_an_option_switched_on_later_loads_and_starts_afresh(cls, befor
         b.step(g)
     for k in params:
         np.testing.assert_array_equal(params[k], twin[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cls", [getattr(fastopt, name) for rule in RULES.values()
+                                 for name, *_ in rule.classes()],
+                         ids=lambda cls: cls.__name__)
+def test_every_class_resumes_bit_for_bit(cls, dtype):
+    """Every class of the table, at its defaults: a state_dict taken
+    mid-trajectory and loaded into a fresh optimizer continues with the same
+    bits."""
+    check_resume(cls, {}, dtype, STEPS // 2)

@@ -24,7 +24,8 @@ import pytest
 
 import fastopt
 from fastopt import _core, functional, reference
-from conformance import IMPLS, RTOL, STEPS, assert_close, grid, problem
+from conformance import (IMPLS, RTOL, STEPS, assert_close, check_resume, grid,
+                         problem)
 
 torch = pytest.importorskip("torch")
 
@@ -291,30 +292,8 @@ def test_checks_give_torchs_messages(bad, message):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_checkpoint_round_trip(dtype):
-    """state_dict in the middle of a run (after the switch to the rectified
-    step, and before it), loaded into a fresh optimizer over copies of the
-    parameters: the continuation has the same bits as the run that went
-    on."""
-    kw = dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True)
-    for stop in (3, STEPS // 2):
-        params, curvature, noise = problem(dtype)
-        ours = [p.copy() for p in params]
-        opt = fastopt.RAdam(ours, **kw)
-        for t in range(stop):
-            opt.step(_grads(curvature, ours, noise[t]))
-        saved = opt.state_dict()
-        resumed = [p.copy() for p in ours]
-        fresh = fastopt.RAdam(resumed, **kw)
-        fresh.load_state_dict(saved)
-        for t in range(stop, STEPS):
-            opt.step(_grads(curvature, ours, noise[t]))
-            fresh.step(_grads(curvature, resumed, noise[t]))
-        for a, b in zip(ours, resumed):
-            assert np.array_equal(a, b)
-        mine, theirs = opt.state_dict()["state"], fresh.state_dict()["state"]
-        assert mine.keys() == theirs.keys()
-        for i in mine:
-            assert mine[i]["step"] == theirs[i]["step"] == STEPS
-            for key in ("exp_avg", "exp_avg_sq"):
-                assert np.array_equal(mine[i][key], theirs[i][key])
+@pytest.mark.parametrize("stop", [3, STEPS // 2], ids=["before-switch", "after-switch"])
+def test_checkpoint_round_trip(dtype, stop):
+    """Before the switch to the rectified step and after it."""
+    check_resume(fastopt.RAdam, dict(lr=0.02, weight_decay=0.1,
+                                     decoupled_weight_decay=True), dtype, stop)

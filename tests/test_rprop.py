@@ -21,7 +21,7 @@ import pytest
 
 import fastopt
 from fastopt import functional, reference
-from conformance import IMPLS, STEPS, check_against_torch, grid, problem
+from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
 
 torch = pytest.importorskip("torch")
 
@@ -235,26 +235,5 @@ def test_defaults_are_torchs():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_checkpoint_round_trip(dtype):
-    """state_dict in the middle of a run, loaded into a fresh optimizer over
-    copies of the parameters: the continuation has the same bits as the
-    run that went on."""
-    params, curvature, noise = problem(dtype)
-    ours = [p.copy() for p in params]
-    opt = fastopt.Rprop(ours, lr=0.02, step_sizes=(1e-4, 0.5))
-    for t in range(STEPS // 2):
-        opt.step(_grads(curvature, ours, noise[t]))
-    saved = opt.state_dict()
-    resumed = [p.copy() for p in ours]
-    fresh = fastopt.Rprop(resumed, lr=0.02, step_sizes=(1e-4, 0.5))
-    fresh.load_state_dict(saved)
-    for t in range(STEPS // 2, STEPS):
-        opt.step(_grads(curvature, ours, noise[t]))
-        fresh.step(_grads(curvature, resumed, noise[t]))
-    for a, b in zip(ours, resumed):
-        assert np.array_equal(a, b)
-    mine, theirs = opt.state_dict()["state"], fresh.state_dict()["state"]
-    assert mine.keys() == theirs.keys()
-    for i in mine:
-        assert mine[i]["step"] == theirs[i]["step"] == STEPS
-        for key in ("prev", "step_size"):
-            assert np.array_equal(mine[i][key], theirs[i][key])
+    check_resume(fastopt.Rprop, dict(lr=0.02, step_sizes=(1e-4, 0.5)), dtype,
+                 STEPS // 2)
