@@ -223,3 +223,8 @@ const char *fo_coefficients(int rule, const double *h, long long step,
 {
     return table[rule](h, step, a);
 }
+
+#define FO_COEFFICIENTS_EXPORT(name, NAME) \
+    const char *fo_coef_##name(const double *h, long long step, fo_args *a) \
+    { return name(h, step, a); }
+FO_RULE_LIST(FO_COEFFICIENTS_EXPORT)

@@ -51,6 +51,12 @@ typedef struct {
  * (then `a` is unspecified). */
 const char *fo_coefficients(int rule, const double *h, long long step,
                             fo_args *a);
+/* The same, one function per rule (fo_coef_adam, ...): the functional
+ * entry points call their rule's directly. */
+#define FO_DECLARE_COEFFICIENTS(name, NAME) \
+    const char *fo_coef_##name(const double *h, long long step, fo_args *a);
+FO_RULE_LIST(FO_DECLARE_COEFFICIENTS)
+#undef FO_DECLARE_COEFFICIENTS
 
 /* Step `rule` over `count` tensors of element type dt (0 float32,
  * 1 float64). */

@@ -45,19 +45,17 @@ cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
     return 0
 
 
-cdef inline int _call_one(_Rule r, const double *h, object step, object p, object g,
+cdef inline int _call_one(_Rule r, const fo_args *a, object p, object g,
                           object s0, object s1, object s2, object s3) except -1:
-    """One step of rule r on one tensor (fastopt.functional): everything
-    checked, then one kernel call."""
-    cdef fo_args a
+    """One step of rule r on one tensor (fastopt.functional), its
+    hyperparameters and states already checked: the arrays checked, then one
+    kernel call."""
     cdef fo_tensor t
     cdef _Range ranges[NSLOTS]
-    r.coefficients(h, r.step_count(step, h), &a)
-    r.check_states(h, s0, s1, s2, s3, False)
     dt = _fill_tensor(&t, r.slots, -1, None, p, g, s0, s1, s2, s3, -1)
     _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True),
                    r.slots, None, True)
-    _run(r.id, &a, &t, 1, dt)
+    _run(r.id, a, &t, 1, dt)
     return 0
 
 

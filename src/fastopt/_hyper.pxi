@@ -126,6 +126,13 @@ cdef enum:
 
 
 @cython.final
+cdef inline int _coefficients(const char *msg) except -1:
+    """Raise the message of an invalid combination of hyperparameters."""
+    if msg != NULL:
+        raise ValueError(msg.decode())
+    return 0
+
+
 cdef class _Rule:
     """What the boundary needs of one table entry."""
     cdef readonly int id
@@ -200,10 +207,7 @@ cdef class _Rule:
 
     cdef inline int coefficients(self, const double *h, long long step,
                                  fo_args *a) except -1:
-        cdef const char *msg = fo_coefficients(self.id, h, step, a)
-        if msg != NULL:
-            raise ValueError(msg.decode())
-        return 0
+        return _coefficients(fo_coefficients(self.id, h, step, a))
 
 
 cdef str _when_text(object entry, str name):
