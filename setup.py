@@ -44,6 +44,7 @@ def _generate():
          f"#define FO_MAX_STATES {table.MAX_STATES}",
          f"#define FO_MAX_COEFFICIENTS {table.MAX_COEFFICIENTS}",
          f"#define FO_MAX_SCALARS {table.MAX_SCALARS}",
+         f"#define FO_MAX_SCALAR_STATES {table.MAX_SCALAR_STATES}",
          "#define FO_RULE_LIST(X) " + " ".join(f"X({r.name}, {r.name.upper()})"
                                                for r in rules),
          "enum { " + ", ".join(f"FO_RULE_{r.name.upper()}" for r in rules)
@@ -52,7 +53,8 @@ def _generate():
         up = r.name.upper()
         c.append(f"/* {r.name} */")
         for kind, names in (("H", r.scalars), ("C", r.coefficients),
-                            ("S", [s.name for s in r.states])):
+                            ("S", [s.name for s in r.states]),
+                            ("T", [s.name for s in r.scalar_states])):
             c.append("enum { " + "".join(f"FO_{up}_{kind}_{n.upper()}, " for n in names)
                      + f"FO_{up}_N{kind} }};")
         for bit, name in enumerate(r.options, start=2):

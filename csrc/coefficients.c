@@ -15,6 +15,7 @@
 
 #define H(rule, name) h[FO_##rule##_H_##name]
 #define C(rule, name) a->c[FO_##rule##_C_##name]
+#define SC(rule, name) a->sc[FO_##rule##_T_##name]
 
 /* maximize and L2 decay, common to every rule */
 static unsigned common(double maximize, double l2)
@@ -208,6 +209,58 @@ static const char *radam(const double *h, long long step, fo_args *a)
     C(RADAM, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
     a->opts = common(H(RADAM, MAXIMIZE), C(RADAM, L2))
               | (rectified ? FO_RADAM_O_RECTIFIED : 0u);
+    return NULL;
+}
+
+/* NAdam (torch.optim.NAdam).  The momentum factor of step t is
+ * mu_t = beta1 (1 - 0.5 * 0.96^(t psi)) with psi = momentum_decay; the
+ * per-tensor running product mu_product takes mu_t this step, and the step
+ * already uses mu_{t+1}:
+ *   param += -lr (1 - mu_t) / (1 - prod_t) * g / denom
+ *   param += -lr mu_{t+1} / (1 - prod_t mu_{t+1}) * m / denom
+ * with denom = sqrt(v / (1 - beta2^t)) + eps, in torch's order. */
+static const char *nadam(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(NADAM, LR), wd = H(NADAM, WEIGHT_DECAY);
+    const double beta1 = H(NADAM, BETAS0), beta2 = H(NADAM, BETAS1);
+    const double psi = H(NADAM, MOMENTUM_DECAY);
+    const int decoupled = H(NADAM, DECOUPLED_WEIGHT_DECAY) != 0.0;
+    const double t = (double)step;
+    const double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * psi));
+    const double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * psi));
+    const double product = SC(NADAM, MU_PRODUCT) * mu;
+    const double product_next = product * mu_next;
+    C(NADAM, BETA1) = beta1;
+    C(NADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(NADAM, BETA2) = beta2;
+    C(NADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(NADAM, BC2) = fo_bias_correction(beta2, step);
+    C(NADAM, EPS) = H(NADAM, EPS);
+    C(NADAM, GRAD_COEF) = -lr * (1.0 - mu) / (1.0 - product);
+    C(NADAM, EXP_AVG_COEF) = (-lr * mu_next) / (1.0 - product_next);
+    C(NADAM, L2) = decoupled ? 0.0 : wd;
+    C(NADAM, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
+    SC(NADAM, MU_PRODUCT) = product;
+    a->opts = common(H(NADAM, MAXIMIZE), C(NADAM, L2));
+    return NULL;
+}
+
+/* ASGD (torch.optim.ASGD).  The step uses the tensor's eta and mu (set at
+ * its first step to lr and 1), then advances them as torch does after the
+ * update: eta = lr / (1 + lambd lr t)^alpha, mu = 1 / max(1, t - t0). */
+static const char *asgd(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ASGD, LR), lambd = H(ASGD, LAMBD);
+    const double eta = SC(ASGD, ETA), mu = SC(ASGD, MU);
+    const double t = (double)step;
+    C(ASGD, DECAY) = 1.0 - lambd * eta;
+    C(ASGD, ETA) = eta;
+    C(ASGD, MU) = mu;
+    C(ASGD, L2) = H(ASGD, WEIGHT_DECAY);
+    SC(ASGD, ETA) = lr / pow(1.0 + lambd * lr * t, H(ASGD, ALPHA));
+    SC(ASGD, MU) = 1.0 / (t - H(ASGD, T0) > 1.0 ? t - H(ASGD, T0) : 1.0);
+    a->opts = common(H(ASGD, MAXIMIZE), C(ASGD, L2))
+              | (mu != 1.0 ? FO_ASGD_O_AVERAGE : 0u);
     return NULL;
 }
 

@@ -117,6 +117,9 @@ class Rule:
     kernel_many: Callable
     ref: Callable
     init: Optional[str] = None  # hyperparameter naming a state's start value
+    # per-tensor scalar states, the last slots: {name: start value, a number
+    # or a hyperparameter's name}; each is a float64 array of one element
+    scalars: dict = dataclasses.field(default_factory=dict)
 
     def used(self, hp):
         return [slot for slot, need in zip(self.slots, self.needs) if need(hp)]
@@ -133,10 +136,19 @@ class Rule:
         start = float(hp.get(self.init, 0.0)) if self.init else 0.0
         states = {}
         for slot in self.used(hp):
+            if slot in self.scalars:
+                states[slot] = np.full(1, self.scalar_start(slot, hp))
+                continue
             a = alloc(n, dtype)
             a[...] = start
             states[slot] = a
         return states
+
+    def scalar_start(self, slot, hp):
+        init = self.scalars[slot]
+        if isinstance(init, str):
+            return float(hp.get(init, fastopt.rules.RULES[self.name].hyper(init).default))
+        return float(init)
 
     def positional(self, states):
         return [states.get(slot) for slot in self.slots]
@@ -169,12 +181,14 @@ def many(name):
 
 # From the rule table: a new rule is covered by every test that iterates it.
 RULES = {
-    name: Rule(name, tuple(s.name for s in entry.states),
-               tuple(_needed_when(s, entry) for s in entry.states),
+    name: Rule(name, tuple(s.name for s in entry.states) + entry.scalar_keys,
+               tuple(_needed_when(s, entry) for s in entry.states)
+               + tuple(lambda hp: True for _ in entry.scalar_states),
                entry.step is not None, getattr(functional, name), many(name),
                getattr(reference, name),
                init=next((s.initial for s in entry.states
-                          if isinstance(s.initial, str)), None))
+                          if isinstance(s.initial, str)), None),
+               scalars={s.name: s.initial for s in entry.scalar_states})
     for name, entry in fastopt.rules.RULES.items()
 }
 

@@ -47,17 +47,23 @@ def _switched_on(rule):
 
 # every other rule of the table, with every state switched on
 VALID.update({name: (getattr(functional, name),
-                     ("param", "grad") + tuple(s.name for s in rule.states),
+                     ("param", "grad") + tuple(s.name for s in rule.states)
+                     + rule.scalar_keys,
                      _switched_on(rule))
               for name, rule in RULES.items() if name not in VALID})
-STATES = {rule: names[2:] for rule, (_, names, _) in VALID.items()}
+# per-tensor scalar states: float64 arrays of one element, checked apart
+SCALARS = {rule: RULES[rule].scalar_keys for rule in VALID}
+STATES = {rule: tuple(n for n in names[2:] if n not in SCALARS[rule])
+          for rule, (_, names, _) in VALID.items()}
 WRITABLE = {rule: ("param",) + STATES[rule] for rule in VALID}
-ALL_SLOTS = {rule: names for rule, (_, names, _) in VALID.items()}
+ALL_SLOTS = {rule: tuple(n for n in names if n not in SCALARS[rule])
+             for rule, (_, names, _) in VALID.items()}
 
 
 def _valid_arrays(rule, dtype=F32):
     names = ALL_SLOTS[rule]
     arrays = {name: np.zeros(N, dtype) for name in names}
+    arrays.update({name: np.ones(1) for name in SCALARS[rule]})
     arrays["param"][...] = np.arange(N)
     arrays["grad"][...] = 0.5
     return arrays
@@ -173,6 +179,41 @@ def _array_cases():
                              either, edit=_overlap(a, b, 3)))
             cases.append(Bad(f"{rule}-{b}-overlaps-{a}-by-one", rule,
                              ValueError, either, edit=_overlap(a, b, N - 1)))
+    return cases
+
+
+def _scalar_cases():
+    """Per-tensor scalar states: a writable float64 array of one element,
+    apart from every other array of the call."""
+    cases = []
+    for rule in VALID:
+        scalars = SCALARS[rule]
+        for slot in scalars:
+            for label, make in (("float32", lambda a: a.astype(np.float32)),
+                                ("two", lambda a: np.ones(2)),
+                                ("empty", lambda a: np.ones(0))):
+                cases.append(Bad(f"{rule}-{slot}-{label}", rule, ValueError,
+                                 rf"^{slot} must be a float64 array of one element",
+                                 edit=_set(slot, make)))
+            for label, make in (("float", lambda a: 1.0), ("list", lambda a: [1.0]),
+                                ("none", lambda a: None)):
+                cases.append(Bad(f"{rule}-{slot}-{label}", rule, TypeError,
+                                 rf"^{slot} must be a float64 numpy.ndarray of one element",
+                                 edit=_set(slot, make)))
+            cases.append(Bad(f"{rule}-{slot}-readonly", rule, ValueError,
+                             rf"^{slot} must be writable", edit=_set(slot, _readonly)))
+
+            def inside_param(arrays, slot=slot, rule=rule):
+                arrays["param"] = arrays["param"].astype(np.float64)
+                for other in ALL_SLOTS[rule][1:]:
+                    arrays[other] = arrays[other].astype(np.float64)
+                arrays[slot] = arrays["param"][3:4]
+            cases.append(Bad(f"{rule}-{slot}-inside-param", rule, ValueError,
+                             rf"^{slot} overlaps param in memory", edit=inside_param))
+        for i, a in enumerate(scalars):
+            for b in scalars[i + 1:]:
+                cases.append(Bad(f"{rule}-{b}-is-{a}", rule, ValueError,
+                                 rf"^{b} is the same memory as {a}", edit=_same(a, b)))
     return cases
 
 
@@ -426,7 +467,7 @@ def _many_cases():
     ]
 
 
-BAD_INPUTS = _array_cases() + _hp_cases() + _state_cases() + _many_cases()
+BAD_INPUTS = _array_cases() + _scalar_cases() + _hp_cases() + _state_cases() + _many_cases()
 assert len({c.id for c in BAD_INPUTS}) == len(BAD_INPUTS), "ids must be unique"
 
 
@@ -508,7 +549,7 @@ def test_zero_size_accepts_anything_overlapping(rule):
     """Empty arrays hold no memory, so they never overlap."""
     fn, names, hp = VALID[rule]
     buf = np.zeros(4, F32)
-    fn(*[buf[:0] for _ in names], **hp)
+    fn(*[np.ones(1) if n in SCALARS[rule] else buf[:0] for n in names], **hp)
 
 
 # ---------------------------------------------------------------------------

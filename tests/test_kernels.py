@@ -164,7 +164,8 @@ def run_parity(rule, hp, n, dtype, rng, steps, offsets=None):
     p[...] = p_ref
     states = {}
     for slot, start in rule.new_states(hp, n, dtype).items():
-        states[slot] = alloc(slot)
+        # per-tensor scalar states are float64 arrays of one element
+        states[slot] = start if slot in rule.scalars else alloc(slot)
         states[slot][...] = start
     s_ref = {k: v.copy() for k, v in states.items()}
     g = alloc("grad")
@@ -272,7 +273,7 @@ def test_returns_none_and_keeps_shape(cfg, rules):
     rule = rules[cfg.rule]
     p = np.ones((3, 4), np.float32)
     g = np.full((12,), 0.5, np.float32)           # shapes need not match
-    states = {k: v.reshape(2, 6) for k, v in
+    states = {k: v if k in rule.scalars else v.reshape(2, 6) for k, v in
               rule.new_states(cfg.hp, 12, np.float32).items()}
     assert rule.kernel(p, g, *rule.positional(states),
                        **rule.kwargs(cfg.hp, 1)) is None

@@ -36,7 +36,7 @@ def _model(rule):
 
     def kinds(h):
         return [s.state_key if s.when is None or h[s.when] else None
-                for s in rule.states]
+                for s in rule.states] + list(rule.scalar_keys)
 
     def call(p, g, s, t, h):
         step = {} if rule.step is None else {"step": t}
@@ -50,6 +50,8 @@ MODEL = {cls: _model(rule) for cls, rule in CLASS_RULE.items()}
 HYPER_NAMES = {cls: tuple(h.name for h in rule.hypers)
                for cls, rule in CLASS_RULE.items()}
 _INITIAL = {s.state_key: s.initial for rule in RULES.values() for s in rule.states}
+_INITIAL.update((s.name, s.initial) for rule in RULES.values() for s in rule.scalar_states)
+SCALAR_KINDS = {s.name for rule in RULES.values() for s in rule.scalar_states}
 
 
 def initial(h, kind):
@@ -83,7 +85,10 @@ class RefOptimizer:
             h = self.hyper(i)
             states = []
             for kind in self.kinds(h):
-                if kind is not None and kind not in self.states[i]:
+                if kind in SCALAR_KINDS and kind not in self.states[i]:
+                    # per-tensor scalar states: float64, whatever p's dtype
+                    self.states[i][kind] = np.array(initial(h, kind))
+                elif kind is not None and kind not in self.states[i]:
                     self.states[i][kind] = np.full_like(p, initial(h, kind))
                 states.append(None if kind is None else self.states[i][kind])
             self.steps[i] += 1

@@ -36,9 +36,14 @@ typedef struct {
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
- * common bits below and the rule's own (FO_<RULE>_O_*, from bit 2 up). */
+ * common bits below and the rule's own (FO_<RULE>_O_*, from bit 2 up).
+ * sc holds the tensor's per-tensor scalar states (FO_<RULE>_T_*): the
+ * caller sets them before fo_coefficients, which advances them to their
+ * values after the step; the caller stores them once the step is made.
+ * Loops never read sc. */
 typedef struct {
     double c[FO_MAX_COEFFICIENTS];
+    double sc[FO_MAX_SCALAR_STATES];
     unsigned opts;
 } fo_args;
 

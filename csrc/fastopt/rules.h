@@ -451,6 +451,86 @@ static void FO_NAME(radam_range)(const void *args, const fo_tensor *t,
 #undef FO_RADAM
 }
 
+/* ---- NAdam (torch.optim.NAdam) -------------------------------------- */
+
+/* grad_coef and exp_avg_coef carry the Nesterov momentum factors of this and
+ * the next step (coefficients.c); both terms are added in torch's order. */
+FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
+                                   size_t lo, size_t hi, const int has_l2)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_NADAM_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_NADAM_S_EXP_AVG_SQ];
+    const FO_T beta1 = FO_C(NADAM, BETA1);
+    const FO_T one_minus_beta1 = FO_C(NADAM, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(NADAM, BETA2);
+    const FO_T one_minus_beta2 = FO_C(NADAM, ONE_MINUS_BETA2);
+    const FO_T bc2 = FO_C(NADAM, BC2), eps = FO_C(NADAM, EPS);
+    const FO_T grad_coef = FO_C(NADAM, GRAD_COEF);
+    const FO_T exp_avg_coef = FO_C(NADAM, EXP_AVG_COEF);
+    const FO_T decay = FO_C(NADAM, DECAY), l2 = FO_C(NADAM, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T pi = p[i] * decay;
+        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T denom = FO_SQRT(vi / bc2) + eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = (pi + grad_coef * (gi / denom)) + exp_avg_coef * (mi / denom);
+    }
+}
+
+static void FO_NAME(nadam_range)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_L2)
+        FO_NAME(nadam_body)(a, t, lo, hi, 1);
+    else
+        FO_NAME(nadam_body)(a, t, lo, hi, 0);
+}
+
+/* ---- ASGD (torch.optim.ASGD) ---------------------------------------- */
+
+/* The parameter decays by 1 - lambd * eta and steps by eta; ax averages the
+ * parameters from step t0 on (mu < 1) and copies them before (mu = 1). */
+FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi, const int has_l2,
+                                  const int average)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict ax = (FO_T *)t->s[FO_ASGD_S_AX];
+    const FO_T decay = FO_C(ASGD, DECAY), eta = FO_C(ASGD, ETA);
+    const FO_T mu = FO_C(ASGD, MU), l2 = FO_C(ASGD, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T pi = p[i] * decay - eta * gi;
+        p[i] = pi;
+        ax[i] = average ? ax[i] + (pi - ax[i]) * mu : pi;
+    }
+}
+
+static void FO_NAME(asgd_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, A = FO_ASGD_O_AVERAGE };
+#define FO_ASGD(l2, av) FO_NAME(asgd_body)(a, t, lo, hi, l2, av); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:       FO_ASGD(0, 0);
+    case A:       FO_ASGD(0, 1);
+    case L2:      FO_ASGD(1, 0);
+    case L2 | A:  FO_ASGD(1, 1);
+    default: FO_ASGD(!!(a->opts & L2), !!(a->opts & A));
+    }
+#undef FO_ASGD
+}
+
 /* ---- gradient utilities ---------------------------------------------- */
 
 /* Sum of squares of g[lo:hi] in double over 8 fixed lanes: lane j takes the

@@ -340,3 +340,40 @@ def check_disjoint(list arrays, list names):
         _overlap_sorted(r, k, ("array",), names)
     finally:
         PyMem_Free(r)
+
+
+cdef double *_scalar_state(object x, str name) except NULL:
+    """A per-tensor scalar state given to a functional call: a writable
+    float64 array of one element, updated in place after the step."""
+    cdef cnp.ndarray a
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a float64 numpy.ndarray of one element "
+                        f"(a per-tensor state, updated in place), got "
+                        f"{type(x).__name__}")
+    a = <cnp.ndarray>x
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(a) != 1:
+        raise ValueError(f"{name} must be a float64 array of one element, got "
+                         f"{x.dtype} of shape {x.shape}")
+    if not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{name} must be writable and aligned: the step "
+                         f"stores its next value there")
+    return <double *>cnp.PyArray_DATA(a)
+
+
+cdef int _scalar_overlap(const fo_tensor *t, size_t nb, const double *x,
+                         str name, tuple slots) except -1:
+    """A scalar state must not share memory with the tensor's arrays."""
+    cdef uintptr_t lo = <uintptr_t>x, hi = lo + sizeof(double)
+    cdef uintptr_t b
+    cdef int k
+    cdef const void *arrays[2 + FO_MAX_STATES]
+    arrays[0] = t.p
+    arrays[1] = t.g
+    for k in range(FO_MAX_STATES):
+        arrays[2 + k] = t.s[k]
+    for k in range(2 + FO_MAX_STATES):
+        b = <uintptr_t>arrays[k]
+        if arrays[k] != NULL and b < hi and lo < b + nb:
+            raise ValueError(f"{name} overlaps {slots[k]} in memory; every "
+                             f"array of a step must be separate")
+    return 0

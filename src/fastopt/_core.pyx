@@ -20,6 +20,7 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport qsort
+from libc.string cimport memcmp, memcpy
 
 from fastopt._kernels cimport *
 

@@ -148,6 +148,8 @@ cdef class _Rule:
     cdef int step_mode
     cdef int step_when
     cdef str step_when_text
+    cdef readonly int nscalars          # per-tensor scalar states
+    cdef readonly tuple scalar_names
 
     cdef inline bint needs(self, const double *h, int k) noexcept:
         return self.when[k] < 0 or h[self.when[k]] != 0.0
@@ -186,6 +188,17 @@ cdef class _Rule:
         group, checked as such."""
         cdef _Hyper x
         init = self.entry.states[k].initial
+        if not isinstance(init, str):
+            return float(init)
+        for x in self.hypers:
+            if x.name == init:
+                return x.real(group[init])
+        raise KeyError(init)
+
+    cdef double scalar_initial(self, int k, dict group) except? -1.0:
+        """The start value of scalar state k, as initial() for arrays."""
+        cdef _Hyper x
+        init = self.entry.scalar_states[k].initial
         if not isinstance(init, str):
             return float(init)
         for x in self.hypers:
@@ -252,6 +265,10 @@ cdef _Rule _make_rule(int rid, object entry):
         if s.when is not None:
             r.when[k] = positions[s.when]
         r.init_from_group[k] = isinstance(s.initial, str)
+    r.nscalars = len(entry.scalar_states)
+    r.scalar_names = tuple(s.name for s in entry.scalar_states)
+    if r.nscalars > FO_MAX_SCALAR_STATES:
+        raise RuntimeError(f"{entry.name}: too many scalar states")
     r.step_mode, r.step_when, r.step_when_text = STEP_NONE, -1, None
     if entry.step == "required":
         r.step_mode = STEP_REQUIRED
@@ -316,9 +333,11 @@ def check_step(step):
     return _check_step(step)
 
 
-def coefficients(str rule, step=None, **hyper):
+def coefficients(str rule, step=None, scalars=(), **hyper):
     """The per-step coefficients and options of ``rule`` as the kernel sees
-    them (for the NumPy reference): {name: float or bool}.  Missing
+    them (for the NumPy reference): {name: float or bool}, and for a rule
+    with per-tensor scalar states, given in ``scalars`` (floats in the
+    table's order), their values after the step under "next".  Missing
     hyperparameters take the table's defaults; nothing else is checked
     beyond what the kernel's door checks."""
     cdef _Rule r = _rule(rule)
@@ -326,11 +345,17 @@ def coefficients(str rule, step=None, **hyper):
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args a
     cdef long long t
+    cdef int k
     for x in r.kernel_hypers:
         x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
     t = r.step_count(step, h)
+    if len(scalars) != r.nscalars:
+        raise ValueError(f"{rule} has {r.nscalars} scalar states, got {len(scalars)}")
+    for k in range(r.nscalars):
+        a.sc[k] = float(scalars[k])
     r.coefficients(h, t, &a)
     out = {name: a.c[k] for k, name in enumerate(r.entry.coefficients)}
+    out["next"] = tuple(a.sc[k] for k in range(r.nscalars))
     out["maximize"] = bool(a.opts & FO_MAXIMIZE)
     out["has_l2"] = bool(a.opts & FO_L2)
     for k, name in enumerate(r.entry.options):

@@ -5,6 +5,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAX_STATES
         FO_MAX_COEFFICIENTS
         FO_MAX_SCALARS
+        FO_MAX_SCALAR_STATES
         FO_NRULES
         FO_MAXIMIZE
         FO_L2
@@ -18,6 +19,7 @@ cdef extern from "fastopt/kernels.h" nogil:
 
     ctypedef struct fo_args:
         double c[FO_MAX_COEFFICIENTS]
+        double sc[FO_MAX_SCALAR_STATES]
         unsigned opts
 
     const char *fo_coefficients(int rule, const double *h, long long step,

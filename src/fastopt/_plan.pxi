@@ -36,7 +36,7 @@ cdef class Plan:
     ``run()`` then allocates the states the options need (one buffer per
     state, with a view per parameter, at the state's start value) and steps
     every parameter that has a gradient, one kernel call per distinct step
-    count (one call in the common case).  Nothing is written before
+    count and per-tensor scalar states (one call in the common case).  Nothing is written before
     ``run``.  The plan holds every array, so their memory cannot move.
     Not thread-safe: the optimizer serialises steps.
     """
@@ -50,6 +50,8 @@ cdef class Plan:
     cdef list buffers          # per state slot: one 1-D array, or None
     cdef list views            # per state slot: a view per parameter, or None
     cdef long long *steps
+    cdef double *sc            # per parameter: its scalar states, FO_MAX_SCALAR_STATES apart
+    cdef char *mark            # per parameter: stepped by this run's calls
     cdef fo_tensor *base       # parameters and states; g unset
     cdef fo_tensor *work       # this step's tensors
     cdef fo_tensor *sel        # a selection of them for one call
@@ -60,6 +62,7 @@ cdef class Plan:
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args args          # coefficients at the first parameter's next step
     cdef double init[FO_MAX_STATES]   # start values of states made by run
+    cdef double sinit[FO_MAX_SCALAR_STATES]  # start values of scalar states
     cdef bint prepared
     cdef bint all_present
 
@@ -81,13 +84,15 @@ cdef class Plan:
         self.buffers = [None] * FO_MAX_STATES
         self.views = [None] * FO_MAX_STATES
         self.steps = <long long *>PyMem_Calloc(n, sizeof(long long))
+        self.sc = <double *>PyMem_Calloc(n * FO_MAX_SCALAR_STATES, sizeof(double))
+        self.mark = <char *>PyMem_Malloc(n)
         self.base = <fo_tensor *>PyMem_Calloc(n, sizeof(fo_tensor))
         self.work = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
         self.sel = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
         self.present = <char *>PyMem_Malloc(n)
         self.ranges = <_Range *>PyMem_Malloc((1 + FO_MAX_STATES) * n * sizeof(_Range))
         self.granges = <_Range *>PyMem_Malloc(n * sizeof(_Range))
-        if not (self.steps and self.base and self.work and self.sel and self.present
+        if not (self.steps and self.sc and self.mark and self.base and self.work and self.sel and self.present
                 and self.ranges and self.granges):
             raise MemoryError()
         for i in range(n):
@@ -101,6 +106,8 @@ cdef class Plan:
 
     def __dealloc__(self):
         PyMem_Free(self.steps)
+        PyMem_Free(self.sc)
+        PyMem_Free(self.mark)
         PyMem_Free(self.base)
         PyMem_Free(self.work)
         PyMem_Free(self.sel)
@@ -157,6 +164,27 @@ cdef class Plan:
                 raise ValueError(f"step counts must be ints in [0, 2**62), got {t!r}")
         for i in range(self.count):
             self.steps[i] = steps[i]
+
+    def get_scalars(self):
+        """Per parameter, the tuple of its scalar states (start values are
+        set at the parameter's first step)."""
+        cdef Py_ssize_t i
+        cdef int k
+        return [tuple(self.sc[i * FO_MAX_SCALAR_STATES + k] for k in range(self.r.nscalars))
+                for i in range(self.count)]
+
+    def set_scalars(self, list values):
+        """Set every parameter's scalar states (a tuple of floats each)."""
+        cdef Py_ssize_t i
+        cdef int k
+        if len(values) != self.count or not all(
+                isinstance(v, tuple) and len(v) == self.r.nscalars for v in values):
+            raise ValueError(f"need a tuple of {self.r.nscalars} floats for each "
+                             f"of {self.count} parameters")
+        rows = [[float(x) for x in v] for v in values]
+        for i in range(self.count):
+            for k in range(self.r.nscalars):
+                self.sc[i * FO_MAX_SCALAR_STATES + k] = rows[i][k]
 
     # -- a step ---------------------------------------------------------------
 
@@ -221,6 +249,8 @@ cdef class Plan:
             if self.r.needs(self.h, slot) and (self.buffers[slot] is None
                                                or self.r.init_from_group[slot]):
                 self.init[slot] = self.r.initial(slot, self.group)
+        for slot in range(self.r.nscalars):
+            self.sinit[slot] = self.r.scalar_initial(slot, self.group)
         if type(grads) is list:
             glist = <list>grads
             if len(glist) != n:
@@ -273,12 +303,12 @@ cdef class Plan:
         and hyperparameters; write nothing."""
         self._prepare(grads)
 
-    cdef Py_ssize_t _select(self, bint any_step, long long t) noexcept:
-        """Copy into sel the prepared tensors with a gradient (and step
-        count t unless any_step), in order; return how many."""
+    cdef Py_ssize_t _select(self) noexcept:
+        """Copy into sel the prepared tensors with a gradient, in order;
+        return how many."""
         cdef Py_ssize_t i, k = 0
         for i in range(self.count):
-            if self.present[i] and (any_step or self.steps[i] == t):
+            if self.present[i]:
                 self.sel[k] = self.work[i]
                 k += 1
         return k
@@ -289,13 +319,21 @@ cdef class Plan:
         cdef int ok
         if not self.prepared:
             raise RuntimeError("prepare() first")
-        k = self._select(True, 0)
+        k = self._select()
         with nogil:
             ok = fo_allfinite(self.dt, self.sel, k) if k else 1
         return ok != 0
 
+    cdef inline bint _same(self, Py_ssize_t i, Py_ssize_t j) noexcept:
+        """Parameters i and j step with the same coefficients: equal step
+        counts and scalar states (bit for bit)."""
+        return self.steps[i] == self.steps[j] and (
+            self.r.nscalars == 0
+            or memcmp(&self.sc[i * FO_MAX_SCALAR_STATES], &self.sc[j * FO_MAX_SCALAR_STATES],
+                      self.r.nscalars * sizeof(double)) == 0)
+
     cdef int _run(self) except -1:
-        cdef Py_ssize_t i, k
+        cdef Py_ssize_t i, j, k
         cdef int slot
         cdef long long t
         cdef fo_args a
@@ -318,27 +356,51 @@ cdef class Plan:
                 self.work[i].s[slot] = (self.base[i].s[slot]
                                         if slot < r.nstates and r.needs(self.h, slot)
                                         else NULL)
-        t = self.steps[0]
+        if r.nscalars:
+            # a parameter's scalar states start at its first step
+            for i in range(self.count):
+                if self.present[i] and self.steps[i] == 0:
+                    for slot in range(r.nscalars):
+                        self.sc[i * FO_MAX_SCALAR_STATES + slot] = self.sinit[slot]
         if self.all_present:
             for i in range(1, self.count):
-                if self.steps[i] != t:
+                if not self._same(0, i):
                     break
             else:
-                _run(r.id, &self.args, self.work, self.count, self.dt)
+                if r.nscalars == 0:
+                    _run(r.id, &self.args, self.work, self.count, self.dt)
+                else:
+                    memcpy(a.sc, self.sc, r.nscalars * sizeof(double))
+                    r.coefficients(self.h, self.steps[0] + 1, &a)
+                    _run(r.id, &a, self.work, self.count, self.dt)
+                    for i in range(self.count):
+                        memcpy(&self.sc[i * FO_MAX_SCALAR_STATES], a.sc,
+                               r.nscalars * sizeof(double))
                 for i in range(self.count):
                     self.steps[i] += 1
                 return 0
-        # parameters without gradients, or step counts that differ: one call
-        # per distinct count over the parameters that have it; the counts
-        # advance after every call is made
-        done = set()
+        # parameters without gradients, or step counts (or scalar states)
+        # that differ: one call per distinct step count and scalar states
+        # over the parameters that have them; the counts advance after every
+        # call is made
         for i in range(self.count):
-            if self.present[i] and self.steps[i] not in done:
-                t = self.steps[i]
-                done.add(t)
-                r.coefficients(self.h, t + 1, &a)
-                k = self._select(False, t)
+            self.mark[i] = 0
+        for i in range(self.count):
+            if self.present[i] and not self.mark[i]:
+                memcpy(a.sc, &self.sc[i * FO_MAX_SCALAR_STATES], r.nscalars * sizeof(double))
+                r.coefficients(self.h, self.steps[i] + 1, &a)
+                k = 0
+                for j in range(i, self.count):
+                    if self.present[j] and not self.mark[j] and self._same(i, j):
+                        self.sel[k] = self.work[j]
+                        self.mark[j] = 2
+                        k += 1
                 _run(r.id, &a, self.sel, k, self.dt)
+                for j in range(i, self.count):
+                    if self.mark[j] == 2:
+                        memcpy(&self.sc[j * FO_MAX_SCALAR_STATES], a.sc,
+                               r.nscalars * sizeof(double))
+                        self.mark[j] = 1
         for i in range(self.count):
             if self.present[i]:
                 self.steps[i] += 1

@@ -211,12 +211,17 @@ def check_state_dict(optimizer, sd):
             raise ValueError(f"{where}: step must be an int, got {type(step).__name__}")
         if not 0 <= step < 2 ** 62:
             raise ValueError(f"{where}: step must be >= 0 and < 2**62, got {step}")
+        scalar_keys = optimizer.rule.scalar_keys
         for kind, value in entry.items():
             if kind == "step":
                 continue
+            if kind in scalar_keys:
+                entries[pos][kind] = _scalar_state(value, f"{where}[{kind!r}]")
+                continue
             if kind not in keys:
                 raise ValueError(f"{where} has an unknown state {kind!r}; "
-                                 f"{type(optimizer).__name__} keeps {list(keys)}")
+                                 f"{type(optimizer).__name__} keeps "
+                                 f"{list(keys) + list(scalar_keys)}")
             if (not isinstance(value, np.ndarray) or value.shape != param.shape
                     or value.dtype != param.dtype):
                 desc = (f"{value.dtype} array of shape {value.shape}"
@@ -228,10 +233,24 @@ def check_state_dict(optimizer, sd):
         if entry["step"]:
             needed = [s.state_key for s in optimizer.rule.states
                       if s.when is None and s.state_key not in entries[pos]]
+            needed += [k for k in scalar_keys if k not in entries[pos]]
             if needed:
                 raise ValueError(f"{where} lacks states {needed}")
         steps[pos] = int(entry["step"])
     return hypers, steps, entries, int(skipped)
+
+
+def _scalar_state(value, where):
+    """A per-tensor scalar state of a state_dict: a real number or a 0-d (or
+    one-element) real array, as a float."""
+    if isinstance(value, np.ndarray) and value.size == 1 and value.ndim <= 1 \
+            and value.dtype.kind in "iuf":
+        return float(value.reshape(-1)[0])
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    raise ValueError(f"{where} must be a real number or a 0-d array, got "
+                     f"{getattr(value, 'dtype', type(value).__name__)}"
+                     f"{getattr(value, 'shape', '')}")
 
 
 def _encode(state_dict):

@@ -224,6 +224,8 @@ class Optimizer:
 
         ``{"format": "fastopt", "version": 1, "optimizer": class name,
         "state": {index: {"step": int, key: array, ...}},
+        (a per-tensor scalar state, such as NAdam's mu_product, as a 0-d
+        float64 array, as torch keeps it in a 0-d tensor)
         "param_groups": [{**hyperparameters, "params": [index, ...]}],
         "skipped_steps": int}``, indices counting parameters across groups,
         state keys as torch names them.  Only parameters that have taken a
@@ -233,12 +235,15 @@ class Optimizer:
             state = {}
             for plan, idx in zip(self._plans, self._index):
                 views = [plan.state(k) for k in range(len(keys))]
+                scalars = plan.get_scalars()
                 for j, (i, t) in enumerate(zip(idx, plan.get_steps())):
                     if t:
                         entry = {"step": t}
                         for key, v in zip(keys, views):
                             if v is not None:
                                 entry[key] = v[j].copy()
+                        for key, value in zip(self.rule.scalar_keys, scalars[j]):
+                            entry[key] = np.array(value)
                         state[i] = entry
             groups, start = [], 0
             for group in self.param_groups:
@@ -268,8 +273,13 @@ class Optimizer:
                 group.clear()
                 group.update(kept)
                 group.update(hyper)
+            scalar_keys = self.rule.scalar_keys
             for plan, idx in zip(self._plans, self._index):
                 plan.set_steps([steps[i] for i in idx])
+                # a parameter without a saved step gets its start values at
+                # its first step
+                plan.set_scalars([tuple(float(entries[i].get(key, 0.0))
+                                        for key in scalar_keys) for i in idx])
                 for slot, key in enumerate(keys):
                     if any(key in entries[i] for i in idx):
                         plan.allocate(slot, 0.0)
@@ -283,6 +293,28 @@ class Optimizer:
                         else:
                             view.fill(init)
             self.skipped_steps = skipped
+
+    def swap(self, key):
+        """Exchange every parameter's values with those of its state ``key``
+        (an array state such as ASGD's ``ax``), in place; a second call swaps
+        them back, bit for bit.  For evaluating with averaged weights:
+        ``opt.swap("ax"); evaluate(); opt.swap("ax")``.  Parameters that have
+        not taken a step have no such state and keep their values."""
+        keys = self.rule.state_keys
+        if key not in keys:
+            raise ValueError(f"{type(self).__name__} has no array state {key!r}; "
+                             f"its states are {list(keys)}")
+        slot = keys.index(key)
+        with self._lock:
+            for plan in self._plans:
+                views = plan.state(slot)
+                if views is None:
+                    continue
+                for p, v, t in zip(plan.params, views, plan.get_steps()):
+                    if t:
+                        tmp = p.copy()
+                        np.copyto(p, v)
+                        np.copyto(v, tmp)
 
     def _initial(self, group, slot):
         init = self.rule.states[slot].initial
@@ -315,8 +347,9 @@ def _docstring(rule, doc, fixed):
     lines += [f"    {h.name}: {h.doc}" for h in rule.hypers if h.name not in fixed]
     lines += ["    skip_nonfinite: skip a step whose gradients hold a NaN or an infinity",
               "", "States: " + ", ".join(
-                  s.state_key + ("" if s.when is None else f" (when {s.when})")
-                  for s in rule.states)]
+                  [s.state_key + ("" if s.when is None else f" (when {s.when})")
+                   for s in rule.states]
+                  + [f"{s.name} (per tensor)" for s in rule.scalar_states])]
     return "\n".join(lines)
 
 

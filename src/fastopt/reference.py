@@ -26,19 +26,26 @@ __all__ = list(RULES)
 
 def _rule(body):
     """The public function of a rule from its body ``body(param, grad,
-    *states, c)``: the functional twin's signature, coefficients in ``c``."""
+    *states, c)``: the functional twin's signature, coefficients in ``c``.
+    Per-tensor scalar states (one-element float64 arrays after the array
+    states) go into the coefficients and take their next values, ``c.next``,
+    after the body."""
     entry = RULES[body.__name__]
     states = [s.name for s in entry.states]
+    scalars = list(entry.scalar_keys)
     hypers = [h.name for h in entry.kernel_hypers]
     twin = getattr(_core, entry.name)
 
     @functools.wraps(body)
     def rule(param, grad, *args, **kwargs):
-        given = dict(zip(states, args))
-        given.update((k, kwargs.pop(k)) for k in states if k in kwargs)
+        given = dict(zip(states + scalars, args))
+        given.update((k, kwargs.pop(k)) for k in states + scalars if k in kwargs)
         step = kwargs.pop("step", None)
-        c = types.SimpleNamespace(**_core.coefficients(entry.name, step, **kwargs))
+        now = [float(given[k].reshape(-1)[0]) for k in scalars]
+        c = types.SimpleNamespace(**_core.coefficients(entry.name, step, now, **kwargs))
         body(param, grad, *[given.get(s) for s in states], c)
+        for k, value in zip(scalars, c.next):
+            given[k][...] = value
 
     rule.__signature__ = inspect.signature(twin)
     rule.__doc__ = (body.__doc__ or "") + f"\n\nHyperparameters: {', '.join(hypers)}."
@@ -246,3 +253,42 @@ def radam(param, grad, exp_avg, exp_avg_sq, c):
         param[...] = p - c.step_size * (exp_avg / (np.sqrt(exp_avg_sq) + c.eps))
     else:
         param[...] = p - c.step_size * exp_avg
+
+
+@_rule
+def nadam(param, grad, exp_avg, exp_avg_sq, c):
+    """NAdam; decoupled decay as in adam (decay = 1 - lr * wd, l2 = 0).
+    mu_t = beta1 (1 - 0.5 * 0.96^(t psi)); with prod_t = mu_product * mu_t
+    (the state's next value), grad_coef = -lr (1 - mu_t) / (1 - prod_t) and
+    exp_avg_coef = -lr mu_{t+1} / (1 - prod_t mu_{t+1})::
+
+        p = param * decay
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        denom = sqrt(v / bc2) + eps                       (bc2 = 1 - beta2^t)
+        param = (p + grad_coef * (g / denom)) + exp_avg_coef * (m / denom)
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq / c.bc2) + c.eps
+    param[...] = (p + c.grad_coef * (g / denom)) + c.exp_avg_coef * (exp_avg / denom)
+
+
+@_rule
+def asgd(param, grad, ax, c):
+    """ASGD.  eta and mu are the tensor's scalar states (lr and 1 at its
+    first step); afterwards eta = lr / (1 + lambd lr t)^alpha and
+    mu = 1 / max(1, t - t0); decay = 1 - lambd * eta::
+
+        param = param * decay - eta * g
+        ax = ax + (param - ax) * mu        (average: mu != 1)
+        ax = param                         (otherwise)
+    """
+    g = _start(param, grad, c)
+    param[...] = param * c.decay - c.eta * g
+    if c.average:
+        ax[...] = ax + (param - ax) * c.mu
+    else:
+        ax[...] = param

@@ -70,6 +70,20 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scalar:
+    """A per-tensor scalar state: one double per parameter that the
+    per-step coefficients read and advance (NAdam's running product of
+    momentum factors, ASGD's eta and mu).  The kernel never sees it; the
+    functional entry points take it as a writable float64 array of one
+    element after the array states, the optimizers keep it per parameter
+    and state_dict holds it as a 0-d float64 array under ``name``.
+    initial: its start value, a number or the name of a hyperparameter
+    (read at the parameter's first step)."""
+    name: str
+    initial: object = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Variant:
     """A further optimizer class over the same rule (AdamW over Adam):
     ``fixed`` hyperparameters are set and leave the signature, ``defaults``
@@ -90,7 +104,8 @@ class Rule:
     coefficients: the per-step doubles the C side derives from the
     hyperparameters and the step (csrc/coefficients.c), in the kernel's
     names; options: the rule's own switches of the loop (maximize and l2 are
-    common to all); bench: hyperparameters of the bench rows that differ
+    common to all); scalar_states: its per-tensor scalar states (Scalar);
+    bench: hyperparameters of the bench rows that differ
     from the defaults."""
     name: str
     cls: str
@@ -101,6 +116,7 @@ class Rule:
     states: tuple
     coefficients: tuple
     options: tuple = ()
+    scalar_states: tuple = ()
     step: object = "required"
     variants: tuple = ()
     bench: dict = dataclasses.field(default_factory=dict)
@@ -122,7 +138,12 @@ class Rule:
 
     @property
     def state_keys(self):
+        """torch's keys of the array states, in slot order."""
         return tuple(s.state_key for s in self.states)
+
+    @property
+    def scalar_keys(self):
+        return tuple(s.name for s in self.scalar_states)
 
     def classes(self):
         """(class name, fixed hyperparameters, default overrides, doc)."""
@@ -336,9 +357,51 @@ RULES = {r.name: r for r in (
         coefficients=("step_size", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "eps", "l2", "decay"),
         options=("rectified",)),
+    Rule(
+        name="nadam", cls="NAdam", torch="torch.optim.NAdam",
+        source="Dozat, Incorporating Nesterov Momentum into Adam (2016); "
+               "momentum decay: Timothy Dozat's schedule as torch.optim.NAdam "
+               "has it; names and defaults: torch.optim.NAdam",
+        doc="NAdam: Adam with Nesterov momentum, whose momentum factor warms "
+            "up with momentum_decay (torch.optim.NAdam); mu_product, the "
+            "running product of the factors, is a per-tensor state.",
+        hypers=(_lr(2e-3), BETAS, _eps(1e-8), _weight_decay(),
+                Hyper("momentum_decay", 4e-3, "psi of the momentum factor "
+                      "beta1 * (1 - 0.5 * 0.96^(t * psi))",
+                      label="momentum_decay value"),
+                Hyper("decoupled_weight_decay", False,
+                      "decay the parameter instead of adding to the gradient",
+                      check="flag"),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        scalar_states=(Scalar("mu_product", initial=1.0),),
+        coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                      "bc2", "eps", "grad_coef", "exp_avg_coef", "l2", "decay")),
+    Rule(
+        name="asgd", cls="ASGD", torch="torch.optim.ASGD",
+        source="Polyak & Juditsky, Acceleration of Stochastic Approximation "
+               "by Averaging (1992); names, defaults and the eta and mu "
+               "schedules: torch.optim.ASGD",
+        doc="Averaged SGD: decayed gradient steps of size eta, and ax, the "
+            "running average of the parameters from step t0 on "
+            "(torch.optim.ASGD); eta and mu are per-tensor states.  "
+            "Optimizer.swap('ax') swaps the average into the parameters.",
+        hypers=(_lr(1e-2),
+                Hyper("lambd", 1e-4, "decay term of eta and of the parameter",
+                      label="lambd value"),
+                Hyper("alpha", 0.75, "power of the eta schedule",
+                      label="alpha value"),
+                Hyper("t0", 1e6, "the step from which ax averages",
+                      label="t0 value"),
+                _weight_decay(), MAXIMIZE),
+        states=(State("ax"),),
+        scalar_states=(Scalar("eta", initial="lr"), Scalar("mu", initial=1.0)),
+        coefficients=("decay", "eta", "mu", "l2"),
+        options=("average",)),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
 MAX_STATES = 4
+MAX_SCALAR_STATES = 4
 MAX_COEFFICIENTS = 16
 MAX_SCALARS = 16
