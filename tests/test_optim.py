@@ -78,10 +78,11 @@ def _from_table(rule):
     """(kinds, initial, call) of a rule of the table, as REFERENCE holds."""
     kernel = [h.name for h in rule.kernel_hypers]
     starts = {s.state_key: s.initial for s in rule.states}
+    starts.update((s.name, s.initial) for s in rule.scalar_states)
 
     def kinds(h):
         return [s.state_key if s.when is None or h[s.when] else None
-                for s in rule.states]
+                for s in rule.states] + list(rule.scalar_keys)
 
     def initial(h, kind=None):
         start = starts[kind] if kind else 0.0
@@ -97,6 +98,9 @@ def _from_table(rule):
 REFERENCE.update({getattr(fastopt, name): _from_table(rule)
                   for rule in RULES.values() for name, *_ in rule.classes()
                   if getattr(fastopt, name) not in REFERENCE})
+
+
+SCALAR_KINDS = {s.name for rule in RULES.values() for s in rule.scalar_states}
 
 
 class _Reference:
@@ -117,7 +121,10 @@ class _Reference:
             h = self.groups[i]
             states = []
             for kind in self.kinds(h):
-                if kind is not None and kind not in self.state[i]:
+                if kind in SCALAR_KINDS and kind not in self.state[i]:
+                    # per-tensor scalar states: float64, whatever p's dtype
+                    self.state[i][kind] = np.array(self.initial(h, kind))
+                elif kind is not None and kind not in self.state[i]:
                     self.state[i][kind] = np.full_like(p, self.initial(h, kind))
                 states.append(None if kind is None else self.state[i][kind])
             self.steps[i] += 1

@@ -124,7 +124,12 @@ def test_kernel_equals_reference(rule_name, dtype, data, rules, restore_config):
     _core.set_parallel_threshold(1)
 
     p = data.draw(data_array(dtype, n), label="param")
-    states = {slot: data.draw(data_array(dtype, n), label=slot)
+    # array states drawn like the data; per-tensor scalar states (one float64
+    # each) at their start or anywhere: kernel and reference share the
+    # coefficients computed from them
+    states = {slot: np.full(1, data.draw(st.one_of(
+                  st.just(rule.scalar_start(slot, hp)), st.floats(-2.0, 2.0)), label=slot))
+              if slot in rule.scalars else data.draw(data_array(dtype, n), label=slot)
               for slot in rule.used(hp)}
     p_ref = p.copy()
     s_ref = {k: v.copy() for k, v in states.items()}

@@ -90,6 +90,7 @@ def test_same_mistake_same_message_at_every_door(name, hyper, value):
     entry = RULES[name]
     p, g = np.ones(4), np.ones(4)
     states = [np.zeros(4) for _ in entry.states]
+    states += [np.ones(1) for _ in entry.scalar_states]
     step = {"step": 1} if entry.step is not None else {}
     messages = []
 

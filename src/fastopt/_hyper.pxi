@@ -333,13 +333,14 @@ def check_step(step):
     return _check_step(step)
 
 
-def coefficients(str rule, step=None, scalars=(), **hyper):
+def coefficients(str rule, step=None, scalars=None, **hyper):
     """The per-step coefficients and options of ``rule`` as the kernel sees
     them (for the NumPy reference): {name: float or bool}, and for a rule
     with per-tensor scalar states, given in ``scalars`` (floats in the
-    table's order), their values after the step under "next".  Missing
-    hyperparameters take the table's defaults; nothing else is checked
-    beyond what the kernel's door checks."""
+    table's order; None: their start values, as at a tensor's first step),
+    their values after the step under "next".  Missing hyperparameters take
+    the table's defaults; nothing else is checked beyond what the kernel's
+    door checks."""
     cdef _Rule r = _rule(rule)
     cdef _Hyper x
     cdef double h[FO_MAX_SCALARS]
@@ -349,6 +350,10 @@ def coefficients(str rule, step=None, scalars=(), **hyper):
     for x in r.kernel_hypers:
         x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
     t = r.step_count(step, h)
+    if scalars is None:
+        group = {x.name: hyper.get(x.name, r.entry.hyper(x.name).default)
+                 for x in r.hypers}
+        scalars = [r.scalar_initial(k, group) for k in range(r.nscalars)]
     if len(scalars) != r.nscalars:
         raise ValueError(f"{rule} has {r.nscalars} scalar states, got {len(scalars)}")
     for k in range(r.nscalars):
