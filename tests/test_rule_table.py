@@ -110,3 +110,14 @@ def test_same_mistake_same_message_at_every_door(name, hyper, value):
     record(lambda: opt.step([g]))
     assert np.array_equal(p, before)
     assert len(set(messages)) == 1, messages
+
+
+@pytest.mark.parametrize("row", list(bench.RULES))
+def test_bench_row_runs_and_checks_exactly(row):
+    """Each bench row calls its kernel and reference as a user would (scalar
+    states included) and finds them equal before any timing."""
+    rule = bench.RULES[row]
+    for dtype in (np.float32, np.float64):
+        p, g, states = bench._arrays(rule, 37, dtype, np.random.default_rng(0))
+        kp, _ = bench._check_exact(rule, p, g, states)
+        assert not np.array_equal(kp, p)

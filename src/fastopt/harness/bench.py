@@ -71,6 +71,10 @@ class Rule:
         t = start
         step = self.entry.step is not None
         kw = {h.name: self.hp[h.name] for h in self.entry.kernel_hypers}
+        # per-tensor scalar states (NAdam's mu_product, ...), at their start
+        states = list(states) + [
+            np.full(1, float(self.hp[s.initial] if isinstance(s.initial, str) else s.initial))
+            for s in self.entry.scalar_states]
 
         def run():
             nonlocal t
