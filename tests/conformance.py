@@ -14,6 +14,8 @@ import itertools
 import numpy as np
 import pytest
 
+import fastopt.lr_scheduler
+
 STEPS = 50
 RTOL = {np.float64: 1e-10, np.float32: 1e-5}
 SHAPES = [(4, 3), (3,), (2, 2, 2)]
@@ -41,10 +43,13 @@ def assert_close(actual, desired, rtol, what):
                                atol=rtol * np.abs(desired).max(), err_msg=what)
 
 
-def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None):
+def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None,
+                        schedule=None):
     """Run both over STEPS steps and compare parameters, every torch state
     and the step counts; return fastopt's optimizer and torch's.
-    ``before_step(opt, grads)`` sees each step's gradients first."""
+    ``before_step(opt, grads)`` sees each step's gradients first;
+    ``schedule=(name, kwargs)`` steps that scheduler of fastopt.lr_scheduler
+    and of torch.optim.lr_scheduler after every step."""
     torch = pytest.importorskip("torch")
     # torch keeps per-tensor scalar states (NAdam's mu_product, ASGD's eta
     # and mu) in its default dtype; fastopt keeps them in float64. With
@@ -52,7 +57,8 @@ def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
     try:
-        ours, theirs, opt, topt = _run_both(torch, cls, torch_cls, config, dtype, impl, before_step)
+        ours, theirs, opt, topt = _run_both(torch, cls, torch_cls, config, dtype, impl,
+                                           before_step, schedule)
     finally:
         torch.set_default_dtype(default)
     rtol = RTOL[dtype]
@@ -71,12 +77,17 @@ def check_against_torch(cls, torch_cls, config, dtype, impl, before_step=None):
     return opt, topt
 
 
-def _run_both(torch, cls, torch_cls, config, dtype, impl, before_step):
+def _run_both(torch, cls, torch_cls, config, dtype, impl, before_step, schedule):
     params, curvature, noise = problem(dtype)
     ours = [p.copy() for p in params]
     theirs = [torch.tensor(p.copy()) for p in params]
     opt = cls(ours, **config)
     topt = torch_cls(theirs, **config, **IMPLS[impl])
+    scheds = []
+    if schedule is not None:
+        name, kwargs = schedule
+        scheds = [getattr(fastopt.lr_scheduler, name)(opt, **kwargs),
+                  getattr(torch.optim.lr_scheduler, name)(topt, **kwargs)]
     for t in range(STEPS):
         grads = [c * p + n for c, p, n in zip(curvature, ours, noise[t])]
         if before_step is not None:
@@ -85,6 +96,10 @@ def _run_both(torch, cls, torch_cls, config, dtype, impl, before_step):
         for p, c, n in zip(theirs, curvature, noise[t]):
             p.grad = torch.from_numpy(c) * p.detach() + torch.from_numpy(n)
         topt.step()
+        for sched in scheds:
+            sched.step()
+    if scheds:
+        assert opt.param_groups[0]["lr"] == topt.param_groups[0]["lr"]
     return ours, theirs, opt, topt
 
 

@@ -87,3 +87,17 @@ def test_every_case_is_distinct():
     assert len(ids) == len(set(ids))
     assert HAND_WRITTEN == 20 + 16 + 16 + 8 + 16
     assert len(CASES) == HAND_WRITTEN + len(TABLE_CASES)
+
+
+# every class of the table with a torch counterpart, its learning rate halved
+# every 7 steps by StepLR in both libraries
+SCHEDULED = [(getattr(fastopt, name), getattr(torch.optim, name))
+             for rule in RULES.values() if rule.torch
+             for name, *_ in rule.classes()]
+
+
+@pytest.mark.parametrize("classes", SCHEDULED, ids=[c.__name__ for c, _ in SCHEDULED])
+def test_matches_torch_under_a_schedule(classes):
+    cls, torch_cls = classes
+    check_against_torch(cls, torch_cls, {}, np.float64, "for-loop",
+                        schedule=("StepLR", dict(step_size=7, gamma=0.5)))
