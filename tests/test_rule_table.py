@@ -121,3 +121,21 @@ def test_bench_row_runs_and_checks_exactly(row):
         p, g, states = bench._arrays(rule, 37, dtype, np.random.default_rng(0))
         kp, _ = bench._check_exact(rule, p, g, states)
         assert not np.array_equal(kp, p)
+
+
+@pytest.mark.parametrize("row", list(bench.RULES))
+def test_bench_row_measures_a_small_size(row):
+    """A whole measurement of a row at a small size, torch's steps (checked
+    against fastopt's before timing) included where torch is installed."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rule = bench.RULES[row]
+    threads = torch.get_num_threads() if torch else 1
+    for dtype in (np.float32, np.float64):
+        recs = bench.measure_size(rule, dtype, 1000, [1], 0.005, torch,
+                                  np.random.default_rng(1), threads)
+        assert recs and all(r["fastopt_s"] > 0 for r in recs)
+        if torch is not None and rule.torch_cls:
+            assert all("torch_forloop_1t_s" in r for r in recs)

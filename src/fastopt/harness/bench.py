@@ -240,7 +240,15 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
                 stepper, tp = _torch_stepper(torch, rule, p, g, impl)
                 check = p.copy()
                 cs = [s.copy() for s in states]
-                stepper()
+                # torch makes per-tensor scalar states (NAdam's mu_product,
+                # ASGD's eta) at the first step, in its default dtype
+                default = torch.get_default_dtype()
+                if dtype == np.float64:
+                    torch.set_default_dtype(torch.float64)
+                try:
+                    stepper()
+                finally:
+                    torch.set_default_dtype(default)
                 rule.call(rule.fastopt_fn, check, g, cs, 1)
                 tol = (1e-4, 1e-7) if dtype == np.float32 else (1e-9, 1e-13)
                 if not np.allclose(tp.numpy(), check, rtol=tol[0], atol=tol[1]):
