@@ -454,7 +454,9 @@ static void FO_NAME(radam_range)(const void *args, const fo_tensor *t,
 /* ---- NAdam (torch.optim.NAdam) -------------------------------------- */
 
 /* grad_coef and exp_avg_coef carry the Nesterov momentum factors of this and
- * the next step (coefficients.c); both terms are added in torch's order. */
+ * the next step (coefficients.c).  torch adds g / denom and m / denom one
+ * after the other; here both terms share one division (within rounding of
+ * torch's result, and one division fewer per element). */
 FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
                                    size_t lo, size_t hi, const int has_l2)
 {
@@ -479,7 +481,7 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
         const FO_T denom = FO_SQRT(vi / bc2) + eps;
         m[i] = mi;
         v[i] = vi;
-        p[i] = (pi + grad_coef * (gi / denom)) + exp_avg_coef * (mi / denom);
+        p[i] = pi + (grad_coef * gi + exp_avg_coef * mi) / denom;
     }
 }
 

@@ -266,14 +266,14 @@ def nadam(param, grad, exp_avg, exp_avg_sq, c):
         m = beta1 * m + one_minus_beta1 * g
         v = beta2 * v + one_minus_beta2 * (g * g)
         denom = sqrt(v / bc2) + eps                       (bc2 = 1 - beta2^t)
-        param = (p + grad_coef * (g / denom)) + exp_avg_coef * (m / denom)
+        param = p + (grad_coef * g + exp_avg_coef * m) / denom
     """
     g = _start(param, grad, c)
     p = param * c.decay
     exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
     denom = np.sqrt(exp_avg_sq / c.bc2) + c.eps
-    param[...] = (p + c.grad_coef * (g / denom)) + c.exp_avg_coef * (exp_avg / denom)
+    param[...] = p + (c.grad_coef * g + c.exp_avg_coef * exp_avg) / denom
 
 
 @_rule
