@@ -65,6 +65,20 @@ def _generate():
         template = Tempita.Template(f.read(), name="_functional.pxi.tp")
     _write("src/fastopt/_functional.pxi",
            template.substitute(rules=rules, INF=table.INF))
+    # type stubs: the compiled module's, the classes', and the functional
+    # and reference functions (signatures of the compiled module's)
+    with open("src/fastopt/_core.pyi.tp") as f:
+        template = Tempita.Template(f.read(), name="_core.pyi.tp")
+    _write("src/fastopt/_core.pyi", template.substitute(rules=rules))
+    with open("src/fastopt/optim.pyi.tp") as f:
+        template = Tempita.Template(f.read(), name="optim.pyi.tp")
+    _write("src/fastopt/optim.pyi", template.substitute(rules=rules))
+    for module in ("functional", "reference"):
+        _write(f"src/fastopt/{module}.pyi", "\n".join(
+            ["# Written by setup.py from src/fastopt/rules.py; do not edit.",
+             "from fastopt._core import (",
+             *[f"    {r.name} as {r.name}," for r in rules],
+             ")", "", f"__all__ = {[r.name for r in rules]!r}", ""]))
 
 
 def _write(path, text):

@@ -28,9 +28,10 @@ from fastopt.optim import *  # noqa: F403  the classes of the rule table
 _config._init_from_environment()
 
 __all__ = [
-    "__version__", *optim.__all__,
+    "__version__",
     "FlatParams", "clip_grad_norm_", "clip_grad_value_",
     "checkpoint", "functional", "lr_scheduler", "reference", "rules",
     "show_config", "get_num_threads", "set_num_threads",
     "get_simd_level", "set_simd_level",
 ]
+__all__ += optim.__all__

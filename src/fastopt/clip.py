@@ -25,6 +25,7 @@ import numbers
 import numpy as np
 
 from fastopt import _core
+from fastopt._typing import Grads as GradArrays
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -100,7 +101,8 @@ def _global_norm(groups, norm_type):
     return norm
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(grads: GradArrays, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     """Scale the gradients in place so that their global norm is <= max_norm.
 
     ``norm = sqrt(sum over every element of every gradient of g**2)`` (or, for
@@ -145,7 +147,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return norm
 
 
-def clip_grad_value_(grads, clip_value):
+def clip_grad_value_(grads: GradArrays, clip_value: float) -> None:
     """Clamp every element of the gradients to ``[-clip_value, clip_value]``
     in place (clip_value rounded to each gradient's dtype; NaN stays NaN, as
     in numpy.clip and torch.clamp).  Returns None.

@@ -48,6 +48,8 @@ import copy
 import math
 import numbers
 from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
 
 from fastopt import _core
 
@@ -137,7 +139,8 @@ def _constant(b, e, factor, total_iters):
     return b * factor if e < total_iters else b
 
 
-def constant_lr(base_lr, epoch, factor=1.0 / 3, total_iters=5):
+def constant_lr(base_lr: float, epoch: int, factor: float = 1.0 / 3,
+                total_iters: int = 5) -> float:
     """``base_lr·factor`` while ``epoch < total_iters``, then ``base_lr``.
 
     ``factor=1`` is the constant schedule.
@@ -160,7 +163,7 @@ def _step(b, e, step_size, gamma):
     return b * _power(gamma, e // step_size)
 
 
-def step_lr(base_lr, epoch, step_size, gamma=0.1):
+def step_lr(base_lr: float, epoch: int, step_size: int, gamma: float = 0.1) -> float:
     """``base_lr·gamma^floor(epoch / step_size)``: decay by gamma every step_size epochs."""
     return _step(_lr(base_lr, "base_lr"), _epoch(epoch),
                  _int(step_size, "step_size", 1), _real(gamma, "gamma", lo=0.0))
@@ -170,7 +173,8 @@ def _multistep(b, e, milestones, gamma):
     return b * _power(gamma, bisect_right(milestones, e))
 
 
-def multistep_lr(base_lr, epoch, milestones, gamma=0.1):
+def multistep_lr(base_lr: float, epoch: int, milestones: Iterable[int],
+                 gamma: float = 0.1) -> float:
     """``base_lr·gamma^k``, k the number of milestones <= epoch.
 
     A milestone listed twice counts twice, as in torch.
@@ -183,7 +187,7 @@ def _exponential(b, e, gamma):
     return b * _power(gamma, e)
 
 
-def exponential_lr(base_lr, epoch, gamma):
+def exponential_lr(base_lr: float, epoch: int, gamma: float) -> float:
     """``base_lr·gamma^epoch``."""
     return _exponential(_lr(base_lr, "base_lr"), _epoch(epoch),
                         _real(gamma, "gamma", lo=0.0))
@@ -194,7 +198,8 @@ def _cosine(b, e, T_max, eta_min):
     return eta_min + (b - eta_min) * (1 + math.cos(math.pi * e / T_max)) / 2
 
 
-def cosine_annealing_lr(base_lr, epoch, T_max, eta_min=0.0):
+def cosine_annealing_lr(base_lr: float, epoch: int, T_max: int,
+                        eta_min: float = 0.0) -> float:
     """``eta_min + (base_lr − eta_min)·(1 + cos(pi·epoch / T_max)) / 2``.
 
     The rate reaches ``eta_min`` at ``epoch = T_max`` and, like torch's,
@@ -210,14 +215,14 @@ def _linear(b, e, start_factor, end_factor, total_iters):
                 * min(total_iters, e) / total_iters)
 
 
-def linear_lr(base_lr, epoch, start_factor=1.0 / 3, end_factor=1.0,
-              total_iters=5):
+def linear_lr(base_lr: float, epoch: int, start_factor: float = 1.0 / 3,
+              end_factor: float = 1.0, total_iters: int = 5) -> float:
     """Factor moving linearly from start_factor (epoch 0) to end_factor
     (epoch total_iters), then held:
     ``base_lr·(s + (f − s)·min(epoch, total_iters) / total_iters)``.
     """
-    return _linear(_lr(base_lr, "base_lr"), _epoch(epoch),
-                   *_linear_factors(start_factor, end_factor),
+    start, end = _linear_factors(start_factor, end_factor)
+    return _linear(_lr(base_lr, "base_lr"), _epoch(epoch), start, end,
                    _int(total_iters, "total_iters", 1))
 
 
@@ -232,13 +237,14 @@ def _inverse_time(b, e, decay_rate, time_interval):
     return b / (1 + decay_rate * (e // time_interval))
 
 
-def inverse_time_decay(base_lr, epoch, decay_rate):
+def inverse_time_decay(base_lr: float, epoch: int, decay_rate: float) -> float:
     """The course's decay: ``base_lr / (1 + decay_rate·epoch)``."""
     return _inverse_time(_lr(base_lr, "base_lr"), _epoch(epoch),
                          _real(decay_rate, "decay_rate", lo=0.0), 1)
 
 
-def scheduled_inverse_time_decay(base_lr, epoch, decay_rate, time_interval=1000):
+def scheduled_inverse_time_decay(base_lr: float, epoch: int, decay_rate: float,
+                                 time_interval: int = 1000) -> float:
     """The course's scheduled decay, lowering the rate every time_interval epochs:
     ``base_lr / (1 + decay_rate·floor(epoch / time_interval))``.
     """
@@ -309,8 +315,9 @@ def _cycle_step(step, total_steps):
     return step
 
 
-def one_cycle_lr(max_lr, step, total_steps, pct_start=0.3, anneal_strategy="cos",
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+def one_cycle_lr(max_lr: float, step: int, total_steps: int, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False) -> float:
     """The rate of the 1cycle policy at ``step`` (0 <= step <= total_steps).
 
     From ``max_lr / div_factor`` up to ``max_lr`` over the first
@@ -329,8 +336,9 @@ def one_cycle_lr(max_lr, step, total_steps, pct_start=0.3, anneal_strategy="cos"
     return _one_cycle(_cycle_step(step, total_steps), phases, values, strategy)
 
 
-def one_cycle_momentum(step, total_steps, pct_start=0.3, anneal_strategy="cos",
-                       base_momentum=0.85, max_momentum=0.95, three_phase=False):
+def one_cycle_momentum(step: int, total_steps: int, pct_start: float = 0.3,
+                       anneal_strategy: str = "cos", base_momentum: float = 0.85,
+                       max_momentum: float = 0.95, three_phase: bool = False) -> float:
     """The momentum (or beta1) that the 1cycle policy pairs with
     :func:`one_cycle_lr`: from max_momentum down to base_momentum while the
     rate rises, and back while it falls."""
@@ -386,7 +394,7 @@ class LRScheduler:
     step; here the rate is always the closed form at ``last_epoch``.)
     """
 
-    def __init__(self, optimizer, last_epoch=-1):
+    def __init__(self, optimizer: Any, last_epoch: int = -1) -> None:
         groups = _param_groups(optimizer)
         last_epoch = _int(last_epoch, "last_epoch", -1)
         if last_epoch >= 0:
@@ -403,7 +411,7 @@ class LRScheduler:
         self.optimizer = optimizer
         self.base_lrs = [float(g["initial_lr"]) for g in groups]
         self.last_epoch = last_epoch
-        self._last_lr = []
+        self._last_lr: list[float] = []
         self.step()
 
     # Checks of the attributes a state_dict may restore, name -> check(value,
@@ -421,15 +429,15 @@ class LRScheduler:
         """The values to write into each group at ``epoch``."""
         return [{"lr": self._lr_at(b, epoch)} for b in self.base_lrs]
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         """The rates of ``last_epoch`` (computed, not read from the groups)."""
         return [u["lr"] for u in self._updates(self.last_epoch)]
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> list[float]:
         """The rates the last step wrote into the groups."""
         return list(self._last_lr)
 
-    def step(self, epoch=None):
+    def step(self, epoch: Optional[int] = None) -> None:
         """Advance to ``last_epoch + 1``, or jump to ``epoch`` (exact here,
         since every rate is a closed form; torch deprecates the argument)."""
         e = self.last_epoch + 1 if epoch is None else _epoch(epoch)
@@ -443,12 +451,12 @@ class LRScheduler:
             g.update(u)
         self._last_lr = [float(g["lr"]) for g in groups]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Every attribute except the optimizer, as torch."""
         return copy.deepcopy({k: v for k, v in self.__dict__.items()
                               if k != "optimizer"})
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` of the same class.
 
         As in torch, the groups' rates change at the next ``step()``.
@@ -497,7 +505,8 @@ class ConstantLR(LRScheduler):
     _checks = {"factor": lambda v, name: _real(v, name, lo=0.0, hi=1.0),
                "total_iters": lambda v, name: _int(v, name, 1)}
 
-    def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
+    def __init__(self, optimizer: Any, factor: float = 1.0 / 3, total_iters: int = 5,
+                 last_epoch: int = -1) -> None:
         self.factor = _real(factor, "factor", lo=0.0, hi=1.0)
         self.total_iters = _int(total_iters, "total_iters", 1)
         super().__init__(optimizer, last_epoch)
@@ -516,7 +525,8 @@ class StepLR(LRScheduler):
     _checks = {"step_size": lambda v, name: _int(v, name, 1),
                "gamma": lambda v, name: _real(v, name, lo=0.0)}
 
-    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         self.step_size = _int(step_size, "step_size", 1)
         self.gamma = _real(gamma, "gamma", lo=0.0)
         super().__init__(optimizer, last_epoch)
@@ -532,7 +542,8 @@ class MultiStepLR(LRScheduler):
     _checks = {"milestones": lambda v, name: _milestones(v),
                "gamma": lambda v, name: _real(v, name, lo=0.0)}
 
-    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: Any, milestones: Iterable[int], gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         self.milestones = _milestones(milestones)
         self.gamma = _real(gamma, "gamma", lo=0.0)
         super().__init__(optimizer, last_epoch)
@@ -550,7 +561,7 @@ class ExponentialLR(LRScheduler):
 
     _checks = {"gamma": lambda v, name: _real(v, name, lo=0.0)}
 
-    def __init__(self, optimizer, gamma, last_epoch=-1):
+    def __init__(self, optimizer: Any, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = _real(gamma, "gamma", lo=0.0)
         super().__init__(optimizer, last_epoch)
 
@@ -572,7 +583,8 @@ class CosineAnnealingLR(LRScheduler):
     _checks = {"T_max": lambda v, name: _int(v, name, 1),
                "eta_min": lambda v, name: _lr(v, name)}
 
-    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+    def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:
         self.T_max = _int(T_max, "T_max", 1)
         self.eta_min = _lr(eta_min, "eta_min")
         super().__init__(optimizer, last_epoch)
@@ -593,8 +605,9 @@ class LinearLR(LRScheduler):
                "end_factor": lambda v, name: _real(v, name, lo=0.0, hi=1.0),
                "total_iters": lambda v, name: _int(v, name, 1)}
 
-    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0,
-                 total_iters=5, last_epoch=-1):
+    def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3,
+                 end_factor: float = 1.0, total_iters: int = 5,
+                 last_epoch: int = -1) -> None:
         self.start_factor, self.end_factor = _linear_factors(start_factor, end_factor)
         self.total_iters = _int(total_iters, "total_iters", 1)
         super().__init__(optimizer, last_epoch)
@@ -614,7 +627,8 @@ class InverseTimeDecayLR(LRScheduler):
     _checks = {"decay_rate": lambda v, name: _real(v, name, lo=0.0),
                "time_interval": lambda v, name: _int(v, name, 1)}
 
-    def __init__(self, optimizer, decay_rate=1.0, time_interval=1, last_epoch=-1):
+    def __init__(self, optimizer: Any, decay_rate: float = 1.0, time_interval: int = 1,
+                 last_epoch: int = -1) -> None:
         self.decay_rate = _real(decay_rate, "decay_rate", lo=0.0)
         self.time_interval = _int(time_interval, "time_interval", 1)
         super().__init__(optimizer, last_epoch)
@@ -663,11 +677,14 @@ class OneCycleLR(LRScheduler):
                "cycle_momentum": lambda v, name: _flag(v, name),
                "_phases": lambda v, name: _phases(v, name)}
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None,
-                 steps_per_epoch=None, pct_start=0.3, anneal_strategy="cos",
-                 cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False,
-                 last_epoch=-1):
+    def __init__(self, optimizer: Any, max_lr: Union[float, Sequence[float]],
+                 total_steps: Optional[int] = None, epochs: Optional[int] = None,
+                 steps_per_epoch: Optional[int] = None, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", cycle_momentum: bool = True,
+                 base_momentum: Union[float, Sequence[float]] = 0.85,
+                 max_momentum: Union[float, Sequence[float]] = 0.95,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 three_phase: bool = False, last_epoch: int = -1) -> None:
         groups = _param_groups(optimizer)
         n = len(groups)
         if total_steps is None:
@@ -684,7 +701,7 @@ class OneCycleLR(LRScheduler):
         div_factor = _real(div_factor, "div_factor", lo=0.0, lo_open=True)
         final_div_factor = _real(final_div_factor, "final_div_factor",
                                  lo=0.0, lo_open=True)
-        keys = ("initial_lr", "max_lr", "min_lr")
+        keys: tuple[str, ...] = ("initial_lr", "max_lr", "min_lr")
         if self.cycle_momentum:
             self._momentum_key = _momentum_key(optimizer)
             max_ms = _per_group(max_momentum, "max_momentum", n,

@@ -16,6 +16,7 @@ This module is plain data: setup.py reads it before anything is compiled.
 ``docs/adding-a-rule.md`` says what a new entry needs.
 """
 import dataclasses
+from typing import Optional
 import math
 
 INF = math.inf
@@ -61,7 +62,7 @@ class State:
     the name of a class-only hyperparameter."""
     name: str
     key: str = ""
-    when: str = None
+    when: Optional[str] = None
     initial: object = 0.0
 
     @property

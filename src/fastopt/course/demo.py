@@ -314,11 +314,11 @@ def _batching_table(runs: Sequence[Run]) -> str:
 
 def _load_pyplot():
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     return plt
 

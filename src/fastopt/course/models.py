@@ -244,6 +244,7 @@ class MLP:
             self._check_arrays(grads, self.grad_names, "grads")
         self.forward(X)
         work = self._last
+        assert work is not None  # forward() leaves its workspace
         Y = self._check_labels(Y, work)
         total = self._cost(work, Y)
         self._backward(work, Y, grads)

@@ -468,9 +468,9 @@ def print_table(records, file=sys.stdout):
 
 def plot(records, path):
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         print("no matplotlib: pip install matplotlib (or fastopt[plot]) for the plot")
         return None
