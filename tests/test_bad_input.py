@@ -589,3 +589,18 @@ def test_none_inside_state_list_is_refused(code):
                        text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     assert "refused:" in r.stdout
+
+
+def test_messages_name_the_cure():
+    """A written array that cannot take the update in place is refused with
+    why a copy would not help; a read-only input is told how to pass one."""
+    from fastopt import functional
+    square = np.zeros((4, 4))
+    with pytest.raises(ValueError, match="copy would leave yours unchanged.*same array"):
+        functional.sgd(square.T, np.zeros(16), np.zeros(16), momentum=0.9, step=1)
+    with pytest.raises(ValueError, match=r"^grad must be C-contiguous: .*np.ascontiguousarray"):
+        functional.sgd(np.zeros(16), square.T, np.zeros(16), momentum=0.9, step=1)
+    frozen = np.zeros(16)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only; .*a copy would take the update"):
+        functional.sgd(frozen, np.zeros(16), np.zeros(16), momentum=0.9, step=1)

@@ -102,11 +102,21 @@ cdef int _check_array(object x, tuple slots, int slot, Py_ssize_t index,
         raise TypeError(f"{what} has dtype {a.dtype} but {ref} has dtype "
                         f"{_DTYPE_NAMES[dt]}; one call takes one dtype")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{what} must be C-contiguous")
+        if writable:
+            raise ValueError(
+                f"{what} must be C-contiguous: the update is written into this "
+                f"very array, so a contiguous copy would leave yours unchanged; "
+                f"make the array contiguous once where it is created (e.g. "
+                f"np.ascontiguousarray) and pass that same array at every step")
+        raise ValueError(f"{what} must be C-contiguous: pass a contiguous "
+                         f"array (np.ascontiguousarray makes one)")
     if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{what} is not aligned to its dtype")
     if writable and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{what} is read-only; it is updated in place")
+        raise ValueError(
+            f"{what} is read-only; it is updated in place, so it must be a "
+            f"writable array of your own (a copy would take the update and "
+            f"leave yours unchanged): not a broadcast view or a frozen buffer")
     if n >= 0 and cnp.PyArray_SIZE(a) != n:
         raise ValueError(f"{what} has {cnp.PyArray_SIZE(a)} elements but "
                          f"{_slot_name(slots, P, index, labels)} has {n}")
