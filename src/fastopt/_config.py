@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import warnings
+from typing import Any, Optional, TextIO
 
 from fastopt import _core
 
@@ -19,7 +20,7 @@ get_num_threads = _core.get_num_threads
 get_simd_level = _core.get_simd_level
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Use at most ``n`` threads for large steps; ``None`` restores the default.
 
     OpenMP's limit for the calling thread (OMP_NUM_THREADS, or threadpoolctl's
@@ -28,7 +29,7 @@ def set_num_threads(n):
     _core.set_num_threads(n)
 
 
-def set_simd_level(level):
+def set_simd_level(level: str) -> None:
     """Run the kernels compiled for ``level`` ('baseline', 'avx2' or 'avx512').
 
     Every level computes the same bits; only speed differs.
@@ -60,32 +61,33 @@ def _init_from_environment():
                           f"integer; ignored", RuntimeWarning, stacklevel=3)
 
 
-def config():
+def config() -> dict[str, Any]:
     """The configuration as a dict (what :func:`show_config` prints)."""
     from fastopt import __version__
     try:
         from fastopt._build_info import BUILD
     except ImportError:  # built by a tool that skipped setup.py's build_ext
         BUILD = {}
+    build: dict[str, Any] = dict(BUILD)
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
-        "compiler": BUILD.get("compiler", "unknown"),
-        "common_flags": " ".join(BUILD.get("common_flags", [])),
+        "compiler": build.get("compiler", "unknown"),
+        "common_flags": " ".join(build.get("common_flags", [])),
         "level_flags": {k: " ".join(v) or "(none)"
-                        for k, v in BUILD.get("level_flags", {}).items()},
+                        for k, v in build.get("level_flags", {}).items()},
         "cpu_features": _core.cpu_features(),
         "simd_levels": _core.simd_levels(),
         "simd_level": _core.get_simd_level(),
         "openmp": _core.openmp_enabled(),
         "num_threads": _core.get_num_threads(),
         "parallel_threshold": _core.get_parallel_threshold(),
-        "sanitize": BUILD.get("sanitize", False),
+        "sanitize": build.get("sanitize", False),
     }
 
 
-def show_config(file=None):
+def show_config(file: Optional[TextIO] = None) -> None:
     """Print version, build flags, CPU features, SIMD level and threads."""
     if file is not None and not callable(getattr(file, "write", None)):
         raise TypeError(f"file must have a write method, got {type(file).__name__}")

@@ -27,30 +27,39 @@ import os
 import secrets
 import zipfile
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Union
+
 import numpy as np
 
 __all__ = ["save", "load", "write_state", "read_state"]
+
+if TYPE_CHECKING:
+    from fastopt.optim import Optimizer
+
+#: a file system path, as open() takes it
+PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 FORMAT = "fastopt"
 VERSION = 1
 
 
-def save(optimizer, path):
+def save(optimizer: "Optimizer", path: PathArg) -> None:
     """Write ``optimizer.state_dict()`` to ``path`` atomically."""
     write_state(path, optimizer.state_dict())
 
 
-def load(optimizer, path):
+def load(optimizer: "Optimizer", path: PathArg) -> None:
     """Restore ``optimizer`` from a file written by :func:`save`."""
     path = _path(path)
     state_dict = read_state(path)
     try:
         optimizer.load_state_dict(state_dict)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{os.fsdecode(path)}: {e}") from e
 
 
-def _path(path):
+def _path(path: Any) -> str:
     """A str, bytes or os.PathLike path as str (file names in messages and
     temporary names are text)."""
     try:
@@ -141,7 +150,7 @@ def _check_layout(sd):
                                  f"array, got {getattr(value, 'dtype', type(value).__name__)}")
 
 
-def check_state_dict(optimizer, sd):
+def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
     """Check ``sd`` against ``optimizer`` (its class, groups, parameters and
     rule) before ``load_state_dict`` changes anything; return
     (hyperparameters per group, step per parameter, states per parameter,
@@ -167,7 +176,8 @@ def check_state_dict(optimizer, sd):
     if len(saved_groups) != len(optimizer.param_groups):
         raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, "
                          f"the optimizer {len(optimizer.param_groups)}")
-    position, hypers = {}, []
+    position: dict[Any, int] = {}
+    hypers = []
     for k, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups)):
         where = f"param_groups[{k}]"
         if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
@@ -197,7 +207,7 @@ def check_state_dict(optimizer, sd):
             raise ValueError(f"{where}: {e}") from e
         hypers.append(hyper)
     steps = [0] * len(optimizer._params)
-    entries = [{} for _ in optimizer._params]
+    entries: list[dict[str, Any]] = [{} for _ in optimizer._params]
     for i, entry in state.items():
         where = f"state[{i!r}]"
         if isinstance(i, (bool, np.bool_)) or i not in position:
@@ -269,7 +279,7 @@ def _encode(state_dict):
     return _seal(buf.getvalue())
 
 
-def write_state(path, state_dict):
+def write_state(path: PathArg, state_dict: Mapping[str, Any]) -> None:
     """Write a state_dict to ``path`` atomically (see the module docstring)."""
     path = _path(path)
     data = _encode(state_dict)
@@ -332,7 +342,7 @@ def _alive(pid):
     return True
 
 
-def read_state(path):
+def read_state(path: PathArg) -> dict[str, Any]:
     """Read and verify a checkpoint; return its state_dict."""
     path = _path(path)
     _remove_stale_temporaries(path)

@@ -7,7 +7,13 @@ same way.  Train on the views (write gradients with ``out=`` or
 with ``flat.grads`` updates each bucket as ONE tensor: a single pass over
 one buffer instead of a loop over many small arrays.
 """
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
 import numpy as np
+from numpy.typing import DTypeLike
+
+from fastopt._typing import FloatArray
 
 __all__ = ["FlatParams"]
 
@@ -26,7 +32,8 @@ class FlatParams:
     back to back); gradients start at zero.
     """
 
-    def __init__(self, params, dtype=None):
+    def __init__(self, params: Union[Sequence[FloatArray], Mapping[str, FloatArray]],
+                 dtype: Optional[DTypeLike] = None) -> None:
         if isinstance(params, dict):
             keys, arrays = list(params), list(params.values())
         elif isinstance(params, (list, tuple)):
@@ -58,16 +65,19 @@ class FlatParams:
             grad_views.append(self.grad_buffer[offset:end].reshape(a.shape))
             np.copyto(param_views[-1], a, casting="same_kind")
             offset = end
+        # lists in the order given, or dicts by name when given by name
+        self.params: Any
+        self.grads: Any
         if keys is None:
             self.params, self.grads = param_views, grad_views
         else:
             self.params = dict(zip(keys, param_views))
             self.grads = dict(zip(keys, grad_views))
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero."""
         self.grad_buffer.fill(0)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"FlatParams({len(self.params)} arrays, "
                 f"{self.param_buffer.size} elements, {self.dtype})")
