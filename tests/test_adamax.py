@@ -191,3 +191,18 @@ def test_defaults_are_torchs():
 def test_checkpoint_round_trip_continues_bit_for_bit(dtype):
     check_resume(fastopt.Adamax, dict(lr=0.01, weight_decay=0.1, maximize=True),
                  dtype, STEPS // 2, fresh_config=dict(lr=0.5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_signed_zero_tie_in_the_maximum_matches_the_reference(dtype):
+    """max(beta2 * u, |g| + eps) with beta2 * u = -0 and |g| + eps = +0: the
+    kernel keeps the decayed -0 and so must the reference (found by the
+    property test: the step's sign flipped between the two)."""
+    start = [np.zeros(1, dtype), np.zeros(1, dtype), np.ones(1, dtype),
+             np.full(1, -0.0, dtype)]
+    ours, ref = [a.copy() for a in start], [a.copy() for a in start]
+    fastopt.functional.adamax(*ours, step=1, lr=1e-8, eps=0.0)
+    with np.errstate(divide="ignore"):
+        fastopt.reference.adamax(*ref, step=1, lr=1e-8, eps=0.0)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ours, ref))
+    assert np.signbit(ours[3][0]) and ours[0][0] == np.inf

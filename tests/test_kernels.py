@@ -306,3 +306,15 @@ def test_num_threads_setting(restore_config):
     assert fastopt.get_num_threads() == 1
     fastopt.set_num_threads(None)
     assert fastopt.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amsgrad_maximum_keeps_the_old_value_on_a_signed_zero_tie(dtype):
+    """max(v_max = -0, v = +0): kernel and reference both keep -0."""
+    start = [np.zeros(3, dtype) for _ in range(4)] + [np.full(3, -0.0, dtype)]
+    ours, ref = [a.copy() for a in start], [a.copy() for a in start]
+    fastopt.functional.adam(*ours, step=1, amsgrad=True, eps=0.0)
+    with np.errstate(all="ignore"):
+        fastopt.reference.adam(*ref, step=1, amsgrad=True, eps=0.0)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ours, ref))
+    assert np.signbit(ours[4]).all()

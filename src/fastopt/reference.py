@@ -130,7 +130,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c):
         p = param * decay
         m = beta1 * m + one_minus_beta1 * g
         v = beta2 * v + one_minus_beta2 * (g * g)
-        v_max = maximum(v_max, v);  v = v_max             (amsgrad)
+        v_max = maximum(v_max, v);  v = v_max             (amsgrad; a tie keeps v_max)
         denom = sqrt(v) * inv_sqrt_bc2 + eps
         param = p - step_size * (m / denom)
     """
@@ -140,7 +140,9 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c):
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
     v = exp_avg_sq
     if c.amsgrad:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        # the larger, the old maximum on a tie (+0 against -0), NaN kept
+        keep = (max_exp_avg_sq >= exp_avg_sq) | np.isnan(max_exp_avg_sq)
+        max_exp_avg_sq[...] = np.where(keep, max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
     denom = np.sqrt(v) * c.inv_sqrt_bc2 + c.eps
     param[...] = p - c.step_size * (exp_avg / denom)
@@ -221,15 +223,19 @@ def rprop(param, grad, prev, step_size, c):
 @_rule
 def adamax(param, grad, exp_avg, exp_inf, c):
     """Adamax, with clr = lr / (1 - beta1^t) and eps inside the maximum
-    (NaN from either side propagates)::
+    (NaN from either side propagates; of two equal values, +0 and -0, the
+    decayed one is kept)::
 
         m = beta1 * m + one_minus_beta1 * g
-        u = maximum(beta2 * u, abs(g) + eps)
+        decayed = beta2 * u;  norm = abs(g) + eps
+        u = decayed if decayed >= norm or isnan(decayed) else norm
         param = param - clr * (m / u)
     """
     g = _start(param, grad, c)
     exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
-    exp_inf[...] = np.maximum(c.beta2 * exp_inf, np.abs(g) + c.eps)
+    decayed = c.beta2 * exp_inf
+    norm = np.abs(g) + c.eps
+    exp_inf[...] = np.where((decayed >= norm) | np.isnan(decayed), decayed, norm)
     param[...] = param - c.clr * (exp_avg / exp_inf)
 
 
