@@ -24,7 +24,7 @@ if grep -E '\.(so|o)$|/_core\.c$|fo_table\.h$|/_functional\.pxi$|\.pyi$|_build_i
 fi
 python -m pip install --quiet "${sdist[0]}"
 cd "$work"
-python -m fastopt info | head -3
+python -m fastopt info > info.txt && head -3 info.txt
 python - <<'PY'
 import numpy as np
 import fastopt

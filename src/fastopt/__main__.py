@@ -1,5 +1,6 @@
 """Command line: ``python -m fastopt {demo,bench,info}``."""
 import argparse
+import os
 import sys
 
 
@@ -38,7 +39,12 @@ def main(argv=None):
     p.set_defaults(func=_info)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`python -m fastopt info | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
