@@ -28,6 +28,24 @@ def grid(**axes):
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
+def preset_grid(presets, **axes):
+    """(configs, ids): every named preset of hyperparameters combined with
+    every point of grid(**axes), for pytest.mark.parametrize."""
+    points = grid(**axes)
+    configs = [dict(**presets[name], **c) for name in presets for c in points]
+    ids = [name + "-" + "-".join(f"{k}={v}" for k, v in c.items())
+           for name in presets for c in points]
+    return configs, ids
+
+
+def check_state_keys(opt, topt, keys):
+    """torch's state and fastopt's state_dict both hold exactly ``keys``."""
+    state = opt.state_dict()["state"]
+    for i, torch_state in enumerate(topt.state.values()):
+        assert set(torch_state) == set(keys)
+        assert set(state[i]) == set(torch_state)
+
+
 def problem(dtype):
     """Start parameters, curvatures and per-step noise, fixed by a seed."""
     rng = np.random.default_rng(1234)

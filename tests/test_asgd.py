@@ -18,14 +18,12 @@ import pytest
 
 import fastopt
 from fastopt.optim import ASGD
-from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
+from conformance import (IMPLS, STEPS, check_against_torch, check_resume,
+                         check_state_keys, preset_grid)
 
 HYPERS = {"defaults": {},
           "averaging": dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=10.0)}
-CASES = [dict(**HYPERS[h], **c) for h in HYPERS
-         for c in grid(weight_decay=[0, 0.1], maximize=[False, True])]
-CASE_IDS = [f"{h}-wd{c['weight_decay']}-maximize={c['maximize']}" for h in HYPERS
-            for c in grid(weight_decay=[0, 0.1], maximize=[False, True])]
+CASES, CASE_IDS = preset_grid(HYPERS, weight_decay=[0, 0.1], maximize=[False, True])
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -34,10 +32,7 @@ CASE_IDS = [f"{h}-wd{c['weight_decay']}-maximize={c['maximize']}" for h in HYPER
 def test_matches_torch(config, dtype, impl):
     torch = pytest.importorskip("torch")
     opt, topt = check_against_torch(ASGD, torch.optim.ASGD, config, dtype, impl)
-    state = opt.state_dict()["state"]
-    for i, torch_state in enumerate(topt.state.values()):
-        assert set(torch_state) == {"step", "eta", "mu", "ax"}
-        assert set(state[i]) == set(torch_state)
+    check_state_keys(opt, topt, ['step', 'eta', 'mu', 'ax'])
 
 
 def test_defaults_are_torchs():

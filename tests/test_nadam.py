@@ -17,16 +17,14 @@ import pytest
 
 import fastopt
 from fastopt.optim import NAdam
-from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
+from conformance import (IMPLS, STEPS, check_against_torch, check_resume,
+                         check_state_keys, preset_grid)
 
 HYPERS = {"defaults": {},
           "tuned": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, momentum_decay=0.05)}
-CASES = [dict(**HYPERS[h], **c) for h in HYPERS
-         for c in grid(weight_decay=[0, 0.1], decoupled_weight_decay=[False, True],
-                       maximize=[False, True])]
-CASE_IDS = [f"{h}-" + "-".join(f"{k}={v}" for k, v in c.items()) for h in HYPERS
-            for c in grid(weight_decay=[0, 0.1], decoupled_weight_decay=[False, True],
-                          maximize=[False, True])]
+CASES, CASE_IDS = preset_grid(HYPERS, weight_decay=[0, 0.1],
+                              decoupled_weight_decay=[False, True],
+                              maximize=[False, True])
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -35,10 +33,7 @@ CASE_IDS = [f"{h}-" + "-".join(f"{k}={v}" for k, v in c.items()) for h in HYPERS
 def test_matches_torch(config, dtype, impl):
     torch = pytest.importorskip("torch")
     opt, topt = check_against_torch(NAdam, torch.optim.NAdam, config, dtype, impl)
-    state = opt.state_dict()["state"]
-    for i, torch_state in enumerate(topt.state.values()):
-        assert set(torch_state) == {"step", "exp_avg", "exp_avg_sq", "mu_product"}
-        assert set(state[i]) == set(torch_state)
+    check_state_keys(opt, topt, ['step', 'exp_avg', 'exp_avg_sq', 'mu_product'])
 
 
 def test_defaults_are_torchs():
