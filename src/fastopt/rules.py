@@ -27,8 +27,11 @@ class Hyper:
     """A hyperparameter.
 
     check: "real" (a finite number in [lo, hi), or [lo, hi] when closed),
-    "flag" (a bool) or "pair" (a tuple or list of two reals, each checked as
-    "real"; betas).  label: torch's words for it in "Invalid <label>: x".
+    "flag" (a bool), "tuple" (a tuple or list of ``size`` reals, each
+    checked as "real"; AdEMAMix's three betas), "pair" (a "tuple" of size 2;
+    betas) or "count" (None or an int >= lo; a number of steps such as a
+    warm-up's, None for none, which the kernel receives as FO_NO_COUNT).
+    label: torch's words for it in "Invalid <label>: x".
     kernel: False for a class-only hyperparameter (e.g. the initial value of
     a state), which the kernel never sees.  keyword_only: after ``*`` in the
     class signature, as torch has it."""
@@ -42,13 +45,23 @@ class Hyper:
     label: str = ""
     kernel: bool = True
     keyword_only: bool = False
+    size: int = 0
+
+    @property
+    def length(self):
+        """The number of entries of a "tuple" or "pair", 0 for the others."""
+        if self.check == "pair":
+            return 2
+        if self.check == "tuple":
+            return self.size
+        return 0
 
     def scalars(self):
         """The names of the doubles this hyperparameter gives the kernel."""
         if not self.kernel:
             return ()
-        if self.check == "pair":
-            return (f"{self.name}0", f"{self.name}1")
+        if self.length:
+            return tuple(f"{self.name}{i}" for i in range(self.length))
         return (self.name,)
 
 
