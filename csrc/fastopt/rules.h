@@ -632,5 +632,51 @@ static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
     }
 }
 
+/* ---- AdEMAMix (apple/ml-ademamix) ------------------------------------ */
+
+/* A fast EMA m1 (bias-corrected through fast_coef = lr / (1 - beta1^t)), a
+ * slow EMA m2 (not bias-corrected; slow_coef = lr * alpha_t) and Adam's
+ * second moment, over one division; beta3 and alpha_t come from the
+ * warm-ups (coefficients.c).  Weight decay is decoupled: decay = 1 - lr wd. */
+FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
+                                      size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m1 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_FAST];
+    FO_T *restrict m2 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SLOW];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SQ];
+    const FO_T beta1 = FO_C(ADEMAMIX, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADEMAMIX, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADEMAMIX, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADEMAMIX, ONE_MINUS_BETA2);
+    const FO_T beta3 = FO_C(ADEMAMIX, BETA3);
+    const FO_T one_minus_beta3 = FO_C(ADEMAMIX, ONE_MINUS_BETA3);
+    const FO_T inv_sqrt_bc2 = FO_C(ADEMAMIX, INV_SQRT_BC2);
+    const FO_T eps = FO_C(ADEMAMIX, EPS);
+    const FO_T fast_coef = FO_C(ADEMAMIX, FAST_COEF);
+    const FO_T slow_coef = FO_C(ADEMAMIX, SLOW_COEF);
+    const FO_T decay = FO_C(ADEMAMIX, DECAY);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
+        const FO_T pi = p[i] * decay;
+        const FO_T fi = beta1 * m1[i] + one_minus_beta1 * gi;
+        const FO_T si = beta3 * m2[i] + one_minus_beta3 * gi;
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
+        m1[i] = fi;
+        m2[i] = si;
+        v[i] = vi;
+        p[i] = pi - (fast_coef * fi + slow_coef * si) / denom;
+    }
+}
+
+static void FO_NAME(ademamix_range)(const void *args, const fo_tensor *t,
+                                    size_t lo, size_t hi)
+{
+    FO_NAME(ademamix_body)((const fo_args *)args, t, lo, hi);
+}
+
 #undef FO_C
 #undef FO_INLINE

@@ -298,3 +298,25 @@ def asgd(param, grad, ax, c):
         ax[...] = ax + (param - ax) * c.mu
     else:
         ax[...] = param
+
+
+@_rule
+def ademamix(param, grad, exp_avg_fast, exp_avg_slow, exp_avg_sq, c):
+    """AdEMAMix.  fast_coef = lr / (1 - beta1^t); slow_coef = lr * alpha_t
+    and beta3 follow the warm-ups; inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t);
+    decay = 1 - lr * weight_decay (decoupled)::
+
+        p = param * decay
+        m1 = beta1 * m1 + one_minus_beta1 * g
+        m2 = beta3 * m2 + one_minus_beta3 * g            (not bias-corrected)
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
+        param = p - (fast_coef * m1 + slow_coef * m2) / denom
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    exp_avg_fast[...] = c.beta1 * exp_avg_fast + c.one_minus_beta1 * g
+    exp_avg_slow[...] = c.beta3 * exp_avg_slow + c.one_minus_beta3 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps
+    param[...] = p - (c.fast_coef * exp_avg_fast + c.slow_coef * exp_avg_slow) / denom

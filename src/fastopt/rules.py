@@ -412,6 +412,40 @@ RULES = {r.name: r for r in (
         scalar_states=(Scalar("eta", initial="lr"), Scalar("mu", initial=1.0)),
         coefficients=("decay", "eta", "mu", "l2"),
         options=("average",)),
+    Rule(
+        name="ademamix", cls="AdEMAMix", torch="",
+        source="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, "
+               "Faster, Older (ICLR 2025); reference loop, names and defaults: "
+               "apple/ml-ademamix, pytorch/ademamix.py",
+        doc="AdEMAMix: Adam whose numerator adds alpha times a slow EMA of "
+            "the gradients (beta3, not bias-corrected) to the fast one, with "
+            "the reference's optional linear warm-ups of alpha and of beta3 "
+            "(on the half-life scale) and decoupled weight decay.  Defaults "
+            "are the PyTorch reference's (alpha=2.0); optax's ademamix "
+            "defaults to alpha=5.0.",
+        hypers=(_lr(1e-3),
+                Hyper("betas", (0.9, 0.999, 0.9999),
+                      "(beta1, beta2, beta3): decay of the fast EMA, of the "
+                      "second moment and (after its warm-up) of the slow EMA",
+                      check="tuple", size=3, hi=1.0, label="beta parameter"),
+                Hyper("alpha", 2.0, "weight of the slow EMA (after its "
+                      "warm-up); optax's default is 5.0",
+                      label="alpha value"),
+                Hyper("beta3_warmup", None, "steps over which beta3 rises "
+                      "from beta1, linearly in half-life; None: no warm-up",
+                      check="count", label="beta3_warmup value"),
+                Hyper("alpha_warmup", None, "steps over which alpha rises "
+                      "linearly from 0; None: no warm-up",
+                      check="count", label="alpha_warmup value"),
+                _eps(1e-8),
+                Hyper("weight_decay", 0.0, "decoupled weight decay, as AdamW",
+                      label="weight_decay value"),
+                MAXIMIZE),
+        states=(State("exp_avg_fast"), State("exp_avg_slow"),
+                State("exp_avg_sq")),
+        coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                      "beta3", "one_minus_beta3", "inv_sqrt_bc2", "eps",
+                      "fast_coef", "slow_coef", "decay")),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
