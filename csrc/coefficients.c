@@ -312,6 +312,32 @@ static const char *ademamix(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+/* ADOPT (iShohei220/adopt, src/adopt/adopt.py).  The reference counts
+ * steps from 0 and its first call only sets v; fastopt's step t is that
+ * count plus one, so step 1 is the first-step pass and the clip of step
+ * t > 1 is the reference's default clip_lambda of its count, (t - 1)^0.25.
+ * Decoupled decay as in AdamW: decay = 1 - lr * weight_decay, from step 2
+ * on (the first pass leaves the parameter alone). */
+static const char *adopt(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ADOPT, LR), wd = H(ADOPT, WEIGHT_DECAY);
+    const int decoupled = H(ADOPT, DECOUPLE) != 0.0;
+    const int first = step == 1;
+    C(ADOPT, LR) = lr;
+    C(ADOPT, BETA1) = H(ADOPT, BETAS0);
+    C(ADOPT, ONE_MINUS_BETA1) = 1.0 - H(ADOPT, BETAS0);
+    C(ADOPT, BETA2) = H(ADOPT, BETAS1);
+    C(ADOPT, ONE_MINUS_BETA2) = 1.0 - H(ADOPT, BETAS1);
+    C(ADOPT, EPS) = H(ADOPT, EPS);
+    C(ADOPT, CLIP_VALUE) = first ? 0.0 : pow((double)(step - 1), 0.25);
+    C(ADOPT, L2) = decoupled ? 0.0 : wd;
+    C(ADOPT, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
+    a->opts = common(H(ADOPT, MAXIMIZE), C(ADOPT, L2))
+              | (first ? FO_ADOPT_O_FIRST_STEP : 0u)
+              | (H(ADOPT, CLIP) != 0.0 ? FO_ADOPT_O_CLIP : 0u);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

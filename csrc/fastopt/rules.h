@@ -678,5 +678,63 @@ static void FO_NAME(ademamix_range)(const void *args, const fo_tensor *t,
     FO_NAME(ademamix_body)((const fo_args *)args, t, lo, hi);
 }
 
+/* ---- ADOPT (iShohei220/adopt) ---------------------------------------- */
+
+/* The first step only accumulates g * g into v.  Later steps normalise g by
+ * the second moment of the steps before, max(sqrt(v), eps) (NaN kept, as
+ * torch.clamp keeps it), clip the result to [-clip, clip] (NaN kept), fold
+ * it into the momentum and step by it, and only then update v. */
+FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
+                                   size_t lo, size_t hi, const int has_l2,
+                                   const int first, const int clip)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG_SQ];
+    const FO_T lr = FO_C(ADOPT, LR);
+    const FO_T beta1 = FO_C(ADOPT, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADOPT, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADOPT, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADOPT, ONE_MINUS_BETA2);
+    const FO_T eps = FO_C(ADOPT, EPS), c = FO_C(ADOPT, CLIP_VALUE), neg_c = -c;
+    const FO_T decay = FO_C(ADOPT, DECAY), l2 = FO_C(ADOPT, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        if (first) {
+            v[i] = v[i] + gi * gi;
+        } else {
+            const FO_T pi = p[i] * decay;
+            const FO_T ni = gi / FO_NAME(maxnan)(FO_SQRT(v[i]), eps);
+            const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
+            const FO_T mi = beta1 * m[i] + one_minus_beta1 * ci;
+            m[i] = mi;
+            p[i] = pi - lr * mi;
+            v[i] = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        }
+    }
+}
+
+static void FO_NAME(adopt_range)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, F = FO_ADOPT_O_FIRST_STEP, CL = FO_ADOPT_O_CLIP };
+#define FO_ADOPT(l2, f, cl) FO_NAME(adopt_body)(a, t, lo, hi, l2, f, cl); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:            FO_ADOPT(0, 0, 0);
+    case CL:           FO_ADOPT(0, 0, 1);
+    case F:            FO_ADOPT(0, 1, 0);
+    case F | CL:       FO_ADOPT(0, 1, 1);
+    case L2:           FO_ADOPT(1, 0, 0);
+    case L2 | CL:      FO_ADOPT(1, 0, 1);
+    case L2 | F:       FO_ADOPT(1, 1, 0);
+    case L2 | F | CL:  FO_ADOPT(1, 1, 1);
+    default: FO_ADOPT(!!(a->opts & L2), !!(a->opts & F), !!(a->opts & CL));
+    }
+#undef FO_ADOPT
+}
+
 #undef FO_C
 #undef FO_INLINE

@@ -446,6 +446,38 @@ RULES = {r.name: r for r in (
         coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
                       "beta3", "one_minus_beta3", "inv_sqrt_bc2", "eps",
                       "fast_coef", "slow_coef", "decay")),
+    Rule(
+        name="adopt", cls="ADOPT", torch="",
+        source="Taniguchi et al., ADOPT: Modified Adam Can Converge with Any "
+               "beta2 with the Optimal Rate (NeurIPS 2024); reference loop, "
+               "names, defaults and clipping schedule: iShohei220/adopt, "
+               "src/adopt/adopt.py",
+        doc="ADOPT: the gradient normalised by the previous step's second "
+            "moment, max(sqrt(v), eps), clipped, then averaged into the "
+            "momentum.  Step 1 only sets v = g * g (the parameter and the "
+            "momentum stay as they are); at step t > 1 the clip is "
+            "(t - 1)^0.25, the reference's default clip_lambda (its step "
+            "counter starts at 0).  clip=False is the reference's "
+            "clip_lambda=None, the unclipped ADOPT; other schedules are not "
+            "offered.  decouple=True decays the parameter as AdamW.",
+        hypers=(_lr(1e-3),
+                Hyper("betas", (0.9, 0.9999),
+                      "decay of the momentum and of the second moment",
+                      check="pair", hi=1.0, label="beta parameter"),
+                Hyper("eps", 1e-6, "lower bound of sqrt(v)",
+                      label="epsilon value"),
+                Hyper("clip", True, "clip the normalised gradient to "
+                      "+-(t - 1)^0.25 (the reference's default clip_lambda); "
+                      "False: no clipping (clip_lambda=None)", check="flag"),
+                _weight_decay(),
+                Hyper("decouple", False,
+                      "decay the parameter instead of adding to the gradient",
+                      check="flag"),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "eps", "clip_value", "l2", "decay"),
+        options=("first_step", "clip")),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
