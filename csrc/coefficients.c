@@ -264,6 +264,80 @@ static const char *asgd(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+/* AdEMAMix (apple/ml-ademamix, pytorch/ademamix.py).  Over the first
+ * `warmup` steps alpha rises linearly from 0, and beta3 from beta1 linearly
+ * in f(beta) = log(0.5) / log(beta + 1e-8) - 1 (the half-life in steps),
+ * mapped back with 0.5^(1 / (f + 1)); both in the reference's order of
+ * operations.  The step is
+ *   param = param * decay - (lr / (1 - beta1^t) * m1 + lr alpha_t * m2)
+ *                           / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ * with the slow EMA m2 not bias-corrected and decay = 1 - lr * weight_decay. */
+static double ademamix_warmup(long long step, double end, double start,
+                              double warmup)
+{
+    if (warmup == FO_NO_COUNT || !((double)step < warmup)) return end;
+    const double x = (double)step / warmup;
+    return (1.0 - x) * start + x * end;
+}
+
+static double ademamix_half_life(double beta)
+{
+    return log(0.5) / log(beta + 1e-8) - 1.0;
+}
+
+static const char *ademamix(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ADEMAMIX, LR);
+    const double beta1 = H(ADEMAMIX, BETAS0), beta2 = H(ADEMAMIX, BETAS1);
+    const double alpha = ademamix_warmup(step, H(ADEMAMIX, ALPHA), 0.0,
+                                         H(ADEMAMIX, ALPHA_WARMUP));
+    double beta3 = H(ADEMAMIX, BETAS2);
+    const double warmup3 = H(ADEMAMIX, BETA3_WARMUP);
+    if (warmup3 != FO_NO_COUNT && (double)step < warmup3)
+        beta3 = pow(0.5, 1.0 / (ademamix_warmup(step, ademamix_half_life(beta3),
+                                                ademamix_half_life(beta1),
+                                                warmup3) + 1.0));
+    C(ADEMAMIX, BETA1) = beta1;
+    C(ADEMAMIX, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(ADEMAMIX, BETA2) = beta2;
+    C(ADEMAMIX, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(ADEMAMIX, BETA3) = beta3;
+    C(ADEMAMIX, ONE_MINUS_BETA3) = 1.0 - beta3;
+    C(ADEMAMIX, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
+    C(ADEMAMIX, EPS) = H(ADEMAMIX, EPS);
+    C(ADEMAMIX, FAST_COEF) = fo_adam_step_size(lr, beta1, step);
+    C(ADEMAMIX, SLOW_COEF) = lr * alpha;
+    C(ADEMAMIX, DECAY) = fo_decay_factor(lr, H(ADEMAMIX, WEIGHT_DECAY));
+    a->opts = common(H(ADEMAMIX, MAXIMIZE), 0.0);
+    return NULL;
+}
+
+/* ADOPT (iShohei220/adopt, src/adopt/adopt.py).  The reference counts
+ * steps from 0 and its first call only sets v; fastopt's step t is that
+ * count plus one, so step 1 is the first-step pass and the clip of step
+ * t > 1 is the reference's default clip_lambda of its count, (t - 1)^0.25.
+ * Decoupled decay as in AdamW: decay = 1 - lr * weight_decay, from step 2
+ * on (the first pass leaves the parameter alone). */
+static const char *adopt(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ADOPT, LR), wd = H(ADOPT, WEIGHT_DECAY);
+    const int decoupled = H(ADOPT, DECOUPLE) != 0.0;
+    const int first = step == 1;
+    C(ADOPT, LR) = lr;
+    C(ADOPT, BETA1) = H(ADOPT, BETAS0);
+    C(ADOPT, ONE_MINUS_BETA1) = 1.0 - H(ADOPT, BETAS0);
+    C(ADOPT, BETA2) = H(ADOPT, BETAS1);
+    C(ADOPT, ONE_MINUS_BETA2) = 1.0 - H(ADOPT, BETAS1);
+    C(ADOPT, EPS) = H(ADOPT, EPS);
+    C(ADOPT, CLIP_VALUE) = first ? 0.0 : pow((double)(step - 1), 0.25);
+    C(ADOPT, L2) = decoupled ? 0.0 : wd;
+    C(ADOPT, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
+    a->opts = common(H(ADOPT, MAXIMIZE), C(ADOPT, L2))
+              | (first ? FO_ADOPT_O_FIRST_STEP : 0u)
+              | (H(ADOPT, CLIP) != 0.0 ? FO_ADOPT_O_CLIP : 0u);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

@@ -301,10 +301,26 @@ def _hp_cases():
             label = re.escape(h.label or h.name)
             if h.check == "flag":
                 bad(name, h.name, 1, TypeError, rf"^{h.name} must be a bool, got int")
-            elif h.check == "pair":
-                bad(name, h.name, (h.lo - 1.0, h.default[1]), ValueError,
+            elif h.length:
+                word = {2: "pair", 3: "triple"}[h.length]
+                last = h.length - 1
+                bad(name, h.name, (h.lo - 1.0,) + tuple(h.default[1:]), ValueError,
                     rf"Invalid {label} at index 0: .*\({h.name}\[0\] must")
-                bad(name, h.name, (h.lo,), TypeError, rf"^{h.name} must be a pair")
+                bad(name, h.name, tuple(h.default[:last]) + (NAN,), ValueError,
+                    rf"Invalid {label} at index {last}: .*\({h.name}\[{last}\] must")
+                bad(name, h.name, (h.lo,), TypeError, rf"^{h.name} must be a {word}")
+                bad(name, h.name, tuple(h.default) + (h.lo,), TypeError,
+                    rf"^{h.name} must be a {word}")
+            elif h.check == "count":
+                for v in (int(h.lo) - 1, -(2 ** 70)):
+                    bad(name, h.name, v, ValueError,
+                        rf"^Invalid {label}: {v} \({h.name} must be None or an "
+                        rf"int >= {h.lo:g}\)")
+                bad(name, h.name, 2 ** 53 + 1, ValueError, rf"\({h.name} must be None "
+                    rf"or an int <= 2\*\*53\)")
+                for v in (1.0, "3", True, np.float64(2.0)):
+                    bad(name, h.name, v, TypeError,
+                        rf"^{h.name} must be None or an int, got {type(v).__name__}")
             else:
                 for v in (h.lo - 1.0, NAN, INF):
                     bad(name, h.name, v, ValueError,
@@ -529,7 +545,8 @@ def test_readonly_grad_is_accepted(rule, dtype):
     arrays["grad"].flags.writeable = False
     grad_before = arrays["grad"].tobytes()
     param_before = arrays["param"].copy()
-    fn(*[arrays[n] for n in names], **hp)
+    # a later step: a first step may only initialise a state (ADOPT's sets v)
+    fn(*[arrays[n] for n in names], **{**hp, **({"step": 2} if "step" in hp else {})})
     assert arrays["grad"].tobytes() == grad_before
     assert not np.array_equal(arrays["param"], param_before)
 

@@ -316,5 +316,13 @@ def test_bad_calls():
     strided = dict(model.grads, dW1=np.zeros((3, 4))[:, ::2])
     with pytest.raises(ValueError, match="C-contiguous"):
         model.backward(Y, grads=strided)
+    readonly = {k: v.copy() for k, v in model.grads.items()}
+    readonly["db1"].flags.writeable = False
+    before = {k: v.copy() for k, v in readonly.items()}
+    for call in (lambda: model.backward(Y, grads=readonly),
+                 lambda: model.forward_backward(X, Y, grads=readonly)):
+        with pytest.raises(ValueError, match=r"grads\['db1'\] must be writable"):
+            call()
+        assert all(np.array_equal(readonly[k], before[k]) for k in before)
     with pytest.raises(TypeError, match=r"grads\['db2'\]"):
         model.backward(Y, grads={k: v for k, v in model.grads.items() if k != "db2"})

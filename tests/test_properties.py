@@ -86,12 +86,14 @@ HYPERPARAMS = {
 
 
 def _strategy(h):
-    """Any valid value of a hyperparameter of the table.  A pair stays at
+    """Any valid value of a hyperparameter of the table.  A tuple stays at
     its default: its elements may be constrained together (Rprop's etas)."""
     if h.check == "flag":
         return flag
-    if h.check == "pair":
+    if h.length:
         return st.just(h.default)
+    if h.check == "count":
+        return st.one_of(st.none(), st.integers(int(h.lo), 50))
     if h.hi == math.inf:
         return nonneg if h.lo == 0 else st.floats(h.lo, 1e300)
     return st.floats(h.lo, h.hi, exclude_max=not h.closed)

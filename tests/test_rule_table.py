@@ -73,8 +73,10 @@ def test_classes_bench_rows_and_simd_check_have_every_rule():
 def _bad_values(h):
     if h.check == "flag":
         return ["yes"]
-    if h.check == "pair":
-        return [(h.hi, 0.5), 3.0]
+    if h.length:
+        return [(h.hi,) + (0.5,) * (h.length - 1), 3.0, (0.5,) * (h.length + 1)]
+    if h.check == "count":
+        return [-1, 2.0, "x", 2 ** 60]
     return [h.lo - 1.0, float("nan"), "x"] + ([h.hi + 1.0] if h.hi < np.inf else [])
 
 

@@ -50,10 +50,14 @@ typedef struct {
 #define FO_MAXIMIZE 1u   /* negate the gradient first */
 #define FO_L2 2u         /* then add c[l2] * p to it */
 
+/* A "count" hyperparameter given as None (no warm-up, ...) arrives in h as
+ * this value, which no count takes (counts are ints >= 0). */
+#define FO_NO_COUNT (-1.0)
+
 /* Fill `a` for one step of `rule` from its hyperparameters (doubles in the
- * order FO_<RULE>_H_*, flags as 0 or 1) and the step count (0 when the call
- * has none).  Returns NULL, or a message when the combination is invalid
- * (then `a` is unspecified). */
+ * order FO_<RULE>_H_*, flags as 0 or 1, a None count as FO_NO_COUNT) and the
+ * step count (0 when the call has none).  Returns NULL, or a message when
+ * the combination is invalid (then `a` is unspecified). */
 const char *fo_coefficients(int rule, const double *h, long long step,
                             fo_args *a);
 /* The same, one function per rule (fo_coef_adam, ...): the functional

@@ -632,5 +632,109 @@ static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
     }
 }
 
+/* ---- AdEMAMix (apple/ml-ademamix) ------------------------------------ */
+
+/* A fast EMA m1 (bias-corrected through fast_coef = lr / (1 - beta1^t)), a
+ * slow EMA m2 (not bias-corrected; slow_coef = lr * alpha_t) and Adam's
+ * second moment, over one division; beta3 and alpha_t come from the
+ * warm-ups (coefficients.c).  Weight decay is decoupled: decay = 1 - lr wd. */
+FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
+                                      size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m1 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_FAST];
+    FO_T *restrict m2 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SLOW];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SQ];
+    const FO_T beta1 = FO_C(ADEMAMIX, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADEMAMIX, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADEMAMIX, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADEMAMIX, ONE_MINUS_BETA2);
+    const FO_T beta3 = FO_C(ADEMAMIX, BETA3);
+    const FO_T one_minus_beta3 = FO_C(ADEMAMIX, ONE_MINUS_BETA3);
+    const FO_T inv_sqrt_bc2 = FO_C(ADEMAMIX, INV_SQRT_BC2);
+    const FO_T eps = FO_C(ADEMAMIX, EPS);
+    const FO_T fast_coef = FO_C(ADEMAMIX, FAST_COEF);
+    const FO_T slow_coef = FO_C(ADEMAMIX, SLOW_COEF);
+    const FO_T decay = FO_C(ADEMAMIX, DECAY);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
+        const FO_T pi = p[i] * decay;
+        const FO_T fi = beta1 * m1[i] + one_minus_beta1 * gi;
+        const FO_T si = beta3 * m2[i] + one_minus_beta3 * gi;
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
+        m1[i] = fi;
+        m2[i] = si;
+        v[i] = vi;
+        p[i] = pi - (fast_coef * fi + slow_coef * si) / denom;
+    }
+}
+
+static void FO_NAME(ademamix_range)(const void *args, const fo_tensor *t,
+                                    size_t lo, size_t hi)
+{
+    FO_NAME(ademamix_body)((const fo_args *)args, t, lo, hi);
+}
+
+/* ---- ADOPT (iShohei220/adopt) ---------------------------------------- */
+
+/* The first step only accumulates g * g into v.  Later steps normalise g by
+ * the second moment of the steps before, max(sqrt(v), eps) (NaN kept, as
+ * torch.clamp keeps it), clip the result to [-clip, clip] (NaN kept), fold
+ * it into the momentum and step by it, and only then update v. */
+FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
+                                   size_t lo, size_t hi, const int has_l2,
+                                   const int first, const int clip)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG_SQ];
+    const FO_T lr = FO_C(ADOPT, LR);
+    const FO_T beta1 = FO_C(ADOPT, BETA1);
+    const FO_T one_minus_beta1 = FO_C(ADOPT, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(ADOPT, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADOPT, ONE_MINUS_BETA2);
+    const FO_T eps = FO_C(ADOPT, EPS), c = FO_C(ADOPT, CLIP_VALUE), neg_c = -c;
+    const FO_T decay = FO_C(ADOPT, DECAY), l2 = FO_C(ADOPT, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        if (first) {
+            v[i] = v[i] + gi * gi;
+        } else {
+            const FO_T pi = p[i] * decay;
+            const FO_T ni = gi / FO_NAME(maxnan)(FO_SQRT(v[i]), eps);
+            const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
+            const FO_T mi = beta1 * m[i] + one_minus_beta1 * ci;
+            m[i] = mi;
+            p[i] = pi - lr * mi;
+            v[i] = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        }
+    }
+}
+
+static void FO_NAME(adopt_range)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, F = FO_ADOPT_O_FIRST_STEP, CL = FO_ADOPT_O_CLIP };
+#define FO_ADOPT(l2, f, cl) FO_NAME(adopt_body)(a, t, lo, hi, l2, f, cl); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:            FO_ADOPT(0, 0, 0);
+    case CL:           FO_ADOPT(0, 0, 1);
+    case F:            FO_ADOPT(0, 1, 0);
+    case F | CL:       FO_ADOPT(0, 1, 1);
+    case L2:           FO_ADOPT(1, 0, 0);
+    case L2 | CL:      FO_ADOPT(1, 0, 1);
+    case L2 | F:       FO_ADOPT(1, 1, 0);
+    case L2 | F | CL:  FO_ADOPT(1, 1, 1);
+    default: FO_ADOPT(!!(a->opts & L2), !!(a->opts & F), !!(a->opts & CL));
+    }
+#undef FO_ADOPT
+}
+
 #undef FO_C
 #undef FO_INLINE

@@ -48,19 +48,58 @@ cdef inline bint _check_flag(object x, str name) except -1:
     raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
 
 
-cdef int _check_pair(object x, str name, str label, double lo, double hi,
-                     bint closed, double *out) except -1:
-    if type(x) is tuple and len(<tuple>x) == 2:
-        x0, x1 = <tuple>x
-        if type(x0) is float and type(x1) is float:
-            out[0], out[1] = x0, x1
-            if lo <= out[0] < hi and lo <= out[1] < hi:
-                return 0
-    if not isinstance(x, (tuple, list)) or len(x) != 2:
-        raise TypeError(f"{name} must be a pair ({name}[0], {name}[1]), got {x!r}")
-    out[0] = _check_real(x[0], f"{name}[0]", f"{label} at index 0", lo, hi, closed)
-    out[1] = _check_real(x[1], f"{name}[1]", f"{label} at index 1", lo, hi, closed)
+cdef str _tuple_words(str name, int n):
+    """A pair (betas[0], betas[1]), a triple (...), a tuple of n (...)."""
+    word = "pair" if n == 2 else "triple" if n == 3 else f"tuple of {n}"
+    return f"a {word} ({', '.join(f'{name}[{i}]' for i in range(n))})"
+
+
+cdef int _check_tuple(object x, str name, str label, double lo, double hi,
+                      bint closed, int n, double *out) except -1:
+    """A tuple or list of n reals, each checked as a real hyperparameter."""
+    cdef int i
+    cdef bint fast = type(x) is tuple and len(<tuple>x) == n
+    if fast:
+        for i in range(n):
+            xi = (<tuple>x)[i]
+            if type(xi) is not float:
+                fast = False
+                break
+            out[i] = <double>xi
+            if not (lo <= out[i] < hi):
+                fast = False
+                break
+        if fast:
+            return 0
+    if not isinstance(x, (tuple, list)) or len(x) != n:
+        raise TypeError(f"{name} must be {_tuple_words(name, n)}, got {x!r}")
+    for i in range(n):
+        out[i] = _check_real(x[i], f"{name}[{i}]", f"{label} at index {i}",
+                             lo, hi, closed)
     return 0
+
+
+cdef inline int _check_pair(object x, str name, str label, double lo, double hi,
+                            bint closed, double *out) except -1:
+    return _check_tuple(x, name, label, lo, hi, closed, 2, out)
+
+
+# counts reach the kernel as doubles, exact up to 2**53
+cdef object _MAX_COUNT = 2 ** 53
+
+
+cdef double _check_count(object x, str name, str label, double lo) except? -2.0:
+    """None (as FO_NO_COUNT) or an int >= lo, as a double."""
+    if x is None:
+        return FO_NO_COUNT
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be None or an int, got {type(x).__name__}")
+    if lo <= x <= _MAX_COUNT:
+        return <double>int(x)
+    rule = f">= {lo:g}" if x < lo else "<= 2**53"
+    if label:
+        raise ValueError(f"Invalid {label}: {x} ({name} must be None or an int {rule})")
+    raise ValueError(f"{name} must be None or an int {rule}, got {x!r}")
 
 
 cdef long long _check_step(object step) except -1:
@@ -83,7 +122,8 @@ cdef long long _check_step(object step) except -1:
 cdef enum:
     K_REAL = 0
     K_FLAG = 1
-    K_PAIR = 2
+    K_TUPLE = 2
+    K_COUNT = 3
 
 
 @cython.final
@@ -94,6 +134,7 @@ cdef class _Hyper:
     cdef str label
     cdef int kind
     cdef int index
+    cdef int size                       # the entries of a K_TUPLE
     cdef double lo, hi
     cdef bint closed
 
@@ -103,17 +144,22 @@ cdef class _Hyper:
 
     cdef inline int convert(self, object x, double *h) except -1:
         """Check x; store its doubles at h[index] when the kernel takes it."""
-        cdef double pair[2]
+        cdef double entries[FO_MAX_SCALARS]
         cdef double v
+        cdef int i
         if self.kind == K_REAL:
             v = _check_real(x, self.name, self.label, self.lo, self.hi, self.closed)
         elif self.kind == K_FLAG:
             v = 1.0 if _check_flag(x, self.name) else 0.0
+        elif self.kind == K_COUNT:
+            v = _check_count(x, self.name, self.label, self.lo)
         else:
-            _check_pair(x, self.name, self.label, self.lo, self.hi, self.closed, pair)
+            _check_tuple(x, self.name, self.label, self.lo, self.hi, self.closed,
+                         self.size, entries)
             if self.index >= 0:
-                h[self.index + 1] = pair[1]
-            v = pair[0]
+                for i in range(1, self.size):
+                    h[self.index + i] = entries[i]
+            v = entries[0]
         if self.index >= 0:
             h[self.index] = v
         return 0
@@ -241,7 +287,11 @@ cdef _Rule _make_rule(int rid, object entry):
         x = _Hyper.__new__(_Hyper)
         x.name = spec.name
         x.label = spec.label
-        x.kind = {"real": K_REAL, "flag": K_FLAG, "pair": K_PAIR}[spec.check]
+        x.kind = {"real": K_REAL, "flag": K_FLAG, "pair": K_TUPLE,
+                  "tuple": K_TUPLE, "count": K_COUNT}[spec.check]
+        x.size = spec.length
+        if not 0 <= x.size <= FO_MAX_SCALARS:
+            raise RuntimeError(f"{entry.name}: {spec.name} has too many entries")
         x.lo, x.hi, x.closed = spec.lo, spec.hi, spec.closed
         x.index = -1
         if spec.kernel:

@@ -10,6 +10,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAXIMIZE
         FO_L2
         FO_SUMSQ_BLOCK
+    const double FO_NO_COUNT
 
     ctypedef struct fo_tensor:
         void *p

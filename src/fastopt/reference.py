@@ -298,3 +298,58 @@ def asgd(param, grad, ax, c):
         ax[...] = ax + (param - ax) * c.mu
     else:
         ax[...] = param
+
+
+@_rule
+def ademamix(param, grad, exp_avg_fast, exp_avg_slow, exp_avg_sq, c):
+    """AdEMAMix.  fast_coef = lr / (1 - beta1^t); slow_coef = lr * alpha_t
+    and beta3 follow the warm-ups; inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t);
+    decay = 1 - lr * weight_decay (decoupled)::
+
+        p = param * decay
+        m1 = beta1 * m1 + one_minus_beta1 * g
+        m2 = beta3 * m2 + one_minus_beta3 * g            (not bias-corrected)
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
+        param = p - (fast_coef * m1 + slow_coef * m2) / denom
+    """
+    g = _start(param, grad, c)
+    p = param * c.decay
+    exp_avg_fast[...] = c.beta1 * exp_avg_fast + c.one_minus_beta1 * g
+    exp_avg_slow[...] = c.beta3 * exp_avg_slow + c.one_minus_beta3 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps
+    param[...] = p - (c.fast_coef * exp_avg_fast + c.slow_coef * exp_avg_slow) / denom
+
+
+@_rule
+def adopt(param, grad, exp_avg, exp_avg_sq, c):
+    """ADOPT; decoupled decay as in adam (decay = 1 - lr * wd, l2 = 0).
+    The first step only sets v; afterwards g is normalised by the second
+    moment of the steps before and, with clip, clipped to
+    [-clip_value, clip_value], clip_value = (t - 1)^0.25 (NaN kept by both
+    the maximum and the clip)::
+
+        v = v + g * g                                     (first step)
+        p = param * decay                                 (later steps)
+        n = g / maximum(sqrt(v), eps)
+        n = min(max(n, -clip_value), clip_value)         (with clip)
+        m = beta1 * m + one_minus_beta1 * n
+        param = p - lr * m
+        v = beta2 * v + one_minus_beta2 * (g * g)
+    """
+    g = _start(param, grad, c)
+    if c.first_step:
+        exp_avg_sq[...] = exp_avg_sq + g * g
+        return
+    t = param.dtype.type            # scalars rounded to the dtype, as the kernel does
+    p = param * c.decay
+    root = np.sqrt(exp_avg_sq)
+    eps = t(c.eps)
+    n = g / np.where((root >= eps) | np.isnan(root), root, eps)
+    if c.clip:
+        hi, lo = t(c.clip_value), -t(c.clip_value)
+        n = np.where(n < lo, lo, np.where(n > hi, hi, n))
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * n
+    param[...] = p - c.lr * exp_avg
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)

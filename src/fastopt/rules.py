@@ -27,8 +27,11 @@ class Hyper:
     """A hyperparameter.
 
     check: "real" (a finite number in [lo, hi), or [lo, hi] when closed),
-    "flag" (a bool) or "pair" (a tuple or list of two reals, each checked as
-    "real"; betas).  label: torch's words for it in "Invalid <label>: x".
+    "flag" (a bool), "tuple" (a tuple or list of ``size`` reals, each
+    checked as "real"; AdEMAMix's three betas), "pair" (a "tuple" of size 2;
+    betas) or "count" (None or an int >= lo; a number of steps such as a
+    warm-up's, None for none, which the kernel receives as FO_NO_COUNT).
+    label: torch's words for it in "Invalid <label>: x".
     kernel: False for a class-only hyperparameter (e.g. the initial value of
     a state), which the kernel never sees.  keyword_only: after ``*`` in the
     class signature, as torch has it."""
@@ -42,13 +45,23 @@ class Hyper:
     label: str = ""
     kernel: bool = True
     keyword_only: bool = False
+    size: int = 0
+
+    @property
+    def length(self):
+        """The number of entries of a "tuple" or "pair", 0 for the others."""
+        if self.check == "pair":
+            return 2
+        if self.check == "tuple":
+            return self.size
+        return 0
 
     def scalars(self):
         """The names of the doubles this hyperparameter gives the kernel."""
         if not self.kernel:
             return ()
-        if self.check == "pair":
-            return (f"{self.name}0", f"{self.name}1")
+        if self.length:
+            return tuple(f"{self.name}{i}" for i in range(self.length))
         return (self.name,)
 
 
@@ -399,6 +412,72 @@ RULES = {r.name: r for r in (
         scalar_states=(Scalar("eta", initial="lr"), Scalar("mu", initial=1.0)),
         coefficients=("decay", "eta", "mu", "l2"),
         options=("average",)),
+    Rule(
+        name="ademamix", cls="AdEMAMix", torch="",
+        source="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, "
+               "Faster, Older (ICLR 2025); reference loop, names and defaults: "
+               "apple/ml-ademamix, pytorch/ademamix.py",
+        doc="AdEMAMix: Adam whose numerator adds alpha times a slow EMA of "
+            "the gradients (beta3, not bias-corrected) to the fast one, with "
+            "the reference's optional linear warm-ups of alpha and of beta3 "
+            "(on the half-life scale) and decoupled weight decay.  Defaults "
+            "are the PyTorch reference's (alpha=2.0); optax's ademamix "
+            "defaults to alpha=5.0.",
+        hypers=(_lr(1e-3),
+                Hyper("betas", (0.9, 0.999, 0.9999),
+                      "(beta1, beta2, beta3): decay of the fast EMA, of the "
+                      "second moment and (after its warm-up) of the slow EMA",
+                      check="tuple", size=3, hi=1.0, label="beta parameter"),
+                Hyper("alpha", 2.0, "weight of the slow EMA (after its "
+                      "warm-up); optax's default is 5.0",
+                      label="alpha value"),
+                Hyper("beta3_warmup", None, "steps over which beta3 rises "
+                      "from beta1, linearly in half-life; None: no warm-up",
+                      check="count", label="beta3_warmup value"),
+                Hyper("alpha_warmup", None, "steps over which alpha rises "
+                      "linearly from 0; None: no warm-up",
+                      check="count", label="alpha_warmup value"),
+                _eps(1e-8),
+                Hyper("weight_decay", 0.0, "decoupled weight decay, as AdamW",
+                      label="weight_decay value"),
+                MAXIMIZE),
+        states=(State("exp_avg_fast"), State("exp_avg_slow"),
+                State("exp_avg_sq")),
+        coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                      "beta3", "one_minus_beta3", "inv_sqrt_bc2", "eps",
+                      "fast_coef", "slow_coef", "decay")),
+    Rule(
+        name="adopt", cls="ADOPT", torch="",
+        source="Taniguchi et al., ADOPT: Modified Adam Can Converge with Any "
+               "beta2 with the Optimal Rate (NeurIPS 2024); reference loop, "
+               "names, defaults and clipping schedule: iShohei220/adopt, "
+               "src/adopt/adopt.py",
+        doc="ADOPT: the gradient normalised by the previous step's second "
+            "moment, max(sqrt(v), eps), clipped, then averaged into the "
+            "momentum.  Step 1 only sets v = g * g (the parameter and the "
+            "momentum stay as they are); at step t > 1 the clip is "
+            "(t - 1)^0.25, the reference's default clip_lambda (its step "
+            "counter starts at 0).  clip=False is the reference's "
+            "clip_lambda=None, the unclipped ADOPT; other schedules are not "
+            "offered.  decouple=True decays the parameter as AdamW.",
+        hypers=(_lr(1e-3),
+                Hyper("betas", (0.9, 0.9999),
+                      "decay of the momentum and of the second moment",
+                      check="pair", hi=1.0, label="beta parameter"),
+                Hyper("eps", 1e-6, "lower bound of sqrt(v)",
+                      label="epsilon value"),
+                Hyper("clip", True, "clip the normalised gradient to "
+                      "+-(t - 1)^0.25 (the reference's default clip_lambda); "
+                      "False: no clipping (clip_lambda=None)", check="flag"),
+                _weight_decay(),
+                Hyper("decouple", False,
+                      "decay the parameter instead of adding to the gradient",
+                      check="flag"),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "eps", "clip_value", "l2", "decay"),
+        options=("first_step", "clip")),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).

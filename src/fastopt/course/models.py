@@ -338,6 +338,8 @@ class MLP:
                 )
             if what == "grads" and not array.flags.c_contiguous:
                 raise ValueError(f"grads[{name!r}] must be C-contiguous")
+            if what == "grads" and not array.flags.writeable:
+                raise ValueError(f"grads[{name!r}] must be writable")
 
 
 class _Workspace:
