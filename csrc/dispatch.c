@@ -185,10 +185,18 @@ static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
     run_range(fn, args, t, count, 0, total);
 }
 
-/* One entry point for every rule: the row of the active level's table. */
-void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
-            size_t count)
+static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
+                           size_t count, int nred);
+
+/* One entry point for every rule: the row of the active level's table; a
+ * two-pass rule first makes its per-tensor coefficients. */
+void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count)
 {
+    const fo_reduce_fn reduce = active->reduce[rule][dt];
+    if (reduce != NULL) {
+        reduce_tensors(reduce, a, t, count, fo_reductions(rule));
+        for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
+    }
     drive(active->rule[rule][dt], a, t, count);
 }
 
@@ -233,6 +241,45 @@ double fo_sumsq(int dt, const fo_tensor *t, size_t count)
         for (int b = 0; b < nb; b++) total += partial[b];
     }
     return total;
+}
+
+/* The per-tensor sums of a two-pass rule, into t[k].r: each tensor cut into
+ * blocks of FO_SUMSQ_BLOCK elements (the last may be shorter), the blocks
+ * of a window summed independently (in parallel when large), then added to
+ * their tensor's sums in block order by the calling thread. */
+static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
+                           size_t count, int nred)
+{
+    double partial[FO_SUMSQ_WINDOW][FO_MAX_REDUCTIONS];
+    size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW];
+    size_t k = 0, off = 0; /* next block: tensor k, offset off */
+    const int nt = fo_num_threads_get();
+    for (size_t j = 0; j < count; j++)
+        for (int r = 0; r < nred; r++) t[j].r[r] = 0.0;
+    while (k < count) {
+        int nb = 0;
+        size_t elems = 0;
+        while (k < count && nb < FO_SUMSQ_WINDOW) {
+            if (off >= t[k].n) { k++; off = 0; continue; }
+            tk[nb] = k;
+            lo[nb] = off;
+            off += FO_SUMSQ_BLOCK;
+            elems += off < t[k].n ? FO_SUMSQ_BLOCK : t[k].n - lo[nb];
+            nb++;
+        }
+        (void)nt;
+        (void)elems;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
+#endif
+        for (int b = 0; b < nb; b++) {
+            const fo_tensor *tt = &t[tk[b]];
+            const size_t hi = lo[b] + FO_SUMSQ_BLOCK < tt->n ? lo[b] + FO_SUMSQ_BLOCK : tt->n;
+            fn(args, tt, lo[b], hi, partial[b]);
+        }
+        for (int b = 0; b < nb; b++)
+            for (int r = 0; r < nred; r++) t[tk[b]].r[r] += partial[b][r];
+    }
 }
 
 int fo_allfinite(int dt, const fo_tensor *t, size_t count)

@@ -8,12 +8,18 @@
 /* Apply a rule to elements [lo, hi) of one tensor. */
 typedef void (*fo_range_fn)(const void *args, const fo_tensor *t, size_t lo,
                             size_t hi);
+/* The reduction pass of a two-pass rule over elements [lo, hi) of one
+ * tensor: its sums over 8 lanes (element i in lane (i - lo) % 8), the lanes
+ * then added in order, into out[0 .. number of sums). */
+typedef void (*fo_reduce_fn)(const void *args, const fo_tensor *t, size_t lo,
+                             size_t hi, double *out);
 typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 
 /* Index [dt]: 0 is float32, 1 is float64. */
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
+    fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
     fo_range_fn scale[2], clamp[2], traffic[2];
     fo_sumsq_fn sumsq[2];
     fo_allfinite_fn allfinite[2];

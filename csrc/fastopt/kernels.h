@@ -27,12 +27,17 @@
 extern "C" {
 #endif
 
-/* One parameter tensor and its state buffers, in the rule's slot order. */
+/* One parameter tensor and its state buffers, in the rule's slot order.
+ * r is the scratch of a two-pass rule (one with per-tensor reductions):
+ * fo_run fills it with the tensor's sums (FO_<RULE>_R_*), then with the
+ * per-tensor coefficients the rule makes of them; the caller sets nothing
+ * there. */
 typedef struct {
     void *p;        /* parameter, updated in place */
     const void *g;  /* gradient, read only */
     void *s[FO_MAX_STATES];
     size_t n;       /* number of elements */
+    double r[FO_MAX_REDUCTIONS];
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -68,9 +73,18 @@ FO_RULE_LIST(FO_DECLARE_COEFFICIENTS)
 #undef FO_DECLARE_COEFFICIENTS
 
 /* Step `rule` over `count` tensors of element type dt (0 float32,
- * 1 float64). */
-void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
-            size_t count);
+ * 1 float64).  A two-pass rule first runs its reduction pass over every
+ * tensor (per-tensor sums in double, in blocks of FO_SUMSQ_BLOCK elements
+ * over 8 fixed lanes, blocks added in order: the same bits for every
+ * instruction set and thread count), then fo_tensor_coefficients on each
+ * tensor, then its update pass; it writes t[k].r and must not be given
+ * neighbouring tensors merged into one. */
+void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
+/* The number of per-tensor sums of `rule` (0 for a one-pass rule). */
+int fo_reductions(int rule);
+/* A two-pass rule's per-tensor coefficients, from its sums in t->r
+ * (coefficients.c); they replace the sums in t->r. */
+void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
 
 /* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the

@@ -282,11 +282,13 @@ cdef inline bint _adjacent(const void *a, const void *b, size_t nbytes) noexcept
 
 
 cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
-                                size_t itemsize) noexcept nogil:
-    """Drop empty tensors and fuse neighbours whose every array continues
-    where the previous one ends (views of one buffer, as FlatParams makes):
-    an element-wise rule gives the same bits on the fused range, in one loop.
-    Call only after the overlap check.  Returns the new count."""
+                                size_t itemsize, bint fuse_ok) noexcept nogil:
+    """Drop empty tensors and, when fuse_ok, fuse neighbours whose every
+    array continues where the previous one ends (views of one buffer, as
+    FlatParams makes): an element-wise rule gives the same bits on the fused
+    range, in one loop (a rule with per-tensor reductions does not, so it
+    passes fuse_ok=False).  Call only after the overlap check.  Returns the
+    new count."""
     cdef Py_ssize_t i, k = 0
     cdef size_t nb
     cdef int s
@@ -294,7 +296,7 @@ cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
     for i in range(count):
         if t[i].n == 0:
             continue
-        if k > 0:
+        if k > 0 and fuse_ok:
             nb = t[k - 1].n * itemsize
             fuse = (_adjacent(t[k - 1].p, t[i].p, nb)
                     and _adjacent(t[k - 1].g, t[i].g, nb))

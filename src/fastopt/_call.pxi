@@ -18,7 +18,7 @@ def last_call_tensors():
     return _last_tensors
 
 
-cdef void _kernel(int rule, const fo_args *a, const fo_tensor *t, size_t count,
+cdef void _kernel(int rule, const fo_args *a, fo_tensor *t, size_t count,
                   int dt) noexcept nogil:
     if rule == R_TRAFFIC:
         fo_traffic(dt, t, count)
@@ -28,12 +28,13 @@ cdef void _kernel(int rule, const fo_args *a, const fo_tensor *t, size_t count,
 
 cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
               int dt) except -1:
-    """Fuse adjacent tensors, then run the kernel, without the GIL when the
-    step is large enough to pay for releasing it."""
+    """Fuse adjacent tensors (not for a rule with per-tensor reductions),
+    then run the kernel, without the GIL when the step is large enough to
+    pay for releasing it."""
     cdef size_t total = 0
     cdef Py_ssize_t i
     global _last_tensors
-    count = _merge_adjacent(t, count, ITEMSIZE[dt])
+    count = _merge_adjacent(t, count, ITEMSIZE[dt], fo_reductions(rule) == 0)
     _last_tensors = count
     for i in range(count):
         total += t[i].n

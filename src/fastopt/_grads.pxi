@@ -3,6 +3,10 @@
 
 GRAD_SLOTS = ("grad", "grad")
 
+# The block of the deterministic sums (grad_sumsq and the per-tensor sums of
+# the two-pass rules): fastopt.reference.sumsq follows the same order.
+SUMSQ_BLOCK = FO_SUMSQ_BLOCK
+
 cdef _Tensors _collect_grads(list grads, object labels, bint writable):
     """Grads as tensors: the array in slot g when read, in slot p when written."""
     cdef _Tensors ts = _Tensors.__new__(_Tensors)

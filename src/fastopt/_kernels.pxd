@@ -25,8 +25,9 @@ cdef extern from "fastopt/kernels.h" nogil:
 
     const char *fo_coefficients(int rule, const double *h, long long step,
                                 fo_args *a)
-    void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
+    void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t,
                 size_t count)
+    int fo_reductions(int rule)
 
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     int fo_allfinite(int dt, const fo_tensor *t, size_t count)

@@ -119,6 +119,10 @@ class Rule:
     hyperparameters and the step (csrc/coefficients.c), in the kernel's
     names; options: the rule's own switches of the loop (maximize and l2 are
     common to all); scalar_states: its per-tensor scalar states (Scalar);
+    reductions: the per-tensor sums of a two-pass rule (LAMB's squared
+    norms of the parameter and of the update), which a first pass over
+    each tensor computes in a fixed order before the update pass reads the
+    per-tensor coefficients made from them (see docs/adding-a-rule.md);
     bench: hyperparameters of the bench rows that differ
     from the defaults."""
     name: str
@@ -131,6 +135,7 @@ class Rule:
     coefficients: tuple
     options: tuple = ()
     scalar_states: tuple = ()
+    reductions: tuple = ()
     step: object = "required"
     variants: tuple = ()
     bench: dict = dataclasses.field(default_factory=dict)
@@ -478,10 +483,73 @@ RULES = {r.name: r for r in (
         coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "eps", "clip_value", "l2", "decay"),
         options=("first_step", "clip")),
+    Rule(
+        name="lamb", cls="LAMB", torch="",
+        source="You et al., Large Batch Optimization for Deep Learning: "
+               "Training BERT in 76 minutes (ICLR 2020); formulation and "
+               "defaults: optax.lamb (scale_by_adam, add_decayed_weights, "
+               "scale_by_trust_ratio, scale_by_learning_rate)",
+        doc="LAMB: Adam's bias-corrected direction plus weight_decay times "
+            "the parameter, scaled per tensor by the trust ratio "
+            "||param|| / ||update|| (1 where either norm is 0).  The norms "
+            "are computed in a first pass over each tensor, in double, in "
+            "an order fixed by the element index.  trust_ratio=False (per "
+            "group) leaves the ratio at 1, as optax's mask does.  optax "
+            "has no default learning rate; eps_root is not offered (optax's "
+            "default, 0).",
+        hypers=(_lr(1e-3), BETAS, _eps(1e-6),
+                Hyper("weight_decay", 0.0, "weight_decay times the parameter "
+                      "is added to the update before the trust ratio",
+                      label="weight_decay value"),
+                Hyper("trust_ratio", True, "scale by the trust ratio; False "
+                      "for the parameters optax's mask leaves out",
+                      check="flag", keyword_only=True),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "inv_bc1", "inv_sqrt_bc2", "eps",
+                      "weight_decay", "trust_ratio"),
+        reductions=("param_sq", "update_sq")),
+    Rule(
+        name="lars", cls="LARS", torch="",
+        source="You, Gitman & Ginsburg, Large Batch Training of "
+               "Convolutional Networks (2017); formulation and defaults: "
+               "optax.lars (add_decayed_weights, scale_by_trust_ratio, "
+               "scale_by_learning_rate, trace)",
+        doc="LARS: the gradient plus weight_decay times the parameter, "
+            "scaled per tensor by trust_coefficient * ||param|| / "
+            "(||update|| + eps) (1 where either norm is 0), times the "
+            "learning rate, then heavy-ball momentum (optax's trace, so the "
+            "momentum applies after the learning rate).  The norms are "
+            "computed in a first pass over each tensor, in double, in an "
+            "order fixed by the element index.  trust_ratio=False (per "
+            "group) leaves the ratio at 1, as optax's mask does.  optax has "
+            "no default learning rate.",
+        hypers=(_lr(1.0),
+                Hyper("momentum", 0.9, "decay of the trace", label="momentum value"),
+                Hyper("weight_decay", 0.0, "weight_decay times the parameter "
+                      "is added to the gradient before the trust ratio",
+                      label="weight_decay value"),
+                Hyper("trust_coefficient", 1e-3, "scale of the trust ratio",
+                      label="trust_coefficient value"),
+                Hyper("eps", 0.0, "added to the update's norm",
+                      label="epsilon value"),
+                Hyper("nesterov", False, "Nesterov momentum (optax's trace)",
+                      check="flag"),
+                Hyper("trust_ratio", True, "scale by the trust ratio; False "
+                      "for the parameters optax's mask leaves out",
+                      check="flag", keyword_only=True),
+                MAXIMIZE),
+        states=(State("momentum_buffer"),),
+        coefficients=("lr", "momentum", "weight_decay", "trust_coefficient",
+                      "eps", "trust_ratio"),
+        options=("nesterov",), step=None,
+        reductions=("param_sq", "update_sq")),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
 MAX_STATES = 4
+MAX_REDUCTIONS = 2
 MAX_SCALAR_STATES = 4
 MAX_COEFFICIENTS = 16
 MAX_SCALARS = 16
