@@ -43,6 +43,9 @@ const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
     .traffic = FO_PAIR(traffic_range),
+    .accumulate = FO_PAIR(accumulate_range),
+    .mean = FO_PAIR(mean_chunk),
+    .ema = FO_PAIR(ema_chunk),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };

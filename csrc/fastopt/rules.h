@@ -736,6 +736,51 @@ static void FO_NAME(adopt_range)(const void *args, const fo_tensor *t,
 #undef FO_ADOPT
 }
 
+/* ---- around any rule: gradient accumulation and weight EMA ------------ */
+
+/* acc = acc + g (a micro-batch's gradient into the sum) */
+static void FO_NAME(accumulate_range)(const void *args, const fo_tensor *t,
+                                      size_t lo, size_t hi)
+{
+    (void)args;
+    FO_T *restrict acc = (FO_T *)t->acc;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    for (size_t i = lo; i < hi; i++) acc[i] = acc[i] + g[i];
+}
+
+/* out = (acc + g) / count, or acc / count without g; then acc = 0 */
+static void FO_NAME(mean_chunk)(const fo_tensor *t, size_t n, void *out,
+                                double count, int clear)
+{
+    FO_T *restrict acc = (FO_T *)t->acc;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict o = (FO_T *)out;
+    const FO_T k = (FO_T)count;
+    if (g != NULL)
+        for (size_t i = 0; i < n; i++) o[i] = (acc[i] + g[i]) / k;
+    else
+        for (size_t i = 0; i < n; i++) o[i] = acc[i] / k;
+    if (clear)
+        for (size_t i = 0; i < n; i++) acc[i] = 0;
+}
+
+/* ema = lerp(ema, p, weight) in torch.lerp's two forms, or ema = p */
+static void FO_NAME(ema_chunk)(const fo_tensor *t, size_t n, double weight,
+                               int copy)
+{
+    FO_T *restrict e = (FO_T *)t->ema;
+    const FO_T *restrict p = (const FO_T *)t->p;
+    if (copy) {
+        for (size_t i = 0; i < n; i++) e[i] = p[i];
+    } else if (weight < 0.5) {
+        const FO_T w = (FO_T)weight;
+        for (size_t i = 0; i < n; i++) e[i] = e[i] + w * (p[i] - e[i]);
+    } else {
+        const FO_T w = (FO_T)(1.0 - weight);
+        for (size_t i = 0; i < n; i++) e[i] = p[i] - (p[i] - e[i]) * w;
+    }
+}
+
 /* ---- two-pass rules ---------------------------------------------------
  *
  * A rule with per-tensor reductions has a `<name>_reduce` pass and a

@@ -153,6 +153,8 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     t.n = <size_t>n
     t.p = _data(p)
     t.g = _data(g)
+    t.acc = NULL
+    t.ema = NULL
     _fill_state(t, 0, s0, slots, index, labels, dt, n)
     _fill_state(t, 1, s1, slots, index, labels, dt, n)
     _fill_state(t, 2, s2, slots, index, labels, dt, n)
@@ -302,6 +304,8 @@ cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
                     and _adjacent(t[k - 1].g, t[i].g, nb))
             for s in range(FO_MAX_STATES):
                 fuse = fuse and _adjacent(t[k - 1].s[s], t[i].s[s], nb)
+            fuse = (fuse and _adjacent(t[k - 1].acc, t[i].acc, nb)
+                    and _adjacent(t[k - 1].ema, t[i].ema, nb))
             if fuse:
                 t[k - 1].n += t[i].n
                 continue

@@ -19,15 +19,15 @@ def last_call_tensors():
 
 
 cdef void _kernel(int rule, const fo_args *a, fo_tensor *t, size_t count,
-                  int dt) noexcept nogil:
+                  int dt, const fo_fuse *f) noexcept nogil:
     if rule == R_TRAFFIC:
         fo_traffic(dt, t, count)
     else:
-        fo_run(rule, dt, a, t, count)
+        fo_run_fused(rule, dt, a, t, count, f)
 
 
 cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
-              int dt) except -1:
+              int dt, const fo_fuse *f=NULL) except -1:
     """Fuse adjacent tensors (not for a rule with per-tensor reductions),
     then run the kernel, without the GIL when the step is large enough to
     pay for releasing it."""
@@ -40,9 +40,9 @@ cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
         total += t[i].n
     if total >= NOGIL_THRESHOLD:
         with nogil:
-            _kernel(rule, a, t, count, dt)
+            _kernel(rule, a, t, count, dt, f)
     elif count:
-        _kernel(rule, a, t, count, dt)
+        _kernel(rule, a, t, count, dt, f)
     return 0
 
 

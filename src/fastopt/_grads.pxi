@@ -28,6 +28,8 @@ cdef _Tensors _collect_grads(list grads, object labels, bint writable):
         ts.t[i].g = NULL if writable else data
         for k in range(FO_MAX_STATES):
             ts.t[i].s[k] = NULL
+        ts.t[i].acc = NULL
+        ts.t[i].ema = NULL
     if writable and n > 1:
         _check_overlap(ts.t, n, ITEMSIZE[ts.dt], GRAD_SLOTS, labels, False)
     return ts
