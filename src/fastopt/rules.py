@@ -124,7 +124,10 @@ class Rule:
     each tensor computes in a fixed order before the update pass reads the
     per-tensor coefficients made from them (see docs/adding-a-rule.md);
     bench: hyperparameters of the bench rows that differ
-    from the defaults."""
+    from the defaults; conformance: what its conformance test compares it
+    with (torch.optim's class when ``torch`` names one); extra_traffic: the
+    arrays a two-pass rule's second look at memory moves beyond the
+    one-pass minimum."""
     name: str
     cls: str
     torch: str
@@ -136,6 +139,8 @@ class Rule:
     options: tuple = ()
     scalar_states: tuple = ()
     reductions: tuple = ()
+    conformance: str = ""
+    extra_traffic: int = 0
     step: object = "required"
     variants: tuple = ()
     bench: dict = dataclasses.field(default_factory=dict)
@@ -175,7 +180,15 @@ class Rule:
         hp = hp or {}
         used = [s for s in self.states
                 if s.when is None or hp.get(s.when, self.hyper(s.when).default)]
-        return (3 + 2 * len(used)) * itemsize
+        return (3 + 2 * len(used) + self.extra_traffic) * itemsize
+
+    @property
+    def tested_against(self):
+        if self.conformance:
+            return self.conformance
+        if self.torch:
+            return f"`{self.torch}` (torch 2.13), tests/test_torch_conformance.py"
+        return f"a float64 transcription of its reference loop, tests/test_{self.name}.py"
 
 
 def _lr(default):
@@ -217,6 +230,7 @@ RULES = {r.name: r for r in (
         step="momentum", bench={"momentum": 0.9}),
     Rule(
         name="momentum", cls="Momentum", torch="",
+        conformance="the seed's published test vectors, tests/test_optim.py",
         source="the seed article's exponentially weighted momentum "
                "(Deep Learning Specialization, course 2)",
         doc="The seed's momentum: an exponentially weighted average of "
@@ -289,6 +303,7 @@ RULES = {r.name: r for r in (
         coefficients=("clr", "eps", "l2")),
     Rule(
         name="lion", cls="Lion", torch="",
+        conformance="a float64 transcription of google/automl's loop, tests/test_lion.py",
         source="Chen et al., Symbolic Discovery of Optimization Algorithms "
                "(2023); reference loop and defaults: google/automl, "
                "lion/lion_pytorch.py",
@@ -419,6 +434,8 @@ RULES = {r.name: r for r in (
         options=("average",)),
     Rule(
         name="ademamix", cls="AdEMAMix", torch="",
+        conformance="a float64 transcription of apple/ml-ademamix's loop, "
+                    "tests/test_ademamix.py",
         source="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, "
                "Faster, Older (ICLR 2025); reference loop, names and defaults: "
                "apple/ml-ademamix, pytorch/ademamix.py",
@@ -453,6 +470,8 @@ RULES = {r.name: r for r in (
                       "fast_coef", "slow_coef", "decay")),
     Rule(
         name="adopt", cls="ADOPT", torch="",
+        conformance="a float64 transcription of iShohei220/adopt's loop, "
+                    "tests/test_adopt.py",
         source="Taniguchi et al., ADOPT: Modified Adam Can Converge with Any "
                "beta2 with the Optimal Rate (NeurIPS 2024); reference loop, "
                "names, defaults and clipping schedule: iShohei220/adopt, "
@@ -485,6 +504,8 @@ RULES = {r.name: r for r in (
         options=("first_step", "clip")),
     Rule(
         name="lamb", cls="LAMB", torch="",
+        conformance="a float64 transcription of optax.lamb's chain, "
+                    "tests/test_lamb_lars.py", extra_traffic=3,
         source="You et al., Large Batch Optimization for Deep Learning: "
                "Training BERT in 76 minutes (ICLR 2020); formulation and "
                "defaults: optax.lamb (scale_by_adam, add_decayed_weights, "
@@ -512,6 +533,8 @@ RULES = {r.name: r for r in (
         reductions=("param_sq", "update_sq")),
     Rule(
         name="lars", cls="LARS", torch="",
+        conformance="a float64 transcription of optax.lars's chain, "
+                    "tests/test_lamb_lars.py", extra_traffic=2,
         source="You, Gitman & Ginsburg, Large Batch Training of "
                "Convolutional Networks (2017); formulation and defaults: "
                "optax.lars (add_decayed_weights, scale_by_trust_ratio, "
@@ -553,3 +576,20 @@ MAX_REDUCTIONS = 2
 MAX_SCALAR_STATES = 4
 MAX_COEFFICIENTS = 16
 MAX_SCALARS = 16
+
+
+def readme_table():
+    """The README's table of rules (Markdown), made from the table: class,
+    source, what the conformance test compares with, and the bytes a step
+    moves per float32 element at the class's defaults."""
+    lines = ["| class | source (paper, reference implementation, defaults) | "
+             "conformance test against | bytes/element (float32) |",
+             "|---|---|---|---|"]
+    for r in RULES.values():
+        for name, fixed, defaults, _ in r.classes():
+            hp = {h.name: defaults.get(h.name, h.default) for h in r.hypers}
+            hp.update(fixed)
+            passes = " (two passes)" if r.reductions else ""
+            lines.append(f"| `{name}` | {r.source} | {r.tested_against} | "
+                         f"{r.bytes_per_element(4, hp)}{passes} |")
+    return "\n".join(lines)
