@@ -84,6 +84,7 @@ cdef class Plan:
     cdef double ema_weight
     cdef char *seen            # per parameter: a gradient accumulated since its last step
     cdef char *ema_ready       # per parameter: its average has been started
+    cdef bint null_grads       # prepared: a parameter steps on accumulated gradients alone
 
     def __cinit__(self, str rule, list params, dict group, labels=None,
                   names=None):
@@ -375,6 +376,7 @@ cdef class Plan:
             raise TypeError(f"grads must be a list or dict of arrays, got "
                             f"{type(grads).__name__}")
         self.all_present = True
+        self.null_grads = False
         for i in range(n):
             if glist is not None:
                 g = glist[i]
@@ -393,6 +395,7 @@ cdef class Plan:
                     self.present[i] = 1
                     self.work[i] = self.base[i]
                     self.work[i].g = NULL
+                    self.null_grads = True
                     continue
                 self.present[i] = 0
                 self.all_present = False
@@ -506,6 +509,9 @@ cdef class Plan:
             raise RuntimeError("prepare() first")
         if mean_count > 0 and self.acc_buffer is None:
             raise RuntimeError("enable_accumulation() first")
+        if self.null_grads and not mean_count > 0:
+            raise RuntimeError("prepared for a step on accumulated gradients: "
+                               "run(mean_count=k)")
         self.prepared = False
         for slot in range(r.nstates):
             if r.needs(self.h, slot) and self.buffers[slot] is None:
