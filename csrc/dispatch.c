@@ -277,6 +277,25 @@ void fo_traffic(int dt, const fo_tensor *t, size_t c) { drive(active->traffic[dt
  * of partial sums, which the calling thread then adds in block order. */
 #define FO_SUMSQ_WINDOW 256
 
+/* The next window of up to FO_SUMSQ_WINDOW blocks, from block (tensor *k,
+ * offset *off) on: each block's tensor and start, their element count in
+ * *elems; returns how many. */
+static int next_window(const fo_tensor *t, size_t count, size_t *k, size_t *off,
+                       size_t *tk, size_t *lo, size_t *elems)
+{
+    int nb = 0;
+    *elems = 0;
+    while (*k < count && nb < FO_SUMSQ_WINDOW) {
+        if (*off >= t[*k].n) { (*k)++; *off = 0; continue; }
+        tk[nb] = *k;
+        lo[nb] = *off;
+        *off += FO_SUMSQ_BLOCK;
+        *elems += *off < t[*k].n ? FO_SUMSQ_BLOCK : t[*k].n - lo[nb];
+        nb++;
+    }
+    return nb;
+}
+
 double fo_sumsq(int dt, const fo_tensor *t, size_t count)
 {
     const fo_sumsq_fn fn = active->sumsq[dt];
@@ -285,19 +304,10 @@ double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     size_t k = 0, off = 0; /* next block: tensor k, offset off */
     const int nt = fo_num_threads_get();
     while (k < count) {
-        /* gather up to a window of blocks */
-        size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW];
-        int nb = 0;
-        size_t elems = 0;
-        while (k < count && nb < FO_SUMSQ_WINDOW) {
-            if (off >= t[k].n) { k++; off = 0; continue; }
-            tk[nb] = k;
-            lo[nb] = off;
-            off += FO_SUMSQ_BLOCK;
-            elems += off < t[k].n ? FO_SUMSQ_BLOCK : t[k].n - lo[nb];
-            nb++;
-        }
+        size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW], elems;
+        const int nb = next_window(t, count, &k, &off, tk, lo, &elems);
         (void)nt;
+        (void)elems;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
 #endif
@@ -326,16 +336,8 @@ static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
     for (size_t j = 0; j < count; j++)
         for (int r = 0; r < nred; r++) t[j].r[r] = 0.0;
     while (k < count) {
-        int nb = 0;
-        size_t elems = 0;
-        while (k < count && nb < FO_SUMSQ_WINDOW) {
-            if (off >= t[k].n) { k++; off = 0; continue; }
-            tk[nb] = k;
-            lo[nb] = off;
-            off += FO_SUMSQ_BLOCK;
-            elems += off < t[k].n ? FO_SUMSQ_BLOCK : t[k].n - lo[nb];
-            nb++;
-        }
+        size_t elems;
+        const int nb = next_window(t, count, &k, &off, tk, lo, &elems);
         (void)nt;
         (void)elems;
 #ifdef _OPENMP
