@@ -106,8 +106,11 @@ def trajectories(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("P", [1, 2, 3])
+@pytest.mark.parametrize("P", [1, 2, 3, 4])
 def test_trajectories_equal_one_process(trajectories, P):
+    """At 4 ranks MPICH's own reduce-scatter (deterministic=False) differs
+    from the serial sum in 28 of the 32 cases; Alltoall and the ordered sum
+    do not."""
     per_rank = trajectories(P)
     for case in CASES:
         for r, res in enumerate(per_rank):
