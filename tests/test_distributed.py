@@ -294,3 +294,33 @@ def test_one_rank_matches_one_process_with_clipping():
     want, _, _ = reference(case, [1] * STEPS)
     for k in NAMES:
         same_bits(params[k], want[k], k)
+
+
+def _table(text):
+    """The demo table's rows: optimizer -> (lr, final cost, accuracy, published)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("optimizer"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = tuple(cells[1:5])
+    return rows
+
+
+@needs_mpi
+def test_demo_distributed_prints_the_single_process_table():
+    args = ["demo", "--epochs", "30", "--optimizers", "gd,adam", "--no-plot"]
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "fastopt", *args], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastopt", *args,
+                          "--distributed"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert two.returncode == 0, two.stderr
+    assert "data-parallel on 2 ranks" in two.stdout
+    assert two.stdout.count("optimizer      lr") == 1      # rank 0 alone prints
+    assert _table(two.stdout) == _table(one.stdout)
+    assert set(_table(one.stdout)) == {"gd", "adam"}
