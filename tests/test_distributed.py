@@ -324,3 +324,15 @@ def test_demo_distributed_prints_the_single_process_table():
     assert two.stdout.count("optimizer      lr") == 1      # rank 0 alone prints
     assert _table(two.stdout) == _table(one.stdout)
     assert set(_table(one.stdout)) == {"gd", "adam"}
+
+
+@needs_mpi
+def test_memory_example_prints_state_per_rank():
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m",
+                        "fastopt.course.sharded_memory", "--width", "40"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "one process: 14,408 bytes of optimizer state" in r.stdout, r.stdout
+    assert r.stdout.count("bytes of optimizer state (") == 2
+    assert "equal one process's: True" in r.stdout
