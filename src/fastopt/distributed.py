@@ -282,7 +282,7 @@ class ShardedOptimizer:
 
     def _reduce(self):
         """self._grad_shard = the mean of the ranks' gradients over this shard."""
-        P, S, out = self.size, self.shard_size, self._grad_shard
+        P, out = self.size, self._grad_shard
         if P == 1:
             np.copyto(out, self.grad_buffer)
             return
@@ -295,7 +295,6 @@ class ShardedOptimizer:
         else:
             self.comm.Reduce_scatter_block(self.grad_buffer, out, op=mpi.SUM)
         np.divide(out, self.dtype.type(P), out=out)
-        del S
 
     def _gather(self):
         if self.size > 1:
@@ -700,7 +699,7 @@ def _overlapping(manifest, lo, hi):
 
 def _single_process(sd, entry, full, layout, skipped):
     """A single process's state_dict from a shard's and the full arrays."""
-    N, shapes = layout["numel"], layout["shapes"]
+    shapes = layout["shapes"]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     state = {}
@@ -715,7 +714,6 @@ def _single_process(sd, entry, full, layout, skipped):
     group["params"] = list(range(len(shapes)))
     if layout["names"] is not None:
         group["param_names"] = list(layout["names"])
-    del N
     return {"format": sd["format"], "version": sd["version"],
             "optimizer": layout["optimizer"], "state": state,
             "param_groups": [group], "skipped_steps": skipped}

@@ -31,6 +31,9 @@ def main(argv=None):
     X, Y = course_moons(dtype=np.float32)
     Y = Y.astype(np.float32)
     init = he_init(dims, random_state=3, dtype=np.float32)
+    # He's scale on a 1500-wide layer saturates the float32 sigmoid (a cost
+    # of log(0)); a smaller last layer keeps the outputs inside it
+    init[f"W{len(dims) - 1}"] *= np.float32(0.01)
     model = MLP(dims, params={k: v.copy() for k, v in init.items()})
     grads = {p: model.grads[g] for p, g in zip(model.param_names, model.grad_names)}
     opt = ShardedOptimizer(fastopt.Adam, model.params, comm, lr=1e-3)

@@ -31,12 +31,11 @@ from fastopt.rules import RULES as TABLE
 PARTS = ("pack", "reduce", "update", "gather", "unpack")
 
 
-def _sharded_step_bytes(P, S, itemsize, deterministic):
-    """Bytes one rank sends per step (it receives as many): the reduction
-    sends P-1 of its P blocks of S elements (Alltoall; a ring reduce-scatter
-    moves the same), the Allgather its shard to P-1 ranks (as a ring, P-1
-    blocks pass through each rank)."""
-    del deterministic
+def _sharded_step_bytes(P, S, itemsize):
+    """Bytes one rank sends per step (it receives as many), either
+    reduction: it sends P-1 of its P blocks of S elements (Alltoall; a ring
+    reduce-scatter moves the same), and the Allgather passes P-1 blocks
+    through each rank (as a ring)."""
     return 2 * (P - 1) * S * itemsize
 
 
@@ -62,8 +61,7 @@ def measure(cls, n, dtype, comm, steps, deterministic):
     med = np.median(np.array(per_step), axis=0)
     return {"P": P, "n": n, "deterministic": deterministic,
             **{k: float(v) for k, v in zip(PARTS + ("step",), med)},
-            "bytes_sent": _sharded_step_bytes(P, opt.shard_size, np.dtype(dtype).itemsize,
-                                              deterministic),
+            "bytes_sent": _sharded_step_bytes(P, opt.shard_size, np.dtype(dtype).itemsize),
             "state_bytes": comm.allreduce(opt.state_nbytes(), op=_mpi().MAX)}
 
 
