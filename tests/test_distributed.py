@@ -336,3 +336,15 @@ def test_memory_example_prints_state_per_rank():
     assert "one process: 14,408 bytes of optimizer state" in r.stdout, r.stdout
     assert r.stdout.count("bytes of optimizer state (") == 2
     assert "equal one process's: True" in r.stdout
+
+
+def test_rules_with_per_tensor_reductions_are_refused():
+    """A shard steps as one tensor, so a rule that reduces over each tensor
+    (a trust ratio) is refused rather than computed over the shard."""
+    import types
+    from fastopt.distributed import ShardedOptimizer
+    rule = types.SimpleNamespace(**vars(fastopt.Adam.rule) if hasattr(
+        fastopt.Adam.rule, "__dict__") else {}, reductions=("param_sq", "update_sq"))
+    fake = type("TrustRatioAdam", (fastopt.Adam,), {"rule": rule})
+    with pytest.raises(ValueError, match="TrustRatioAdam reduces over each tensor"):
+        ShardedOptimizer(fake, [np.zeros(3, np.float32)], _OneRank())

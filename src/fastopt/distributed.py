@@ -122,6 +122,13 @@ class ShardedOptimizer:
                 and optimizer_class.rule is not None):
             raise TypeError(f"optimizer_class must be a fastopt optimizer class such as "
                             f"fastopt.Adam, got {optimizer_class!r}")
+        reductions = getattr(optimizer_class.rule, "reductions", ())
+        if reductions:
+            # a shard steps as one tensor: a per-tensor reduction (a trust
+            # ratio) would be taken over the shard, not over each parameter
+            raise ValueError(f"{optimizer_class.__name__} reduces over each tensor "
+                             f"({', '.join(reductions)}); ShardedOptimizer takes "
+                             f"element-wise rules only")
         _core.check_flag(deterministic, "deterministic")
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
         if comm is None:
