@@ -362,6 +362,39 @@ static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
     }
 }
 
+size_t fo_sumsq_block_count(const fo_tensor *t, size_t count)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < count; k++)
+        n += (t[k].n + FO_SUMSQ_BLOCK - 1) / FO_SUMSQ_BLOCK;
+    return n;
+}
+
+/* Block b of the traversal above, with the same function: out[b] equals
+ * partial[b] of fo_sumsq bit for bit. */
+void fo_sumsq_blocks(int dt, const fo_tensor *t, size_t count, double *out)
+{
+    const fo_sumsq_fn fn = active->sumsq[dt];
+    const int nt = fo_num_threads_get();
+    size_t b = 0, elems = 0;
+    for (size_t k = 0; k < count; k++) elems += t[k].n;
+    (void)nt;
+    for (size_t k = 0; k < count; k++) {
+        const long long nb = (long long)((t[k].n + FO_SUMSQ_BLOCK - 1) / FO_SUMSQ_BLOCK);
+        const fo_tensor *tt = &t[k];
+        double *o = out + b;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
+#endif
+        for (long long j = 0; j < nb; j++) {
+            const size_t lo = (size_t)j * FO_SUMSQ_BLOCK;
+            const size_t hi = lo + FO_SUMSQ_BLOCK < tt->n ? lo + FO_SUMSQ_BLOCK : tt->n;
+            o[j] = fn(tt, lo, hi);
+        }
+        b += (size_t)nb;
+    }
+}
+
 int fo_allfinite(int dt, const fo_tensor *t, size_t count)
 {
     const fo_allfinite_fn fn = active->allfinite[dt];

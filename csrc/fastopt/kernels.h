@@ -119,6 +119,12 @@ void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
  * count. */
 #define FO_SUMSQ_BLOCK 4096
 double fo_sumsq(int dt, const fo_tensor *t, size_t count);
+/* The same blocks' sums, one per block in fo_sumsq's order, into out (as
+ * many as fo_sumsq_block_count gives): fo_sumsq is 0.0 plus them, left to
+ * right.  Lets a sum over a buffer split between processes be put back
+ * together with fo_sumsq's bits. */
+size_t fo_sumsq_block_count(const fo_tensor *t, size_t count);
+void fo_sumsq_blocks(int dt, const fo_tensor *t, size_t count, double *out);
 /* 1 if every element is finite, 0 at the first NaN or infinity. */
 int fo_allfinite(int dt, const fo_tensor *t, size_t count);
 /* In place over slot p: x *= scale, or x = min(max(x, -clip), clip). */

@@ -49,6 +49,29 @@ def grad_sumsq(list grads, labels=None):
     return s
 
 
+SUMSQ_BLOCK = FO_SUMSQ_BLOCK
+
+
+def grad_sumsq_blocks(list grads, labels=None):
+    """The block sums that grad_sumsq adds, as a float64 array.
+
+    Each gradient is cut into blocks of SUMSQ_BLOCK elements from its first
+    element (its last block may be shorter); the array holds each block's
+    sum of squares, in double, gradients in order.  ``grad_sumsq(grads)`` is
+    0.0 plus these, left to right, so a sum over a buffer that processes
+    hold in pieces can be put back together with its bits."""
+    cdef _Tensors ts = _collect_grads(grads, labels, False)
+    cdef cnp.ndarray out
+    cdef double *o
+    if ts.count == 0:
+        return np.zeros(0, dtype=np.float64)
+    out = np.empty(fo_sumsq_block_count(ts.t, ts.count), dtype=np.float64)
+    o = <double *>cnp.PyArray_DATA(out)
+    with nogil:
+        fo_sumsq_blocks(ts.dt, ts.t, ts.count, o)
+    return out
+
+
 def grad_allfinite(list grads, labels=None):
     """True when no element of grads (one dtype) is NaN or infinite."""
     cdef _Tensors ts = _collect_grads(grads, labels, False)

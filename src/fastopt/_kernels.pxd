@@ -45,6 +45,8 @@ cdef extern from "fastopt/kernels.h" nogil:
     void fo_accumulate(int dt, const fo_tensor *t, size_t count)
 
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
+    size_t fo_sumsq_block_count(const fo_tensor *t, size_t count)
+    void fo_sumsq_blocks(int dt, const fo_tensor *t, size_t count, double *out)
     int fo_allfinite(int dt, const fo_tensor *t, size_t count)
     void fo_scale(int dt, double scale, const fo_tensor *t, size_t count)
     void fo_clamp(int dt, double clip, const fo_tensor *t, size_t count)

@@ -317,7 +317,12 @@ def _encode(state_dict):
 def write_state(path: PathArg, state_dict: Mapping[str, Any]) -> None:
     """Write a state_dict to ``path`` atomically (see the module docstring)."""
     path = _path(path)
-    data = _encode(state_dict)
+    write_bytes(path, _encode(state_dict))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same
+    folder, flushed and fsync'ed, renamed over ``path``, the folder fsync'ed."""
     folder = os.path.dirname(os.path.abspath(path))
     _remove_stale_temporaries(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."

@@ -477,10 +477,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-plot", dest="plot", action="store_const", const=None,
         help="write no figure")
+    parser.add_argument(
+        "--distributed", action="store_true",
+        help="train data-parallel over the MPI ranks of mpiexec with the "
+             "optimizer state sharded (fastopt.distributed; needs "
+             "fastopt[mpi]); rank 0 prints the table; no figure")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo for parsed ``args``; return the exit status."""
+    if getattr(args, "distributed", False):
+        from .distributed_demo import main as distributed_main
+
+        return distributed_main(args)
     epochs = args.epochs
     if epochs is None:
         epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS

@@ -134,6 +134,11 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH",
                         help="write a PNG of GB/s against size (needs matplotlib)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="under mpiexec: a sharded step (fastopt.distributed) "
+                             "on the launch's ranks, split into communication and "
+                             "update, for the first of --rules and --dtypes and "
+                             "--sizes (default 1e6,1e7); needs fastopt[mpi]")
 
 
 # ---------------------------------------------------------------------------
@@ -544,6 +549,9 @@ def _torch_default_key(rs):
 
 
 def main(args):
+    if getattr(args, "distributed", False):
+        from fastopt.harness import distributed_bench
+        return distributed_bench.main(args)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:

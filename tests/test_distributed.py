@@ -1,0 +1,354 @@
+"""fastopt.distributed: sharded steps against one process, bit for bit.
+
+Each test launches ``mpiexec -n P python tests/mpi_worker.py SCENARIO``,
+which writes every rank's result to a file, and checks every rank's file
+against the single-process reference of tests/mpi_cases.py: the class
+stepped on the mean of the ranks' gradients summed in rank order.  Skipped
+when mpi4py or mpiexec is absent (``pip install ".[mpi]"``).
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastopt
+import fastopt.distributed
+from fastopt import _core
+
+from conftest import AVAILABLE_LEVELS
+from mpi_cases import CASES, LEVEL_CASES, RESHARD_CASES, NAMES, SHAPES, STEPS, mean, reference, start
+
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+MPIEXEC = shutil.which("mpiexec") or shutil.which(
+    "mpiexec", path=os.path.dirname(sys.executable))
+
+needs_mpi = pytest.mark.skipif(
+    not (HAVE_MPI4PY and MPIEXEC),
+    reason="needs mpi4py and mpiexec: pip install \".[mpi]\" (mpi4py and MPICH)")
+
+WORKER = os.path.join(os.path.dirname(__file__), "mpi_worker.py")
+
+
+def launch(P, scenario, out, *args, expect_ok=True, env=None):
+    """Run the worker on P ranks; return the CompletedProcess."""
+    environ = dict(os.environ, NO_COLOR="1", PY_COLORS="0", OMP_NUM_THREADS="1",
+                   OMP_WAIT_POLICY="passive")
+    environ.update(env or {})
+    cmd = [MPIEXEC, "-n", str(P), sys.executable, WORKER, scenario, str(out),
+           *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=environ)
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def results(out, P):
+    """Every rank's file: each rank must have written one."""
+    files = [os.path.join(out, f"rank{r}.npz") for r in range(P)]
+    for f in files:
+        assert os.path.exists(f), f"{f} missing"
+    return [dict(np.load(f)) for f in files]
+
+
+def same_bits(actual, desired, what):
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert actual.dtype == desired.dtype and actual.shape == desired.shape, what
+    assert actual.tobytes() == desired.tobytes(), (
+        f"{what}: {np.count_nonzero(actual != desired)} elements differ")
+
+
+def check_rank(res, case, world_sizes, rank):
+    case_id = case[0]
+    params, opt, norms = reference(case, world_sizes)
+    for name in NAMES:
+        same_bits(res[f"{case_id}|param|{name}"], params[name], f"{case_id} {name} rank {rank}")
+        same_bits(res[f"{case_id}|view|{name}"], params[name], f"{case_id} view {name}")
+    for t, norm in enumerate(norms[-STEPS:]):
+        t += len(world_sizes) - STEPS
+        same_bits(res[f"{case_id}|norm{t}"], np.array(norm), f"{case_id} norm {t}")
+    # per-tensor and global sums of squares of the parameters, rebuilt from
+    # shards, carry grad_sumsq's bits
+    per = [_core.grad_sumsq([params[n]]) for n in NAMES]
+    same_bits(res[f"{case_id}|sumsq"], np.array(per), f"{case_id} sumsq")
+    total = _core.grad_sumsq([params[n] for n in NAMES])
+    same_bits(res[f"{case_id}|sumsq_all"], np.array(total), f"{case_id} sumsq_all")
+    return opt
+
+
+def check_state(res, case, opt):
+    """The state gathered on rank 0 is the single process's state_dict."""
+    case_id = case[0]
+    for i, entry in opt.state_dict()["state"].items():
+        for key, v in entry.items():
+            same_bits(res[f"{case_id}|state|{i}|{key}"], np.asarray(v),
+                      f"{case_id} state {i} {key}")
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory):
+    """Every rank's results of the trajectory scenario, by world size."""
+    done = {}
+
+    def get(P):
+        if P not in done:
+            out = tmp_path_factory.mktemp(f"trajectory{P}")
+            launch(P, "trajectory", out)
+            done[P] = results(out, P)
+        return done[P]
+    return get
+
+
+@needs_mpi
+@pytest.mark.parametrize("P", [1, 2, 3, 4])
+def test_trajectories_equal_one_process(trajectories, P):
+    """At 4 ranks MPICH's own reduce-scatter (deterministic=False) differs
+    from the serial sum in 28 of the 32 cases; Alltoall and the ordered sum
+    do not."""
+    per_rank = trajectories(P)
+    for case in CASES:
+        for r, res in enumerate(per_rank):
+            opt = check_rank(res, case, [P] * STEPS, r)
+        check_state(per_rank[0], case, opt)
+
+
+@needs_mpi
+@pytest.mark.parametrize("level", AVAILABLE_LEVELS)
+def test_trajectories_at_every_level_two_threads(tmp_path, level):
+    """The ranks' kernels at each instruction-set level, on two threads that
+    split even the small shards, against the reference at this process's."""
+    launch(2, "trajectory", tmp_path,
+           env={"MPI_WORKER_EXEC": f"{level}:2", "OMP_NUM_THREADS": "2"})
+    for case in LEVEL_CASES:
+        for r, res in enumerate(results(tmp_path, 2)):
+            check_rank(res, case, [2] * STEPS, r)
+
+
+@needs_mpi
+def test_state_shrinks_with_ranks(trajectories):
+    """Each of 3 ranks holds a third of the state, give or take padding."""
+    one, three = trajectories(1)[0], trajectories(3)
+    for case in CASES:
+        whole = int(one[f"{case[0]}|state_nbytes"])
+        parts = [int(r[f"{case[0]}|state_nbytes"]) for r in three]
+        assert max(parts) <= whole // 3 + 64 * 8 * 4, (case[0], whole, parts)
+
+
+@needs_mpi
+def test_nondeterministic_ranks_agree(tmp_path):
+    """deterministic=False (MPI's reduce-scatter): every rank holds the same
+    parameters, close to the serial mean's trajectory."""
+    launch(3, "nondeterministic", tmp_path)
+    per_rank = results(tmp_path, 3)
+    for case in CASES[:8]:
+        params, _, _ = reference(case, [3] * STEPS)
+        for name in NAMES:
+            key = f"{case[0]}|param|{name}"
+            for res in per_rank[1:]:
+                same_bits(res[key], per_rank[0][key], key)
+            np.testing.assert_allclose(per_rank[0][key], params[name], rtol=1e-3, atol=1e-3)
+
+
+@needs_mpi
+def test_resharding_3_to_2_and_consolidate(tmp_path):
+    """STEPS steps on 3 ranks, a checkpoint, STEPS more on 2: the single
+    process's trajectory with the same means; consolidate() of the
+    checkpoint loads into the single-process class."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    launch(3, "save", tmp_path / "a", folder)
+    shutil.copy(tmp_path / "a" / "rank0.npz", folder / "params.npz")
+    launch(2, "resume", tmp_path / "b", folder)
+    per_rank = results(tmp_path / "b", 2)
+    for case in RESHARD_CASES:
+        for r, res in enumerate(per_rank):
+            opt = check_rank(res, case, [3] * STEPS + [2] * STEPS, r)
+        check_state(per_rank[0], case, opt)
+        # consolidate: the single process's checkpoint after the first STEPS
+        _, opt3, _ = reference(case, [3] * STEPS)
+        out = tmp_path / f"{case[0]}.npz"
+        fastopt.distributed.consolidate(folder / case[0], out)
+        fresh = getattr(fastopt, case[1])(dict(zip(NAMES, start(case[3]))), **case[2])
+        fresh.load(out)
+        want, got = opt3.state_dict(), fresh.state_dict()
+        assert got["param_groups"] == want["param_groups"]
+        for i, entry in want["state"].items():
+            assert set(got["state"][i]) == set(entry)
+            for key, v in entry.items():
+                same_bits(np.asarray(got["state"][i][key]), np.asarray(v), f"{case[0]} {key}")
+
+
+@needs_mpi
+def test_rank_killed_mid_save_leaves_previous_checkpoint(tmp_path):
+    folder = tmp_path / "ckpt"
+    proc = launch(2, "kill", tmp_path, folder, expect_ok=False)
+    assert proc.returncode != 0
+    case = next(c for c in CASES if c[0] == "Adam-float32")
+    _, opt, _ = reference(case, [2] * STEPS)        # the first save's state
+    sd = fastopt.distributed.consolidate(folder)
+    for i, entry in opt.state_dict()["state"].items():
+        for key, v in entry.items():
+            same_bits(np.asarray(sd["state"][i][key]), np.asarray(v), key)
+
+
+@needs_mpi
+def test_error_on_one_rank_aborts_the_job(tmp_path):
+    proc = launch(2, "abort", tmp_path, expect_ok=False)
+    assert proc.returncode != 0
+    assert "rank 1 of 2 failed in step: ValueError: grad of parameter 'big' has shape" \
+        in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / "rank0.npz")
+
+
+@needs_mpi
+def test_mismatched_shapes_detected_on_every_rank(tmp_path):
+    launch(3, "mismatch", tmp_path)
+    for res in results(tmp_path, 3):
+        assert str(res["error"]) == ("params must be the same on every rank: rank 2 has "
+                                     "parameter 'c' with shape (14,) where rank 0 has "
+                                     "'c' with shape (13,)")
+
+
+# -- one process, no mpiexec -------------------------------------------------
+
+def test_sumsq_blocks_add_up_to_grad_sumsq(rng):
+    for dtype in (np.float32, np.float64):
+        gs = [rng.standard_normal(n).astype(dtype) for n in (5000, 1, 0, 9000, 4096)]
+        blocks = _core.grad_sumsq_blocks(gs)
+        assert blocks.size == 2 + 1 + 0 + 3 + 1
+        total = 0.0
+        for b in blocks:
+            total += b
+        assert total == _core.grad_sumsq(gs)
+        for k, g in enumerate(gs):
+            if g.size:
+                assert _core.grad_sumsq_blocks([g])[0] == _core.grad_sumsq([g[:4096]])
+
+
+class _OneRank:
+    """The few communicator methods a one-rank ShardedOptimizer calls."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def allgather(self, x):
+        return [x]
+
+
+@pytest.mark.parametrize("bad, exc, message", [
+    (lambda g: {**g, "big": None}, ValueError, "grad of parameter 'big' is None"),
+    (lambda g: {**g, "b": g["b"].astype(np.float64)}, TypeError,
+     "grad of parameter 'b' has dtype float64"),
+    (lambda g: {**g, "c": g["c"][:-1]}, ValueError, "grad of parameter 'c' has shape (12,)"),
+    (lambda g: {k: g[k] for k in NAMES[:-1]}, ValueError, "missing ['c']"),
+    (lambda g: list(g.values()), TypeError, "grads must be a dict"),
+])
+def test_bad_grads_change_nothing(bad, exc, message):
+    from fastopt.distributed import ShardedOptimizer
+    params = dict(zip(NAMES, start("float32")))
+    opt = ShardedOptimizer(fastopt.Adam, params, _OneRank())
+    before = {k: v.copy() for k, v in params.items()}
+    g = dict(zip(NAMES, [np.ones(s, np.float32) for s in SHAPES]))
+    with pytest.raises(exc) as e:
+        opt.step(bad(g))
+    assert message in str(e.value)
+    for k in NAMES:
+        same_bits(params[k], before[k], k)
+    assert opt.optimizer.state_dict()["state"] == {}
+
+
+@pytest.mark.parametrize("args, exc, message", [
+    ((dict, {}), TypeError, "optimizer_class must be a fastopt optimizer class"),
+    ((fastopt.Adam, {}), ValueError, "params is empty"),
+    ((fastopt.Adam, {"a": np.zeros(3, np.int64)}), TypeError, "parameter 'a' has dtype int64"),
+    ((fastopt.Adam, [np.zeros(3, np.float32), np.zeros(2)]), TypeError,
+     "one dtype per sharded optimizer"),
+])
+def test_bad_construction(args, exc, message):
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(exc) as e:
+        ShardedOptimizer(*args, comm=_OneRank())
+    assert message in str(e.value)
+
+
+def test_one_rank_matches_one_process_with_clipping():
+    """In process, one rank: the sharded step is the class's step after
+    clip_grad_norm_, bit for bit."""
+    from fastopt.distributed import ShardedOptimizer
+    case = next(c for c in CASES if c[0] == "Adam-clip-float32")
+    params = dict(zip(NAMES, start("float32")))
+    opt = ShardedOptimizer(fastopt.Adam, params, _OneRank())
+    for t in range(STEPS):
+        opt.step(dict(zip(NAMES, mean(case[0], t, 1, "float32"))), max_norm=1.0)
+    want, _, _ = reference(case, [1] * STEPS)
+    for k in NAMES:
+        same_bits(params[k], want[k], k)
+
+
+def _table(text):
+    """The demo table's rows: optimizer -> (lr, final cost, accuracy, published)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("optimizer"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = tuple(cells[1:5])
+    return rows
+
+
+@needs_mpi
+def test_demo_distributed_prints_the_single_process_table():
+    args = ["demo", "--epochs", "30", "--optimizers", "gd,adam", "--no-plot"]
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "fastopt", *args], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastopt", *args,
+                          "--distributed"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert two.returncode == 0, two.stderr
+    assert "data-parallel on 2 ranks" in two.stdout
+    assert two.stdout.count("optimizer      lr") == 1      # rank 0 alone prints
+    assert _table(two.stdout) == _table(one.stdout)
+    assert set(_table(one.stdout)) == {"gd", "adam"}
+
+
+@needs_mpi
+def test_memory_example_prints_state_per_rank():
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m",
+                        "fastopt.course.sharded_memory", "--width", "40"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "one process: 14,408 bytes of optimizer state" in r.stdout, r.stdout
+    assert r.stdout.count("bytes of optimizer state (") == 2
+    assert "equal one process's: True" in r.stdout
+
+
+@pytest.mark.parametrize("cls", [fastopt.LAMB, fastopt.LARS])
+def test_rules_with_per_tensor_reductions_are_refused(cls):
+    """A shard steps as one tensor, so a rule that reduces over each tensor
+    (a trust ratio) is refused rather than computed over the shard."""
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(ValueError, match=f"{cls.__name__} reduces over each tensor"):
+        ShardedOptimizer(cls, [np.zeros(3, np.float32)], _OneRank())
+
+
+@pytest.mark.parametrize("kw", [dict(ema_decay=0.9), dict(accumulation_steps=2)])
+def test_ema_and_accumulation_are_refused(kw):
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        ShardedOptimizer(fastopt.Adam, [np.zeros(3, np.float32)], _OneRank(), **kw)
