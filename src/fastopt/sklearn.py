@@ -36,11 +36,12 @@ This module imports scikit-learn; ``import fastopt`` does not import it.
 import warnings
 
 import numpy as np
-import sklearn
-from sklearn.neural_network import MLPClassifier as _MLPClassifier
-from sklearn.neural_network import MLPRegressor as _MLPRegressor
-from sklearn.neural_network._stochastic_optimizers import (AdamOptimizer,
-                                                           SGDOptimizer)
+# scikit-learn ships no type information (and is absent without the extra)
+import sklearn  # type: ignore
+from sklearn.neural_network import (  # type: ignore
+    MLPClassifier as _MLPClassifier, MLPRegressor as _MLPRegressor)
+from sklearn.neural_network._stochastic_optimizers import (  # type: ignore
+    AdamOptimizer, SGDOptimizer)
 
 from fastopt import _core
 
