@@ -6,7 +6,10 @@ loss_curve_, n_iter_ (and what early stopping records) must be identical bit
 for bit, and every step of the fastopt run must have gone through the fused
 update (scikit-learn's own update_params is made to fail during it).  Small
 data and few epochs keep this cheap."""
+import io
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -332,3 +335,27 @@ def test_check_estimator_as_stock(cls):
     passed = [name for name, status in stock.items() if status == "passed"]
     assert len(passed) > 20
     assert [name for name in passed if mine[name] != "passed"] == []
+
+
+def test_import_fastopt_does_not_need_scikit_learn():
+    code = ("import sys; sys.modules['sklearn'] = None; import fastopt; "
+            "import fastopt.functional as F; assert F.sklearn_adam; "
+            "assert 'fastopt.sklearn' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_bench_row_at_a_small_size():
+    """The bench's measurement on a tiny model: every field, identical
+    weights checked inside, the update timed within the fit."""
+    from fastopt.harness import sklearn_bench
+    X, y = _data("multiclass", np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rec = sklearn_bench.measure((8,), 32, "float32", "adam", X, y, 1, 2)
+    assert rec["steps"] == -(-len(y) // 32)
+    for name in ("stock", "fastopt"):
+        assert 0 < rec[f"{name}_update_s"] < rec[f"{name}_fit_s"]
+        assert 0 < rec[f"{name}_update_share"] < 1
+    out = io.StringIO()
+    sklearn_bench.print_table([rec], file=out)
+    assert "| adam | (8,) | 32 | float32 |" in out.getvalue()

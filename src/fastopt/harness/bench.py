@@ -35,6 +35,7 @@ from fastopt import _core
 from fastopt.rules import RULES as TABLE
 from fastopt import functional as F
 from fastopt import reference as R
+from fastopt.harness import sklearn_bench
 
 FULL_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 5 * 10**7]
 QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
@@ -134,6 +135,7 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH",
                         help="write a PNG of GB/s against size (needs matplotlib)")
+    sklearn_bench.add_arguments(parser)
 
 
 # ---------------------------------------------------------------------------
@@ -512,6 +514,8 @@ def _torch_default_key(rs):
 
 
 def main(args):
+    if getattr(args, "sklearn", False):
+        return sklearn_bench.main(args)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:
