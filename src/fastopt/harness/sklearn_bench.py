@@ -10,6 +10,7 @@ optimizer's update_params (timed around each call in the same runs).
 Before anything is timed, one pair of fits is checked to give identical
 weights.
 """
+import contextlib
 import statistics
 import sys
 import time
@@ -38,6 +39,9 @@ def add_arguments(parser):
                         help="comma list of batch sizes (default 32,200)")
     parser.add_argument("--sklearn-samples", type=int, default=20000,
                         metavar="N", help="samples of the data set (default 20000)")
+    parser.add_argument("--sklearn-threads", type=int, default=None,
+                        metavar="N", help="BLAS and fastopt threads (default: "
+                        "as installed; threadpoolctl limits both)")
 
 
 def _timed(cls):
@@ -147,13 +151,20 @@ def main(args):
                                n_classes=10, random_state=0)
     print(f"fastopt {fastopt.__version__} bench --sklearn: scikit-learn "
           f"{sklearn.__version__}, numpy {np.__version__}, SIMD "
-          f"{fastopt.get_simd_level()}, {fastopt.get_num_threads()} fastopt "
-          f"threads; {X.shape[0]} x {X.shape[1]} samples, 10 classes, "
+          f"{fastopt.get_simd_level()}, "
+          f"{args.sklearn_threads or fastopt.get_num_threads()} fastopt "
+          f"threads, BLAS threads {args.sklearn_threads or 'as installed'}; "
+          f"{X.shape[0]} x {X.shape[1]} samples, 10 classes, "
           f"{args.sklearn_epochs} epoch(s) per fit, median of "
           f"{args.sklearn_repeats} interleaved fits")
     records = []
     t_start = time.perf_counter()
-    with warnings.catch_warnings():
+    limits = contextlib.nullcontext()
+    if args.sklearn_threads:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(args.sklearn_threads)
+        fastopt.set_num_threads(args.sklearn_threads)
+    with limits, warnings.catch_warnings():
         warnings.simplefilter("ignore")      # ConvergenceWarning after few epochs
         for solver in solvers:
             for hidden in _shapes(args.sklearn_hidden):
