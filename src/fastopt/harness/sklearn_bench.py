@@ -18,6 +18,9 @@ import warnings
 
 import numpy as np
 
+# scikit-learn and threadpoolctl ship no type information: their imports
+# carry "type: ignore".
+
 HIDDEN = [(100,), (256, 256), (1024, 1024)]
 BATCHES = [32, 200]
 DTYPES = ["float32", "float64"]
@@ -44,22 +47,26 @@ def add_arguments(parser):
                         "as installed; threadpoolctl limits both)")
 
 
+class _TimedUpdates:
+    """Records in the optimizer the seconds spent in its update_params."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "_optimizer":
+            opt = self.__dict__["_optimizer"]      # after any swap by the class
+            update = opt.update_params
+            opt.update_seconds = 0.0
+
+            def timed(params, grads):
+                t0 = time.perf_counter()
+                update(params, grads)
+                opt.update_seconds += time.perf_counter() - t0
+            opt.update_params = timed
+
+
 def _timed(cls):
     """``cls`` whose optimizer records the seconds spent in update_params."""
-    class Timed(cls):
-        def __setattr__(self, name, value):
-            super().__setattr__(name, value)
-            if name == "_optimizer":
-                opt, update = self._optimizer, self._optimizer.update_params
-                opt.update_seconds = 0.0
-
-                def timed(params, grads):
-                    t0 = time.perf_counter()
-                    update(params, grads)
-                    opt.update_seconds += time.perf_counter() - t0
-                opt.update_params = timed
-    Timed.__name__ = cls.__name__
-    return Timed
+    return type(cls.__name__, (_TimedUpdates, cls), {})
 
 
 def _fit(cls, X, y, kw):
@@ -76,7 +83,7 @@ def _same(a, b):
 
 
 def measure(hidden, batch, dtype, solver, X, y, epochs, repeats):
-    from sklearn.neural_network import MLPClassifier as Stock
+    from sklearn.neural_network import MLPClassifier as Stock  # type: ignore
 
     import fastopt.sklearn as fsk
     kinds = {"stock": _timed(Stock), "fastopt": _timed(fsk.MLPClassifier)}
@@ -131,8 +138,8 @@ def _shapes(text):
 
 def main(args):
     try:
-        import sklearn
-        from sklearn.datasets import make_classification
+        import sklearn  # type: ignore
+        from sklearn.datasets import make_classification  # type: ignore
     except ImportError:
         print("bench --sklearn needs scikit-learn: pip install 'fastopt[sklearn]'",
               file=sys.stderr)
@@ -161,7 +168,7 @@ def main(args):
     t_start = time.perf_counter()
     limits = contextlib.nullcontext()
     if args.sklearn_threads:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore
         limits = threadpool_limits(args.sklearn_threads)
         fastopt.set_num_threads(args.sklearn_threads)
     with limits, warnings.catch_warnings():
