@@ -124,9 +124,31 @@ def _pick(arrays, indices):
     return [arrays[k] for k in indices]
 
 
+def _update(params, grads, states, plain, step, numpy_update):
+    """One optimizer step: ``step(indices)`` (one fastopt call, which checks
+    everything before it writes) over all tensors when it takes them, as it
+    does in scikit-learn's own use; otherwise over each group of tensors it
+    can take, and ``numpy_update(k, param, grad)`` for the others."""
+    everything = range(len(params))
+    if len(grads) == len(params) and params and plain(getattr(params[0], "dtype", None)):
+        try:
+            step(everything)
+            return
+        except (TypeError, ValueError):
+            pass                        # refused before anything was written
+    fused, rest = _groups(params, grads, states, plain)
+    for indices in fused.values():
+        try:
+            step(indices)
+        except (TypeError, ValueError):
+            rest += indices             # refused before anything was written
+    for k in sorted(rest):
+        numpy_update(k, params[k], grads[k])
+
+
 class FusedAdamOptimizer(AdamOptimizer):
     """scikit-learn's AdamOptimizer whose update runs in place in one fastopt
-    call per dtype (rule ``sklearn_adam``): ``ms`` and ``vs`` are updated in
+    call (rule ``sklearn_adam``; one per dtype when they differ): ``ms`` and ``vs`` are updated in
     place rather than replaced, ``t`` and ``learning_rate`` advance as
     scikit-learn's do.  Results are bit-identical to AdamOptimizer's."""
 
@@ -145,19 +167,15 @@ class FusedAdamOptimizer(AdamOptimizer):
             return (type(lr) in (float, int, np.float64, np.float32)
                     and all(_plain(x, dtype) for x in (self.beta_1, self.beta_2,
                                                        self.epsilon)))
-        fused, rest = _groups(params, grads, (self.ms, self.vs), plain)
-        for indices in fused.values():
-            try:
-                _core.step_many("sklearn_adam", _pick(params, indices),
-                                _pick(grads, indices),
-                                [_pick(self.ms, indices), _pick(self.vs, indices)],
-                                step=self.t, lr=float(lr),
-                                betas=(float(self.beta_1), float(self.beta_2)),
-                                eps=float(self.epsilon))
-            except (TypeError, ValueError):
-                rest += indices         # refused before anything was written
-        for k in sorted(rest):
-            self._numpy_update(k, params[k], grads[k])
+
+        def step(indices):
+            _core.step_many("sklearn_adam", _pick(params, indices),
+                            _pick(grads, indices),
+                            [_pick(self.ms, indices), _pick(self.vs, indices)],
+                            step=self.t, lr=float(lr),
+                            betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
+        _update(params, grads, (self.ms, self.vs), plain, step, self._numpy_update)
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions (and
@@ -169,7 +187,7 @@ class FusedAdamOptimizer(AdamOptimizer):
 
 class FusedSGDOptimizer(SGDOptimizer):
     """scikit-learn's SGDOptimizer whose update runs in place in one fastopt
-    call per dtype (rule ``sklearn_sgd``): ``velocities`` are updated in
+    call (rule ``sklearn_sgd``; one per dtype when they differ): ``velocities`` are updated in
     place rather than replaced; the schedules (``iteration_ends``,
     ``trigger_stopping``) are scikit-learn's.  Results are bit-identical to
     SGDOptimizer's."""
@@ -182,19 +200,14 @@ class FusedSGDOptimizer(SGDOptimizer):
 
         def plain(dtype):
             return _plain(self.learning_rate, dtype) and _plain(self.momentum, dtype)
-        fused, rest = _groups(params, grads, (self.velocities,), plain)
-        for indices in fused.values():
-            try:
-                _core.step_many("sklearn_sgd", _pick(params, indices),
-                                _pick(grads, indices),
-                                [_pick(self.velocities, indices)],
-                                lr=float(self.learning_rate),
-                                momentum=float(self.momentum),
-                                nesterov=bool(self.nesterov))
-            except (TypeError, ValueError):
-                rest += indices         # refused before anything was written
-        for k in sorted(rest):
-            self._numpy_update(k, params[k], grads[k])
+
+        def step(indices):
+            _core.step_many("sklearn_sgd", _pick(params, indices),
+                            _pick(grads, indices), [_pick(self.velocities, indices)],
+                            lr=float(self.learning_rate),
+                            momentum=float(self.momentum),
+                            nesterov=bool(self.nesterov))
+        _update(params, grads, (self.velocities,), plain, step, self._numpy_update)
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions."""
