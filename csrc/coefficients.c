@@ -401,6 +401,39 @@ static void lars_tensor(const fo_args *a, fo_tensor *t)
     t->r[0] = C(LARS, LR) * ratio;
 }
 
+/* Adam as scikit-learn's AdamOptimizer has it (sklearn/neural_network/
+ * _stochastic_optimizers.py): its learning_rate is
+ * lr * sqrt(1 - beta2^t) / (1 - beta1^t), evaluated left to right in double
+ * as Python does it (pow() of the float beta and the integer step, as
+ * float.__pow__), and its update multiplies by -learning_rate.  eps goes
+ * unchanged onto the raw sqrt(v). */
+static const char *sklearn_adam(const double *h, long long step, fo_args *a)
+{
+    const double beta1 = H(SKLEARN_ADAM, BETAS0), beta2 = H(SKLEARN_ADAM, BETAS1);
+    const double learning_rate = H(SKLEARN_ADAM, LR)
+        * sqrt(fo_bias_correction(beta2, step)) / fo_bias_correction(beta1, step);
+    C(SKLEARN_ADAM, NEG_STEP_SIZE) = -learning_rate;
+    C(SKLEARN_ADAM, BETA1) = beta1;
+    C(SKLEARN_ADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(SKLEARN_ADAM, BETA2) = beta2;
+    C(SKLEARN_ADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(SKLEARN_ADAM, EPS) = H(SKLEARN_ADAM, EPS);
+    a->opts = common(H(SKLEARN_ADAM, MAXIMIZE), 0.0);
+    return NULL;
+}
+
+/* SGD as scikit-learn's SGDOptimizer has it: lr is its current
+ * learning_rate, which its schedules set between calls. */
+static const char *sklearn_sgd(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(SKLEARN_SGD, LR) = H(SKLEARN_SGD, LR);
+    C(SKLEARN_SGD, MOMENTUM) = H(SKLEARN_SGD, MOMENTUM);
+    a->opts = common(H(SKLEARN_SGD, MAXIMIZE), 0.0)
+              | (H(SKLEARN_SGD, NESTEROV) != 0.0 ? FO_SKLEARN_SGD_O_NESTEROV : 0u);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

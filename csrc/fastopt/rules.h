@@ -928,6 +928,75 @@ static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
 }
 
 #undef FO_LANES_ADD
+/* ---- scikit-learn's MLP Adam (AdamOptimizer) ------------------------- */
+
+/* The moments are FO_T arithmetic with the coefficients rounded to FO_T, as
+ * NumPy computes beta_1 * m + (1 - beta_1) * grad with Python floats; the
+ * denominator sqrt(v) + eps too.  The step size is a NumPy float64 scalar in
+ * scikit-learn, which NumPy 2 does not round to float32: the update
+ * -learning_rate * m / denom is formed in double and added to the parameter
+ * in double, and only the sum is rounded to FO_T (param += update with a
+ * float64 update).  For double arrays the casts are no-ops. */
+FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
+                                          size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_SKLEARN_ADAM_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_SKLEARN_ADAM_S_EXP_AVG_SQ];
+    const double neg_step_size = a->c[FO_SKLEARN_ADAM_C_NEG_STEP_SIZE];
+    const FO_T beta1 = FO_C(SKLEARN_ADAM, BETA1);
+    const FO_T one_minus_beta1 = FO_C(SKLEARN_ADAM, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(SKLEARN_ADAM, BETA2);
+    const FO_T one_minus_beta2 = FO_C(SKLEARN_ADAM, ONE_MINUS_BETA2);
+    const FO_T eps = FO_C(SKLEARN_ADAM, EPS);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
+        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        const FO_T denom = FO_SQRT(vi) + eps;
+        p[i] = (FO_T)((double)p[i] + neg_step_size * (double)mi / (double)denom);
+    }
+}
+
+static void FO_NAME(sklearn_adam_range)(const void *args, const fo_tensor *t,
+                                        size_t lo, size_t hi)
+{
+    FO_NAME(sklearn_adam_body)((const fo_args *)args, t, lo, hi);
+}
+
+/* ---- scikit-learn's MLP SGD (SGDOptimizer) --------------------------- */
+
+/* u = momentum * u - lr * g becomes the velocity; the parameter gets
+ * momentum * u - lr * g once more with Nesterov, else u. */
+FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
+                                         size_t lo, size_t hi, const int nesterov)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict u = (FO_T *)t->s[FO_SKLEARN_SGD_S_VELOCITY];
+    const FO_T lr = FO_C(SKLEARN_SGD, LR), mu = FO_C(SKLEARN_SGD, MOMENTUM);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
+        const FO_T ui = mu * u[i] - lr * gi;
+        u[i] = ui;
+        p[i] = p[i] + (nesterov ? mu * ui - lr * gi : ui);
+    }
+}
+
+static void FO_NAME(sklearn_sgd_range)(const void *args, const fo_tensor *t,
+                                       size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_SKLEARN_SGD_O_NESTEROV)
+        FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 1);
+    else
+        FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0);
+}
 
 #undef FO_C
 #undef FO_INLINE

@@ -49,9 +49,6 @@ def grad_sumsq(list grads, labels=None):
     return s
 
 
-SUMSQ_BLOCK = FO_SUMSQ_BLOCK
-
-
 def grad_sumsq_blocks(list grads, labels=None):
     """The block sums that grad_sumsq adds, as a float64 array.
 

@@ -429,3 +429,41 @@ def lars(param, grad, momentum_buffer, c):
     momentum_buffer[...] = d + c.momentum * momentum_buffer
     param[...] = param - (d + c.momentum * momentum_buffer if c.nesterov
                           else momentum_buffer)
+
+
+@_rule
+def sklearn_adam(param, grad, exp_avg, exp_avg_sq, c):
+    """Adam as scikit-learn's AdamOptimizer computes it, eps on the raw
+    sqrt(v) and neg_step_size = -lr * sqrt(1 - beta2^t) / (1 - beta1^t), a
+    double.  The moments and the denominator are in the arrays' dtype; the
+    update and the sum are formed in float64 and the sum is rounded to the
+    dtype once, as ``param += update`` does with scikit-learn's float64
+    update under NumPy 2::
+
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        denom = sqrt(v) + eps
+        param = param + neg_step_size * m / denom          (in float64)
+    """
+    g = _start(param, grad, c)
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq) + c.eps
+    wide = np.float64
+    param[...] = (param.astype(wide) + c.neg_step_size * exp_avg.astype(wide)
+                  / denom.astype(wide)).astype(param.dtype)
+
+
+@_rule
+def sklearn_sgd(param, grad, velocity, c):
+    """SGD with momentum as scikit-learn's SGDOptimizer computes it::
+
+        u = momentum * u - lr * g;  velocity = u
+        param = param + (momentum * u - lr * g if nesterov else u)
+    """
+    g = _start(param, grad, c)
+    velocity[...] = c.momentum * velocity - c.lr * g
+    if c.nesterov:
+        param[...] = param + (c.momentum * velocity - c.lr * g)
+    else:
+        param[...] = param + velocity

@@ -568,6 +568,46 @@ RULES = {r.name: r for r in (
                       "eps", "trust_ratio"),
         options=("nesterov",), step=None,
         reductions=("param_sq", "update_sq")),
+    Rule(
+        name="sklearn_adam", cls="SklearnAdam", torch="",
+        conformance="scikit-learn's own AdamOptimizer (the installed "
+                    "package), tests/test_sklearn_rules.py",
+        source="Kingma & Ba 2015, in scikit-learn's convention: "
+               "sklearn.neural_network._stochastic_optimizers.AdamOptimizer "
+               "(scikit-learn 1.6-1.9), its operation order and defaults",
+        doc="Adam as scikit-learn's MLP has it: eps added to the raw sqrt(v) "
+            "(not bias-corrected) and both bias corrections folded into the "
+            "step size lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed in "
+            "double; the update is formed and added in double, so float32 "
+            "parameters round once, as NumPy does for AdamOptimizer.  "
+            "fastopt.sklearn runs scikit-learn's training on it.",
+        hypers=(_lr(1e-3), BETAS, _eps(1e-8), MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("neg_step_size", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "eps")),
+    Rule(
+        name="sklearn_sgd", cls="SklearnSGD", torch="",
+        conformance="scikit-learn's own SGDOptimizer (the installed "
+                    "package), tests/test_sklearn_rules.py",
+        source="Polyak 1964; Nesterov form: Sutskever et al. 2013; "
+               "scikit-learn's velocity form, operation order and defaults: "
+               "sklearn.neural_network._stochastic_optimizers.SGDOptimizer "
+               "(scikit-learn 1.6-1.9)",
+        doc="SGD with momentum as scikit-learn's MLP has it: the velocity "
+            "u = momentum * u - lr * g, then with nesterov the step "
+            "momentum * u - lr * g, else u, added to the parameter; lr is "
+            "the current rate of scikit-learn's schedule.  "
+            "fastopt.sklearn runs scikit-learn's training on it.",
+        hypers=(Hyper("lr", 0.1, "learning rate (scikit-learn's "
+                      "learning_rate_init, or its schedule's current rate)",
+                      label="learning rate"),
+                Hyper("momentum", 0.9, "momentum factor", label="momentum value"),
+                Hyper("nesterov", True, "Nesterov's step", check="flag"),
+                MAXIMIZE),
+        states=(State("velocity"),),
+        coefficients=("lr", "momentum"),
+        options=("nesterov",),
+        step=None),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).

@@ -35,6 +35,7 @@ from fastopt import _core
 from fastopt.rules import RULES as TABLE
 from fastopt import functional as F
 from fastopt import reference as R
+from fastopt.harness import sklearn_bench
 
 FULL_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 5 * 10**7]
 QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
@@ -139,6 +140,7 @@ def add_arguments(parser):
                              "on the launch's ranks, split into communication and "
                              "update, for the first of --rules and --dtypes and "
                              "--sizes (default 1e6,1e7); needs fastopt[mpi]")
+    sklearn_bench.add_arguments(parser)
 
 
 # ---------------------------------------------------------------------------
@@ -552,6 +554,8 @@ def main(args):
     if getattr(args, "distributed", False):
         from fastopt.harness import distributed_bench
         return distributed_bench.main(args)
+    if getattr(args, "sklearn", False):
+        return sklearn_bench.main(args)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:

@@ -1,0 +1,259 @@
+"""scikit-learn's MLPClassifier and MLPRegressor on fastopt's fused updates.
+
+:class:`MLPClassifier` and :class:`MLPRegressor` are scikit-learn's own
+estimators (same constructor, attributes, ``fit``, ``partial_fit``,
+``predict``, pickling, ``warm_start``, early stopping and learning-rate
+schedules): scikit-learn trains, and only the optimizer's
+``update_params`` changes.  Where scikit-learn builds its ``AdamOptimizer``
+or ``SGDOptimizer`` for ``solver="adam"`` or ``"sgd"``, these estimators
+keep a :class:`FusedAdamOptimizer` or :class:`FusedSGDOptimizer` instead:
+subclasses of scikit-learn's classes, with its attributes and schedules,
+whose update is one in-place fastopt call over all weights and biases
+(the rules ``sklearn_adam`` and ``sklearn_sgd`` of :mod:`fastopt.rules`,
+scikit-learn's formulas in its operation order).  ``coefs_``,
+``intercepts_``, ``loss_curve_`` and ``n_iter_`` are bit-identical to
+stock scikit-learn's.  ``solver="lbfgs"`` is scikit-learn's, unchanged.
+
+scikit-learn has no public hook for its optimizers: the estimators rely on
+its private ``_optimizer`` attribute and on the optimizers' attributes
+(``ms``, ``vs``, ``t``, ``velocities``, ``learning_rate``, ...).  That is
+pinned to the versions in :data:`SUPPORTED_VERSIONS` (the extra
+``fastopt[sklearn]``); on another version the estimators train exactly as
+stock scikit-learn does and say so with a :class:`FallbackWarning`.
+
+A tensor the kernel cannot take is stepped in NumPy with scikit-learn's
+own expressions, so the results stay scikit-learn's in every case: one
+whose gradient or state has another dtype (MLPRegressor with float32 ``X``
+and float64 targets gets float64 gradients for its output layer, and
+scikit-learn's arithmetic then makes that layer's states float64), arrays
+that are not contiguous or that share memory (a hand-made ``coefs_``), and
+hyperparameters that NumPy would not treat as Python floats (a NumPy
+float64 ``momentum`` promotes float32 weights to float64 in scikit-learn's
+arithmetic).
+
+This module imports scikit-learn; ``import fastopt`` does not import it.
+"""
+import warnings
+
+import numpy as np
+# scikit-learn ships no type information (and is absent without the extra)
+import sklearn  # type: ignore
+from sklearn.neural_network import (  # type: ignore
+    MLPClassifier as _MLPClassifier, MLPRegressor as _MLPRegressor)
+from sklearn.neural_network._stochastic_optimizers import (  # type: ignore
+    AdamOptimizer, SGDOptimizer)
+
+from fastopt import _core
+
+__all__ = ["MLPClassifier", "MLPRegressor", "FusedAdamOptimizer",
+           "FusedSGDOptimizer", "FallbackWarning", "SUPPORTED_VERSIONS",
+           "supported"]
+
+#: scikit-learn versions whose private optimizer protocol these estimators
+#: follow, as [lowest, first unsupported) of (major, minor); 1.6.1 and
+#: 1.9.1 are tested.
+SUPPORTED_VERSIONS = ((1, 6), (1, 10))
+
+
+class FallbackWarning(UserWarning):
+    """The installed scikit-learn is outside :data:`SUPPORTED_VERSIONS`:
+    training runs on scikit-learn's own optimizers."""
+
+
+def _minor(version):
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits or 0))
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+def supported(version=None):
+    """Whether scikit-learn ``version`` (the installed one by default) is
+    one whose optimizers these estimators replace."""
+    lo, hi = SUPPORTED_VERSIONS
+    return lo <= _minor(sklearn.__version__ if version is None else version) < hi
+
+
+_SUPPORTED = supported()
+
+
+def _fallback_warning():
+    lo, hi = SUPPORTED_VERSIONS
+    warnings.warn(
+        f"fastopt.sklearn supports scikit-learn >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}, "
+        f"not {sklearn.__version__}: training with scikit-learn's own "
+        f"optimizers", FallbackWarning, stacklevel=3)
+
+
+def _plain(value, dtype):
+    """Whether NumPy treats ``value`` in arithmetic with ``dtype`` arrays as
+    the Python float the kernel's coefficient is: a Python int or float
+    (converted to the arrays' dtype), or a NumPy float64 with float64
+    arrays."""
+    kind = type(value)
+    return kind is float or kind is int or (kind is np.float64 and dtype == np.float64)
+
+
+def _groups(params, grads, states, plain):
+    """Split the tensors of a step: {dtype: indices} of those whose
+    parameter, gradient and states share a float32 or float64 dtype and
+    whose hyperparameters ``plain(dtype)`` allows, and the indices of the
+    rest (a float64 gradient of float32 weights, as MLPRegressor makes for
+    its output layer with float64 targets)."""
+    fused, rest = {}, []
+    for k, (p, g) in enumerate(zip(params, grads)):
+        dtype = getattr(p, "dtype", None)
+        if (dtype in _DTYPES and getattr(g, "dtype", None) == dtype
+                and all(getattr(s[k], "dtype", None) == dtype for s in states)
+                and plain(dtype)):
+            fused.setdefault(dtype, []).append(k)
+        else:
+            rest.append(k)
+    return fused, rest
+
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _pick(arrays, indices):
+    return [arrays[k] for k in indices]
+
+
+def _update(params, grads, states, plain, step, numpy_update):
+    """One optimizer step: ``step(indices)`` (one fastopt call, which checks
+    everything before it writes) over all tensors when it takes them, as it
+    does in scikit-learn's own use; otherwise over each group of tensors it
+    can take, and ``numpy_update(k, param, grad)`` for the others."""
+    everything = range(len(params))
+    if len(grads) == len(params) and params and plain(getattr(params[0], "dtype", None)):
+        try:
+            step(everything)
+            return
+        except (TypeError, ValueError):
+            pass                        # refused before anything was written
+    fused, rest = _groups(params, grads, states, plain)
+    for indices in fused.values():
+        try:
+            step(indices)
+        except (TypeError, ValueError):
+            rest += indices             # refused before anything was written
+    for k in sorted(rest):
+        numpy_update(k, params[k], grads[k])
+
+
+class FusedAdamOptimizer(AdamOptimizer):
+    """scikit-learn's AdamOptimizer whose update runs in place in one fastopt
+    call (rule ``sklearn_adam``; one per dtype when they differ): ``ms`` and ``vs`` are updated in
+    place rather than replaced, ``t`` and ``learning_rate`` advance as
+    scikit-learn's do.  Results are bit-identical to AdamOptimizer's."""
+
+    def update_params(self, params, grads):
+        if not _SUPPORTED:
+            _fallback_warning()
+            return super().update_params(params, grads)
+        params, grads = list(params), list(grads)
+        self.t += 1
+        self.learning_rate = (self.learning_rate_init
+                              * np.sqrt(1 - self.beta_2 ** self.t)
+                              / (1 - self.beta_1 ** self.t))
+        lr = self.learning_rate_init
+
+        def plain(dtype):
+            return (type(lr) in (float, int, np.float64, np.float32)
+                    and all(_plain(x, dtype) for x in (self.beta_1, self.beta_2,
+                                                       self.epsilon)))
+
+        def step(indices):
+            _core.step_many("sklearn_adam", _pick(params, indices),
+                            _pick(grads, indices),
+                            [_pick(self.ms, indices), _pick(self.vs, indices)],
+                            step=self.t, lr=float(lr),
+                            betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
+        _update(params, grads, (self.ms, self.vs), plain, step, self._numpy_update)
+
+    def _numpy_update(self, k, param, grad):
+        """One tensor's step in NumPy, with scikit-learn's expressions (and
+        so its dtype promotions), for a tensor the kernel does not take."""
+        self.ms[k] = self.beta_1 * self.ms[k] + (1 - self.beta_1) * grad
+        self.vs[k] = self.beta_2 * self.vs[k] + (1 - self.beta_2) * (grad ** 2)
+        param += -self.learning_rate * self.ms[k] / (np.sqrt(self.vs[k]) + self.epsilon)
+
+
+class FusedSGDOptimizer(SGDOptimizer):
+    """scikit-learn's SGDOptimizer whose update runs in place in one fastopt
+    call (rule ``sklearn_sgd``; one per dtype when they differ): ``velocities`` are updated in
+    place rather than replaced; the schedules (``iteration_ends``,
+    ``trigger_stopping``) are scikit-learn's.  Results are bit-identical to
+    SGDOptimizer's."""
+
+    def update_params(self, params, grads):
+        if not _SUPPORTED:
+            _fallback_warning()
+            return super().update_params(params, grads)
+        params, grads = list(params), list(grads)
+
+        def plain(dtype):
+            return _plain(self.learning_rate, dtype) and _plain(self.momentum, dtype)
+
+        def step(indices):
+            _core.step_many("sklearn_sgd", _pick(params, indices),
+                            _pick(grads, indices), [_pick(self.velocities, indices)],
+                            lr=float(self.learning_rate),
+                            momentum=float(self.momentum),
+                            nesterov=bool(self.nesterov))
+        _update(params, grads, (self.velocities,), plain, step, self._numpy_update)
+
+    def _numpy_update(self, k, param, grad):
+        """One tensor's step in NumPy, with scikit-learn's expressions."""
+        update = self.momentum * self.velocities[k] - self.learning_rate * grad
+        self.velocities[k] = update
+        if self.nesterov:
+            update = self.momentum * update - self.learning_rate * grad
+        param += update
+
+
+_FUSED = {AdamOptimizer: FusedAdamOptimizer, SGDOptimizer: FusedSGDOptimizer}
+
+
+def _fused(optimizer):
+    """The fused twin of a stock optimizer that scikit-learn just built,
+    holding the same attributes (its fresh states included)."""
+    cls = _FUSED.get(type(optimizer))
+    if cls is None:
+        return optimizer
+    if not _SUPPORTED:
+        _fallback_warning()
+        return optimizer
+    twin = cls.__new__(cls)
+    twin.__dict__.update(optimizer.__dict__)
+    return twin
+
+
+class _Fused:
+    """Swaps the optimizer scikit-learn's ``_fit_stochastic`` assigns to
+    ``self._optimizer`` for its fused twin."""
+
+    def __setattr__(self, name, value):
+        if name == "_optimizer":
+            value = _fused(value)
+        super().__setattr__(name, value)
+
+
+class MLPClassifier(_Fused, _MLPClassifier):
+    __doc__ = (
+        "scikit-learn's MLPClassifier, trained with fastopt's fused Adam "
+        "and SGD updates\n    (bit-identical results; see "
+        ":mod:`fastopt.sklearn`).\n\n" + (_MLPClassifier.__doc__ or ""))
+
+
+class MLPRegressor(_Fused, _MLPRegressor):
+    __doc__ = (
+        "scikit-learn's MLPRegressor, trained with fastopt's fused Adam "
+        "and SGD updates\n    (bit-identical results; see "
+        ":mod:`fastopt.sklearn`).\n\n" + (_MLPRegressor.__doc__ or ""))
