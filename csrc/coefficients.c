@@ -382,14 +382,6 @@ static const char *adamw_schedulefree(const double *h, long long step,
     const double beta1 = H(ADAMW_SCHEDULEFREE, BETAS0);
     const double beta2 = H(ADAMW_SCHEDULEFREE, BETAS1);
     const double wd = H(ADAMW_SCHEDULEFREE, WEIGHT_DECAY);
-    if (!(beta1 > 0.0)) {
-        static _Thread_local char msg[128];
-        char b[40];
-        snprintf(msg, sizeof msg, "Invalid beta parameter at index 0: %s "
-                 "(betas[0] must be > 0 for schedule-free: eval() divides by it)",
-                 py_float(b, sizeof b, beta1));
-        return msg;
-    }
     const fo_sf s = schedulefree(
         H(ADAMW_SCHEDULEFREE, LR), H(ADAMW_SCHEDULEFREE, WARMUP_STEPS),
         H(ADAMW_SCHEDULEFREE, R), H(ADAMW_SCHEDULEFREE, WEIGHT_LR_POWER), step,
@@ -413,14 +405,6 @@ static const char *sgd_schedulefree(const double *h, long long step,
                                     fo_args *a)
 {
     const double momentum = H(SGD_SCHEDULEFREE, MOMENTUM);
-    if (!(momentum > 0.0)) {
-        static _Thread_local char msg[128];
-        char b[40];
-        snprintf(msg, sizeof msg, "Invalid momentum value: %s (momentum must "
-                 "be in (0, 1) for schedule-free: eval() divides by it)",
-                 py_float(b, sizeof b, momentum));
-        return msg;
-    }
     const fo_sf s = schedulefree(
         H(SGD_SCHEDULEFREE, LR), H(SGD_SCHEDULEFREE, WARMUP_STEPS),
         H(SGD_SCHEDULEFREE, R), H(SGD_SCHEDULEFREE, WEIGHT_LR_POWER), step,

@@ -383,6 +383,13 @@ class ScheduleFree(Optimizer):
                 return
             for group in self.param_groups:
                 self._check_group(self._hyper(group))
+                if not to_train and not self._beta(group) > 0:
+                    # y = (1 - beta) z + beta x: with beta = 0, y is z and
+                    # x cannot be recovered (the package divides by zero)
+                    name = "betas[0]" if "betas" in group else "momentum"
+                    raise ValueError(f"eval() needs {name} > 0, got "
+                                     f"{self._beta(group)!r}: with 0 the "
+                                     f"parameters hold z and x is lost")
             for plan in self._plans:
                 views = plan.state(slot)
                 if views is None:

@@ -539,8 +539,9 @@ RULES = {r.name: r for r in (
             "for every parameter of the group.  Unlike the package, the "
             "gradients are never written.",
         hypers=(_lr(1.0),
-                Hyper("momentum", 0.9, "interpolation of y between z and x; "
-                      "0 < momentum < 1", hi=1.0, label="momentum value"),
+                Hyper("momentum", 0.9, "interpolation of y between z and x "
+                      "(eval() needs momentum > 0)", hi=1.0,
+                      label="momentum value"),
                 _weight_decay(),
                 Hyper("warmup_steps", 0, "steps of linear learning-rate "
                       "warm-up, lr * t / warmup_steps; 0 or None: none",
