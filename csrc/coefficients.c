@@ -339,7 +339,10 @@ static const char *adopt(const double *h, long long step, fo_args *a)
 }
 
 /* Schedule-free AdamW and SGD (Defazio et al. 2024; the schedulefree
- * package 1.4.1, adamw_schedulefree.py and sgd_schedulefree.py).  The
+ * package 1.4.1, adamw_schedulefree.py and sgd_schedulefree.py).  AdamW's
+ * denominator is sqrt(v) / sqrt(1 - beta2^t) + eps, as fastopt's Adam has
+ * it (the package divides v by 1 - beta2^t first: the same within
+ * rounding, and one division per element fewer).  The
  * package keeps k, lr_max and weight_sum per parameter group; here k + 1 is
  * the tensor's step count t and lr_max, weight_sum are its scalar states.
  * In the package's order of operations:
@@ -388,7 +391,7 @@ static const char *adamw_schedulefree(const double *h, long long step,
         a, FO_ADAMW_SCHEDULEFREE_T_LR_MAX, FO_ADAMW_SCHEDULEFREE_T_WEIGHT_SUM);
     C(ADAMW_SCHEDULEFREE, BETA2) = beta2;
     C(ADAMW_SCHEDULEFREE, ONE_MINUS_BETA2) = 1.0 - beta2;
-    C(ADAMW_SCHEDULEFREE, BC2) = fo_bias_correction(beta2, step);
+    C(ADAMW_SCHEDULEFREE, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
     C(ADAMW_SCHEDULEFREE, EPS) = H(ADAMW_SCHEDULEFREE, EPS);
     C(ADAMW_SCHEDULEFREE, WEIGHT_DECAY) = wd;
     C(ADAMW_SCHEDULEFREE, LERP) = s.lerp;

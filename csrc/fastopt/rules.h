@@ -743,7 +743,7 @@ static void FO_NAME(adopt_range)(const void *args, const fo_tensor *t,
  * (lerp_from_z; coefficients.c), then along the step; z takes the plain
  * step.  On a tensor's first step z is the parameter itself (the package
  * makes z as a copy of it), so z is read from p and written.  AdamW's
- * gradient is normalised by sqrt(v / (1 - beta2^t)) + eps and gets its
+ * gradient is normalised by sqrt(v) / sqrt(1 - beta2^t) + eps and gets its
  * weight decay at y after that; SGD's weight decay is L2 on the gradient. */
 FO_INLINE void FO_NAME(adamw_schedulefree_body)(
     const fo_args *a, const fo_tensor *t, size_t lo, size_t hi,
@@ -755,7 +755,7 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
     FO_T *restrict v = (FO_T *)t->s[FO_ADAMW_SCHEDULEFREE_S_EXP_AVG_SQ];
     const FO_T beta2 = FO_C(ADAMW_SCHEDULEFREE, BETA2);
     const FO_T one_minus_beta2 = FO_C(ADAMW_SCHEDULEFREE, ONE_MINUS_BETA2);
-    const FO_T bc2 = FO_C(ADAMW_SCHEDULEFREE, BC2);
+    const FO_T inv_sqrt_bc2 = FO_C(ADAMW_SCHEDULEFREE, INV_SQRT_BC2);
     const FO_T eps = FO_C(ADAMW_SCHEDULEFREE, EPS);
     const FO_T wd = FO_C(ADAMW_SCHEDULEFREE, WEIGHT_DECAY);
     const FO_T w = FO_C(ADAMW_SCHEDULEFREE, LERP);
@@ -767,7 +767,7 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
         const FO_T yi = p[i];
         const FO_T zi = first ? yi : z[i];
         const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-        const FO_T denom = FO_SQRT(vi / bc2) + eps;
+        const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
         const FO_T ni = has_decay ? gi / denom + wd * yi : gi / denom;
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
         v[i] = vi;

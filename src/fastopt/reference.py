@@ -367,11 +367,12 @@ def adamw_schedulefree(param, grad, z, exp_avg_sq, c):
     """Schedule-free AdamW (the schedulefree package's step).  The parameter
     is y; lerp and lerp_from_z come from the averaging weight
     ckp1 = weight / weight_sum, y_coef = lr_t * (beta1 * (1 - ckp1) - 1),
-    bc2 = 1 - beta2^t (coefficients.c)::
+    inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t) (coefficients.c; the package
+    divides v by 1 - beta2^t before the root: equal within rounding)::
 
         z = param                                          (first step)
         v = beta2 * v + one_minus_beta2 * (g * g)
-        n = g / (sqrt(v / bc2) + eps)
+        n = g / (sqrt(v) * inv_sqrt_bc2 + eps)
         n = n + weight_decay * param                       (decay)
         param = lerp(param, z, ckp1) + n * y_coef
         z = z - lr * n
@@ -379,7 +380,7 @@ def adamw_schedulefree(param, grad, z, exp_avg_sq, c):
     g = -grad if c.maximize else grad
     zi = param.copy() if c.first_step else z
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
-    n = g / (np.sqrt(exp_avg_sq / c.bc2) + c.eps)
+    n = g / (np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps)
     if c.decay:
         n = n + c.weight_decay * param
     x = _lerp_toward(param, zi, c)

@@ -516,7 +516,7 @@ RULES = {r.name: r for r in (
         states=(State("z"), State("exp_avg_sq")),
         scalar_states=(Scalar("lr_max", initial=-1.0),
                        Scalar("weight_sum", initial=0.0)),
-        coefficients=("beta2", "one_minus_beta2", "bc2", "eps",
+        coefficients=("beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps",
                       "weight_decay", "lerp", "y_coef", "lr"),
         options=("first_step", "lerp_from_z", "decay"),
         package="schedulefree.AdamWScheduleFree", mixin="ScheduleFree"),
