@@ -379,3 +379,25 @@ def test_kernel_is_the_reference(rule, case, dtype, exec_env, rng):
                          **OPTION_CASES[case])
         for a, b in zip(ours + sc_ours, theirs + sc_theirs):
             assert a.tobytes() == b.tobytes(), t
+
+
+@pytest.mark.parametrize("rule", ["adamw_schedulefree", "sgd_schedulefree"])
+def test_first_step_takes_z_from_the_parameter(rule):
+    """At step 1 z becomes the parameter (the package clones it); what the
+    caller's z held is not read.  At step 2 it is."""
+    rng = np.random.default_rng(3)
+    p0, g = rng.standard_normal(9), rng.standard_normal(9)
+    out = {}
+    for fill in (0.0, np.nan):
+        p = p0.copy()
+        z = np.full(9, fill)
+        extra = [np.zeros(9)] if rule.startswith("adamw") else []
+        getattr(F, rule)(p, g, z, *extra, np.array([-1.0]), np.array([0.0]), step=1)
+        out[fill] = (p, z)
+    assert out[0.0][0].tobytes() == out[np.nan][0].tobytes()
+    assert out[0.0][1].tobytes() == out[np.nan][1].tobytes()
+    p = p0.copy()
+    z = np.full(9, np.nan)
+    extra = [np.zeros(9)] if rule.startswith("adamw") else []
+    getattr(F, rule)(p, g, z, *extra, np.array([0.1]), np.array([0.01]), step=2)
+    assert np.isnan(p).all()

@@ -501,7 +501,9 @@ RULES = {r.name: r for r in (
             "step count and the scalar states lr_max and weight_sum; they "
             "advance only when the parameter gets a gradient, where the "
             "package advances them for every parameter of the group.  "
-            "Unlike the package, the gradients are never written.",
+            "Unlike the package, the gradients are never written.  At a "
+            "tensor's first step (step=1) z is set from the parameter, as "
+            "the package makes it; what z held is not read.",
         hypers=(_lr(0.0025), BETAS, _eps(1e-8),
                 Hyper("weight_decay", 0.0, "weight decay, added to the "
                       "normalised gradient at y", label="weight_decay value"),
@@ -537,7 +539,9 @@ RULES = {r.name: r for r in (
             "scalar states lr_max and weight_sum; they advance only when "
             "the parameter gets a gradient, where the package advances them "
             "for every parameter of the group.  Unlike the package, the "
-            "gradients are never written.",
+            "gradients are never written.  At a tensor's first step "
+            "(step=1) z is set from the parameter, as the package makes "
+            "it; what z held is not read.",
         hypers=(_lr(1.0),
                 Hyper("momentum", 0.9, "interpolation of y between z and x "
                       "(eval() needs momentum > 0)", hi=1.0,
