@@ -45,16 +45,20 @@ def _generate():
          f"#define FO_MAX_COEFFICIENTS {table.MAX_COEFFICIENTS}",
          f"#define FO_MAX_SCALARS {table.MAX_SCALARS}",
          f"#define FO_MAX_SCALAR_STATES {table.MAX_SCALAR_STATES}",
+         f"#define FO_MAX_REDUCTIONS {table.MAX_REDUCTIONS}",
          "#define FO_RULE_LIST(X) " + " ".join(f"X({r.name}, {r.name.upper()})"
                                                for r in rules),
          "enum { " + ", ".join(f"FO_RULE_{r.name.upper()}" for r in rules)
-         + ", FO_NRULES };"]
+         + ", FO_NRULES };",
+         "#define FO_REDUCE_LIST(X) " + " ".join(
+             f"X({r.name}, {r.name.upper()})" for r in rules if r.reductions)]
     for r in rules:
         up = r.name.upper()
         c.append(f"/* {r.name} */")
         for kind, names in (("H", r.scalars), ("C", r.coefficients),
                             ("S", [s.name for s in r.states]),
-                            ("T", [s.name for s in r.scalar_states])):
+                            ("T", [s.name for s in r.scalar_states]),
+                            ("R", r.reductions)):
             c.append("enum { " + "".join(f"FO_{up}_{kind}_{n.upper()}, " for n in names)
                      + f"FO_{up}_N{kind} }};")
         for bit, name in enumerate(r.options, start=2):
@@ -73,12 +77,16 @@ def _generate():
     with open("src/fastopt/optim.pyi.tp") as f:
         template = Tempita.Template(f.read(), name="optim.pyi.tp")
     _write("src/fastopt/optim.pyi", template.substitute(rules=rules))
+    extra = {"functional": [],
+             "reference": ["from numpy.typing import ArrayLike", "",
+                           "SUMSQ_BLOCK: int", "",
+                           "def sumsq(x: ArrayLike) -> float: ...", ""]}
     for module in ("functional", "reference"):
         _write(f"src/fastopt/{module}.pyi", "\n".join(
             ["# Written by setup.py from src/fastopt/rules.py; do not edit.",
              "from fastopt._core import (",
              *[f"    {r.name} as {r.name}," for r in rules],
-             ")", "", f"__all__ = {[r.name for r in rules]!r}", ""]))
+             ")", "", *extra[module], f"__all__ = {[r.name for r in rules]!r}", ""]))
 
 
 def _write(path, text):

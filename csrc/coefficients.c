@@ -338,6 +338,69 @@ static const char *adopt(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+/* LAMB (optax.lamb).  The update pass steps by lr times the tensor's trust
+ * ratio, made by lamb_tensor from the squared norms of the first pass. */
+static const char *lamb(const double *h, long long step, fo_args *a)
+{
+    const double beta1 = H(LAMB, BETAS0), beta2 = H(LAMB, BETAS1);
+    C(LAMB, LR) = H(LAMB, LR);
+    C(LAMB, BETA1) = beta1;
+    C(LAMB, ONE_MINUS_BETA1) = 1.0 - beta1;
+    C(LAMB, BETA2) = beta2;
+    C(LAMB, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(LAMB, INV_BC1) = 1.0 / fo_bias_correction(beta1, step);
+    C(LAMB, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
+    C(LAMB, EPS) = H(LAMB, EPS);
+    C(LAMB, WEIGHT_DECAY) = H(LAMB, WEIGHT_DECAY);
+    C(LAMB, TRUST_RATIO) = H(LAMB, TRUST_RATIO);
+    a->opts = common(H(LAMB, MAXIMIZE), 0.0);
+    return NULL;
+}
+
+/* LARS (optax.lars): the update pass adds lr times the tensor's trust ratio
+ * times the update into the trace, made by lars_tensor. */
+static const char *lars(const double *h, long long step, fo_args *a)
+{
+    (void)step;
+    C(LARS, LR) = H(LARS, LR);
+    C(LARS, MOMENTUM) = H(LARS, MOMENTUM);
+    C(LARS, WEIGHT_DECAY) = H(LARS, WEIGHT_DECAY);
+    C(LARS, TRUST_COEFFICIENT) = H(LARS, TRUST_COEFFICIENT);
+    C(LARS, EPS) = H(LARS, EPS);
+    C(LARS, TRUST_RATIO) = H(LARS, TRUST_RATIO);
+    a->opts = common(H(LARS, MAXIMIZE), 0.0)
+              | (H(LARS, NESTEROV) != 0.0 ? FO_LARS_O_NESTEROV : 0u);
+    return NULL;
+}
+
+/* optax's scale_by_trust_ratio: coefficient * ||param|| / (||update|| + eps),
+ * 1 where either norm is 0 (or when the group turns the ratio off); the
+ * norms are the square roots of the tensor's sums. */
+static double trust_ratio(double on, double coefficient, double eps,
+                          double param_sq, double update_sq)
+{
+    const double pn = sqrt(param_sq), un = sqrt(update_sq);
+    if (on == 0.0 || pn == 0.0 || un == 0.0) return 1.0;
+    return coefficient * pn / (un + eps);
+}
+
+static void lamb_tensor(const fo_args *a, fo_tensor *t)
+{
+    const double ratio = trust_ratio(C(LAMB, TRUST_RATIO), 1.0, 0.0,
+                                     t->r[FO_LAMB_R_PARAM_SQ],
+                                     t->r[FO_LAMB_R_UPDATE_SQ]);
+    t->r[0] = C(LAMB, LR) * ratio;
+}
+
+static void lars_tensor(const fo_args *a, fo_tensor *t)
+{
+    const double ratio = trust_ratio(C(LARS, TRUST_RATIO),
+                                     C(LARS, TRUST_COEFFICIENT), C(LARS, EPS),
+                                     t->r[FO_LARS_R_PARAM_SQ],
+                                     t->r[FO_LARS_R_UPDATE_SQ]);
+    t->r[0] = C(LARS, LR) * ratio;
+}
+
 /* Schedule-free AdamW and SGD (Defazio et al. 2024; the schedulefree
  * package 1.4.1, adamw_schedulefree.py and sgd_schedulefree.py).  AdamW's
  * denominator is sqrt(v) / sqrt(1 - beta2^t) + eps, as fastopt's Adam has
@@ -439,3 +502,22 @@ const char *fo_coefficients(int rule, const double *h, long long step,
     const char *fo_coef_##name(const double *h, long long step, fo_args *a) \
     { return name(h, step, a); }
 FO_RULE_LIST(FO_COEFFICIENTS_EXPORT)
+
+/* Two-pass rules: the number of per-tensor sums and the function that turns
+ * them into the tensor's coefficients. */
+typedef void (*fo_tensor_fn)(const fo_args *a, fo_tensor *t);
+#define FO_TENSOR_ROW(name, NAME) [FO_RULE_##NAME] = name##_tensor,
+#define FO_NRED_ROW(name, NAME) [FO_RULE_##NAME] = FO_##NAME##_NR,
+static const fo_tensor_fn tensor_table[FO_NRULES] = {
+    FO_REDUCE_LIST(FO_TENSOR_ROW)};
+static const int nred_table[FO_NRULES] = {FO_REDUCE_LIST(FO_NRED_ROW)};
+
+int fo_reductions(int rule)
+{
+    return rule >= 0 && rule < FO_NRULES ? nred_table[rule] : 0;
+}
+
+void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t)
+{
+    tensor_table[rule](a, t);
+}

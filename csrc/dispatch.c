@@ -185,11 +185,87 @@ static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
     run_range(fn, args, t, count, 0, total);
 }
 
-/* One entry point for every rule: the row of the active level's table. */
-void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
-            size_t count)
+static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
+                           size_t count, int nred, int dt, const fo_fuse *f);
+
+/* One entry point for every rule: the row of the active level's table; a
+ * two-pass rule first makes its per-tensor coefficients. */
+void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count)
 {
-    drive(active->rule[rule][dt], a, t, count);
+    fo_run_fused(rule, dt, a, t, count, NULL);
+}
+
+void fo_accumulate(int dt, const fo_tensor *t, size_t c) { drive(active->accumulate[dt], NULL, t, c); }
+
+static const size_t itemsize[2] = {sizeof(float), sizeof(double)};
+
+#define FO_FUSE_CHUNK FO_SUMSQ_BLOCK
+
+/* The part [lo, lo + n) of tensor t, as a tensor of its own */
+static fo_tensor part_of(const fo_tensor *t, size_t lo, size_t n, int dt)
+{
+    fo_tensor s = *t;
+    const size_t off = lo * itemsize[dt];
+#define FO_SHIFT(x) ((x) == NULL ? NULL : (void *)((char *)(x) + off))
+    s.p = FO_SHIFT(t->p);
+    s.g = FO_SHIFT((void *)t->g);
+    for (int k = 0; k < FO_MAX_STATES; k++) s.s[k] = FO_SHIFT(t->s[k]);
+    s.acc = FO_SHIFT(t->acc);
+    s.ema = FO_SHIFT(t->ema);
+#undef FO_SHIFT
+    s.n = n;
+    return s;
+}
+
+/* Scratch for one chunk's gradient */
+typedef union {
+    float f[FO_FUSE_CHUNK];
+    double d[FO_FUSE_CHUNK];
+} fo_chunk;
+
+typedef struct {
+    int rule, dt;
+    const fo_args *a;
+    const fo_fuse *f;
+} fo_fused_call;
+
+/* Elements [lo, hi) of one tensor, chunk by chunk: the mean gradient, the
+ * rule's loop, the average */
+static void fused_range(const void *args, const fo_tensor *t, size_t lo,
+                        size_t hi)
+{
+    const fo_fused_call *c = (const fo_fused_call *)args;
+    const fo_range_fn fn = active->rule[c->rule][c->dt];
+    const unsigned flags = c->f->flags;
+    fo_chunk tmp;
+    for (size_t at = lo; at < hi; at += FO_FUSE_CHUNK) {
+        const size_t n = hi - at < FO_FUSE_CHUNK ? hi - at : FO_FUSE_CHUNK;
+        fo_tensor s = part_of(t, at, n, c->dt);
+        if (flags & FO_FUSE_MEAN) {
+            active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
+            s.g = &tmp;
+        }
+        fn(c->a, &s, 0, n);
+        if (flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY))
+            active->ema[c->dt](&s, n, c->f->ema_weight,
+                               (flags & FO_FUSE_EMA_COPY) != 0);
+    }
+}
+
+void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
+                  size_t count, const fo_fuse *f)
+{
+    const fo_reduce_fn reduce = active->reduce[rule][dt];
+    if (reduce != NULL) {
+        reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
+        for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
+    }
+    if (f == NULL || f->flags == 0) {
+        drive(active->rule[rule][dt], a, t, count);
+    } else {
+        const fo_fused_call c = {rule, dt, a, f};
+        drive(fused_range, &c, t, count);
+    }
 }
 
 void fo_scale(int dt, double s, const fo_tensor *t, size_t c) { drive(active->scale[dt], &s, t, c); }
@@ -201,6 +277,25 @@ void fo_traffic(int dt, const fo_tensor *t, size_t c) { drive(active->traffic[dt
  * of partial sums, which the calling thread then adds in block order. */
 #define FO_SUMSQ_WINDOW 256
 
+/* The next window of up to FO_SUMSQ_WINDOW blocks, from block (tensor *k,
+ * offset *off) on: each block's tensor and start, their element count in
+ * *elems; returns how many. */
+static int next_window(const fo_tensor *t, size_t count, size_t *k, size_t *off,
+                       size_t *tk, size_t *lo, size_t *elems)
+{
+    int nb = 0;
+    *elems = 0;
+    while (*k < count && nb < FO_SUMSQ_WINDOW) {
+        if (*off >= t[*k].n) { (*k)++; *off = 0; continue; }
+        tk[nb] = *k;
+        lo[nb] = *off;
+        *off += FO_SUMSQ_BLOCK;
+        *elems += *off < t[*k].n ? FO_SUMSQ_BLOCK : t[*k].n - lo[nb];
+        nb++;
+    }
+    return nb;
+}
+
 double fo_sumsq(int dt, const fo_tensor *t, size_t count)
 {
     const fo_sumsq_fn fn = active->sumsq[dt];
@@ -209,19 +304,10 @@ double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     size_t k = 0, off = 0; /* next block: tensor k, offset off */
     const int nt = fo_num_threads_get();
     while (k < count) {
-        /* gather up to a window of blocks */
-        size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW];
-        int nb = 0;
-        size_t elems = 0;
-        while (k < count && nb < FO_SUMSQ_WINDOW) {
-            if (off >= t[k].n) { k++; off = 0; continue; }
-            tk[nb] = k;
-            lo[nb] = off;
-            off += FO_SUMSQ_BLOCK;
-            elems += off < t[k].n ? FO_SUMSQ_BLOCK : t[k].n - lo[nb];
-            nb++;
-        }
+        size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW], elems;
+        const int nb = next_window(t, count, &k, &off, tk, lo, &elems);
         (void)nt;
+        (void)elems;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
 #endif
@@ -233,6 +319,47 @@ double fo_sumsq(int dt, const fo_tensor *t, size_t count)
         for (int b = 0; b < nb; b++) total += partial[b];
     }
     return total;
+}
+
+/* The per-tensor sums of a two-pass rule, into t[k].r: each tensor cut into
+ * blocks of FO_SUMSQ_BLOCK elements (the last may be shorter), the blocks
+ * of a window summed independently (in parallel when large), then added to
+ * their tensor's sums in block order by the calling thread. */
+static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
+                           size_t count, int nred, int dt, const fo_fuse *f)
+{
+    const int mean = f != NULL && (f->flags & FO_FUSE_MEAN);
+    double partial[FO_SUMSQ_WINDOW][FO_MAX_REDUCTIONS];
+    size_t tk[FO_SUMSQ_WINDOW], lo[FO_SUMSQ_WINDOW];
+    size_t k = 0, off = 0; /* next block: tensor k, offset off */
+    const int nt = fo_num_threads_get();
+    for (size_t j = 0; j < count; j++)
+        for (int r = 0; r < nred; r++) t[j].r[r] = 0.0;
+    while (k < count) {
+        size_t elems;
+        const int nb = next_window(t, count, &k, &off, tk, lo, &elems);
+        (void)nt;
+        (void)elems;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
+#endif
+        for (int b = 0; b < nb; b++) {
+            const fo_tensor *tt = &t[tk[b]];
+            const size_t hi = lo[b] + FO_SUMSQ_BLOCK < tt->n ? lo[b] + FO_SUMSQ_BLOCK : tt->n;
+            if (mean) {
+                /* the block's mean gradient; acc is cleared by the update pass */
+                fo_chunk tmp;
+                fo_tensor s = part_of(tt, lo[b], hi - lo[b], dt);
+                active->mean[dt](&s, hi - lo[b], &tmp, f->count, 0);
+                s.g = &tmp;
+                fn(args, &s, 0, hi - lo[b], partial[b]);
+            } else {
+                fn(args, tt, lo[b], hi, partial[b]);
+            }
+        }
+        for (int b = 0; b < nb; b++)
+            for (int r = 0; r < nred; r++) t[tk[b]].r[r] += partial[b][r];
+    }
 }
 
 int fo_allfinite(int dt, const fo_tensor *t, size_t count)

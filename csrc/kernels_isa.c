@@ -35,12 +35,17 @@
 
 #define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
 #define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
+#define FO_REDUCE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_reduce),
 
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .rule = {FO_RULE_LIST(FO_RULE_ROW)},
+    .reduce = {FO_REDUCE_LIST(FO_REDUCE_ROW)},
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
     .traffic = FO_PAIR(traffic_range),
+    .accumulate = FO_PAIR(accumulate_range),
+    .mean = FO_PAIR(mean_chunk),
+    .ema = FO_PAIR(ema_chunk),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };

@@ -493,7 +493,7 @@ def opt_state(opt):
                  for k, v in e.items()} for i, e in sd["state"].items()}
     groups = [{k: (repr(v) if k != "params" else [id(p) for p in v])
                for k, v in g.items()} for g in opt.param_groups]
-    return repr(state), groups, sd["skipped_steps"]
+    return repr(state), groups, sd["skipped_steps"], repr(sd.get("accumulation"))
 
 
 @pytest.mark.parametrize("cls", list(CLASSES), ids=CLASS_IDS)
@@ -508,6 +508,10 @@ def test_optimizer_constructor(cls, data):
     kw = draw_hypers(data, cls)
     if data.draw(st.integers(0, 4)) == 0:
         kw["skip_nonfinite"] = data.draw(st.one_of(st.booleans(), JUNK))
+    if data.draw(st.integers(0, 4)) == 0:
+        kw["ema_decay"] = data.draw(st.one_of(st.none(), st.floats(0.0, 0.999), JUNK))
+    if data.draw(st.integers(0, 4)) == 0:
+        kw["accumulation_steps"] = data.draw(st.one_of(st.integers(-2, 4), JUNK))
     check_call(pool, lambda: cls(params, **kw))
 
 
@@ -515,6 +519,8 @@ def valid_optimizer(data, pool, cls):
     params, arrays, names = draw_params(data, pool, spoil="none")
     kw = draw_hypers(data, cls, junk=False)
     kw["skip_nonfinite"] = data.draw(st.booleans())
+    kw["ema_decay"] = data.draw(st.sampled_from([None, None, 0.5, 0.9]))
+    kw["accumulation_steps"] = data.draw(st.sampled_from([1, 1, 2, 3]))
     opt = cls(params, **kw)
     return opt, arrays, names, isinstance(params, (list, tuple)) and (
         not params or not isinstance(params[0], dict)) or names is None

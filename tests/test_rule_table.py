@@ -146,3 +146,16 @@ def test_bench_row_measures_a_small_size(row):
                 continue
             key = "torch_sf-forloop_1t_s" if package else "torch_forloop_1t_s"
             assert all(key in r for r in recs)
+
+
+def test_readme_lists_every_rule_as_the_table_says():
+    """README's table of rules is `python -m fastopt rules`, so it names
+    every class with its source, conformance test and bytes per element."""
+    from pathlib import Path
+    from fastopt.rules import readme_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- rules table: python -m fastopt rules -->\n")
+    end = readme.index("<!-- end of rules table -->")
+    assert readme[start:end].split("\n", 1)[1].rstrip("\n") == readme_table()
+    for r in RULES.values():
+        assert f"| `{r.cls}` |" in readme_table()

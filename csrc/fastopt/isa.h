@@ -8,13 +8,27 @@
 /* Apply a rule to elements [lo, hi) of one tensor. */
 typedef void (*fo_range_fn)(const void *args, const fo_tensor *t, size_t lo,
                             size_t hi);
+/* The reduction pass of a two-pass rule over elements [lo, hi) of one
+ * tensor: its sums over 8 lanes (element i in lane (i - lo) % 8), the lanes
+ * then added in order, into out[0 .. number of sums). */
+typedef void (*fo_reduce_fn)(const void *args, const fo_tensor *t, size_t lo,
+                             size_t hi, double *out);
+/* The fused prologue and epilogue over a chunk of n elements of a tensor
+ * whose pointers start at the chunk (kernels.h, fo_fuse). */
+typedef void (*fo_mean_fn)(const fo_tensor *t, size_t n, void *out,
+                           double count, int clear);
+typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
+                          int copy);
 typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 
 /* Index [dt]: 0 is float32, 1 is float64. */
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
-    fo_range_fn scale[2], clamp[2], traffic[2];
+    fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
+    fo_range_fn scale[2], clamp[2], traffic[2], accumulate[2];
+    fo_mean_fn mean[2];
+    fo_ema_fn ema[2];
     fo_sumsq_fn sumsq[2];
     fo_allfinite_fn allfinite[2];
 } fo_isa_table;

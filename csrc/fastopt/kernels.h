@@ -27,12 +27,19 @@
 extern "C" {
 #endif
 
-/* One parameter tensor and its state buffers, in the rule's slot order. */
+/* One parameter tensor and its state buffers, in the rule's slot order.
+ * r is the scratch of a two-pass rule (one with per-tensor reductions):
+ * fo_run fills it with the tensor's sums (FO_<RULE>_R_*), then with the
+ * per-tensor coefficients the rule makes of them; the caller sets nothing
+ * there. */
 typedef struct {
     void *p;        /* parameter, updated in place */
     const void *g;  /* gradient, read only */
     void *s[FO_MAX_STATES];
     size_t n;       /* number of elements */
+    double r[FO_MAX_REDUCTIONS];
+    void *acc;      /* accumulated gradients (fo_run_fused, FO_FUSE_MEAN) */
+    void *ema;      /* averaged parameter (fo_run_fused, FO_FUSE_EMA*) */
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -68,9 +75,42 @@ FO_RULE_LIST(FO_DECLARE_COEFFICIENTS)
 #undef FO_DECLARE_COEFFICIENTS
 
 /* Step `rule` over `count` tensors of element type dt (0 float32,
- * 1 float64). */
-void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
-            size_t count);
+ * 1 float64).  A two-pass rule first runs its reduction pass over every
+ * tensor (per-tensor sums in double, in blocks of FO_SUMSQ_BLOCK elements
+ * over 8 fixed lanes, blocks added in order: the same bits for every
+ * instruction set and thread count), then fo_tensor_coefficients on each
+ * tensor, then its update pass; it writes t[k].r and must not be given
+ * neighbouring tensors merged into one. */
+void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
+/* What fo_run_fused does around a rule's loop, in the same pass over
+ * memory: the loop runs over chunks of FO_SUMSQ_BLOCK elements, and each
+ * chunk's gradient is made, and its averaged parameters updated, while the
+ * chunk is in cache.
+ *   FO_FUSE_MEAN      the gradient is the mean of accumulated micro-batch
+ *                     gradients: (acc + g) / count, or acc / count for a
+ *                     tensor whose g is NULL; acc is then cleared to zero.
+ *   FO_FUSE_EMA       after the update, ema = lerp(ema, p, ema_weight) as
+ *                     torch.lerp computes it: ema + w * (p - ema) for
+ *                     w < 0.5, else p - (p - ema) * (1 - w).
+ *   FO_FUSE_EMA_COPY  after the update, ema = p (the first average). */
+typedef struct {
+    unsigned flags;
+    double count;
+    double ema_weight;
+} fo_fuse;
+#define FO_FUSE_MEAN 1u
+#define FO_FUSE_EMA 2u
+#define FO_FUSE_EMA_COPY 4u
+void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
+                  size_t count, const fo_fuse *f);
+/* acc += g over slot acc and g of each tensor (micro-batches) */
+void fo_accumulate(int dt, const fo_tensor *t, size_t count);
+
+/* The number of per-tensor sums of `rule` (0 for a one-pass rule). */
+int fo_reductions(int rule);
+/* A two-pass rule's per-tensor coefficients, from its sums in t->r
+ * (coefficients.c); they replace the sums in t->r. */
+void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
 
 /* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the

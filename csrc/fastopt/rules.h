@@ -736,6 +736,199 @@ static void FO_NAME(adopt_range)(const void *args, const fo_tensor *t,
 #undef FO_ADOPT
 }
 
+/* ---- around any rule: gradient accumulation and weight EMA ------------ */
+
+/* acc = acc + g (a micro-batch's gradient into the sum) */
+static void FO_NAME(accumulate_range)(const void *args, const fo_tensor *t,
+                                      size_t lo, size_t hi)
+{
+    (void)args;
+    FO_T *restrict acc = (FO_T *)t->acc;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    for (size_t i = lo; i < hi; i++) acc[i] = acc[i] + g[i];
+}
+
+/* out = (acc + g) / count, or acc / count without g; then acc = 0 */
+static void FO_NAME(mean_chunk)(const fo_tensor *t, size_t n, void *out,
+                                double count, int clear)
+{
+    FO_T *restrict acc = (FO_T *)t->acc;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict o = (FO_T *)out;
+    const FO_T k = (FO_T)count;
+    if (g != NULL)
+        for (size_t i = 0; i < n; i++) o[i] = (acc[i] + g[i]) / k;
+    else
+        for (size_t i = 0; i < n; i++) o[i] = acc[i] / k;
+    if (clear)
+        for (size_t i = 0; i < n; i++) acc[i] = 0;
+}
+
+/* ema = lerp(ema, p, weight) in torch.lerp's two forms, or ema = p */
+static void FO_NAME(ema_chunk)(const fo_tensor *t, size_t n, double weight,
+                               int copy)
+{
+    FO_T *restrict e = (FO_T *)t->ema;
+    const FO_T *restrict p = (const FO_T *)t->p;
+    if (copy) {
+        for (size_t i = 0; i < n; i++) e[i] = p[i];
+    } else if (weight < 0.5) {
+        const FO_T w = (FO_T)weight;
+        for (size_t i = 0; i < n; i++) e[i] = e[i] + w * (p[i] - e[i]);
+    } else {
+        const FO_T w = (FO_T)(1.0 - weight);
+        for (size_t i = 0; i < n; i++) e[i] = p[i] - (p[i] - e[i]) * w;
+    }
+}
+
+/* ---- two-pass rules ---------------------------------------------------
+ *
+ * A rule with per-tensor reductions has a `<name>_reduce` pass and a
+ * `<name>_range` pass.  The reduce pass gets a block [lo, hi) of one tensor
+ * (dispatch.c cuts tensors into blocks of FO_SUMSQ_BLOCK and adds the
+ * blocks' sums in order) and returns its sums in double over 8 lanes,
+ * element lo + 8k + j in lane j, the lanes added in order; the update pass
+ * reads the per-tensor coefficients that coefficients.c made of the sums,
+ * in t->r.  fastopt.reference.sumsq is the same sum in NumPy. */
+
+/* Squares of x and y, in double, into lane j of two sets of 8 lanes */
+#define FO_LANES_ADD(acc_x, acc_y, j, x, y) do { \
+        const double x_ = (double)(x), y_ = (double)(y); \
+        acc_x[j] += x_ * x_; \
+        acc_y[j] += y_ * y_; \
+    } while (0)
+
+FO_INLINE void FO_NAME(lanes_out)(const double *acc_x, const double *acc_y,
+                                  double *out)
+{
+    double x = acc_x[0], y = acc_y[0];
+    for (int j = 1; j < 8; j++) {
+        x += acc_x[j];
+        y += acc_y[j];
+    }
+    out[0] = x;
+    out[1] = y;
+}
+
+/* ---- LAMB (optax.lamb) ----------------------------------------------- */
+
+/* Adam's bias-corrected direction plus decay: the update whose norm the
+ * trust ratio uses, computed alike in both passes */
+FO_INLINE FO_T FO_NAME(lamb_update)(const fo_args *a, FO_T m, FO_T v, FO_T p)
+{
+    const FO_T inv_bc1 = FO_C(LAMB, INV_BC1);
+    const FO_T inv_sqrt_bc2 = FO_C(LAMB, INV_SQRT_BC2);
+    const FO_T eps = FO_C(LAMB, EPS), wd = FO_C(LAMB, WEIGHT_DECAY);
+    return (m * inv_bc1) / (FO_SQRT(v) * inv_sqrt_bc2 + eps) + wd * p;
+}
+
+/* First pass: the moments, then the squared norms of p and of the update */
+FO_INLINE void FO_NAME(lamb_moments)(const fo_args *a, const fo_tensor *t,
+                                     size_t i, FO_T *u)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_LAMB_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
+    const FO_T beta1 = FO_C(LAMB, BETA1), one_minus_beta1 = FO_C(LAMB, ONE_MINUS_BETA1);
+    const FO_T beta2 = FO_C(LAMB, BETA2), one_minus_beta2 = FO_C(LAMB, ONE_MINUS_BETA2);
+    const FO_T gi = FO_NAME(grad)(g[i], p[i], a->opts & FO_MAXIMIZE, 0, 0);
+    const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
+    const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    *u = FO_NAME(lamb_update)(a, mi, vi, p[i]);
+}
+
+static void FO_NAME(lamb_reduce)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi, double *out)
+{
+    const fo_args *a = (const fo_args *)args;
+    const FO_T *restrict p = (const FO_T *)t->p;
+    double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = lo;
+    for (; i + 8 <= hi; i += 8)
+        for (int j = 0; j < 8; j++) {
+            FO_T u;
+            FO_NAME(lamb_moments)(a, t, i + j, &u);
+            FO_LANES_ADD(ap, au, j, p[i + j], u);
+        }
+    for (int j = 0; i < hi; i++, j++) {
+        FO_T u;
+        FO_NAME(lamb_moments)(a, t, i, &u);
+        FO_LANES_ADD(ap, au, j, p[i], u);
+    }
+    FO_NAME(lanes_out)(ap, au, out);
+}
+
+/* Second pass: p -= (lr * trust ratio) * update */
+static void FO_NAME(lamb_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict m = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG];
+    const FO_T *restrict v = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
+    const FO_T k = (FO_T)t->r[0];
+    for (size_t i = lo; i < hi; i++)
+        p[i] = p[i] - k * FO_NAME(lamb_update)(a, m[i], v[i], p[i]);
+}
+
+/* ---- LARS (optax.lars) ----------------------------------------------- */
+
+FO_INLINE FO_T FO_NAME(lars_update)(const fo_args *a, FO_T g, FO_T p)
+{
+    return FO_NAME(grad)(g, p, a->opts & FO_MAXIMIZE, 0, 0)
+           + FO_C(LARS, WEIGHT_DECAY) * p;
+}
+
+/* First pass: the squared norms of p and of g + weight_decay * p */
+static void FO_NAME(lars_reduce)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi, double *out)
+{
+    const fo_args *a = (const fo_args *)args;
+    const FO_T *restrict p = (const FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = lo;
+    for (; i + 8 <= hi; i += 8)
+        for (int j = 0; j < 8; j++)
+            FO_LANES_ADD(ap, au, j, p[i + j],
+                         FO_NAME(lars_update)(a, g[i + j], p[i + j]));
+    for (int j = 0; i < hi; i++, j++)
+        FO_LANES_ADD(ap, au, j, p[i], FO_NAME(lars_update)(a, g[i], p[i]));
+    FO_NAME(lanes_out)(ap, au, out);
+}
+
+/* Second pass: d = (lr * trust ratio) * update; b = d + momentum * b;
+ * p -= b, or with Nesterov p -= d + momentum * b (optax's trace) */
+FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi, const int nesterov)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict b = (FO_T *)t->s[FO_LARS_S_MOMENTUM_BUFFER];
+    const FO_T k = (FO_T)t->r[0], mu = FO_C(LARS, MOMENTUM);
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T d = k * FO_NAME(lars_update)(a, g[i], p[i]);
+        const FO_T bi = d + mu * b[i];
+        b[i] = bi;
+        p[i] = p[i] - (nesterov ? d + mu * bi : bi);
+    }
+}
+
+static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_LARS_O_NESTEROV)
+        FO_NAME(lars_body)(a, t, lo, hi, 1);
+    else
+        FO_NAME(lars_body)(a, t, lo, hi, 0);
+}
+
+#undef FO_LANES_ADD
+
 /* ---- schedule-free AdamW and SGD (the schedulefree package) ----------- */
 
 /* y (the parameter) moves towards z by torch's lerp, written as

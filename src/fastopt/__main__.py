@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastopt {demo,bench,info}``."""
+"""Command line: ``python -m fastopt {demo,bench,info,rules}``."""
 import argparse
 import os
 import sys
@@ -7,6 +7,12 @@ import sys
 def _info(args):
     from fastopt import show_config
     show_config()
+    return 0
+
+
+def _rules(args):
+    from fastopt.rules import readme_table
+    print(readme_table())
     return 0
 
 
@@ -37,6 +43,10 @@ def main(argv=None):
     p = sub.add_parser("info", help="print version, build flags, CPU "
                        "features, SIMD level and threads")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("rules", help="print the table of rules: source, "
+                       "conformance test, bytes per element (Markdown)")
+    p.set_defaults(func=_rules)
 
     args = parser.parse_args(argv)
     try:

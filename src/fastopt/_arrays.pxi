@@ -153,6 +153,8 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     t.n = <size_t>n
     t.p = _data(p)
     t.g = _data(g)
+    t.acc = NULL
+    t.ema = NULL
     _fill_state(t, 0, s0, slots, index, labels, dt, n)
     _fill_state(t, 1, s1, slots, index, labels, dt, n)
     _fill_state(t, 2, s2, slots, index, labels, dt, n)
@@ -282,11 +284,13 @@ cdef inline bint _adjacent(const void *a, const void *b, size_t nbytes) noexcept
 
 
 cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
-                                size_t itemsize) noexcept nogil:
-    """Drop empty tensors and fuse neighbours whose every array continues
-    where the previous one ends (views of one buffer, as FlatParams makes):
-    an element-wise rule gives the same bits on the fused range, in one loop.
-    Call only after the overlap check.  Returns the new count."""
+                                size_t itemsize, bint fuse_ok) noexcept nogil:
+    """Drop empty tensors and, when fuse_ok, fuse neighbours whose every
+    array continues where the previous one ends (views of one buffer, as
+    FlatParams makes): an element-wise rule gives the same bits on the fused
+    range, in one loop (a rule with per-tensor reductions does not, so it
+    passes fuse_ok=False).  Call only after the overlap check.  Returns the
+    new count."""
     cdef Py_ssize_t i, k = 0
     cdef size_t nb
     cdef int s
@@ -294,12 +298,14 @@ cdef Py_ssize_t _merge_adjacent(fo_tensor *t, Py_ssize_t count,
     for i in range(count):
         if t[i].n == 0:
             continue
-        if k > 0:
+        if k > 0 and fuse_ok:
             nb = t[k - 1].n * itemsize
             fuse = (_adjacent(t[k - 1].p, t[i].p, nb)
                     and _adjacent(t[k - 1].g, t[i].g, nb))
             for s in range(FO_MAX_STATES):
                 fuse = fuse and _adjacent(t[k - 1].s[s], t[i].s[s], nb)
+            fuse = (fuse and _adjacent(t[k - 1].acc, t[i].acc, nb)
+                    and _adjacent(t[k - 1].ema, t[i].ema, nb))
             if fuse:
                 t[k - 1].n += t[i].n
                 continue

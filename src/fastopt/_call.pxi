@@ -18,30 +18,31 @@ def last_call_tensors():
     return _last_tensors
 
 
-cdef void _kernel(int rule, const fo_args *a, const fo_tensor *t, size_t count,
-                  int dt) noexcept nogil:
+cdef void _kernel(int rule, const fo_args *a, fo_tensor *t, size_t count,
+                  int dt, const fo_fuse *f) noexcept nogil:
     if rule == R_TRAFFIC:
         fo_traffic(dt, t, count)
     else:
-        fo_run(rule, dt, a, t, count)
+        fo_run_fused(rule, dt, a, t, count, f)
 
 
 cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
-              int dt) except -1:
-    """Fuse adjacent tensors, then run the kernel, without the GIL when the
-    step is large enough to pay for releasing it."""
+              int dt, const fo_fuse *f=NULL) except -1:
+    """Fuse adjacent tensors (not for a rule with per-tensor reductions),
+    then run the kernel, without the GIL when the step is large enough to
+    pay for releasing it."""
     cdef size_t total = 0
     cdef Py_ssize_t i
     global _last_tensors
-    count = _merge_adjacent(t, count, ITEMSIZE[dt])
+    count = _merge_adjacent(t, count, ITEMSIZE[dt], fo_reductions(rule) == 0)
     _last_tensors = count
     for i in range(count):
         total += t[i].n
     if total >= NOGIL_THRESHOLD:
         with nogil:
-            _kernel(rule, a, t, count, dt)
+            _kernel(rule, a, t, count, dt, f)
     elif count:
-        _kernel(rule, a, t, count, dt)
+        _kernel(rule, a, t, count, dt, f)
     return 0
 
 

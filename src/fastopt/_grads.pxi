@@ -3,6 +3,10 @@
 
 GRAD_SLOTS = ("grad", "grad")
 
+# The block of the deterministic sums (grad_sumsq and the per-tensor sums of
+# the two-pass rules): fastopt.reference.sumsq follows the same order.
+SUMSQ_BLOCK = FO_SUMSQ_BLOCK
+
 cdef _Tensors _collect_grads(list grads, object labels, bint writable):
     """Grads as tensors: the array in slot g when read, in slot p when written."""
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
@@ -24,6 +28,8 @@ cdef _Tensors _collect_grads(list grads, object labels, bint writable):
         ts.t[i].g = NULL if writable else data
         for k in range(FO_MAX_STATES):
             ts.t[i].s[k] = NULL
+        ts.t[i].acc = NULL
+        ts.t[i].ema = NULL
     if writable and n > 1:
         _check_overlap(ts.t, n, ITEMSIZE[ts.dt], GRAD_SLOTS, labels, False)
     return ts

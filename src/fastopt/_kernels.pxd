@@ -17,6 +17,18 @@ cdef extern from "fastopt/kernels.h" nogil:
         const void *g
         void *s[FO_MAX_STATES]
         size_t n
+        void *acc
+        void *ema
+
+    ctypedef struct fo_fuse:
+        unsigned flags
+        double count
+        double ema_weight
+
+    enum:
+        FO_FUSE_MEAN
+        FO_FUSE_EMA
+        FO_FUSE_EMA_COPY
 
     ctypedef struct fo_args:
         double c[FO_MAX_COEFFICIENTS]
@@ -25,8 +37,12 @@ cdef extern from "fastopt/kernels.h" nogil:
 
     const char *fo_coefficients(int rule, const double *h, long long step,
                                 fo_args *a)
-    void fo_run(int rule, int dt, const fo_args *a, const fo_tensor *t,
+    void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t,
                 size_t count)
+    int fo_reductions(int rule)
+    void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
+                      size_t count, const fo_fuse *f)
+    void fo_accumulate(int dt, const fo_tensor *t, size_t count)
 
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     int fo_allfinite(int dt, const fo_tensor *t, size_t count)

@@ -23,6 +23,11 @@ cdef inline bint _grad_fits(object g, cnp.ndarray p, int dt):
 
 cdef object _MISSING = object()
 
+# Range slots of the arrays a plan adds around the rule (messages)
+cdef enum:
+    SLOT_ACC = NSLOTS
+    SLOT_EMA = NSLOTS + 1
+
 
 cdef class Plan:
     """One optimizer bucket (the parameters of a group that share a dtype)
@@ -39,6 +44,13 @@ cdef class Plan:
     count and per-tensor scalar states (one call in the common case).  Nothing is written before
     ``run``.  The plan holds every array, so their memory cannot move.
     Not thread-safe: the optimizer serialises steps.
+
+    Around the rule, in the same pass over memory (fo_run_fused): with
+    ``enable_ema(weight)`` every step ends by averaging each parameter into
+    its EMA (a copy at the parameter's first step); with
+    ``enable_accumulation()`` ``accumulate()`` adds micro-batch gradients
+    into a buffer, and ``run(mean_count=k)`` steps on the mean
+    (buffer + gradient) / k and clears the buffer.
     """
     cdef _Rule r
     cdef readonly int dt
@@ -65,6 +77,14 @@ cdef class Plan:
     cdef double sinit[FO_MAX_SCALAR_STATES]  # start values of scalar states
     cdef bint prepared
     cdef bint all_present
+    cdef list acc_views        # accumulated gradients, a view per parameter, or None
+    cdef object acc_buffer
+    cdef list ema_views        # averaged parameters, a view per parameter, or None
+    cdef object ema_buffer
+    cdef double ema_weight
+    cdef char *seen            # per parameter: a gradient accumulated since its last step
+    cdef char *ema_ready       # per parameter: its average has been started
+    cdef bint null_grads       # prepared: a parameter steps on accumulated gradients alone
 
     def __cinit__(self, str rule, list params, dict group, labels=None,
                   names=None):
@@ -90,10 +110,12 @@ cdef class Plan:
         self.work = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
         self.sel = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
         self.present = <char *>PyMem_Malloc(n)
-        self.ranges = <_Range *>PyMem_Malloc((1 + FO_MAX_STATES) * n * sizeof(_Range))
+        self.ranges = <_Range *>PyMem_Malloc((3 + FO_MAX_STATES) * n * sizeof(_Range))
         self.granges = <_Range *>PyMem_Malloc(n * sizeof(_Range))
+        self.seen = <char *>PyMem_Calloc(n, 1)
+        self.ema_ready = <char *>PyMem_Calloc(n, 1)
         if not (self.steps and self.sc and self.mark and self.base and self.work and self.sel and self.present
-                and self.ranges and self.granges):
+                and self.ranges and self.granges and self.seen and self.ema_ready):
             raise MemoryError()
         for i in range(n):
             p = self.params[i]
@@ -114,13 +136,21 @@ cdef class Plan:
         PyMem_Free(self.present)
         PyMem_Free(self.ranges)
         PyMem_Free(self.granges)
+        PyMem_Free(self.seen)
+        PyMem_Free(self.ema_ready)
 
     cdef void _index_ranges(self) noexcept:
         cdef Py_ssize_t i
+        cdef size_t nb
         self.nranges = 0
         for i in range(self.count):
+            nb = self.base[i].n * ITEMSIZE[self.dt]
             self.nranges = _tensor_ranges(self.ranges, self.nranges, &self.base[i],
-                                          self.base[i].n * ITEMSIZE[self.dt], i, False)
+                                          nb, i, False)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].acc,
+                                      nb, SLOT_ACC, i)
+            self.nranges = _add_range(self.ranges, self.nranges, self.base[i].ema,
+                                      nb, SLOT_EMA, i)
         qsort(self.ranges, self.nranges, sizeof(_Range), _range_cmp)
 
     # -- states and step counts ----------------------------------------------
@@ -151,6 +181,81 @@ cdef class Plan:
         self.buffers[slot] = buf
         self.views[slot] = views
         self._index_ranges()
+
+    cdef list _views(self, object buf):
+        cdef Py_ssize_t i, offset = 0
+        views = []
+        for i in range(self.count):
+            views.append(buf[offset:offset + <Py_ssize_t>self.base[i].n]
+                         .reshape(np.shape(self.params[i])))
+            offset += self.base[i].n
+        return views
+
+    def enable_ema(self, double weight):
+        """Average every stepped parameter into its EMA with
+        ema = lerp(ema, param, weight) at the end of each step (the first
+        step of a parameter copies it)."""
+        cdef Py_ssize_t i
+        if not (0.0 < weight <= 1.0):
+            raise ValueError(f"the EMA weight must be in (0, 1], got {weight!r}")
+        self.ema_weight = weight
+        if self.ema_buffer is not None:
+            return
+        total = sum(self.base[i].n for i in range(self.count))
+        self.ema_buffer = np.zeros(total, dtype=_DTYPE_NAMES[self.dt])
+        self.ema_views = self._views(self.ema_buffer)
+        for i in range(self.count):
+            self.base[i].ema = _data(self.ema_views[i])
+        self._index_ranges()
+
+    def enable_accumulation(self):
+        """Give every parameter a buffer of accumulated gradients (zeros)."""
+        cdef Py_ssize_t i
+        if self.acc_buffer is not None:
+            return
+        total = sum(self.base[i].n for i in range(self.count))
+        self.acc_buffer = np.zeros(total, dtype=_DTYPE_NAMES[self.dt])
+        self.acc_views = self._views(self.acc_buffer)
+        for i in range(self.count):
+            self.base[i].acc = _data(self.acc_views[i])
+        self._index_ranges()
+
+    def ema(self):
+        """The averaged parameters (a view per parameter), None without EMA."""
+        return self.ema_views
+
+    def accumulated(self):
+        """The accumulated gradients (a view per parameter), None without."""
+        return self.acc_views
+
+    def get_flags(self, str which):
+        """Per parameter: "seen" (a gradient accumulated since its last
+        step) or "ema" (its average started), as bools."""
+        cdef char *f = self._flags(which)
+        return [bool(f[i]) for i in range(self.count)]
+
+    def set_flags(self, str which, list values):
+        cdef char *f = self._flags(which)
+        cdef Py_ssize_t i
+        if len(values) != self.count:
+            raise ValueError(f"need {self.count} flags, got {len(values)}")
+        for i in range(self.count):
+            f[i] = 1 if values[i] else 0
+
+    cdef char *_flags(self, str which) except NULL:
+        if which == "seen":
+            return self.seen
+        if which == "ema":
+            return self.ema_ready
+        raise ValueError(f"unknown flags {which!r}")
+
+    def clear_accumulation(self):
+        """Drop the accumulated gradients (zeros, nothing seen)."""
+        cdef Py_ssize_t i
+        if self.acc_buffer is not None:
+            self.acc_buffer.fill(0)
+        for i in range(self.count):
+            self.seen[i] = 0
 
     def get_steps(self):
         return [self.steps[i] for i in range(self.count)]
@@ -220,9 +325,14 @@ cdef class Plan:
         cdef int k
         for k in range(self.nranges):
             if self.ranges[k].lo < hi and lo < self.ranges[k].hi:
+                if self.ranges[k].slot >= NSLOTS:
+                    what = ("the accumulated gradient" if self.ranges[k].slot == SLOT_ACC
+                            else "the EMA") + f" of parameter {self.labels[self.ranges[k].index]!r}"
+                else:
+                    what = _slot_name(self.r.slots, self.ranges[k].slot,
+                                      self.ranges[k].index, self.labels)
                 raise ValueError(
-                    f"grad of parameter {self.labels[i]!r} overlaps "
-                    f"{_slot_name(self.r.slots, self.ranges[k].slot, self.ranges[k].index, self.labels)}"
+                    f"grad of parameter {self.labels[i]!r} overlaps {what}"
                     f" in memory; every array of a step must be separate")
         return 0
 
@@ -232,7 +342,7 @@ cdef class Plan:
         raise ValueError(f"grads must have the parameters' names; "
                          f"missing {missing}, unexpected {extra}")
 
-    cdef int _prepare(self, object grads) except -1:
+    cdef int _prepare(self, object grads, bint accumulated=False) except -1:
         cdef Py_ssize_t i, n = self.count
         cdef object g
         cdef cnp.ndarray p
@@ -266,6 +376,7 @@ cdef class Plan:
             raise TypeError(f"grads must be a list or dict of arrays, got "
                             f"{type(grads).__name__}")
         self.all_present = True
+        self.null_grads = False
         for i in range(n):
             if glist is not None:
                 g = glist[i]
@@ -279,6 +390,13 @@ cdef class Plan:
                 raise ValueError(f"parameter {self.labels[i]!r} changed since "
                                  f"the optimizer was made")
             if g is None:
+                if accumulated and self.seen[i]:
+                    # steps on its accumulated gradients alone
+                    self.present[i] = 1
+                    self.work[i] = self.base[i]
+                    self.work[i].g = NULL
+                    self.null_grads = True
+                    continue
                 self.present[i] = 0
                 self.all_present = False
                 continue
@@ -297,49 +415,103 @@ cdef class Plan:
         self.prepared = True
         return 0
 
-    def prepare(self, grads):
+    def prepare(self, grads, bint accumulated=False):
         """Check this step's gradients (a list aligned with the parameters,
         or a dict by name when the plan has names; None for no gradient)
-        and hyperparameters; write nothing."""
-        self._prepare(grads)
+        and hyperparameters; write nothing.  ``accumulated``: the step will
+        run on accumulated gradients, so a parameter whose gradient is None
+        but which has accumulated ones since its last step still steps."""
+        self._prepare(grads, accumulated)
 
-    cdef Py_ssize_t _select(self) noexcept:
-        """Copy into sel the prepared tensors with a gradient, in order;
-        return how many."""
+    cdef Py_ssize_t _select(self, bint acc) noexcept:
+        """Copy into sel the prepared tensors with this call's gradient, in
+        order (or, with acc, the accumulated gradients of the parameters
+        that have them, in slot g); return how many."""
         cdef Py_ssize_t i, k = 0
         for i in range(self.count):
-            if self.present[i]:
+            if acc:
+                if self.seen[i] and self.base[i].acc != NULL:
+                    self.sel[k] = self.base[i]
+                    self.sel[k].g = self.base[i].acc
+                    k += 1
+            elif self.present[i] and self.work[i].g != NULL:
                 self.sel[k] = self.work[i]
                 k += 1
         return k
 
-    def allfinite(self):
-        """After prepare: no gradient holds a NaN or an infinity."""
+    def allfinite(self, bint accumulated=False):
+        """After prepare: no gradient holds a NaN or an infinity (nor, with
+        ``accumulated``, any accumulated gradient)."""
         cdef Py_ssize_t k
         cdef int ok
         if not self.prepared:
             raise RuntimeError("prepare() first")
-        k = self._select()
+        k = self._select(False)
         with nogil:
             ok = fo_allfinite(self.dt, self.sel, k) if k else 1
+        if ok and accumulated:
+            k = self._select(True)
+            with nogil:
+                ok = fo_allfinite(self.dt, self.sel, k) if k else 1
         return ok != 0
+
+    def accumulate(self):
+        """After prepare: add each given gradient into its parameter's
+        accumulated gradients (parameters, states and step counts stay)."""
+        cdef Py_ssize_t i, k = 0
+        cdef size_t total = 0
+        if not self.prepared:
+            raise RuntimeError("prepare() first")
+        if self.acc_buffer is None:
+            raise RuntimeError("enable_accumulation() first")
+        self.prepared = False
+        for i in range(self.count):
+            if self.present[i] and self.work[i].g != NULL:
+                self.sel[k] = self.work[i]
+                total += self.sel[k].n
+                k += 1
+                self.seen[i] = 1
+        if total >= NOGIL_THRESHOLD:
+            with nogil:
+                fo_accumulate(self.dt, self.sel, k)
+        elif k:
+            fo_accumulate(self.dt, self.sel, k)
 
     cdef inline bint _same(self, Py_ssize_t i, Py_ssize_t j) noexcept:
         """Parameters i and j step with the same coefficients: equal step
-        counts and scalar states (bit for bit)."""
-        return self.steps[i] == self.steps[j] and (
+        counts and scalar states (bit for bit), and both averages started
+        or both not."""
+        return self.steps[i] == self.steps[j] and self.ema_ready[i] == self.ema_ready[j] and (
             self.r.nscalars == 0
             or memcmp(&self.sc[i * FO_MAX_SCALAR_STATES], &self.sc[j * FO_MAX_SCALAR_STATES],
                       self.r.nscalars * sizeof(double)) == 0)
 
-    cdef int _run(self) except -1:
+    cdef inline const fo_fuse *_fuse(self, fo_fuse *f, Py_ssize_t i,
+                                     double mean_count) noexcept:
+        """What runs around the rule for a call whose first parameter is i."""
+        f.flags = 0
+        if mean_count > 0:
+            f.flags |= FO_FUSE_MEAN
+            f.count = mean_count
+        if self.ema_buffer is not None:
+            f.flags |= FO_FUSE_EMA if self.ema_ready[i] else FO_FUSE_EMA_COPY
+            f.ema_weight = self.ema_weight
+        return f if f.flags else NULL
+
+    cdef int _run(self, double mean_count=0.0) except -1:
         cdef Py_ssize_t i, j, k
         cdef int slot
         cdef long long t
         cdef fo_args a
+        cdef fo_fuse f
         cdef _Rule r = self.r
         if not self.prepared:
             raise RuntimeError("prepare() first")
+        if mean_count > 0 and self.acc_buffer is None:
+            raise RuntimeError("enable_accumulation() first")
+        if self.null_grads and not mean_count > 0:
+            raise RuntimeError("prepared for a step on accumulated gradients: "
+                               "run(mean_count=k)")
         self.prepared = False
         for slot in range(r.nstates):
             if r.needs(self.h, slot) and self.buffers[slot] is None:
@@ -368,16 +540,19 @@ cdef class Plan:
                     break
             else:
                 if r.nscalars == 0:
-                    _run(r.id, &self.args, self.work, self.count, self.dt)
+                    _run(r.id, &self.args, self.work, self.count, self.dt,
+                         self._fuse(&f, 0, mean_count))
                 else:
                     memcpy(a.sc, self.sc, r.nscalars * sizeof(double))
                     r.coefficients(self.h, self.steps[0] + 1, &a)
-                    _run(r.id, &a, self.work, self.count, self.dt)
+                    _run(r.id, &a, self.work, self.count, self.dt,
+                         self._fuse(&f, 0, mean_count))
                     for i in range(self.count):
                         memcpy(&self.sc[i * FO_MAX_SCALAR_STATES], a.sc,
                                r.nscalars * sizeof(double))
                 for i in range(self.count):
                     self.steps[i] += 1
+                self._after_step()
                 return 0
         # parameters without gradients, or step counts (or scalar states)
         # that differ: one call per distinct step count and scalar states
@@ -395,7 +570,7 @@ cdef class Plan:
                         self.sel[k] = self.work[j]
                         self.mark[j] = 2
                         k += 1
-                _run(r.id, &a, self.sel, k, self.dt)
+                _run(r.id, &a, self.sel, k, self.dt, self._fuse(&f, i, mean_count))
                 for j in range(i, self.count):
                     if self.mark[j] == 2:
                         memcpy(&self.sc[j * FO_MAX_SCALAR_STATES], a.sc,
@@ -404,11 +579,24 @@ cdef class Plan:
         for i in range(self.count):
             if self.present[i]:
                 self.steps[i] += 1
+        self._after_step()
         return 0
 
-    def run(self):
-        """Step every parameter with a gradient (after prepare)."""
-        self._run()
+    cdef void _after_step(self) noexcept:
+        """The stepped parameters' averages exist, and their accumulated
+        gradients were used up (the kernel cleared them)."""
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if self.present[i]:
+                if self.ema_buffer is not None:
+                    self.ema_ready[i] = 1
+                self.seen[i] = 0
+
+    def run(self, double mean_count=0.0):
+        """Step every parameter with a gradient (after prepare); with
+        ``mean_count`` k > 0, on the mean (accumulated + given) / k of its
+        gradients."""
+        self._run(mean_count)
 
     def step(self, grads, bint check_finite=False):
         """prepare, then run; returns 1 when it stepped, 2 when

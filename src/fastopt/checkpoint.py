@@ -222,16 +222,24 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
         if not 0 <= step < 2 ** 62:
             raise ValueError(f"{where}: step must be >= 0 and < 2**62, got {step}")
         scalar_keys = optimizer.rule.scalar_keys
+        extra = (["ema"] if optimizer.ema_decay is not None else []) + (
+            ["grad_accum"] if optimizer.accumulation_steps > 1 else [])
         for kind, value in entry.items():
             if kind == "step":
                 continue
             if kind in scalar_keys:
                 entries[pos][kind] = _scalar_state(value, f"{where}[{kind!r}]")
                 continue
-            if kind not in keys:
+            if kind == "ema" and "ema" not in extra:
+                raise ValueError(f"{where} holds an average ('ema') but the "
+                                 f"optimizer has ema_decay=None")
+            if kind == "grad_accum" and "grad_accum" not in extra:
+                raise ValueError(f"{where} holds accumulated gradients but the "
+                                 f"optimizer has accumulation_steps=1")
+            if kind not in keys and kind not in extra:
                 raise ValueError(f"{where} has an unknown state {kind!r}; "
                                  f"{type(optimizer).__name__} keeps "
-                                 f"{list(keys) + list(scalar_keys)}")
+                                 f"{list(keys) + list(scalar_keys) + extra}")
             if (not isinstance(value, np.ndarray) or value.shape != param.shape
                     or value.dtype != param.dtype):
                 desc = (f"{value.dtype} array of shape {value.shape}"
@@ -248,6 +256,33 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                 raise ValueError(f"{where} lacks states {needed}")
         steps[pos] = int(entry["step"])
     return hypers, steps, entries, int(skipped)
+
+
+def check_accumulation(optimizer: Any, sd: Any) -> tuple[int, bool]:
+    """The accumulated calls of ``sd`` (``sd["accumulation"]``), checked
+    against ``optimizer``: (calls made in the window, a non-finite gradient
+    seen in it), or ValueError."""
+    acc = sd.get("accumulation")
+    k = optimizer.accumulation_steps
+    if acc is None:
+        if any(isinstance(e, dict) and "grad_accum" in e for e in sd["state"].values()):
+            raise ValueError("state_dict holds accumulated gradients but no "
+                             "'accumulation' entry")
+        return 0, False
+    if k == 1:
+        raise ValueError("state_dict holds an accumulation window but the "
+                         "optimizer has accumulation_steps=1")
+    if not isinstance(acc, dict) or set(acc) != {"steps", "count", "nonfinite"}:
+        raise ValueError("state_dict['accumulation'] must be a dict with "
+                         "'steps', 'count' and 'nonfinite'")
+    count, nonfinite = acc["count"], acc["nonfinite"]
+    if not _is_int(count) or not 0 <= count < k:
+        raise ValueError(f"state_dict['accumulation']['count'] must be an int "
+                         f"in [0, {k}) for accumulation_steps={k}, got {count!r}")
+    if not isinstance(nonfinite, (bool, np.bool_)):
+        raise ValueError(f"state_dict['accumulation']['nonfinite'] must be a "
+                         f"bool, got {nonfinite!r}")
+    return int(count), bool(nonfinite)
 
 
 def _scalar_state(value, where):

@@ -20,6 +20,8 @@ an error leaves parameters, states and step counts as they were.  Step
 counts follow torch: each parameter counts the steps in which it got a
 gradient, and bias corrections use that count.
 """
+import contextlib
+import numbers
 import threading
 
 import numpy as np
@@ -42,15 +44,51 @@ class Optimizer:
     or a list of group dicts ``{"params": list or dict, **hyperparameters}``
     whose hyperparameters override the defaults.  Hyperparameters in
     ``param_groups`` may be changed between steps; the parameter lists may not.
+
+    Every optimizer also takes, keyword-only:
+
+    - ``ema_decay``: None (the default) or a decay in [0, 1): each step also
+      keeps an exponential moving average of every parameter, in the same
+      pass over memory, ``ema = lerp(ema, param, 1 - ema_decay)`` as
+      torch.lerp computes it (torch.optim.swa_utils.AveragedModel with
+      get_ema_multi_avg_fn): the average starts as a copy of the parameter
+      after its first step.  ``with opt.ema_weights(): ...`` evaluates with
+      the averages; the state_dict keeps them as state key ``"ema"``.
+    - ``accumulation_steps``: k >= 1 (default 1).  With k > 1 the first
+      k - 1 calls of ``step`` add their gradients into a buffer and change
+      nothing else, and the k-th steps on the mean (g_1 + ... + g_k) / k
+      (summed in call order, then divided by k) and clears the buffer, in one
+      pass (optax.MultiSteps).  A None gradient adds nothing; a parameter
+      steps at the k-th call if it got a gradient in any of the k calls.
+      With ``skip_nonfinite``, a NaN or infinity in any of the k gradients
+      skips the whole accumulated step (optax.apply_if_finite) and clears
+      the buffer.  The buffers are state key ``"grad_accum"``, the calls
+      made so far ``state_dict()["accumulation"]``.
     """
 
     rule = None
 
-    def __init__(self, params, defaults, *, skip_nonfinite=False):
+    def __init__(self, params, defaults, *, skip_nonfinite=False,
+                 ema_decay=None, accumulation_steps=1):
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
+        if ema_decay is not None:
+            ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
+                                         label="ema_decay value")
+        if (isinstance(accumulation_steps, (bool, np.bool_))
+                or not isinstance(accumulation_steps, numbers.Integral)):
+            raise TypeError(f"accumulation_steps must be an int >= 1, got "
+                            f"{type(accumulation_steps).__name__}")
+        if not 1 <= accumulation_steps < 2 ** 31:
+            raise ValueError(f"accumulation_steps must be an int >= 1, got "
+                             f"{accumulation_steps!r}")
         self._check_group(defaults)
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.ema_decay = ema_decay
+        self.accumulation_steps = int(accumulation_steps)
+        self._micro = 0               # calls accumulated in this window
+        self._window_nonfinite = False
+        self._ema_swapped = False
         self.skipped_steps = 0
         self._lock = threading.Lock()
         self.param_groups = []
@@ -81,9 +119,14 @@ class Optimizer:
         self._plans, self._index = self._make_plans()
         _core.check_disjoint(self._params, [f"parameter {label!r}"
                                             for label in self._labels])
+        for plan in self._plans:
+            if ema_decay is not None:
+                plan.enable_ema(1.0 - ema_decay)
+            if self.accumulation_steps > 1:
+                plan.enable_accumulation()
         # The common case, one bucket holding every parameter in order: a
         # step hands the caller's gradients to the plan as they are.
-        self._single = len(self._plans) == 1
+        self._single = len(self._plans) == 1 and self.accumulation_steps == 1
 
     def _check_group(self, group):
         _core.check_hyperparameters(self.rule.name, group)
@@ -149,8 +192,15 @@ class Optimizer:
         and step count alone.  With ``skip_nonfinite=True`` a step with any
         NaN or infinite gradient changes nothing, counts in
         ``skipped_steps`` and returns False; otherwise step returns True.
+        With ``accumulation_steps`` k > 1, only every k-th call updates the
+        parameters and returns True; the others accumulate and return False.
         """
         with self._lock:
+            if self._ema_swapped:
+                raise RuntimeError("step() inside ema_weights(): the parameters "
+                                   "hold their averages; step after the with block")
+            if self.accumulation_steps > 1:
+                return self._accumulating_step(grads)
             if self._single:
                 # a list, or a dict by name, goes to the plan as it is
                 if not ((type(grads) is list and self._list_ok)
@@ -171,6 +221,34 @@ class Optimizer:
             for plan in self._plans:
                 plan.run()
             return True
+
+    def _accumulating_step(self, grads):
+        ordered = self._ordered(grads)
+        parts = [[ordered[i] for i in idx] for idx in self._index]
+        final = self._micro + 1 == self.accumulation_steps
+        for plan, part in zip(self._plans, parts):
+            plan.prepare(part, final)
+        self._check_across(ordered)
+        finite = not self.skip_nonfinite or all(
+            plan.allfinite(final) for plan in self._plans)
+        if not final:
+            if finite:
+                for plan in self._plans:
+                    plan.accumulate()
+            else:
+                self._window_nonfinite = True
+            self._micro += 1
+            return False
+        self._micro = 0
+        if not finite or self._window_nonfinite:
+            self._window_nonfinite = False
+            for plan in self._plans:
+                plan.clear_accumulation()
+            self.skipped_steps += 1
+            return False
+        for plan in self._plans:
+            plan.run(float(self.accumulation_steps))
+        return True
 
     def _check_across(self, ordered):
         """Each plan checked its own arrays; here no gradient may share
@@ -236,14 +314,21 @@ class Optimizer:
             for plan, idx in zip(self._plans, self._index):
                 views = [plan.state(k) for k in range(len(keys))]
                 scalars = plan.get_scalars()
+                ema, ema_ready = plan.ema(), plan.get_flags("ema")
+                acc, seen = plan.accumulated(), plan.get_flags("seen")
                 for j, (i, t) in enumerate(zip(idx, plan.get_steps())):
+                    entry = {"step": t}
                     if t:
-                        entry = {"step": t}
                         for key, v in zip(keys, views):
                             if v is not None:
                                 entry[key] = v[j].copy()
                         for key, value in zip(self.rule.scalar_keys, scalars[j]):
                             entry[key] = np.array(value)
+                    if ema is not None and ema_ready[j]:
+                        entry["ema"] = ema[j].copy()
+                    if acc is not None and seen[j]:
+                        entry["grad_accum"] = acc[j].copy()
+                    if len(entry) > 1 or t:
                         state[i] = entry
             groups, start = [], 0
             for group in self.param_groups:
@@ -253,11 +338,16 @@ class Optimizer:
                     saved["param_names"] = list(group["param_names"])
                 groups.append(saved)
                 start += n
-            return {"format": FORMAT, "version": VERSION,
-                    "optimizer": type(self).__name__,
-                    "state": dict(sorted(state.items())),
-                    "param_groups": groups,
-                    "skipped_steps": self.skipped_steps}
+            sd = {"format": FORMAT, "version": VERSION,
+                  "optimizer": type(self).__name__,
+                  "state": dict(sorted(state.items())),
+                  "param_groups": groups,
+                  "skipped_steps": self.skipped_steps}
+            if self.accumulation_steps > 1:
+                sd["accumulation"] = {"steps": self.accumulation_steps,
+                                      "count": self._micro,
+                                      "nonfinite": self._window_nonfinite}
+            return sd
 
     def load_state_dict(self, state_dict):
         """Restore a state from :meth:`state_dict`, copying its arrays.
@@ -267,7 +357,10 @@ class Optimizer:
         dtypes); any mismatch raises ValueError and changes nothing."""
         keys = self.rule.state_keys
         with self._lock:
+            if self._ema_swapped:
+                raise RuntimeError("load_state_dict() inside ema_weights()")
             groups, steps, entries, skipped = checkpoint.check_state_dict(self, state_dict)
+            micro, nonfinite = checkpoint.check_accumulation(self, state_dict)
             for group, hyper in zip(self.param_groups, groups):
                 kept = {k: group[k] for k in ("params", "param_names") if k in group}
                 group.clear()
@@ -292,7 +385,18 @@ class Optimizer:
                             np.copyto(view, entries[i][key])
                         else:
                             view.fill(init)
+                for flag, key, views in (("ema", "ema", plan.ema()),
+                                         ("seen", "grad_accum", plan.accumulated())):
+                    if views is None:
+                        continue
+                    plan.set_flags(flag, [key in entries[i] for i in idx])
+                    for i, view in zip(idx, views):
+                        if key in entries[i]:
+                            np.copyto(view, entries[i][key])
+                        else:
+                            view.fill(0)
             self.skipped_steps = skipped
+            self._micro, self._window_nonfinite = micro, nonfinite
 
     def swap(self, key):
         """Exchange every parameter's values with those of its state ``key``
@@ -315,6 +419,35 @@ class Optimizer:
                         tmp = p.copy()
                         np.copyto(p, v)
                         np.copyto(v, tmp)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the ``with`` block the parameters hold their averages
+        (``ema_decay``); on leaving it they get their own values back, bit
+        for bit.  Parameters without an average yet keep their values.
+        Stepping inside the block raises RuntimeError."""
+        if self.ema_decay is None:
+            raise ValueError(f"{type(self).__name__} keeps no averages; make it "
+                             f"with ema_decay=... to use ema_weights()")
+        with self._lock:
+            if self._ema_swapped:
+                raise RuntimeError("ema_weights() is already active")
+            self._swap_ema()
+            self._ema_swapped = True
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._swap_ema()
+                self._ema_swapped = False
+
+    def _swap_ema(self):
+        for plan in self._plans:
+            for p, e, ready in zip(plan.params, plan.ema(), plan.get_flags("ema")):
+                if ready:
+                    tmp = p.copy()
+                    np.copyto(p, e)
+                    np.copyto(e, tmp)
 
     def _initial(self, group, slot):
         init = self.rule.states[slot].initial
@@ -464,9 +597,11 @@ def _make_class(rule, name, fixed, defaults, doc, base):
     args = ", ".join(f"{h.name}={default[h.name]!r}" for h in hypers if not h.keyword_only)
     kwargs = ", ".join(f"{h.name}={default[h.name]!r}" for h in hypers if h.keyword_only)
     given = ", ".join(f"{h.name}={h.name}" for h in hypers)
-    source = (f"def __init__(self, params, {args}, *, {kwargs}, skip_nonfinite=False):\n"
+    source = (f"def __init__(self, params, {args}, *, {kwargs}, skip_nonfinite=False,\n"
+              f"             ema_decay=None, accumulation_steps=1):\n"
               f"    Optimizer.__init__(self, params, dict({given}, **FIXED),\n"
-              f"                       skip_nonfinite=skip_nonfinite)\n")
+              f"                       skip_nonfinite=skip_nonfinite, ema_decay=ema_decay,\n"
+              f"                       accumulation_steps=accumulation_steps)\n")
     namespace = {"Optimizer": Optimizer, "FIXED": dict(fixed)}
     exec(source, namespace)
     return type(name, (base,), {"__init__": namespace["__init__"], "rule": rule,

@@ -14,6 +14,7 @@ These functions check nothing: they are the specification, not the API.
 """
 import functools
 import inspect
+import math
 import types
 
 import numpy as np
@@ -22,6 +23,9 @@ from fastopt import _core
 from fastopt.rules import RULES
 
 __all__ = list(RULES)
+
+# The block of the per-tensor sums (csrc/fastopt/kernels.h, FO_SUMSQ_BLOCK)
+SUMSQ_BLOCK = _core.SUMSQ_BLOCK
 
 
 def _rule(body):
@@ -354,6 +358,77 @@ def adopt(param, grad, exp_avg, exp_avg_sq, c):
     param[...] = p - c.lr * exp_avg
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
 
+
+def sumsq(x):
+    """The sum of squares of ``x`` in double, in the kernels' order: blocks
+    of SUMSQ_BLOCK elements, each summed over 8 lanes (element 8k + j of
+    the block in lane j, each lane in index order), the lanes added in
+    order, then the blocks added in order.  The per-tensor norms of the
+    two-pass rules (LAMB, LARS) are its square roots."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    total = 0.0
+    for lo in range(0, x.size, SUMSQ_BLOCK):
+        block = x[lo:lo + SUMSQ_BLOCK]
+        full = block.size - block.size % 8
+        lanes = np.zeros(8)
+        if full:        # a running sum down each lane: index order
+            lanes += np.cumsum((block[:full] * block[:full]).reshape(-1, 8), axis=0)[-1]
+        tail = block[full:]
+        lanes[:tail.size] += tail * tail
+        s = lanes[0]
+        for j in range(1, 8):
+            s += lanes[j]
+        total += s
+    return float(total)
+
+
+def _trust_ratio(on, coefficient, eps, param_sq, update_sq):
+    """optax's scale_by_trust_ratio from the squared norms: 1 where either
+    norm is 0 or the ratio is off."""
+    pn, un = math.sqrt(param_sq), math.sqrt(update_sq)
+    if not on or pn == 0.0 or un == 0.0:
+        return 1.0
+    return coefficient * pn / (un + eps)
+
+
+@_rule
+def lamb(param, grad, exp_avg, exp_avg_sq, c):
+    """LAMB (optax.lamb), two passes; inv_bc1 = 1 / (1 - beta1^t),
+    inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t)::
+
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        u = (m * inv_bc1) / (sqrt(v) * inv_sqrt_bc2 + eps) + weight_decay * param
+        ratio = ||param|| / ||u||        (1 if either is 0 or trust_ratio is off)
+        param = param - (lr * ratio) * u
+    """
+    g = _start(param, grad, c)
+    exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    u = ((exp_avg * c.inv_bc1) / (np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps)
+         + c.weight_decay * param)
+    ratio = _trust_ratio(c.trust_ratio, 1.0, 0.0, sumsq(param), sumsq(u))
+    param[...] = param - (c.lr * ratio) * u
+
+
+@_rule
+def lars(param, grad, momentum_buffer, c):
+    """LARS (optax.lars), two passes::
+
+        u = g + weight_decay * param
+        ratio = trust_coefficient * ||param|| / (||u|| + eps)
+                                         (1 if either norm is 0 or trust_ratio is off)
+        d = (lr * ratio) * u
+        b = d + momentum * b
+        param = param - (d + momentum * b if nesterov else b)
+    """
+    u = _start(param, grad, c) + c.weight_decay * param
+    ratio = _trust_ratio(c.trust_ratio, c.trust_coefficient, c.eps,
+                         sumsq(param), sumsq(u))
+    d = (c.lr * ratio) * u
+    momentum_buffer[...] = d + c.momentum * momentum_buffer
+    param[...] = param - (d + c.momentum * momentum_buffer if c.nesterov
+                          else momentum_buffer)
 
 def _lerp_toward(y, z, c):
     """torch's lerp of y toward z by the weight w that gave c.lerp:

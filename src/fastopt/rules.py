@@ -119,8 +119,15 @@ class Rule:
     hyperparameters and the step (csrc/coefficients.c), in the kernel's
     names; options: the rule's own switches of the loop (maximize and l2 are
     common to all); scalar_states: its per-tensor scalar states (Scalar);
+    reductions: the per-tensor sums of a two-pass rule (LAMB's squared
+    norms of the parameter and of the update), which a first pass over
+    each tensor computes in a fixed order before the update pass reads the
+    per-tensor coefficients made from them (see docs/adding-a-rule.md);
     bench: hyperparameters of the bench rows that differ
-    from the defaults; package: "module.Class" of the installed package the
+    from the defaults; conformance: what its conformance test compares it
+    with (torch.optim's class when ``torch`` names one); extra_traffic: the
+    arrays a two-pass rule's second look at memory moves beyond the
+    one-pass minimum; package: "module.Class" of the installed package the
     rule is conformance-tested against when torch has no counterpart (the
     bench times it as the rule's peer); mixin: the name of a class of
     fastopt.optim that the rule's optimizer classes also derive from, for
@@ -135,6 +142,9 @@ class Rule:
     coefficients: tuple
     options: tuple = ()
     scalar_states: tuple = ()
+    reductions: tuple = ()
+    conformance: str = ""
+    extra_traffic: int = 0
     step: object = "required"
     variants: tuple = ()
     bench: dict = dataclasses.field(default_factory=dict)
@@ -176,7 +186,15 @@ class Rule:
         hp = hp or {}
         used = [s for s in self.states
                 if s.when is None or hp.get(s.when, self.hyper(s.when).default)]
-        return (3 + 2 * len(used)) * itemsize
+        return (3 + 2 * len(used) + self.extra_traffic) * itemsize
+
+    @property
+    def tested_against(self):
+        if self.conformance:
+            return self.conformance
+        if self.torch:
+            return f"`{self.torch}` (torch 2.13), tests/test_torch_conformance.py"
+        return f"a float64 transcription of its reference loop, tests/test_{self.name}.py"
 
 
 def _lr(default):
@@ -218,6 +236,7 @@ RULES = {r.name: r for r in (
         step="momentum", bench={"momentum": 0.9}),
     Rule(
         name="momentum", cls="Momentum", torch="",
+        conformance="the seed's published test vectors, tests/test_optim.py",
         source="the seed article's exponentially weighted momentum "
                "(Deep Learning Specialization, course 2)",
         doc="The seed's momentum: an exponentially weighted average of "
@@ -290,6 +309,7 @@ RULES = {r.name: r for r in (
         coefficients=("clr", "eps", "l2")),
     Rule(
         name="lion", cls="Lion", torch="",
+        conformance="a float64 transcription of google/automl's loop, tests/test_lion.py",
         source="Chen et al., Symbolic Discovery of Optimization Algorithms "
                "(2023); reference loop and defaults: google/automl, "
                "lion/lion_pytorch.py",
@@ -420,6 +440,8 @@ RULES = {r.name: r for r in (
         options=("average",)),
     Rule(
         name="ademamix", cls="AdEMAMix", torch="",
+        conformance="a float64 transcription of apple/ml-ademamix's loop, "
+                    "tests/test_ademamix.py",
         source="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, "
                "Faster, Older (ICLR 2025); reference loop, names and defaults: "
                "apple/ml-ademamix, pytorch/ademamix.py",
@@ -454,6 +476,8 @@ RULES = {r.name: r for r in (
                       "fast_coef", "slow_coef", "decay")),
     Rule(
         name="adopt", cls="ADOPT", torch="",
+        conformance="a float64 transcription of iShohei220/adopt's loop, "
+                    "tests/test_adopt.py",
         source="Taniguchi et al., ADOPT: Modified Adam Can Converge with Any "
                "beta2 with the Optimal Rate (NeurIPS 2024); reference loop, "
                "names, defaults and clipping schedule: iShohei220/adopt, "
@@ -485,7 +509,75 @@ RULES = {r.name: r for r in (
                       "one_minus_beta2", "eps", "clip_value", "l2", "decay"),
         options=("first_step", "clip")),
     Rule(
+        name="lamb", cls="LAMB", torch="",
+        conformance="a float64 transcription of optax.lamb's chain, "
+                    "tests/test_lamb_lars.py", extra_traffic=3,
+        source="You et al., Large Batch Optimization for Deep Learning: "
+               "Training BERT in 76 minutes (ICLR 2020); formulation and "
+               "defaults: optax.lamb (scale_by_adam, add_decayed_weights, "
+               "scale_by_trust_ratio, scale_by_learning_rate)",
+        doc="LAMB: Adam's bias-corrected direction plus weight_decay times "
+            "the parameter, scaled per tensor by the trust ratio "
+            "||param|| / ||update|| (1 where either norm is 0).  The norms "
+            "are computed in a first pass over each tensor, in double, in "
+            "an order fixed by the element index.  trust_ratio=False (per "
+            "group) leaves the ratio at 1, as optax's mask does.  optax "
+            "has no default learning rate; eps_root is not offered (optax's "
+            "default, 0).",
+        hypers=(_lr(1e-3), BETAS, _eps(1e-6),
+                Hyper("weight_decay", 0.0, "weight_decay times the parameter "
+                      "is added to the update before the trust ratio",
+                      label="weight_decay value"),
+                Hyper("trust_ratio", True, "scale by the trust ratio; False "
+                      "for the parameters optax's mask leaves out",
+                      check="flag", keyword_only=True),
+                MAXIMIZE),
+        states=(State("exp_avg"), State("exp_avg_sq")),
+        coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
+                      "one_minus_beta2", "inv_bc1", "inv_sqrt_bc2", "eps",
+                      "weight_decay", "trust_ratio"),
+        reductions=("param_sq", "update_sq")),
+    Rule(
+        name="lars", cls="LARS", torch="",
+        conformance="a float64 transcription of optax.lars's chain, "
+                    "tests/test_lamb_lars.py", extra_traffic=2,
+        source="You, Gitman & Ginsburg, Large Batch Training of "
+               "Convolutional Networks (2017); formulation and defaults: "
+               "optax.lars (add_decayed_weights, scale_by_trust_ratio, "
+               "scale_by_learning_rate, trace)",
+        doc="LARS: the gradient plus weight_decay times the parameter, "
+            "scaled per tensor by trust_coefficient * ||param|| / "
+            "(||update|| + eps) (1 where either norm is 0), times the "
+            "learning rate, then heavy-ball momentum (optax's trace, so the "
+            "momentum applies after the learning rate).  The norms are "
+            "computed in a first pass over each tensor, in double, in an "
+            "order fixed by the element index.  trust_ratio=False (per "
+            "group) leaves the ratio at 1, as optax's mask does.  optax has "
+            "no default learning rate.",
+        hypers=(_lr(1.0),
+                Hyper("momentum", 0.9, "decay of the trace", label="momentum value"),
+                Hyper("weight_decay", 0.0, "weight_decay times the parameter "
+                      "is added to the gradient before the trust ratio",
+                      label="weight_decay value"),
+                Hyper("trust_coefficient", 1e-3, "scale of the trust ratio",
+                      label="trust_coefficient value"),
+                Hyper("eps", 0.0, "added to the update's norm",
+                      label="epsilon value"),
+                Hyper("nesterov", False, "Nesterov momentum (optax's trace)",
+                      check="flag"),
+                Hyper("trust_ratio", True, "scale by the trust ratio; False "
+                      "for the parameters optax's mask leaves out",
+                      check="flag", keyword_only=True),
+                MAXIMIZE),
+        states=(State("momentum_buffer"),),
+        coefficients=("lr", "momentum", "weight_decay", "trust_coefficient",
+                      "eps", "trust_ratio"),
+        options=("nesterov",), step=None,
+        reductions=("param_sq", "update_sq")),
+    Rule(
         name="adamw_schedulefree", cls="AdamWScheduleFree", torch="",
+        conformance="the schedulefree package 1.4.1 (AdamWScheduleFree, on torch "
+                    "CPU), tests/test_schedulefree.py",
         source="Defazio et al., The Road Less Scheduled (NeurIPS 2024); "
                "reference loop, names and defaults: facebookresearch/"
                "schedule_free, the schedulefree package 1.4.1, "
@@ -524,6 +616,8 @@ RULES = {r.name: r for r in (
         package="schedulefree.AdamWScheduleFree", mixin="ScheduleFree"),
     Rule(
         name="sgd_schedulefree", cls="SGDScheduleFree", torch="",
+        conformance="the schedulefree package 1.4.1 (SGDScheduleFree, on torch "
+                    "CPU), tests/test_schedulefree.py",
         source="Defazio et al., The Road Less Scheduled (NeurIPS 2024); "
                "reference loop, names and defaults: facebookresearch/"
                "schedule_free, the schedulefree package 1.4.1, "
@@ -565,6 +659,24 @@ RULES = {r.name: r for r in (
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
 MAX_STATES = 4
+MAX_REDUCTIONS = 2
 MAX_SCALAR_STATES = 4
 MAX_COEFFICIENTS = 16
 MAX_SCALARS = 16
+
+
+def readme_table():
+    """The README's table of rules (Markdown), made from the table: class,
+    source, what the conformance test compares with, and the bytes a step
+    moves per float32 element at the class's defaults."""
+    lines = ["| class | source (paper, reference implementation, defaults) | "
+             "conformance test against | bytes/element (float32) |",
+             "|---|---|---|---|"]
+    for r in RULES.values():
+        for name, fixed, defaults, _ in r.classes():
+            hp = {h.name: defaults.get(h.name, h.default) for h in r.hypers}
+            hp.update(fixed)
+            passes = " (two passes)" if r.reductions else ""
+            lines.append(f"| `{name}` | {r.source} | {r.tested_against} | "
+                         f"{r.bytes_per_element(4, hp)}{passes} |")
+    return "\n".join(lines)

@@ -451,6 +451,38 @@ def measure_numpy_styles(n, budget, rng):
     return {"n": n, **{f"{k}_ms": v * 1e3 for k, v in med.items()}}
 
 
+def measure_around(n, threads, budget, rng):
+    """What EMA and gradient accumulation add to a float32 Adam step of n
+    elements (class steps over one tensor), beside the traffic floor of the
+    arrays each moves: a step reads p, g, m, v and writes p, m, v (7 arrays);
+    with EMA the average is read and written too (9); the k-th call of an
+    accumulation window reads p, g, acc, m, v and writes p, acc, m, v (9);
+    the other calls read acc and g and write acc (3)."""
+    p = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+    arrays = [np.zeros(n, np.float32) for _ in range(6)]
+    opts = {"plain": fastopt.Adam([p.copy()]),
+            "ema": fastopt.Adam([p.copy()], ema_decay=0.999),
+            "window": fastopt.Adam([p.copy()], accumulation_steps=2)}
+    for opt in opts.values():       # states made, averages started
+        opt.step([g])
+        opt.step([g])
+    fastopt.set_num_threads(threads)
+    a = arrays
+
+    calls = {
+        "step": lambda: opts["plain"].step([g]),
+        "ema_step": lambda: opts["ema"].step([g]),
+        "window_of_2": lambda: (opts["window"].step([g]), opts["window"].step([g])),
+        "floor_7": lambda: _core.traffic(a[0], g, a[1], a[2]),
+        "floor_9": lambda: _core.traffic(a[0], g, a[1], a[2], a[3]),
+        "floor_3": lambda: _core.traffic(a[4], g),
+    }
+    med = interleaved(calls, budget)
+    fastopt.set_num_threads(None)
+    return {"n": n, "threads": threads, **{f"{k}_ms": v * 1e3 for k, v in med.items()}}
+
+
 def measure_nonfinite(sizes, budget, rng):
     """Cost of the all-finite gradient check against an Adam step, float32."""
     out = []
@@ -581,8 +613,9 @@ def main(args):
              "many_tensors": [measure_many(budget, torch, rng, t) for t in threads],
              "nonfinite_check": measure_nonfinite(sizes, budget, rng)}
     if "adam" in rules and np.float32 in dtypes:
-        extra["numpy_styles"] = measure_numpy_styles(
-            10**7 if not args.quick else 10**6, budget, rng)
+        n_big = 10**7 if not args.quick else 10**6
+        extra["numpy_styles"] = measure_numpy_styles(n_big, budget, rng)
+        extra["around"] = [measure_around(n_big, t, budget, rng) for t in threads]
     o = extra["overheads"]
     print()
     print(f"fixed cost: functional adam on 10 elements {o['functional_adam_10_us']:.3f} us"
@@ -603,6 +636,12 @@ def main(args):
               f"{st['fastopt_ms']:.2f} ms, careful in-place NumPy {st['inplace_ms']:.2f} ms "
               f"({st['inplace_ms'] / st['fastopt_ms']:.1f}x), the seed's NumPy "
               f"{st['seed_ms']:.2f} ms ({st['seed_ms'] / st['fastopt_ms']:.1f}x)")
+    for m in extra.get("around", []):
+        print(f"Adam float32, {m['n']:.0e} elements, {m['threads']} thread(s): step "
+              f"{m['step_ms']:.2f} ms (floor of 7 arrays {m['floor_7_ms']:.2f}); with "
+              f"EMA {m['ema_step_ms']:.2f} ms (floor of 9 {m['floor_9_ms']:.2f}); "
+              f"accumulation_steps=2, both calls {m['window_of_2_ms']:.2f} ms (floors "
+              f"3 + 9 arrays {m['floor_3_ms'] + m['floor_9_ms']:.2f})")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
