@@ -434,6 +434,90 @@ static const char *sklearn_sgd(const double *h, long long step, fo_args *a)
     return NULL;
 }
 
+/* Schedule-free AdamW and SGD (Defazio et al. 2024; the schedulefree
+ * package 1.4.1, adamw_schedulefree.py and sgd_schedulefree.py).  AdamW's
+ * denominator is sqrt(v) / sqrt(1 - beta2^t) + eps, as fastopt's Adam has
+ * it (the package divides v by 1 - beta2^t first: the same within
+ * rounding, and one division per element fewer).  The
+ * package keeps k, lr_max and weight_sum per parameter group; here k + 1 is
+ * the tensor's step count t and lr_max, weight_sum are its scalar states.
+ * In the package's order of operations:
+ *   lr_t = lr * min(1, t / warmup_steps)        (no warm-up: warmup_steps 0)
+ *   lr_max = max(lr_t, lr_max)
+ *   weight = t^r * lr_max^weight_lr_power;  weight_sum += weight
+ *   ckp1 = weight / weight_sum                  (0 while weight_sum is 0)
+ *   y = lerp(y, z, ckp1) + lr_t (beta (1 - ckp1) - 1) * g;  z = z - lr_t g
+ * with beta = betas[0] or momentum.  torch's lerp(a, b, w) is
+ * a + w (b - a) for |w| < 0.5 and b - (b - a)(1 - w) otherwise
+ * (ATen/native/Lerp.h); both are base + lerp * (b - a), with base = b and
+ * lerp = w - 1 in the second case (option lerp_from_z). */
+typedef struct {
+    double lr, ckp1, lerp;
+    int from_z;
+} fo_sf;
+
+static fo_sf schedulefree(double lr, double warmup, double r, double power,
+                          long long step, fo_args *a, int lr_max_slot,
+                          int weight_sum_slot)
+{
+    fo_sf s;
+    const double t = (double)step;
+    const double sched = (warmup > 0.0 && t - 1.0 < warmup) ? t / warmup : 1.0;
+    s.lr = lr * sched;
+    const double lr_max = a->sc[lr_max_slot] > s.lr ? a->sc[lr_max_slot] : s.lr;
+    const double weight = pow(t, r) * pow(lr_max, power);
+    const double weight_sum = a->sc[weight_sum_slot] + weight;
+    s.ckp1 = weight_sum != 0.0 ? weight / weight_sum : 0.0;
+    s.from_z = !(fabs(s.ckp1) < 0.5);
+    s.lerp = s.from_z ? s.ckp1 - 1.0 : s.ckp1;
+    a->sc[lr_max_slot] = lr_max;
+    a->sc[weight_sum_slot] = weight_sum;
+    return s;
+}
+
+static const char *adamw_schedulefree(const double *h, long long step,
+                                      fo_args *a)
+{
+    const double beta1 = H(ADAMW_SCHEDULEFREE, BETAS0);
+    const double beta2 = H(ADAMW_SCHEDULEFREE, BETAS1);
+    const double wd = H(ADAMW_SCHEDULEFREE, WEIGHT_DECAY);
+    const fo_sf s = schedulefree(
+        H(ADAMW_SCHEDULEFREE, LR), H(ADAMW_SCHEDULEFREE, WARMUP_STEPS),
+        H(ADAMW_SCHEDULEFREE, R), H(ADAMW_SCHEDULEFREE, WEIGHT_LR_POWER), step,
+        a, FO_ADAMW_SCHEDULEFREE_T_LR_MAX, FO_ADAMW_SCHEDULEFREE_T_WEIGHT_SUM);
+    C(ADAMW_SCHEDULEFREE, BETA2) = beta2;
+    C(ADAMW_SCHEDULEFREE, ONE_MINUS_BETA2) = 1.0 - beta2;
+    C(ADAMW_SCHEDULEFREE, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
+    C(ADAMW_SCHEDULEFREE, EPS) = H(ADAMW_SCHEDULEFREE, EPS);
+    C(ADAMW_SCHEDULEFREE, WEIGHT_DECAY) = wd;
+    C(ADAMW_SCHEDULEFREE, LERP) = s.lerp;
+    C(ADAMW_SCHEDULEFREE, Y_COEF) = s.lr * (beta1 * (1.0 - s.ckp1) - 1.0);
+    C(ADAMW_SCHEDULEFREE, LR) = s.lr;
+    a->opts = common(H(ADAMW_SCHEDULEFREE, MAXIMIZE), 0.0)
+              | (step == 1 ? FO_ADAMW_SCHEDULEFREE_O_FIRST_STEP : 0u)
+              | (s.from_z ? FO_ADAMW_SCHEDULEFREE_O_LERP_FROM_Z : 0u)
+              | (wd != 0.0 ? FO_ADAMW_SCHEDULEFREE_O_DECAY : 0u);
+    return NULL;
+}
+
+static const char *sgd_schedulefree(const double *h, long long step,
+                                    fo_args *a)
+{
+    const double momentum = H(SGD_SCHEDULEFREE, MOMENTUM);
+    const fo_sf s = schedulefree(
+        H(SGD_SCHEDULEFREE, LR), H(SGD_SCHEDULEFREE, WARMUP_STEPS),
+        H(SGD_SCHEDULEFREE, R), H(SGD_SCHEDULEFREE, WEIGHT_LR_POWER), step,
+        a, FO_SGD_SCHEDULEFREE_T_LR_MAX, FO_SGD_SCHEDULEFREE_T_WEIGHT_SUM);
+    C(SGD_SCHEDULEFREE, LERP) = s.lerp;
+    C(SGD_SCHEDULEFREE, Y_COEF) = s.lr * (momentum * (1.0 - s.ckp1) - 1.0);
+    C(SGD_SCHEDULEFREE, LR) = s.lr;
+    C(SGD_SCHEDULEFREE, L2) = H(SGD_SCHEDULEFREE, WEIGHT_DECAY);
+    a->opts = common(H(SGD_SCHEDULEFREE, MAXIMIZE), C(SGD_SCHEDULEFREE, L2))
+              | (step == 1 ? FO_SGD_SCHEDULEFREE_O_FIRST_STEP : 0u)
+              | (s.from_z ? FO_SGD_SCHEDULEFREE_O_LERP_FROM_Z : 0u);
+    return NULL;
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

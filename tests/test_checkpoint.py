@@ -1,5 +1,6 @@
 """fastopt.checkpoint: atomic .npz checkpoints with a checksum; resuming in a
 new process is bit-identical to an uninterrupted run."""
+import copy
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt import checkpoint
 from fastopt.optim import SGD, Adam
 
@@ -295,3 +297,19 @@ def test_paths_may_be_bytes_or_pathlike(tmp_path):
     assert checkpoint.read_state(str(tmp_path / "a.npz"))["optimizer"] == "Adam"
     with pytest.raises(TypeError, match="path must be"):
         opt.save(3)
+
+
+@pytest.mark.parametrize("cls, key", [(fastopt.NAdam, "mu_product"),
+                                      (fastopt.SGDScheduleFree, "weight_sum")])
+def test_scalar_state_past_the_float_range_is_refused(cls, key):
+    """An int too large for a float as a per-tensor scalar state: ValueError
+    naming it (not OverflowError), and nothing loaded."""
+    opt = cls([np.ones(3)])
+    opt.step([np.ones(3)])
+    sd = opt.state_dict()
+    before = copy.deepcopy(sd)
+    sd["state"][0][key] = 10 ** 400
+    with pytest.raises(ValueError, match=f"{key}.*float range"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["state"][0][key] == before["state"][0][key]

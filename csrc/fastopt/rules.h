@@ -998,5 +998,109 @@ static void FO_NAME(sklearn_sgd_range)(const void *args, const fo_tensor *t,
         FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0);
 }
 
+/* ---- schedule-free AdamW and SGD (the schedulefree package) ----------- */
+
+/* y (the parameter) moves towards z by torch's lerp, written as
+ * base + lerp * (z - y) with base = z when the weight is 0.5 or more
+ * (lerp_from_z; coefficients.c), then along the step; z takes the plain
+ * step.  On a tensor's first step z is the parameter itself (the package
+ * makes z as a copy of it), so z is read from p and written.  AdamW's
+ * gradient is normalised by sqrt(v) / sqrt(1 - beta2^t) + eps and gets its
+ * weight decay at y after that; SGD's weight decay is L2 on the gradient. */
+FO_INLINE void FO_NAME(adamw_schedulefree_body)(
+    const fo_args *a, const fo_tensor *t, size_t lo, size_t hi,
+    const int first, const int from_z, const int has_decay)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict z = (FO_T *)t->s[FO_ADAMW_SCHEDULEFREE_S_Z];
+    FO_T *restrict v = (FO_T *)t->s[FO_ADAMW_SCHEDULEFREE_S_EXP_AVG_SQ];
+    const FO_T beta2 = FO_C(ADAMW_SCHEDULEFREE, BETA2);
+    const FO_T one_minus_beta2 = FO_C(ADAMW_SCHEDULEFREE, ONE_MINUS_BETA2);
+    const FO_T inv_sqrt_bc2 = FO_C(ADAMW_SCHEDULEFREE, INV_SQRT_BC2);
+    const FO_T eps = FO_C(ADAMW_SCHEDULEFREE, EPS);
+    const FO_T wd = FO_C(ADAMW_SCHEDULEFREE, WEIGHT_DECAY);
+    const FO_T w = FO_C(ADAMW_SCHEDULEFREE, LERP);
+    const FO_T y_coef = FO_C(ADAMW_SCHEDULEFREE, Y_COEF);
+    const FO_T lr = FO_C(ADAMW_SCHEDULEFREE, LR);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
+        const FO_T yi = p[i];
+        const FO_T zi = first ? yi : z[i];
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
+        const FO_T ni = has_decay ? gi / denom + wd * yi : gi / denom;
+        const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
+        v[i] = vi;
+        p[i] = xi + ni * y_coef;
+        z[i] = zi - lr * ni;
+    }
+}
+
+static void FO_NAME(adamw_schedulefree_range)(const void *args,
+                                              const fo_tensor *t,
+                                              size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { F = FO_ADAMW_SCHEDULEFREE_O_FIRST_STEP,
+           Z = FO_ADAMW_SCHEDULEFREE_O_LERP_FROM_Z,
+           D = FO_ADAMW_SCHEDULEFREE_O_DECAY };
+#define FO_SF(f, zz, d) \
+    FO_NAME(adamw_schedulefree_body)(a, t, lo, hi, f, zz, d); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:          FO_SF(0, 0, 0);
+    case Z:          FO_SF(0, 1, 0);
+    case F | Z:      FO_SF(1, 1, 0);
+    case D:          FO_SF(0, 0, 1);
+    case D | Z:      FO_SF(0, 1, 1);
+    case D | F | Z:  FO_SF(1, 1, 1);
+    default: FO_SF(!!(a->opts & F), !!(a->opts & Z), !!(a->opts & D));
+    }
+#undef FO_SF
+}
+
+FO_INLINE void FO_NAME(sgd_schedulefree_body)(
+    const fo_args *a, const fo_tensor *t, size_t lo, size_t hi,
+    const int has_l2, const int first, const int from_z)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict z = (FO_T *)t->s[FO_SGD_SCHEDULEFREE_S_Z];
+    const FO_T w = FO_C(SGD_SCHEDULEFREE, LERP);
+    const FO_T y_coef = FO_C(SGD_SCHEDULEFREE, Y_COEF);
+    const FO_T lr = FO_C(SGD_SCHEDULEFREE, LR), l2 = FO_C(SGD_SCHEDULEFREE, L2);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+        const FO_T yi = p[i];
+        const FO_T zi = first ? yi : z[i];
+        const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
+        p[i] = xi + gi * y_coef;
+        z[i] = zi - lr * gi;
+    }
+}
+
+static void FO_NAME(sgd_schedulefree_range)(const void *args,
+                                            const fo_tensor *t,
+                                            size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { L2 = FO_L2, F = FO_SGD_SCHEDULEFREE_O_FIRST_STEP,
+           Z = FO_SGD_SCHEDULEFREE_O_LERP_FROM_Z };
+#define FO_SF(l2, f, zz) \
+    FO_NAME(sgd_schedulefree_body)(a, t, lo, hi, l2, f, zz); break
+    switch (a->opts & ~FO_MAXIMIZE) {
+    case 0:           FO_SF(0, 0, 0);
+    case Z:           FO_SF(0, 0, 1);
+    case F | Z:       FO_SF(0, 1, 1);
+    case L2:          FO_SF(1, 0, 0);
+    case L2 | Z:      FO_SF(1, 0, 1);
+    case L2 | F | Z:  FO_SF(1, 1, 1);
+    default: FO_SF(!!(a->opts & L2), !!(a->opts & F), !!(a->opts & Z));
+    }
+#undef FO_SF
+}
+
 #undef FO_C
 #undef FO_INLINE

@@ -292,7 +292,10 @@ def _scalar_state(value, where):
             and value.dtype.kind in "iuf":
         return float(value.reshape(-1)[0])
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:   # an int past the float range
+            raise ValueError(f"{where} is outside the float range: {value!r}") from None
     raise ValueError(f"{where} must be a real number or a 0-d array, got "
                      f"{getattr(value, 'dtype', type(value).__name__)}"
                      f"{getattr(value, 'shape', '')}")

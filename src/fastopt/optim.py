@@ -467,6 +467,109 @@ class Optimizer:
 
 
 # ---------------------------------------------------------------------------
+# Methods of the schedule-free rules' classes
+
+
+def _lerp(param, end, weight):
+    """param = torch.lerp(param, end, weight), in place, with torch's two
+    branches (ATen/native/Lerp.h): param + weight * (end - param) for
+    |weight| < 0.5, end - (end - param) * (1 - weight) otherwise; weight
+    and 1 - weight rounded once to the arrays' dtype, as NumPy rounds a
+    Python float.  Element-wise, so the result of each element depends on
+    that element alone."""
+    diff = end - param
+    if abs(weight) < 0.5:
+        param[...] = param + weight * diff
+    else:
+        param[...] = end - diff * (1.0 - weight)
+
+
+class ScheduleFree(Optimizer):
+    """train() and eval() of the schedule-free rules (the schedulefree
+    package's methods of the same names).
+
+    During training the parameters hold y; ``eval()`` sets them to x, the
+    average the schedule-free method evaluates at (x = lerp(y, z, 1 - 1/beta)),
+    and ``train()`` back to y (y = lerp(x, z, 1 - beta)), with beta = betas[0]
+    (AdamW) or momentum (SGD) of each parameter's group.  A second call of
+    the same method changes nothing (``train_mode`` says which is in force).
+    A step in eval mode raises RuntimeError.  Parameters that have not
+    taken a step have no z and keep their values, as in the package.  The
+    swap rounds (lerp there and back is y up to rounding, as in the package).
+
+    Unlike the package, a new optimizer starts in train mode: before its
+    first step no parameter has a z, so the package's required first
+    ``train()`` changes nothing there, and the trajectories are the same.
+    ``state_dict()`` and checkpoints carry ``train_mode``; loading one sets
+    the mode and leaves the parameters as they are (they are the caller's,
+    saved in the mode the checkpoint names)."""
+
+    train_mode = True
+
+    def _beta(self, group):
+        return group["betas"][0] if "betas" in group else group["momentum"]
+
+    def _switch(self, to_train):
+        slot = self.rule.state_keys.index("z")
+        with self._lock:
+            if self.train_mode == to_train:
+                return
+            for group in self.param_groups:
+                self._check_group(self._hyper(group))
+                if not to_train and not self._beta(group) > 0:
+                    # y = (1 - beta) z + beta x: with beta = 0, y is z and
+                    # x cannot be recovered (the package divides by zero)
+                    name = "betas[0]" if "betas" in group else "momentum"
+                    raise ValueError(f"eval() needs {name} > 0, got "
+                                     f"{self._beta(group)!r}: with 0 the "
+                                     f"parameters hold z and x is lost")
+            for plan in self._plans:
+                views = plan.state(slot)
+                if views is None:
+                    continue
+                beta = float(self._beta(plan.group))
+                weight = 1.0 - beta if to_train else 1.0 - 1.0 / beta
+                for p, z, t in zip(plan.params, views, plan.get_steps()):
+                    if t:
+                        _lerp(p, z, weight)
+            self.train_mode = to_train
+
+    def train(self):
+        """Set the parameters to y, the point where gradients are taken
+        (a no-op in train mode)."""
+        self._switch(True)
+
+    def eval(self):
+        """Set the parameters to x, the averaged point to evaluate and save
+        the model at (a no-op in eval mode)."""
+        self._switch(False)
+
+    def step(self, grads):
+        if not self.train_mode:
+            raise RuntimeError(f"{type(self).__name__} is in eval mode (the "
+                               f"parameters hold x): call .train() before "
+                               f".step(), and .eval() again before evaluating")
+        return Optimizer.step(self, grads)
+
+    def state_dict(self):
+        """Optimizer.state_dict() and ``"train_mode"``: the mode the
+        parameters were in."""
+        state = Optimizer.state_dict(self)
+        state["train_mode"] = self.train_mode
+        return state
+
+    def load_state_dict(self, state_dict):
+        """Optimizer.load_state_dict(), and the train or eval mode of the
+        state_dict (a bool ``"train_mode"``, required)."""
+        mode = state_dict.get("train_mode") if isinstance(state_dict, dict) else None
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ValueError(f"state_dict of {type(self).__name__} needs a bool "
+                             f"'train_mode', got {mode!r}")
+        Optimizer.load_state_dict(self, state_dict)
+        self.train_mode = bool(mode)
+
+
+# ---------------------------------------------------------------------------
 # The classes, from the table
 
 
@@ -509,7 +612,7 @@ def _make_class(rule, name, fixed, defaults, doc, base):
 def _classes():
     made = {}
     for rule in RULES.values():
-        base = Optimizer
+        base = globals()[rule.mixin] if rule.mixin else Optimizer
         for name, fixed, defaults, doc in rule.classes():
             made[name] = _make_class(rule, name, fixed, defaults, doc, base)
             base = made[rule.cls]

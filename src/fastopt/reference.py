@@ -467,3 +467,54 @@ def sklearn_sgd(param, grad, velocity, c):
         param[...] = param + (c.momentum * velocity - c.lr * g)
     else:
         param[...] = param + velocity
+
+
+def _lerp_toward(y, z, c):
+    """torch's lerp of y toward z by the weight w that gave c.lerp:
+    y + w * (z - y) for |w| < 0.5, else z - (z - y) * (1 - w), written as
+    z + (w - 1) * (z - y) (lerp_from_z; exactly the same value)."""
+    return (z if c.lerp_from_z else y) + c.lerp * (z - y)
+
+
+@_rule
+def adamw_schedulefree(param, grad, z, exp_avg_sq, c):
+    """Schedule-free AdamW (the schedulefree package's step).  The parameter
+    is y; lerp and lerp_from_z come from the averaging weight
+    ckp1 = weight / weight_sum, y_coef = lr_t * (beta1 * (1 - ckp1) - 1),
+    inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t) (coefficients.c; the package
+    divides v by 1 - beta2^t before the root: equal within rounding)::
+
+        z = param                                          (first step)
+        v = beta2 * v + one_minus_beta2 * (g * g)
+        n = g / (sqrt(v) * inv_sqrt_bc2 + eps)
+        n = n + weight_decay * param                       (decay)
+        param = lerp(param, z, ckp1) + n * y_coef
+        z = z - lr * n
+    """
+    g = -grad if c.maximize else grad
+    zi = param.copy() if c.first_step else z
+    exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
+    n = g / (np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps)
+    if c.decay:
+        n = n + c.weight_decay * param
+    x = _lerp_toward(param, zi, c)
+    param[...] = x + n * c.y_coef
+    z[...] = zi - c.lr * n
+
+
+@_rule
+def sgd_schedulefree(param, grad, z, c):
+    """Schedule-free SGD (the schedulefree package's step), the parameter y;
+    lerp, lerp_from_z and y_coef = lr_t * (momentum * (1 - ckp1) - 1) as
+    in adamw_schedulefree::
+
+        z = param                                          (first step)
+        g = g + l2 * param                                 (weight decay)
+        param = lerp(param, z, ckp1) + g * y_coef
+        z = z - lr * g
+    """
+    g = _start(param, grad, c)
+    zi = param.copy() if c.first_step else z
+    x = _lerp_toward(param, zi, c)
+    param[...] = x + g * c.y_coef
+    z[...] = zi - c.lr * g

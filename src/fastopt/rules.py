@@ -127,7 +127,11 @@ class Rule:
     from the defaults; conformance: what its conformance test compares it
     with (torch.optim's class when ``torch`` names one); extra_traffic: the
     arrays a two-pass rule's second look at memory moves beyond the
-    one-pass minimum."""
+    one-pass minimum; package: "module.Class" of the installed package the
+    rule is conformance-tested against when torch has no counterpart (the
+    bench times it as the rule's peer); mixin: the name of a class of
+    fastopt.optim that the rule's optimizer classes also derive from, for
+    methods of their own (schedule-free's train() and eval())."""
     name: str
     cls: str
     torch: str
@@ -144,6 +148,8 @@ class Rule:
     step: object = "required"
     variants: tuple = ()
     bench: dict = dataclasses.field(default_factory=dict)
+    package: str = ""
+    mixin: str = ""
 
     def hyper(self, name):
         for h in self.hypers:
@@ -608,6 +614,87 @@ RULES = {r.name: r for r in (
         coefficients=("lr", "momentum"),
         options=("nesterov",),
         step=None),
+    Rule(
+        name="adamw_schedulefree", cls="AdamWScheduleFree", torch="",
+        conformance="the schedulefree package 1.4.1 (AdamWScheduleFree, on torch "
+                    "CPU), tests/test_schedulefree.py",
+        source="Defazio et al., The Road Less Scheduled (NeurIPS 2024); "
+               "reference loop, names and defaults: facebookresearch/"
+               "schedule_free, the schedulefree package 1.4.1, "
+               "schedulefree/adamw_schedulefree.py",
+        doc="Schedule-free AdamW: no learning-rate schedule; the parameters "
+            "hold y, an interpolation between z (the base AdamW-style "
+            "iterate, without first moment) and x (a weighted average of "
+            "the z's), and the step moves y and z.  train() and eval() swap "
+            "y and x in the parameters as the package's do (eval() before "
+            "evaluating or saving the model, train() before stepping again; "
+            "a step in eval mode raises RuntimeError).  The package's "
+            "per-group k, lr_max and weight_sum are kept per parameter: the "
+            "step count and the scalar states lr_max and weight_sum; they "
+            "advance only when the parameter gets a gradient, where the "
+            "package advances them for every parameter of the group.  "
+            "Unlike the package, the gradients are never written.  At a "
+            "tensor's first step (step=1) z is set from the parameter, as "
+            "the package makes it; what z held is not read.",
+        hypers=(_lr(0.0025), BETAS, _eps(1e-8),
+                Hyper("weight_decay", 0.0, "weight decay, added to the "
+                      "normalised gradient at y", label="weight_decay value"),
+                Hyper("warmup_steps", 0, "steps of linear learning-rate "
+                      "warm-up, lr * t / warmup_steps; 0 or None: none",
+                      check="count", label="warmup_steps value"),
+                Hyper("r", 0.0, "power of the step count t^r in the "
+                      "averaging weights", label="r value"),
+                Hyper("weight_lr_power", 2.0, "power of lr_max in the "
+                      "averaging weights", label="weight_lr_power value"),
+                MAXIMIZE),
+        states=(State("z"), State("exp_avg_sq")),
+        scalar_states=(Scalar("lr_max", initial=-1.0),
+                       Scalar("weight_sum", initial=0.0)),
+        coefficients=("beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps",
+                      "weight_decay", "lerp", "y_coef", "lr"),
+        options=("first_step", "lerp_from_z", "decay"),
+        package="schedulefree.AdamWScheduleFree", mixin="ScheduleFree"),
+    Rule(
+        name="sgd_schedulefree", cls="SGDScheduleFree", torch="",
+        conformance="the schedulefree package 1.4.1 (SGDScheduleFree, on torch "
+                    "CPU), tests/test_schedulefree.py",
+        source="Defazio et al., The Road Less Scheduled (NeurIPS 2024); "
+               "reference loop, names and defaults: facebookresearch/"
+               "schedule_free, the schedulefree package 1.4.1, "
+               "schedulefree/sgd_schedulefree.py",
+        doc="Schedule-free SGD: no learning-rate schedule; the parameters "
+            "hold y, an interpolation between z (the SGD iterate) and x (a "
+            "weighted average of the z's), and the step moves y and z.  "
+            "train() and eval() swap y and x in the parameters as the "
+            "package's do (eval() before evaluating or saving the model, "
+            "train() before stepping again; a step in eval mode raises "
+            "RuntimeError).  The package's per-group k, lr_max and "
+            "weight_sum are kept per parameter: the step count and the "
+            "scalar states lr_max and weight_sum; they advance only when "
+            "the parameter gets a gradient, where the package advances them "
+            "for every parameter of the group.  Unlike the package, the "
+            "gradients are never written.  At a tensor's first step "
+            "(step=1) z is set from the parameter, as the package makes "
+            "it; what z held is not read.",
+        hypers=(_lr(1.0),
+                Hyper("momentum", 0.9, "interpolation of y between z and x "
+                      "(eval() needs momentum > 0)", hi=1.0,
+                      label="momentum value"),
+                _weight_decay(),
+                Hyper("warmup_steps", 0, "steps of linear learning-rate "
+                      "warm-up, lr * t / warmup_steps; 0 or None: none",
+                      check="count", label="warmup_steps value"),
+                Hyper("r", 0.0, "power of the step count t^r in the "
+                      "averaging weights", label="r value"),
+                Hyper("weight_lr_power", 2.0, "power of lr_max in the "
+                      "averaging weights", label="weight_lr_power value"),
+                MAXIMIZE),
+        states=(State("z"),),
+        scalar_states=(Scalar("lr_max", initial=-1.0),
+                       Scalar("weight_sum", initial=0.0)),
+        coefficients=("lerp", "y_coef", "lr", "l2"),
+        options=("first_step", "lerp_from_z"),
+        package="schedulefree.SGDScheduleFree", mixin="ScheduleFree"),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).

@@ -8,7 +8,9 @@ For every rule, dtype, size and thread count, one run measures:
   fastopt   the fused kernel (fastopt.functional)
   numpy     the NumPy reference (fastopt.reference)
   torch     torch.optim for-loop, foreach and fused, at torch's default thread
-            count and at 1 thread, when torch is installed
+            count and at 1 thread, when torch is installed; for a rule that
+            torch lacks, the package it conforms to (schedulefree's
+            for-loop and foreach paths) on torch, the same way
 
 and reports median nanoseconds per element, effective GB/s over the minimal
 bytes (each array read once, each updated array written once), the share of
@@ -103,8 +105,10 @@ def _rows():
             hp.update(entry.bench)
             torch_kwargs = {h.name: hp[h.name] for h in entry.hypers
                             if h.name not in fixed and h.kernel}
-            rows[cls.lower()] = Rule(cls.lower(), entry, hp,
-                                     cls if entry.torch else None, torch_kwargs)
+            # torch.optim's class, or else the package the rule conforms
+            # to (schedulefree), timed the same way as a peer
+            peer = cls if entry.torch else (entry.package or None)
+            rows[cls.lower()] = Rule(cls.lower(), entry, hp, peer, torch_kwargs)
     return rows
 
 
@@ -210,8 +214,29 @@ def _check_exact(rule, p, g, states):
     return kp, ks
 
 
+def _package_stepper(torch, rule, p, g, impl):
+    """A callable doing one step of the package class rule.torch_cls
+    ("module.Class", e.g. schedulefree.AdamWScheduleFree, in train mode)
+    on copies of p, g; impl "sf-foreach" is the package's default path,
+    "sf-forloop" its single-tensor one.  The package writes the gradient
+    in place at every step; that is its cost, timed as it is."""
+    import importlib
+    import inspect
+    module, name = rule.torch_cls.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    takes = inspect.signature(cls).parameters
+    kw = {k: v for k, v in rule.torch_kwargs.items() if k in takes}
+    tp = torch.from_numpy(p.copy()).requires_grad_(False)
+    tp.grad = torch.from_numpy(g.copy())
+    opt = cls([tp], foreach=impl == "sf-foreach", **kw)
+    opt.train()
+    return opt.step, tp
+
+
 def _torch_stepper(torch, rule, p, g, impl):
     """A callable doing one torch.optim step of `impl` on copies of p, g."""
+    if impl.startswith("sf-"):
+        return _package_stepper(torch, rule, p, g, impl)
     tp = torch.from_numpy(p.copy()).requires_grad_(False)
     tp.grad = torch.from_numpy(g.copy())
     kw = dict(rule.torch_kwargs)
@@ -241,7 +266,8 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
 
     torch_calls = {}
     if torch is not None and rule.torch_cls:
-        impls = ["forloop", "foreach"] + (["fused"] if rule.fused else [])
+        impls = (["sf-forloop", "sf-foreach"] if "." in rule.torch_cls
+                 else ["forloop", "foreach"] + (["fused"] if rule.fused else []))
         for impl in impls:
             try:
                 stepper, tp = _torch_stepper(torch, rule, p, g, impl)
@@ -261,7 +287,7 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
                 if not np.allclose(tp.numpy(), check, rtol=tol[0], atol=tol[1]):
                     raise AssertionError(f"torch {impl} {rule.name} disagrees")
                 torch_calls[impl] = stepper
-            except (RuntimeError, TypeError, ValueError) as exc:
+            except (RuntimeError, TypeError, ValueError, ImportError) as exc:
                 print(f"  torch {impl} {rule.name}: not available ({exc})",
                       file=sys.stderr)
 
