@@ -197,6 +197,7 @@ extensions = [
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
         depends=["csrc/fastopt/kernels.h", "csrc/fastopt/scalars.h",
+                 "csrc/fastopt/fo_math.h",
                  "csrc/fastopt/isa.h", "csrc/fastopt/fo_table.h",
                  "src/fastopt/_kernels.pxd"]
                 + [os.path.join("src/fastopt", f) for f in os.listdir("src/fastopt")

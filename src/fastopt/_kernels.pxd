@@ -48,3 +48,9 @@ cdef extern from "fastopt/kernels.h" nogil:
 
 cdef extern from "fastopt/scalars.h" nogil:
     double fo_bias_correction(double beta, long long step)
+
+cdef extern from "fastopt/fo_math.h" nogil:
+    double fo_powi(double x, long long n)
+    double fo_pow(double x, double y)
+    double fo_exp(double x)
+    double fo_log(double x)
