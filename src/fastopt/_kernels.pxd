@@ -45,6 +45,8 @@ cdef extern from "fastopt/kernels.h" nogil:
     size_t fo_parallel_threshold()
     void fo_parallel_threshold_set(size_t n)
     int fo_openmp_enabled()
+    const char *fo_arch_name()
+    int fo_level_count()
 
 cdef extern from "fastopt/scalars.h" nogil:
     double fo_bias_correction(double beta, long long step)
