@@ -2,8 +2,11 @@
 # Build fastopt for aarch64 (linux_aarch64 wheel, `pip wheel .` run by an
 # emulated arm64 python) and run tests on it under qemu-user.
 #
-#   bash tools/test_aarch64.sh            kernel parity, per-step scalars and
-#                                         golden trajectories (what CI runs)
+#   bash tools/test_aarch64.sh            golden trajectories, per-step
+#                                         scalars, seed vectors and kernel
+#                                         parity for every rule option (CI)
+#   bash tools/test_aarch64.sh --parity   all kernel-parity tests (every
+#                                         size and alignment as well)
 #   bash tools/test_aarch64.sh --all      the whole suite
 #   bash tools/test_aarch64.sh -- ARGS    pytest ARGS instead
 #
@@ -36,11 +39,14 @@ export FASTOPT_EMULATED=1
 case "${1:-}" in
     --all) set -- tests ;;
     --) shift ;;
-    "") set -- tests/test_golden_trajectories.py tests/test_fo_math.py \
+    --parity) set -- tests/test_golden_trajectories.py tests/test_fo_math.py \
             tests/test_seed_vectors.py tests/test_grad_utils.py \
             tests/test_nonfinite.py tests/test_kernels.py \
             -k "not 1048577 and not 65537" ;;
-    *) echo "usage: $0 [--all | -- PYTEST_ARGS]" >&2; exit 2 ;;
+    "") set -- tests/test_golden_trajectories.py tests/test_fo_math.py \
+            tests/test_seed_vectors.py tests/test_kernels.py \
+            -k "not test_kernels or parity_options or simd_levels" ;;
+    *) echo "usage: $0 [--parity | --all | -- PYTEST_ARGS]" >&2; exit 2 ;;
 esac
 start=$SECONDS
 "$py" -m pytest -q -p no:cacheprovider "$@"
