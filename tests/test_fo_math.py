@@ -10,9 +10,8 @@ powers, and Python's decimal module at 60 digits (correctly rounded ln, exp
 and power) for the rest.  On every sample below the result is the correctly
 rounded double (0 ULP); against the C library's math.pow/log/exp the
 difference is at most 1 ULP, and it is the C library that is off (the
-decimal values decide).  Samples are seeded and small enough to take about a
-second; tools/measure_fo_math.py (not part of the suite) runs the same
-comparison on millions of inputs.
+decimal values decide).  Samples are seeded and small enough to take a few
+seconds.
 """
 import decimal
 import math
