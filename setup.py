@@ -1,10 +1,14 @@
 """Build of fastopt's C kernels and Cython boundary.
 
 csrc/kernels_isa.c holds every update rule and is compiled once per
-instruction-set level (x86-64 baseline, AVX2 = x86-64-v3, AVX-512 =
-x86-64-v4; other architectures get the baseline alone); csrc/dispatch.c picks
-the best level the CPU supports at import.  The default build never uses
--march=native: a wheel must run on any CPU of its architecture.
+instruction-set level of the *target* architecture (x86-64: baseline, AVX2 =
+x86-64-v3, AVX-512 = x86-64-v4; aarch64/arm64: baseline alone, which is
+NEON, the AArch64 baseline; other architectures: baseline); csrc/dispatch.c
+picks the best level the CPU supports at import.  The target is read from
+ARCHFLAGS (macOS: several -arch flags, as universal2, get the baseline
+alone), else _PYTHON_HOST_PLATFORM (set by cross builds), else
+sysconfig.get_platform(): never from the build machine.  The default build
+never uses -march=native: a wheel must run on any CPU of its architecture.
 
 No level may change rounding: -ffp-contract=off keeps a*b+c from becoming a
 fused multiply-add, and -ffast-math is never used.  -fno-math-errno lets
@@ -12,13 +16,17 @@ sqrt vectorise (errno is the only thing it gives up).
 
 Environment switches:
   FASTOPT_SANITIZE=1   build with AddressSanitizer and UndefinedBehaviorSanitizer
-  FASTOPT_OPENMP=0     build without OpenMP (one thread)
+  FASTOPT_OPENMP=0|1   build without / with OpenMP; unset: with it when a
+                       probe compiles and links an OpenMP program (Apple
+                       clang without libomp does not: one thread)
   FASTOPT_LEVELS=...   comma-separated levels to build (default: all for the arch)
 """
 import importlib.util
 import os
 import platform
+import re
 import sysconfig
+import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -101,7 +109,14 @@ def _write(path, text):
 
 _generate()
 
-COMMON = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
+COMMON = ["-O3",
+          # Never fuse a*b+c into one FMA: an FMA rounds once where the
+          # reference rounds twice, so results would change with the
+          # instruction set (gcc in GNU mode and clang, as Apple's, contract
+          # by default on aarch64 and x86-64-v3), and fo_math.h's error-free
+          # products need each product rounded on its own.
+          "-ffp-contract=off",
+          "-fno-math-errno", "-std=c11"]
 
 X86_LEVELS = {
     "baseline": [],
@@ -110,8 +125,31 @@ X86_LEVELS = {
 }
 
 
+X86 = ("x86_64", "amd64", "i686", "i386", "x86")
+ARM64 = ("aarch64", "arm64")
+
+
+def _target_archs():
+    """The architectures the extension is built for (several for a macOS
+    universal2 build), from the target platform, not the build machine."""
+    archs = re.findall(r"-arch\s+(\S+)", os.environ.get("ARCHFLAGS", ""))
+    if archs:
+        return sorted(set(a.lower() for a in archs))
+    plat = (os.environ.get("_PYTHON_HOST_PLATFORM") or sysconfig.get_platform()).lower()
+    arch = plat.rsplit("-", 1)[-1]
+    if arch == "universal2":
+        return ["arm64", "x86_64"]
+    if arch in ("win32",):
+        return ["x86"]
+    return [arch]
+
+
+TARGET_ARCHS = _target_archs()
+TARGET_ARCH = TARGET_ARCHS[0] if len(TARGET_ARCHS) == 1 else "+".join(TARGET_ARCHS)
+
+
 def _is_x86():
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    return len(TARGET_ARCHS) == 1 and TARGET_ARCHS[0] in X86
 
 
 def _levels():
@@ -132,14 +170,13 @@ def _flag(name, default):
 
 
 SANITIZE = _flag("FASTOPT_SANITIZE", "0")
-OPENMP = _flag("FASTOPT_OPENMP", "1")
+# None: decided by a probe of the compiler at build time
+OPENMP = (None if os.environ.get("FASTOPT_OPENMP", "").strip() == ""
+          else _flag("FASTOPT_OPENMP", "1"))
 LEVELS = _levels()
 
 extra_compile = list(COMMON)
 extra_link = []
-if OPENMP:
-    extra_compile.append("-fopenmp")
-    extra_link.append("-fopenmp")
 if SANITIZE:
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
            "-fno-sanitize-recover=undefined"]
@@ -150,7 +187,36 @@ if SANITIZE:
 class BuildExt(build_ext):
     """Compile kernels_isa.c once per level, then link them into _core."""
 
+    def _openmp(self):
+        """(use OpenMP, why): FASTOPT_OPENMP when set, else whether the
+        compiler compiles and links a small OpenMP program (only compiled,
+        never run, so that cross builds probe their target)."""
+        if OPENMP is not None:
+            return OPENMP, f"FASTOPT_OPENMP={os.environ['FASTOPT_OPENMP'].strip()}"
+        src = ("#include <omp.h>\n"
+               "int fo_probe(void) { int n = 0;\n"
+               "#pragma omp parallel reduction(+:n)\n"
+               "  n += 1;\n"
+               "  return n + omp_get_max_threads(); }\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "fo_openmp_probe.c")
+            with open(path, "w") as f:
+                f.write(src)
+            try:
+                objs = self.compiler.compile([path], output_dir=tmp,
+                                             extra_postargs=["-fopenmp"])
+                self.compiler.link_shared_object(
+                    objs, os.path.join(tmp, "fo_openmp_probe.so"),
+                    extra_postargs=["-fopenmp"])
+            except Exception:  # CompileError, LinkError: no OpenMP here
+                return False, "the compiler has no OpenMP (probe failed): one thread"
+        return True, "the compiler's OpenMP (probe)"
+
     def build_extension(self, ext):
+        self.openmp, self.openmp_reason = self._openmp()
+        omp = ["-fopenmp"] if self.openmp else []
+        ext.extra_compile_args = list(ext.extra_compile_args) + omp
+        ext.extra_link_args = list(ext.extra_link_args) + omp
         objects = []
         for level, flags in LEVELS.items():
             objects += self.compiler.compile(
@@ -158,7 +224,7 @@ class BuildExt(build_ext):
                 output_dir=os.path.join(self.build_temp, level),
                 macros=[("FO_ISA", level)],
                 include_dirs=["csrc"],
-                extra_postargs=extra_compile + flags,
+                extra_postargs=extra_compile + omp + flags,
                 depends=["csrc/fastopt/rules.h", "csrc/fastopt/isa.h",
                          "csrc/fastopt/kernels.h", "csrc/fastopt/fo_table.h"],
             )
@@ -182,11 +248,13 @@ class BuildExt(build_ext):
         cc = sysconfig.get_config_var("CC") or "cc"
         info = {
             "compiler": cc,
-            "common_flags": extra_compile,
+            "common_flags": extra_compile + (["-fopenmp"] if self.openmp else []),
             "level_flags": LEVELS,
-            "openmp": OPENMP,
+            "openmp": self.openmp,
+            "openmp_reason": self.openmp_reason,
             "sanitize": SANITIZE,
             "machine": platform.machine(),
+            "target_arch": TARGET_ARCH,
         }
         with open(path, "w") as f:
             f.write("# Written by setup.py at build time.\n")
@@ -205,6 +273,7 @@ extensions = [
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
         depends=["csrc/fastopt/kernels.h", "csrc/fastopt/scalars.h",
+                 "csrc/fastopt/fo_math.h",
                  "csrc/fastopt/isa.h", "csrc/fastopt/fo_table.h",
                  "src/fastopt/_kernels.pxd"]
                 + [os.path.join("src/fastopt", f) for f in os.listdir("src/fastopt")

@@ -1,6 +1,11 @@
 /* Per-step coefficients: a rule's hyperparameters and step count folded
  * into the doubles its loop uses (rules.h), once per call.
  *
+ * Powers, exponentials and logarithms come from fo_math.h (basic IEEE
+ * operations only), never from the C library, whose results differ
+ * between libraries and CPUs: the coefficients are the same bits on
+ * every machine.
+ *
  * h holds the hyperparameters in the order of the rule table
  * (FO_<RULE>_H_*; a pair such as betas as two entries, flags as 0 or 1),
  * already checked one by one at the Cython boundary; what is checked here
@@ -226,8 +231,8 @@ static const char *nadam(const double *h, long long step, fo_args *a)
     const double psi = H(NADAM, MOMENTUM_DECAY);
     const int decoupled = H(NADAM, DECOUPLED_WEIGHT_DECAY) != 0.0;
     const double t = (double)step;
-    const double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * psi));
-    const double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * psi));
+    const double mu = beta1 * (1.0 - 0.5 * fo_pow(0.96, t * psi));
+    const double mu_next = beta1 * (1.0 - 0.5 * fo_pow(0.96, (t + 1.0) * psi));
     const double product = SC(NADAM, MU_PRODUCT) * mu;
     const double product_next = product * mu_next;
     C(NADAM, BETA1) = beta1;
@@ -257,7 +262,7 @@ static const char *asgd(const double *h, long long step, fo_args *a)
     C(ASGD, ETA) = eta;
     C(ASGD, MU) = mu;
     C(ASGD, L2) = H(ASGD, WEIGHT_DECAY);
-    SC(ASGD, ETA) = lr / pow(1.0 + lambd * lr * t, H(ASGD, ALPHA));
+    SC(ASGD, ETA) = lr / fo_pow(1.0 + lambd * lr * t, H(ASGD, ALPHA));
     SC(ASGD, MU) = 1.0 / (t - H(ASGD, T0) > 1.0 ? t - H(ASGD, T0) : 1.0);
     a->opts = common(H(ASGD, MAXIMIZE), C(ASGD, L2))
               | (mu != 1.0 ? FO_ASGD_O_AVERAGE : 0u);
@@ -282,7 +287,7 @@ static double ademamix_warmup(long long step, double end, double start,
 
 static double ademamix_half_life(double beta)
 {
-    return log(0.5) / log(beta + 1e-8) - 1.0;
+    return fo_log(0.5) / fo_log(beta + 1e-8) - 1.0;
 }
 
 static const char *ademamix(const double *h, long long step, fo_args *a)
@@ -294,7 +299,7 @@ static const char *ademamix(const double *h, long long step, fo_args *a)
     double beta3 = H(ADEMAMIX, BETAS2);
     const double warmup3 = H(ADEMAMIX, BETA3_WARMUP);
     if (warmup3 != FO_NO_COUNT && (double)step < warmup3)
-        beta3 = pow(0.5, 1.0 / (ademamix_warmup(step, ademamix_half_life(beta3),
+        beta3 = fo_pow(0.5, 1.0 / (ademamix_warmup(step, ademamix_half_life(beta3),
                                                 ademamix_half_life(beta1),
                                                 warmup3) + 1.0));
     C(ADEMAMIX, BETA1) = beta1;
@@ -315,7 +320,9 @@ static const char *ademamix(const double *h, long long step, fo_args *a)
 /* ADOPT (iShohei220/adopt, src/adopt/adopt.py).  The reference counts
  * steps from 0 and its first call only sets v; fastopt's step t is that
  * count plus one, so step 1 is the first-step pass and the clip of step
- * t > 1 is the reference's default clip_lambda of its count, (t - 1)^0.25.
+ * t > 1 is the reference's default clip_lambda of its count, (t - 1)^0.25,
+ * from fo_pow: the correctly rounded value, the same bits everywhere (two
+ * square roots would round twice and miss it by an ulp, e.g. at t = 8).
  * Decoupled decay as in AdamW: decay = 1 - lr * weight_decay, from step 2
  * on (the first pass leaves the parameter alone). */
 static const char *adopt(const double *h, long long step, fo_args *a)
@@ -329,7 +336,7 @@ static const char *adopt(const double *h, long long step, fo_args *a)
     C(ADOPT, BETA2) = H(ADOPT, BETAS1);
     C(ADOPT, ONE_MINUS_BETA2) = 1.0 - H(ADOPT, BETAS1);
     C(ADOPT, EPS) = H(ADOPT, EPS);
-    C(ADOPT, CLIP_VALUE) = first ? 0.0 : pow((double)(step - 1), 0.25);
+    C(ADOPT, CLIP_VALUE) = first ? 0.0 : fo_pow((double)(step - 1), 0.25);
     C(ADOPT, L2) = decoupled ? 0.0 : wd;
     C(ADOPT, DECAY) = decoupled ? fo_decay_factor(lr, wd) : 1.0;
     a->opts = common(H(ADOPT, MAXIMIZE), C(ADOPT, L2))
@@ -404,14 +411,18 @@ static void lars_tensor(const fo_args *a, fo_tensor *t)
 /* Adam as scikit-learn's AdamOptimizer has it (sklearn/neural_network/
  * _stochastic_optimizers.py): its learning_rate is
  * lr * sqrt(1 - beta2^t) / (1 - beta1^t), evaluated left to right in double
- * as Python does it (pow() of the float beta and the integer step, as
- * float.__pow__), and its update multiplies by -learning_rate.  eps goes
- * unchanged onto the raw sqrt(v). */
+ * as Python does it, and its update multiplies by -learning_rate.  eps goes
+ * unchanged onto the raw sqrt(v).  The powers are the C library's pow() of
+ * the float beta and the integer step, as Python's float.__pow__ computes
+ * them: this rule promises scikit-learn's bits on the machine it runs on,
+ * so unlike the other rules it follows the machine's libm, as scikit-learn
+ * does (fo_powi can differ from pow() in the last bit). */
 static const char *sklearn_adam(const double *h, long long step, fo_args *a)
 {
     const double beta1 = H(SKLEARN_ADAM, BETAS0), beta2 = H(SKLEARN_ADAM, BETAS1);
+    const double t = (double)step;
     const double learning_rate = H(SKLEARN_ADAM, LR)
-        * sqrt(fo_bias_correction(beta2, step)) / fo_bias_correction(beta1, step);
+        * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t));
     C(SKLEARN_ADAM, NEG_STEP_SIZE) = -learning_rate;
     C(SKLEARN_ADAM, BETA1) = beta1;
     C(SKLEARN_ADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
@@ -465,7 +476,7 @@ static fo_sf schedulefree(double lr, double warmup, double r, double power,
     const double sched = (warmup > 0.0 && t - 1.0 < warmup) ? t / warmup : 1.0;
     s.lr = lr * sched;
     const double lr_max = a->sc[lr_max_slot] > s.lr ? a->sc[lr_max_slot] : s.lr;
-    const double weight = pow(t, r) * pow(lr_max, power);
+    const double weight = fo_pow(t, r) * fo_pow(lr_max, power);
     const double weight_sum = a->sc[weight_sum_slot] + weight;
     s.ckp1 = weight_sum != 0.0 ? weight / weight_sum : 0.0;
     s.from_z = !(fabs(s.ckp1) < 0.5);

@@ -14,6 +14,10 @@
 
 #include "fastopt/isa.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
 /* Elements per step from which a second thread is used.  Measured on a
  * 2-core AVX2 machine (python -m fastopt bench --rules adam,sgd --sizes
  * 1e4,3e4,... --parallel-threshold 1): at 3e4 elements two threads ran Adam
@@ -73,8 +77,42 @@ int fo_level_supported(int level)
 #endif
 }
 
+/* The architecture this copy of the library was compiled for, and how many
+ * levels it has: x86-64 the three of fo_level, every other architecture
+ * its baseline alone (on aarch64: NEON, which every AArch64 CPU has). */
+const char *fo_arch_name(void)
+{
+#if defined(__x86_64__)
+    return "x86_64";
+#elif defined(__i386__)
+    return "x86";
+#elif defined(__aarch64__)
+    return "aarch64";
+#elif defined(__arm__)
+    return "arm";
+#elif defined(__powerpc64__)
+    return "ppc64";
+#elif defined(__riscv)
+    return "riscv";
+#elif defined(__s390x__)
+    return "s390x";
+#else
+    return "unknown";
+#endif
+}
+
+int fo_level_count(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return FO_AVX512 + 1;
+#else
+    return FO_BASELINE + 1;
+#endif
+}
+
 /* The CPU features that decide the level, as the CPU reports them
- * (space-separated; empty on other architectures). */
+ * (space-separated; on aarch64 NEON, which the baseline needs, and SVE when
+ * the Linux kernel reports it, for information; empty elsewhere). */
 const char *fo_cpu_features(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -94,6 +132,13 @@ const char *fo_cpu_features(void)
     FO_FEATURE("avx512dq") FO_FEATURE("avx512vl")
 #undef FO_FEATURE
     return buf;
+#elif defined(__aarch64__) && defined(__linux__)
+    const unsigned long hw = getauxval(AT_HWCAP);
+    /* HWCAP_ASIMD and HWCAP_SVE of <asm/hwcap.h> */
+    if (hw & (1ul << 22)) return (hw & (1ul << 1)) ? "neon sve" : "sve";
+    return (hw & (1ul << 1)) ? "neon" : "";
+#elif defined(__aarch64__)
+    return "neon";
 #else
     return "";
 #endif

@@ -23,9 +23,10 @@ default shows.
 
 Inputs come from np.random.default_rng(zlib.crc32(case id)) and use only
 raw 64-bit draws, powers of two and rounding casts, exact everywhere.  The
-rules themselves use libm's pow() for bias corrections, so the digests are
-those of this platform (x86-64 Linux, glibc); they do not depend on the SIMD
-level or the thread count (--regenerate checks that).
+rules' bias corrections come from fastopt's own powers (fo_math.h), not the
+C library; the digests do not depend on the SIMD level or the thread count
+(--regenerate checks that).  Long runs on other machines are pinned by
+tests/test_golden_trajectories.py.
 
 test_ids_match fails when a case is added or removed without regenerating.
 Regenerate only for a deliberate change of behaviour, and say so in the

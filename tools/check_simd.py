@@ -3,6 +3,12 @@
 
 Usage: python tools/check_simd.py [BUILD_DIR]   (default: build/)
 
+Objects of either architecture are found in BUILD_DIR (x86-64 levels and an
+aarch64 cross build, e.g. from tools/test_aarch64.sh); on aarch64 the one
+level, NEON, must use 128-bit vectors (v.4s, v.2d) in every rule.  On both,
+any fused multiply-add (vfmadd..., fmadd/fmsub/fnmadd/fnmsub/fmla/fmls)
+fails: it would mean a build without -ffp-contract=off.
+
 For every rule's range function at every compiled level, counts packed
 arithmetic instructions by register width (xmm = 128, ymm = 256, zmm = 512
 bits) and reports the widest packed sqrt and division.  Exits 1 when a level
@@ -15,10 +21,18 @@ import collections
 import importlib.util
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
 WIDTH = {"baseline": "xmm", "avx2": "ymm", "avx512": "zmm"}
+# aarch64 has one level, NEON: 128-bit vectors, v<n>.4s (float32) and
+# v<n>.2d (float64)
+ARM_ARITH = re.compile(r"\bf(sqrt|div|mul|add|sub|max|min|maxnm|minnm|cmgt|cmge|cmeq|abs|neg)"
+                       r"\s+v\d+\.(4s|2d)\b")
+# fused multiply-adds, which -ffp-contract=off must keep out of every level
+FUSED = {"x86": re.compile(r"\bvf(n?)m(add|sub)"),
+         "aarch64": re.compile(r"\b(fmadd|fmsub|fnmadd|fnmsub|fmla|fmls)\b")}
 
 def _table_rules():
     """The rules of src/fastopt/rules.py, read as plain data."""
@@ -34,9 +48,23 @@ RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 ARITH = re.compile(r"\b(v?)(sqrt|div|mul|add|sub|max|min)p([sd])\b.*%([xyz]mm)")
 
 
+def arch_of(obj):
+    """'aarch64' or 'x86', from the ELF header."""
+    with open(obj, "rb") as f:
+        head = f.read(20)
+    return "aarch64" if int.from_bytes(head[18:20], "little") == 183 else "x86"
+
+
+def objdump(arch):
+    """the host's objdump for x86, the cross binutils' for aarch64 objects"""
+    if arch == "aarch64" and shutil.which("aarch64-linux-gnu-objdump"):
+        return "aarch64-linux-gnu-objdump"
+    return "objdump"
+
+
 def functions(obj):
     """{function name: [instruction lines]} from objdump -d."""
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(obj)],
+    out = subprocess.run([objdump(arch_of(obj)), "-d", "--no-show-raw-insn", str(obj)],
                          check=True, capture_output=True, text=True).stdout
     funcs, name = {}, None
     for line in out.splitlines():
@@ -49,16 +77,59 @@ def functions(obj):
     return funcs
 
 
+def fused(funcs, arch):
+    """[(function, instruction)] of the fused multiply-adds in funcs."""
+    return [(name, line.strip()) for name, body in funcs.items()
+            for line in body if FUSED[arch].search(line)]
+
+
+def check_aarch64(obj):
+    """NEON in every rule's loop and no fused multiply-add anywhere."""
+    funcs = functions(obj)
+    failures = 0
+    print(f"aarch64 baseline = NEON ({obj}), expected v.4s/v.2d:")
+    for rule in RULES:
+        for dt, arr in (("f32", "4s"), ("f64", "2d")):
+            body = funcs.get(f"{rule}_range_{dt}_baseline", [])
+            count = collections.Counter()
+            for line in body:
+                m = ARM_ARITH.search(line)
+                if m:
+                    count[m.group(1)] += 1
+            need = {"mul"} if rule in TABLE_RULES and not (rule == "sumsq" and dt == "f32") else set()
+            missing = sorted(op for op in need if not count[op])
+            if not count:
+                missing.append("any vector arithmetic")
+            status = "ok" if body and not missing else f"MISSING {missing}"
+            failures += status != "ok"
+            summary = ", ".join(f"{op}={n}" for op, n in sorted(count.items()))
+            print(f"  {rule:9s} {dt}: {status:24s} {summary}")
+    bad = fused(funcs, "aarch64")
+    for name, line in bad[:10]:
+        print(f"  FUSED multiply-add in {name}: {line}")
+    print(f"  fused multiply-adds: {len(bad)}")
+    return failures + len(bad)
+
+
 def main():
     build = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "build")
     failures = 0
+    arm = [o for o in sorted(build.glob("temp*/baseline/csrc/kernels_isa.o"))
+           if arch_of(o) == "aarch64"]
+    for obj in arm[-1:]:
+        failures += check_aarch64(obj)
     for level, reg in WIDTH.items():
-        objs = sorted(build.glob(f"temp*/{level}/csrc/kernels_isa.o"))
+        objs = [o for o in sorted(build.glob(f"temp*/{level}/csrc/kernels_isa.o"))
+                if arch_of(o) == "x86"]
         if not objs:
             print(f"{level}: not built")
             continue
         funcs = functions(objs[-1])
-        print(f"{level} ({objs[-1]}), expected {reg}:")
+        bad = fused(funcs, "x86")
+        for name, line in bad[:10]:
+            print(f"  FUSED multiply-add in {name}: {line}")
+        failures += len(bad)
+        print(f"{level} ({objs[-1]}), expected {reg}, fused multiply-adds: {len(bad)}:")
         for rule in RULES:
             for dt in ("f32", "f64"):
                 body = funcs.get(f"{rule}_range_{dt}_{level}", [])

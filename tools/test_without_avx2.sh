@@ -20,4 +20,5 @@ print("emulated CPU features:", " ".join(fastopt._core.cpu_features()))
 PY
 exec qemu-x86_64 -cpu Nehalem "$py" -m pytest -q -p no:cacheprovider \
   tests/test_seed_vectors.py tests/test_bad_input.py tests/test_grad_utils.py \
+  tests/test_golden_trajectories.py tests/test_fo_math.py \
   "tests/test_kernels.py" -k "not 1048577 and not 65537" "$@"

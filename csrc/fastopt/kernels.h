@@ -148,6 +148,8 @@ void fo_num_threads_set(int n);
 size_t fo_parallel_threshold(void);
 void fo_parallel_threshold_set(size_t n);
 int fo_openmp_enabled(void);
+const char *fo_arch_name(void);      /* the architecture compiled for */
+int fo_level_count(void);            /* levels of that architecture */
 
 #ifdef __cplusplus
 }

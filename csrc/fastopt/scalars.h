@@ -2,17 +2,21 @@
  *
  * The kernels' callers and the NumPy reference both take these values from
  * here (the reference through fastopt._core), so a kernel and its reference
- * see the very same coefficients.  Powers come from pow() on the integer
- * step, never from a running product, so bias correction does not depend on
- * the history of calls. */
+ * see the very same coefficients.  Powers come from the integer step,
+ * never from a running product, so bias correction does not depend on the
+ * history of calls; and from fo_math.h, never from the C library, so they
+ * are the same bits on every machine. */
 #ifndef FASTOPT_SCALARS_H
 #define FASTOPT_SCALARS_H
 
 #include <math.h>
 
-/* beta^t.  A step of a model calls this with the same (beta, t) once per
- * tensor, so each thread remembers its last two answers: pow() is a sizeable
- * share of a small call, and a remembered value is the same bits. */
+#include "fo_math.h"
+
+/* beta^t, by exponentiation by squaring (fo_powi).  A step of a model
+ * calls this with the same (beta, t) once per tensor, so each thread
+ * remembers its last two answers: the power is a sizeable share of a small
+ * call, and a remembered value is the same bits. */
 static inline double fo_power(double beta, long long step)
 {
     static _Thread_local double memo_beta[2] = {-1.0, -1.0};
@@ -21,7 +25,7 @@ static inline double fo_power(double beta, long long step)
     static _Thread_local int memo_next;
     for (int k = 0; k < 2; k++)
         if (memo_beta[k] == beta && memo_step[k] == step) return memo_value[k];
-    const double value = pow(beta, (double)step);
+    const double value = fo_powi(beta, step);
     memo_beta[memo_next] = beta;
     memo_step[memo_next] = step;
     memo_value[memo_next] = value;

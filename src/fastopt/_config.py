@@ -30,7 +30,8 @@ def set_num_threads(n: Optional[int]) -> None:
 
 
 def set_simd_level(level: str) -> None:
-    """Run the kernels compiled for ``level`` ('baseline', 'avx2' or 'avx512').
+    """Run the kernels compiled for ``level`` ('baseline', 'avx2' or 'avx512'
+    on x86-64; 'baseline' alone, NEON, on aarch64).
 
     Every level computes the same bits; only speed differs.
     """
@@ -73,6 +74,7 @@ def config() -> dict[str, Any]:
         "version": __version__,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
+        "architecture": _core.ARCH,
         "compiler": build.get("compiler", "unknown"),
         "common_flags": " ".join(build.get("common_flags", [])),
         "level_flags": {k: " ".join(v) or "(none)"
@@ -81,6 +83,7 @@ def config() -> dict[str, Any]:
         "simd_levels": _core.simd_levels(),
         "simd_level": _core.get_simd_level(),
         "openmp": _core.openmp_enabled(),
+        "openmp_reason": build.get("openmp_reason", ""),
         "num_threads": _core.get_num_threads(),
         "parallel_threshold": _core.get_parallel_threshold(),
         "sanitize": build.get("sanitize", False),
@@ -94,6 +97,8 @@ def show_config(file: Optional[TextIO] = None) -> None:
     c = config()
     out = sys.stdout if file is None else file
     print(f"fastopt {c['version']} (Python {c['python']}, {c['machine']})", file=out)
+    print(f"  architecture:       {c['architecture']} (levels: "
+          f"{', '.join(c['simd_levels'])})", file=out)
     print(f"  compiler:           {c['compiler']}", file=out)
     print(f"  flags:              {c['common_flags']}", file=out)
     for level, (compiled, supported) in c["simd_levels"].items():
@@ -101,9 +106,12 @@ def show_config(file: Optional[TextIO] = None) -> None:
                  "available" if supported else
                  "compiled, not supported by this CPU" if compiled else "not compiled")
         flags = c["level_flags"].get(level, "")
+        if c["architecture"] == "aarch64" and level == "baseline":
+            flags = "NEON, the AArch64 baseline"
         print(f"  level {level:<9s}    {state}  [{flags}]", file=out)
     print(f"  cpu features:       {' '.join(c['cpu_features']) or 'unknown'}", file=out)
-    print(f"  openmp:             {c['openmp']}", file=out)
+    print(f"  openmp:             {c['openmp']}"
+          + (f" ({c['openmp_reason']})" if c["openmp_reason"] else ""), file=out)
     print(f"  threads:            {c['num_threads']} (parallel from "
           f"{c['parallel_threshold']} elements)", file=out)
     if c["sanitize"]:

@@ -63,6 +63,14 @@ cdef extern from "fastopt/kernels.h" nogil:
     size_t fo_parallel_threshold()
     void fo_parallel_threshold_set(size_t n)
     int fo_openmp_enabled()
+    const char *fo_arch_name()
+    int fo_level_count()
 
 cdef extern from "fastopt/scalars.h" nogil:
     double fo_bias_correction(double beta, long long step)
+
+cdef extern from "fastopt/fo_math.h" nogil:
+    double fo_powi(double x, long long n)
+    double fo_pow(double x, double y)
+    double fo_exp(double x)
+    double fo_log(double x)

@@ -1,6 +1,9 @@
 # Run-time configuration: instruction-set level and threads.
 
-LEVELS = ("baseline", "avx2", "avx512")
+# this build's architecture and its levels: x86 has three, every other
+# architecture one, its baseline (on aarch64 NEON)
+ARCH = fo_arch_name().decode()
+LEVELS = ("baseline", "avx2", "avx512")[:fo_level_count()]
 
 
 def simd_levels():
