@@ -812,52 +812,45 @@ FO_INLINE void FO_NAME(lanes_out)(const double *acc_x, const double *acc_y,
 
 /* ---- LAMB (optax.lamb) ----------------------------------------------- */
 
+/* The coefficients of both passes, rounded to FO_T once and held in locals
+ * (so stores to the arrays cannot be thought to change them) */
+#define FO_LAMB_LOCALS \
+    const FO_T beta1 = FO_C(LAMB, BETA1), one_minus_beta1 = FO_C(LAMB, ONE_MINUS_BETA1); \
+    const FO_T beta2 = FO_C(LAMB, BETA2), one_minus_beta2 = FO_C(LAMB, ONE_MINUS_BETA2); \
+    const FO_T inv_bc1 = FO_C(LAMB, INV_BC1), inv_sqrt_bc2 = FO_C(LAMB, INV_SQRT_BC2); \
+    const FO_T eps = FO_C(LAMB, EPS), wd = FO_C(LAMB, WEIGHT_DECAY); \
+    (void)beta1; (void)one_minus_beta1; (void)beta2; (void)one_minus_beta2
+
 /* Adam's bias-corrected direction plus decay: the update whose norm the
  * trust ratio uses, computed alike in both passes */
-FO_INLINE FO_T FO_NAME(lamb_update)(const fo_args *a, FO_T m, FO_T v, FO_T p)
-{
-    const FO_T inv_bc1 = FO_C(LAMB, INV_BC1);
-    const FO_T inv_sqrt_bc2 = FO_C(LAMB, INV_SQRT_BC2);
-    const FO_T eps = FO_C(LAMB, EPS), wd = FO_C(LAMB, WEIGHT_DECAY);
-    return (m * inv_bc1) / (FO_SQRT(v) * inv_sqrt_bc2 + eps) + wd * p;
-}
+#define FO_LAMB_UPDATE(m, v, p) \
+    (((m) * inv_bc1) / (FO_SQRT(v) * inv_sqrt_bc2 + eps) + wd * (p))
 
 /* First pass: the moments, then the squared norms of p and of the update */
-FO_INLINE void FO_NAME(lamb_moments)(const fo_args *a, const fo_tensor *t,
-                                     size_t i, FO_T *u)
-{
-    FO_T *restrict p = (FO_T *)t->p;
-    const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_LAMB_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
-    const FO_T beta1 = FO_C(LAMB, BETA1), one_minus_beta1 = FO_C(LAMB, ONE_MINUS_BETA1);
-    const FO_T beta2 = FO_C(LAMB, BETA2), one_minus_beta2 = FO_C(LAMB, ONE_MINUS_BETA2);
-    const FO_T gi = FO_NAME(grad)(g[i], p[i], a->opts & FO_MAXIMIZE, 0, 0);
-    const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-    const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    *u = FO_NAME(lamb_update)(a, mi, vi, p[i]);
-}
-
 static void FO_NAME(lamb_reduce)(const void *args, const fo_tensor *t,
                                  size_t lo, size_t hi, double *out)
 {
     const fo_args *a = (const fo_args *)args;
     const FO_T *restrict p = (const FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict m = (FO_T *)t->s[FO_LAMB_S_EXP_AVG];
+    FO_T *restrict v = (FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
+    const int negate = a->opts & FO_MAXIMIZE;
+    FO_LAMB_LOCALS;
     double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#define FO_LAMB_ONE(i, j) do { \
+        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0); \
+        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi; \
+        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi); \
+        m[i] = mi; \
+        v[i] = vi; \
+        FO_LANES_ADD(ap, au, j, p[i], FO_LAMB_UPDATE(mi, vi, p[i])); \
+    } while (0)
     size_t i = lo;
     for (; i + 8 <= hi; i += 8)
-        for (int j = 0; j < 8; j++) {
-            FO_T u;
-            FO_NAME(lamb_moments)(a, t, i + j, &u);
-            FO_LANES_ADD(ap, au, j, p[i + j], u);
-        }
-    for (int j = 0; i < hi; i++, j++) {
-        FO_T u;
-        FO_NAME(lamb_moments)(a, t, i, &u);
-        FO_LANES_ADD(ap, au, j, p[i], u);
-    }
+        for (int j = 0; j < 8; j++) FO_LAMB_ONE(i + j, j);
+    for (int j = 0; i < hi; i++, j++) FO_LAMB_ONE(i, j);
+#undef FO_LAMB_ONE
     FO_NAME(lanes_out)(ap, au, out);
 }
 
@@ -870,61 +863,79 @@ static void FO_NAME(lamb_range)(const void *args, const fo_tensor *t,
     const FO_T *restrict m = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG];
     const FO_T *restrict v = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
     const FO_T k = (FO_T)t->r[0];
+    FO_LAMB_LOCALS;
     for (size_t i = lo; i < hi; i++)
-        p[i] = p[i] - k * FO_NAME(lamb_update)(a, m[i], v[i], p[i]);
+        p[i] = p[i] - k * FO_LAMB_UPDATE(m[i], v[i], p[i]);
 }
+
+#undef FO_LAMB_UPDATE
+#undef FO_LAMB_LOCALS
 
 /* ---- LARS (optax.lars) ----------------------------------------------- */
 
-FO_INLINE FO_T FO_NAME(lars_update)(const fo_args *a, FO_T g, FO_T p)
-{
-    return FO_NAME(grad)(g, p, a->opts & FO_MAXIMIZE, 0, 0)
-           + FO_C(LARS, WEIGHT_DECAY) * p;
-}
+/* g (negated when maximizing) plus weight_decay * p */
+#define FO_LARS_UPDATE(g, p) (FO_NAME(grad)((g), (p), negate, 0, 0) + wd * (p))
 
 /* First pass: the squared norms of p and of g + weight_decay * p */
-static void FO_NAME(lars_reduce)(const void *args, const fo_tensor *t,
-                                 size_t lo, size_t hi, double *out)
+FO_INLINE void FO_NAME(lars_reduce_body)(const fo_args *a, const fo_tensor *t,
+                                         size_t lo, size_t hi, double *out,
+                                         const int negate)
 {
-    const fo_args *a = (const fo_args *)args;
     const FO_T *restrict p = (const FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
+    const FO_T wd = FO_C(LARS, WEIGHT_DECAY);
     double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t i = lo;
     for (; i + 8 <= hi; i += 8)
         for (int j = 0; j < 8; j++)
-            FO_LANES_ADD(ap, au, j, p[i + j],
-                         FO_NAME(lars_update)(a, g[i + j], p[i + j]));
+            FO_LANES_ADD(ap, au, j, p[i + j], FO_LARS_UPDATE(g[i + j], p[i + j]));
     for (int j = 0; i < hi; i++, j++)
-        FO_LANES_ADD(ap, au, j, p[i], FO_NAME(lars_update)(a, g[i], p[i]));
+        FO_LANES_ADD(ap, au, j, p[i], FO_LARS_UPDATE(g[i], p[i]));
     FO_NAME(lanes_out)(ap, au, out);
+}
+
+static void FO_NAME(lars_reduce)(const void *args, const fo_tensor *t,
+                                 size_t lo, size_t hi, double *out)
+{
+    const fo_args *a = (const fo_args *)args;
+    if (a->opts & FO_MAXIMIZE)
+        FO_NAME(lars_reduce_body)(a, t, lo, hi, out, 1);
+    else
+        FO_NAME(lars_reduce_body)(a, t, lo, hi, out, 0);
 }
 
 /* Second pass: d = (lr * trust ratio) * update; b = d + momentum * b;
  * p -= b, or with Nesterov p -= d + momentum * b (optax's trace) */
 FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
-                                  size_t lo, size_t hi, const int nesterov)
+                                  size_t lo, size_t hi, const int nesterov,
+                                  const int negate)
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_T *restrict b = (FO_T *)t->s[FO_LARS_S_MOMENTUM_BUFFER];
     const FO_T k = (FO_T)t->r[0], mu = FO_C(LARS, MOMENTUM);
+    const FO_T wd = FO_C(LARS, WEIGHT_DECAY);
     for (size_t i = lo; i < hi; i++) {
-        const FO_T d = k * FO_NAME(lars_update)(a, g[i], p[i]);
+        const FO_T d = k * FO_LARS_UPDATE(g[i], p[i]);
         const FO_T bi = d + mu * b[i];
         b[i] = bi;
         p[i] = p[i] - (nesterov ? d + mu * bi : bi);
     }
 }
 
+#undef FO_LARS_UPDATE
+
 static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
                                 size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    if (a->opts & FO_LARS_O_NESTEROV)
-        FO_NAME(lars_body)(a, t, lo, hi, 1);
-    else
-        FO_NAME(lars_body)(a, t, lo, hi, 0);
+    const int negate = (a->opts & FO_MAXIMIZE) != 0;
+    switch ((a->opts & FO_LARS_O_NESTEROV ? 2 : 0) | negate) {
+    case 0: FO_NAME(lars_body)(a, t, lo, hi, 0, 0); break;
+    case 1: FO_NAME(lars_body)(a, t, lo, hi, 0, 1); break;
+    case 2: FO_NAME(lars_body)(a, t, lo, hi, 1, 0); break;
+    default: FO_NAME(lars_body)(a, t, lo, hi, 1, 1); break;
+    }
 }
 
 #undef FO_LANES_ADD
