@@ -212,6 +212,9 @@ def _eps(default):
 
 MAXIMIZE = Hyper("maximize", False, "ascend instead of descend", check="flag",
                  keyword_only=True)
+TRUST_RATIO = Hyper("trust_ratio", True, "scale by the trust ratio; False "
+                    "for the parameters optax's mask leaves out",
+                    check="flag", keyword_only=True)
 BETAS = Hyper("betas", (0.9, 0.999), "decay of the first and second moments",
               check="pair", hi=1.0, label="beta parameter")
 
@@ -528,9 +531,7 @@ RULES = {r.name: r for r in (
                 Hyper("weight_decay", 0.0, "weight_decay times the parameter "
                       "is added to the update before the trust ratio",
                       label="weight_decay value"),
-                Hyper("trust_ratio", True, "scale by the trust ratio; False "
-                      "for the parameters optax's mask leaves out",
-                      check="flag", keyword_only=True),
+                TRUST_RATIO,
                 MAXIMIZE),
         states=(State("exp_avg"), State("exp_avg_sq")),
         coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
@@ -565,9 +566,7 @@ RULES = {r.name: r for r in (
                       label="epsilon value"),
                 Hyper("nesterov", False, "Nesterov momentum (optax's trace)",
                       check="flag"),
-                Hyper("trust_ratio", True, "scale by the trust ratio; False "
-                      "for the parameters optax's mask leaves out",
-                      check="flag", keyword_only=True),
+                TRUST_RATIO,
                 MAXIMIZE),
         states=(State("momentum_buffer"),),
         coefficients=("lr", "momentum", "weight_decay", "trust_coefficient",
