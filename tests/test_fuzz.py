@@ -617,7 +617,12 @@ def step_with_nice_grads(opt, pool, arrays, names):
 
 
 def check_still_steps(data, pool, opt, arrays, names):
-    """After an accepted load: the optimizer must still step or refuse cleanly."""
+    """After an accepted load: the optimizer must still step or refuse cleanly.
+    A schedule-free optimizer loaded in eval mode refuses to step by design
+    (RuntimeError), so it goes back to train mode first, if it can."""
+    if getattr(opt, "train_mode", True) is False:
+        if not check_call(pool, opt.train, extra_state=lambda: opt_state(opt)):
+            return
     grads = draw_grads(data, pool, arrays, names)
     check_call(pool, lambda: opt.step(grads), extra_state=lambda: opt_state(opt))
 
