@@ -21,6 +21,7 @@
 #define FO_SQRT sqrtf
 #define FO_NAME(x) FO_CAT(FO_CAT(x, _f32_), FO_ISA)
 #include "fastopt/rules.h"
+#include "fastopt/lowp.h"
 #undef FO_NAME
 #undef FO_SQRT
 #undef FO_T
@@ -46,6 +47,8 @@ const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .accumulate = FO_PAIR(accumulate_range),
     .mean = FO_PAIR(mean_chunk),
     .ema = FO_PAIR(ema_chunk),
+    .bf16_decode = FO_CAT(FO_CAT(bf16_decode, _f32_), FO_ISA),
+    .bf16_encode = FO_CAT(FO_CAT(bf16_encode, _f32_), FO_ISA),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };
