@@ -48,10 +48,10 @@ static void FO_NAME(bf16_encode)(const float *x, void *out, size_t n,
 {
     const uint32_t *restrict u = (const uint32_t *)x;
     uint16_t *restrict o = (uint16_t *)out;
-    const uint32_t k = key + (uint32_t)index0;
-    for (size_t i = 0; i < n; i++) {
+    uint32_t c = key + (uint32_t)index0;   /* the counter, modulo 2^32 */
+    for (size_t i = 0; i < n; i++, c++) {
         const uint32_t ui = u[i];
-        const uint32_t r = FO_NAME(hash32)(k + (uint32_t)i) >> 16;
+        const uint32_t r = FO_NAME(hash32)(c) >> 16;
         const int nan = (ui & 0x7fffffffu) > 0x7f800000u;
         o[i] = (uint16_t)(nan ? (ui >> 16) | 0x0040u : (ui + r) >> 16);
     }
