@@ -294,11 +294,6 @@ void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
     active->bf16_encode(x, out, n, key, index0);
 }
 
-/* bfloat16 states are decoded into float32 scratch of this many elements
- * each, small enough that a rule's states stay in L1 between the decode,
- * the rule's loop and the encode */
-#define FO_LOWP_CHUNK 1024
-
 /* Scratch for one chunk's gradient */
 typedef union {
     float f[FO_FUSE_CHUNK];
@@ -306,49 +301,30 @@ typedef union {
 } fo_chunk;
 
 typedef struct {
-    int rule, dt;
+    fo_range_fn fn;
+    int dt;
     const fo_args *a;
     const fo_fuse *f;
 } fo_fused_call;
 
 /* Elements [lo, hi) of one tensor, chunk by chunk: the mean gradient, the
- * states decoded, the rule's loop, the states encoded, the average */
+ * rule's loop, the average */
 static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                         size_t hi)
 {
     const fo_fused_call *c = (const fo_fused_call *)args;
-    const fo_range_fn fn = active->rule[c->rule][c->dt];
     const unsigned flags = c->f->flags;
-    const int bf16 = (flags & FO_FUSE_BF16) != 0;
-    const size_t chunk = bf16 ? FO_LOWP_CHUNK : FO_FUSE_CHUNK;
+    const size_t state_size = (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
     fo_chunk tmp;
-    float scratch[FO_MAX_STATES][FO_LOWP_CHUNK];
-    uint32_t keys[FO_MAX_STATES];
-    void *stored[FO_MAX_STATES];
-    if (bf16)
-        for (int k = 0; k < FO_MAX_STATES; k++)
-            keys[k] = t->s[k] != NULL ? fo_lowp_slot_key(t->key, k) : 0;
-    for (size_t at = lo; at < hi; at += chunk) {
-        const size_t n = hi - at < chunk ? hi - at : chunk;
-        fo_tensor s = part_of(t, at, n, c->dt, bf16 ? 2 : itemsize[c->dt]);
+    for (size_t at = lo; at < hi; at += FO_FUSE_CHUNK) {
+        const size_t n = hi - at < FO_FUSE_CHUNK ? hi - at : FO_FUSE_CHUNK;
+        fo_tensor s = part_of(t, at, n, c->dt, state_size);
+        s.at = t->at + at;
         if (flags & FO_FUSE_MEAN) {
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
         }
-        if (bf16) {
-            for (int k = 0; k < FO_MAX_STATES; k++) {
-                stored[k] = s.s[k];
-                if (s.s[k] != NULL) {
-                    active->bf16_decode(s.s[k], scratch[k], n);
-                    s.s[k] = scratch[k];
-                }
-            }
-        }
-        fn(c->a, &s, 0, n);
-        if (bf16)
-            for (int k = 0; k < FO_MAX_STATES; k++)
-                if (stored[k] != NULL)
-                    active->bf16_encode(scratch[k], stored[k], n, keys[k], at);
+        c->fn(c->a, &s, 0, n);
         if (flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY))
             active->ema[c->dt](&s, n, c->f->ema_weight,
                                (flags & FO_FUSE_EMA_COPY) != 0);
@@ -359,14 +335,17 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
+    const unsigned flags = f == NULL ? 0 : f->flags;
+    const fo_range_fn fn = (flags & FO_FUSE_BF16) ? active->rule_bf16[rule]
+                                                  : active->rule[rule][dt];
     if (reduce != NULL) {
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
     }
-    if (f == NULL || f->flags == 0) {
-        drive(active->rule[rule][dt], a, t, count);
+    if ((flags & ~FO_FUSE_BF16) == 0) {
+        drive(fn, a, t, count);
     } else {
-        const fo_fused_call c = {rule, dt, a, f};
+        const fo_fused_call c = {fn, dt, a, f};
         drive(fused_range, &c, t, count);
     }
 }

@@ -29,6 +29,7 @@ typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 /* Index [dt]: 0 is float32, 1 is float64. */
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
+    fo_range_fn rule_bf16[FO_NRULES];    /* float32, bfloat16 states */
     fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
     fo_range_fn scale[2], clamp[2], traffic[2], accumulate[2];
     fo_mean_fn mean[2];

@@ -42,6 +42,7 @@ typedef struct {
     void *acc;      /* accumulated gradients (fo_run_fused, FO_FUSE_MEAN) */
     void *ema;      /* averaged parameter (fo_run_fused, FO_FUSE_EMA*) */
     uint64_t key;   /* this step's random key (fo_run_fused, FO_FUSE_BF16) */
+    size_t at;      /* the index of element 0 in the random bits (0) */
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -96,11 +97,10 @@ void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
  *                     w < 0.5, else p - (p - ema) * (1 - w).
  *   FO_FUSE_EMA_COPY  after the update, ema = p (the first average).
  *   FO_FUSE_BF16      the states are bfloat16 (uint16 bits) of a float32
- *                     tensor: each chunk's states are decoded into float32
- *                     scratch, the rule's float32 loop runs on it, and each
- *                     state is written back rounded stochastically with the
- *                     random bits of (t->key, slot, element index): see
- *                     lowp.h.  dt must be 0. */
+ *                     tensor: the rule's loop loads them exactly and stores
+ *                     them rounded stochastically with the random bits of
+ *                     (t->key, slot, t->at + element index): see lowp.h.
+ *                     dt must be 0, and the rule one-pass. */
 typedef struct {
     unsigned flags;
     double count;

@@ -1,29 +1,38 @@
 /* Low-precision optimizer states: bfloat16 storage with stochastic rounding.
  *
- * Included once by kernels_isa.c (float32 only) with FO_NAME defined; every
- * instruction-set level compiles the same loops, which use integer
- * arithmetic alone, so every level writes the same bits.
+ * Included once by kernels_isa.c, before the rules, with FO_LOWP(x) naming
+ * x at this instruction-set level.  Everything here is integer arithmetic,
+ * so every level computes the same bits.
  *
- * A bfloat16 number is the upper 16 bits of a float32.  Decoding is exact
- * (a shift).  Encoding x rounds stochastically: with u the bits of x and r
- * 16 random bits, the result is (u + r) >> 16, which rounds |x| up to the
- * next bfloat16 with probability equal to the distance from the lower one
- * in units of the gap, so E[decode(encode(x))] = x.  A value that is
- * already a bfloat16 (low 16 bits zero) is kept as it is; infinities stay
- * infinities; a NaN becomes the quiet NaN of its sign and upper payload.
- * Values above the largest bfloat16 may round to infinity, like any
- * rounding into a narrower format.
+ * A bfloat16 number is the upper 16 bits of a float32.  Loading is exact (a
+ * shift).  Storing x rounds stochastically: with u the bits of x and r 16
+ * random bits, the result is (u + r) >> 16, which rounds |x| up to the next
+ * bfloat16 with probability equal to its distance from the lower one in
+ * units of the gap, so E[load(store(x))] = x.  A value that is already a
+ * bfloat16 (low 16 bits zero) is kept as it is; infinities stay infinities;
+ * a NaN becomes the quiet NaN of its sign and upper payload.  Values above
+ * the largest bfloat16 may round to infinity, like any rounding into a
+ * narrower format.
  *
  * The random bits of element i of a state come from a counter-based hash:
- * r = fo_hash32(key + i) >> 16, where key (fo_lowp_slot_key) depends on the
+ * r = hash32(key + i) >> 16, where key (fo_lowp_slot_key) depends on the
  * tensor's key (fo_lowp_tensor_key: seed, parameter index, step) and the
- * state's slot.  They depend on nothing else, so the written bits are the
- * same for every thread split, chunking and instruction set, and
- * fastopt.reference.bf16_round computes them with NumPy.
+ * state's slot, and i counts from the tensor's first element.  They depend
+ * on nothing else, so the written bits are the same for every thread split
+ * and instruction set, and fastopt.reference.bf16_round computes them with
+ * NumPy.  The rules (rules.h, FO_BF16) store through bf16_store in their
+ * own loops; bf16_encode and bf16_decode are the same over whole arrays.
  */
+#ifndef FASTOPT_LOWP_TYPES
+#define FASTOPT_LOWP_TYPES
+#include <string.h>
+/* A bfloat16 state element; a struct, so that it cannot be mistaken for a
+ * number */
+typedef struct { uint16_t bits; } fo_bf16;
+#endif
 
 /* Chris Wellons' "lowbias32" integer hash (a bijection on 32 bits) */
-static inline __attribute__((always_inline)) uint32_t FO_NAME(hash32)(uint32_t x)
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(hash32)(uint32_t x)
 {
     x ^= x >> 16;
     x *= 0x7feb352du;
@@ -33,26 +42,38 @@ static inline __attribute__((always_inline)) uint32_t FO_NAME(hash32)(uint32_t x
     return x;
 }
 
-/* out[i] = the float32 of bfloat16 bits in[i], i < n */
-static void FO_NAME(bf16_decode)(const void *in, float *out, size_t n)
+static inline __attribute__((always_inline)) float FO_LOWP(bf16_load)(fo_bf16 b)
 {
-    const uint16_t *restrict b = (const uint16_t *)in;
-    uint32_t *restrict o = (uint32_t *)out;
-    for (size_t i = 0; i < n; i++) o[i] = (uint32_t)b[i] << 16;
+    const uint32_t u = (uint32_t)b.bits << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
 }
 
-/* out[i] = x[i] rounded stochastically to bfloat16, with the random bits of
- * element index0 + i of the state whose slot key is `key` */
-static void FO_NAME(bf16_encode)(const float *x, void *out, size_t n,
+/* x rounded stochastically with the random bits of counter c */
+static inline __attribute__((always_inline)) fo_bf16 FO_LOWP(bf16_store)(float x, uint32_t c)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint32_t r = FO_LOWP(hash32)(c) >> 16;
+    const int nan = (u & 0x7fffffffu) > 0x7f800000u;
+    const fo_bf16 b = {(uint16_t)(nan ? (u >> 16) | 0x0040u : (u + r) >> 16)};
+    return b;
+}
+
+/* out[i] = the float32 of bfloat16 in[i], i < n */
+static void FO_LOWP(bf16_decode)(const void *in, float *out, size_t n)
+{
+    const fo_bf16 *restrict b = (const fo_bf16 *)in;
+    for (size_t i = 0; i < n; i++) out[i] = FO_LOWP(bf16_load)(b[i]);
+}
+
+/* out[i] = x[i] rounded stochastically with the random bits of element
+ * index0 + i of the state whose slot key is `key` */
+static void FO_LOWP(bf16_encode)(const float *x, void *out, size_t n,
                                  uint32_t key, size_t index0)
 {
-    const uint32_t *restrict u = (const uint32_t *)x;
-    uint16_t *restrict o = (uint16_t *)out;
-    uint32_t c = key + (uint32_t)index0;   /* the counter, modulo 2^32 */
-    for (size_t i = 0; i < n; i++, c++) {
-        const uint32_t ui = u[i];
-        const uint32_t r = FO_NAME(hash32)(c) >> 16;
-        const int nan = (ui & 0x7fffffffu) > 0x7f800000u;
-        o[i] = (uint16_t)(nan ? (ui >> 16) | 0x0040u : (ui + r) >> 16);
-    }
+    fo_bf16 *restrict o = (fo_bf16 *)out;
+    const uint32_t k = key + (uint32_t)index0;
+    for (size_t i = 0; i < n; i++) o[i] = FO_LOWP(bf16_store)(x[i], k + (uint32_t)i);
 }

@@ -22,6 +22,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         void *acc
         void *ema
         uint64_t key
+        size_t at
 
     ctypedef struct fo_fuse:
         unsigned flags
