@@ -2,6 +2,7 @@
 rounding, against fastopt.reference.bf16_step bit for bit on every level
 and thread count; checkpoints, conversions, bad input, and accuracy on a
 noisy quadratic against a float64 run."""
+import copy
 import inspect
 
 import numpy as np
@@ -353,3 +354,24 @@ def test_bfloat16_v_decays_after_gradients_shrink():
     assert 0.9 <= ratio <= 1.1, ratio
     worst = np.quantile(np.abs(v16 / v64 - 1), 0.99)
     assert worst < 0.5, worst
+
+
+def test_bfloat16_state_dict_is_validated_before_anything_changes(rng):
+    p = rng.standard_normal(10).astype(np.float32)
+    opt = fastopt.Adam([p], state_dtype="bfloat16", seed=5)
+    opt.step([rng.standard_normal(10).astype(np.float32)])
+    good = opt.state_dict()
+    bad_dtype = copy.deepcopy(good)
+    bad_dtype["state"][0]["exp_avg"] = fastopt.states.from_bfloat16(good["state"][0]["exp_avg"])
+    bad_shape = copy.deepcopy(good)
+    bad_shape["state"][0]["exp_avg_sq"] = good["state"][0]["exp_avg_sq"][:5].copy()
+    bad_seed = copy.deepcopy(good)
+    bad_seed["seed"] = -3
+    for sd, match in ((bad_dtype, "uint16"), (bad_shape, "uint16 array of shape"),
+                      (bad_seed, "seed")):
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = opt.state_dict()
+        assert now["seed"] == 5
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert now["state"][0][key].tobytes() == good["state"][0][key].tobytes()
