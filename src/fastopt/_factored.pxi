@@ -18,7 +18,8 @@ cdef object _factored_array(object x, str name, object dtype, tuple shape,
     shape; written in place when writable."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64) or (dtype is not None and x.dtype != dtype):
+    if x.dtype.type not in (np.float32, np.float64) or (
+            dtype is not None and x.dtype.type != np.dtype(dtype).type):
         want = "float32 or float64" if dtype is None else f"{np.dtype(dtype).name} (the parameter's dtype)"
         raise TypeError(f"{name} must have dtype {want}, got {x.dtype}")
     if not x.dtype.isnative:
