@@ -98,8 +98,8 @@ def _generate():
         _write(f"src/fastopt/{module}.pyi", "\n".join(
             ["# Written by setup.py from src/fastopt/rules.py; do not edit.",
              "from fastopt._core import (",
-             *[f"    {r.name} as {r.name}," for r in rules],
-             ")", "", *extra[module], f"__all__ = {[r.name for r in rules]!r}", ""]))
+             *[f"    {r.name} as {r.name}," for r in c_rules],
+             ")", "", *extra[module], f"__all__ = {[r.name for r in c_rules]!r}", ""]))
 
 
 def _write(path, text):
