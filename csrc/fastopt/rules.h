@@ -1247,9 +1247,42 @@ static void FO_NAME(adafactor_reduce)(const void *args, const fo_tensor *t,
             const FO_T gi = FO_NAME(grad)(g[i], 0, negate, 0, 0);
             v[i] = FO_ADAFACTOR_LERP(v[i], gi * gi);
         }
-#define FO_ADAFACTOR_SUM(i, u) FO_LANES_ADD(ap, au, ((i) - lo) % 8, p[i], (u))
-    FO_ADAFACTOR_EACH(FO_ADAFACTOR_SUM);
-#undef FO_ADAFACTOR_SUM
+    /* [i, end) in lanes (i - lo) % 8: up to lane 0 one by one, then runs
+     * of 8 with literal lanes (which vectorise), then the rest: each lane
+     * still adds its elements in index order */
+#define FO_ADAFACTOR_LANES(U) do { \
+        size_t j = (i - lo) % 8; \
+        for (; i < end && j != 0; i++, j = (j + 1) % 8) \
+            FO_LANES_ADD(ap, au, j, p[i], U(i)); \
+        for (; i + 8 <= end; i += 8) \
+            for (int k = 0; k < 8; k++) \
+                FO_LANES_ADD(ap, au, k, p[i + k], U(i + k)); \
+        for (j = 0; i < end; i++, j++) \
+            FO_LANES_ADD(ap, au, j, p[i], U(i)); \
+    } while (0)
+    if (t->cols == 0) {
+        size_t i = lo;
+        const size_t end = hi;
+#define FO_ADAFACTOR_VU(i) FO_ADAFACTOR_U(v[i], FO_NAME(grad)(g[i], 0, negate, 0, 0))
+        FO_ADAFACTOR_LANES(FO_ADAFACTOR_VU);
+#undef FO_ADAFACTOR_VU
+    } else {
+        const size_t R = t->rows, C = t->cols, B = t->n / (R * C);
+        const double *den = t->scratch + B * (R + C);
+        size_t i = lo;
+        while (i < hi) {
+            const size_t rg = i / C, b = rg / R;
+            const size_t end = (rg + 1) * C < hi ? (rg + 1) * C : hi;
+            const FO_T rv = row[rg], dn = (FO_T)den[b];
+            const FO_T *restrict cv = col + b * C;
+            const size_t base = rg * C;
+#define FO_ADAFACTOR_FU(i) \
+    FO_ADAFACTOR_U(rv * cv[(i) - base] / dn, FO_NAME(grad)(g[i], 0, negate, 0, 0))
+            FO_ADAFACTOR_LANES(FO_ADAFACTOR_FU);
+#undef FO_ADAFACTOR_FU
+        }
+    }
+#undef FO_ADAFACTOR_LANES
     FO_NAME(lanes_out)(ap, au, out);
 }
 
