@@ -308,6 +308,11 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
                     torch.set_default_dtype(default)
                 rule.call(rule.fastopt_fn, check, g, cs, 1)
                 tol = (1e-4, 1e-7) if dtype == np.float32 else (1e-9, 1e-13)
+                if rule.entry.factored and dtype == np.float32:
+                    # torch takes a float32 tensor's norm in float32: over
+                    # 10^7 elements 3159.554 where the double sum gives
+                    # 3160.708, so its step differs by about 4e-4 of itself
+                    tol = (0.0, 1e-3 * float(np.abs(check - p).max()))
                 if not np.allclose(tp.numpy(), check, rtol=tol[0], atol=tol[1]):
                     raise AssertionError(f"torch {impl} {rule.name} disagrees")
                 torch_calls[impl] = stepper
