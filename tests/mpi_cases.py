@@ -11,8 +11,9 @@ import fastopt
 import fastopt.rules
 
 # Odd sizes: with 2 or 3 ranks the 9000-element parameter straddles shard
-# boundaries, which also cut its 4096-element sum-of-squares blocks, and the
-# last shard is padded.
+# boundaries, which also cut its 4096-element sum-of-squares blocks (at 4
+# ranks one block spans three shards), and the last shard is padded.  The
+# per-tensor sums of LAMB and LARS are put together across those cuts.
 SHAPES = [(7, 3), (9000,), (1,), (13,)]
 NAMES = ["w", "big", "b", "c"]
 STEPS = 3
@@ -22,14 +23,14 @@ EXTRA = {
     "SGD": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
     "Adam": {"amsgrad": True, "weight_decay": 0.01},
     "RMSprop": {"centered": True, "momentum": 0.5},
+    "LAMB": {"weight_decay": 0.01},
+    "LARS": {"nesterov": True, "weight_decay": 0.01},
 }
 
 
 def _cases():
     cases = []
     for rule in fastopt.rules.RULES.values():
-        if getattr(rule, "reductions", ()):
-            continue     # per-tensor rules are refused by ShardedOptimizer
         for cls, *_ in rule.classes():
             for dtype in ("float32", "float64"):
                 cases.append((f"{cls}-{dtype}", cls, EXTRA.get(cls, {}), dtype, None))
@@ -47,7 +48,7 @@ RESHARD_CASES = [c for c in CASES if c[0] in (
     "Rprop-float32", "SGD-clip-float64")]
 # Levels and threads are the kernels' business, checked at length by their
 # own tests; here a few cases per level.
-LEVEL_CASES = CASES[::5]
+LEVEL_CASES = CASES[::5] + [c for c in CASES if c[0] in ("LAMB-float32", "LARS-float64")]
 
 
 def start(dtype):

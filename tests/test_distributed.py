@@ -338,13 +338,131 @@ def test_memory_example_prints_state_per_rank():
     assert "equal one process's: True" in r.stdout
 
 
+# -- the two passes of LAMB and LARS taken apart (fastopt._core) --------------
+
+TWO_PASS = [("lamb", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.95)), 2),
+            ("lars", dict(lr=0.5, momentum=0.9, weight_decay=0.01, nesterov=True), 1)]
+
+
+def _at(rule, step):
+    """The step count argument: LAMB's bias corrections use it, LARS has none."""
+    return {"step": step} if rule == "lamb" else {}
+
+
+def _lanes(squares):
+    """A block's sums from its elements' squares, in the kernels' order
+    written out element by element: element 8k + j into lane j from 0.0,
+    then the lanes left to right."""
+    out = []
+    for column in squares.T:
+        lanes = [0.0] * 8
+        for i, x in enumerate(column):
+            lanes[i % 8] += float(x)
+        total = lanes[0]
+        for j in range(1, 8):
+            total += lanes[j]
+        out.append(total)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rule, hyper, nstates", TWO_PASS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_passes_apart_equal_one_step(exec_env, rng, rule, hyper, nstates, dtype):
+    """reduce_ranges over a tensor's blocks, its middle block cut into ranges
+    of one element (added over 8 lanes here), the blocks added in order
+    from 0.0, then step_given_sums: the functional step, bit for bit, at
+    every level and thread count, over three steps so the states carry."""
+    B = _core.SUMSQ_BLOCK
+    n = 2 * B + 901
+    p = rng.standard_normal(n).astype(dtype)
+    want, got = p.copy(), p.copy()
+    states_w = [np.zeros(n, dtype) for _ in range(nstates)]
+    states_g = [np.zeros(n, dtype) for _ in range(nstates)]
+    cut = np.arange(B, 2 * B)
+    ranges = np.concatenate([[[0, B]], np.stack([cut, cut + 1], axis=1), [[2 * B, n]]])
+    for step in (1, 2, 3):
+        g = rng.standard_normal(n).astype(dtype)
+        getattr(fastopt.functional, rule)(want, g, *states_w, **_at(rule, step), **hyper)
+        rows = _core.reduce_ranges(rule, [got], [g], [[s] for s in states_g], [ranges],
+                                   **_at(rule, step), **hyper)[0]
+        assert rows.shape == (ranges.shape[0], 2)
+        sums = np.zeros(2)
+        for block in (rows[0], _lanes(rows[1:B + 1]), rows[-1]):
+            sums += block
+        _core.step_given_sums(rule, [got], [g], [[s] for s in states_g], sums[None, :],
+                              **_at(rule, step), **hyper)
+        same_bits(got, want, f"{rule} step {step}")
+        for a, b in zip(states_g, states_w):
+            same_bits(a, b, f"{rule} states step {step}")
+
+
+@pytest.mark.parametrize("rule, hyper, nstates", TWO_PASS)
+def test_given_sums_step_parts_of_a_tensor_as_the_whole(rng, rule, hyper, nstates):
+    """The update pass over three parts of one tensor, each given the whole
+    tensor's sums, is the whole tensor's update (the sharded case)."""
+    n = 5000
+    p = rng.standard_normal(n)
+    g = rng.standard_normal(n)
+    want, got = p.copy(), p.copy()
+    states_w = [np.zeros(n) for _ in range(nstates)]
+    states_g = [np.zeros(n) for _ in range(nstates)]
+    getattr(fastopt.functional, rule)(want, g, *states_w, **_at(rule, 1), **hyper)
+    rows = _core.reduce_ranges(rule, [got], [g], [[s] for s in states_g],
+                               [np.array([[0, 4096], [4096, n]])], **_at(rule, 1), **hyper)[0]
+    sums = 0.0 + rows[0] + rows[1]
+    cuts = [(0, 17), (17, 4500), (4500, n)]
+    _core.step_given_sums(rule, [got[a:b] for a, b in cuts], [g[a:b] for a, b in cuts],
+                          [[s[a:b] for a, b in cuts] for s in states_g],
+                          np.repeat(sums[None, :], 3, axis=0), **_at(rule, 1), **hyper)
+    same_bits(got, want, rule)
+
+
+@pytest.mark.parametrize("call, exc, message", [
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, [np.array([[0, 9]])], step=1),
+     ValueError, "ranges[0] must hold 0 <= start <= stop <= 8"),
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, [np.array([[3, 2]])], step=1),
+     ValueError, "ranges[0] must hold"),
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, [np.array([[0.0, 2.0]])],
+                                         step=1), TypeError, "integer array of shape (m, 2)"),
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, [np.array([0, 2])], step=1),
+     TypeError, "integer array of shape (m, 2)"),
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, None, step=1),
+     TypeError, "ranges must be a list of 1"),
+    (lambda p, g, s: _core.reduce_ranges("lamb", [p], [g], s, [np.array([[0, 8]])], step=1,
+                                         lr=-1.0), ValueError, "lr"),
+    (lambda p, g, s: _core.reduce_ranges("adam", [p], [g], s, [np.array([[0, 8]])], step=1),
+     ValueError, "adam has no per-tensor reductions"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 3)), step=1),
+     TypeError, "sums must be a float64 array of shape (1, 2)"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2), np.float32),
+                                           step=1), TypeError, "sums must be a float64"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s[:1], np.zeros((1, 2)), step=1),
+     ValueError, "exp_avg_sq"),
+])
+def test_two_pass_halves_check_everything_first(call, exc, message):
+    p, g = np.ones(8, np.float32), np.ones(8, np.float32)
+    s = [[np.zeros(8, np.float32)], [np.zeros(8, np.float32)]]
+    with pytest.raises(exc) as e:
+        call(p, g, s)
+    assert message in str(e.value)
+    same_bits(p, np.ones(8, np.float32), "param")
+    for (v,) in s:
+        same_bits(v, np.zeros(8, np.float32), "state")
+
+
 @pytest.mark.parametrize("cls", [fastopt.LAMB, fastopt.LARS])
-def test_rules_with_per_tensor_reductions_are_refused(cls):
-    """A shard steps as one tensor, so a rule that reduces over each tensor
-    (a trust ratio) is refused rather than computed over the shard."""
+def test_lamb_lars_one_rank_in_process(cls):
+    """In process, one rank: a sharded LAMB or LARS is the class's step."""
     from fastopt.distributed import ShardedOptimizer
-    with pytest.raises(ValueError, match=f"{cls.__name__} reduces over each tensor"):
-        ShardedOptimizer(cls, [np.zeros(3, np.float32)], _OneRank())
+    case = next(c for c in CASES if c[0] == f"{cls.__name__}-float32")
+    params = dict(zip(NAMES, start("float32")))
+    opt = ShardedOptimizer(cls, params, _OneRank(), **case[2])
+    for t in range(STEPS):
+        opt.step(dict(zip(NAMES, mean(case[0], t, 1, "float32"))))
+    want, ref, _ = reference(case, [1] * STEPS)
+    for k in NAMES:
+        same_bits(params[k], want[k], k)
+    assert opt.optimizer.state_dict()["state"][0]["step"] == STEPS
 
 
 @pytest.mark.parametrize("kw", [dict(ema_decay=0.9), dict(accumulation_steps=2)])

@@ -21,15 +21,25 @@ Determinism.  With ``deterministic=True`` (the default) step 1 is an
 ``Alltoall`` followed by the sum in rank order on the receiving rank (the
 same bytes over the wire as a ring reduce-scatter), so a trajectory is bit
 for bit the one of a single process stepping ``optimizer_class`` on the mean
-above, for every number of ranks ``P``: every rule of the table is
-element-wise, and the kernels give the same bits for any split of the
-elements.  With ``deterministic=False`` step 1 is MPI's
+above, for every number of ranks ``P``: the update of an element depends
+on that element alone (and, for LAMB and LARS, on per-parameter sums made
+with one process's bits, below), and the kernels give the same bits for any
+split of the elements.  With ``deterministic=False`` step 1 is MPI's
 ``Reduce_scatter_block``, whose order of summation is the MPI library's
 choice: results are reproducible only for the same ``P`` and the same MPI
 (with 3 or more ranks they differ from the serial sum in the last bits).
 Norms (:meth:`ShardedOptimizer.sumsq`, :meth:`ShardedOptimizer.clip_grad_norm_`)
 are put together from the same fixed blocks ``fastopt.clip_grad_norm_``
 adds, in the same order, so they carry its bits for every ``P``.
+
+Rules with per-tensor sums (LAMB's and LARS's trust ratios, ``reductions``
+in the rule table) step in their two passes taken apart: each rank runs the
+first pass over the sum blocks of its shard (FO_SUMSQ_BLOCK elements from
+each parameter's start, the blocks ``fo_run`` adds), a block cut by a shard
+boundary element by element; the rows are gathered in rank order, the cut
+blocks' element squares are added over the kernel's 8 lanes, every
+parameter's sums are the blocks added in order from 0.0 as in one process,
+and the update pass runs on each parameter's part of the shard with them.
 
 Per-tensor scalar states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``)
 depend on the step count and the hyperparameters alone, never on the data;
@@ -122,13 +132,6 @@ class ShardedOptimizer:
                 and optimizer_class.rule is not None):
             raise TypeError(f"optimizer_class must be a fastopt optimizer class such as "
                             f"fastopt.Adam, got {optimizer_class!r}")
-        reductions = getattr(optimizer_class.rule, "reductions", ())
-        if reductions:
-            # a shard steps as one tensor: a per-tensor reduction (a trust
-            # ratio) would be taken over the shard, not over each parameter
-            raise ValueError(f"{optimizer_class.__name__} reduces over each tensor "
-                             f"({', '.join(reductions)}); ShardedOptimizer takes "
-                             f"element-wise rules only")
         for name in ("ema_decay", "accumulation_steps"):
             if name in hyperparameters:
                 # the averages and accumulated gradients would live in the
@@ -179,6 +182,16 @@ class ShardedOptimizer:
         self.times = {"pack": 0.0, "reduce": 0.0, "update": 0.0, "gather": 0.0,
                       "unpack": 0.0}
         self._blocks = _BlockLayout(self.offsets, S, P)
+        # a rule with per-tensor sums (LAMB's and LARS's trust ratios): the
+        # first pass over this shard's blocks, the sums put together across
+        # ranks, then the update pass over each parameter's part of the shard
+        self._two_pass = bool(getattr(optimizer_class.rule, "reductions", ()))
+        if self._two_pass:
+            self._segments = [(k, max(int(self.offsets[k]), r * S) - r * S,
+                               min(int(self.offsets[k + 1]), (r + 1) * S) - r * S)
+                              for k in range(len(self.sizes))
+                              if max(int(self.offsets[k]), r * S)
+                              < min(int(self.offsets[k + 1]), (r + 1) * S)]
 
     # -- construction --------------------------------------------------------
 
@@ -248,7 +261,10 @@ class ShardedOptimizer:
                 self.times["reduce"] += time.perf_counter() - t1
                 return False
             t3 = time.perf_counter()
-            self.optimizer.step([self._grad_shard])
+            if self._two_pass:
+                self._step_two_pass()
+            else:
+                self.optimizer.step([self._grad_shard])
             t4 = time.perf_counter()
             self._gather()
             t5 = time.perf_counter()
@@ -259,6 +275,39 @@ class ShardedOptimizer:
             for key, dt in zip(self.times, (t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5)):
                 self.times[key] += dt
             return True
+
+    def _step_two_pass(self):
+        """The shard optimizer's step for a rule with per-tensor sums: its
+        first pass over the blocks (and parts of blocks) this rank holds,
+        every parameter's sums put together on every rank as one process
+        adds them, then the update pass on each parameter's part of the
+        shard with its parameter's sums (fastopt._core.reduce_ranges and
+        step_given_sums).  The states and step count stay the shard
+        optimizer's, so checkpoints are the same as for any rule."""
+        opt = self.optimizer
+        rule, plan, group = opt.rule, opt._plans[0], opt.param_groups[0]
+        names = {h.name for h in rule.hypers}
+        hyper = {k: v for k, v in group.items() if k in names}
+        step = plan.get_steps()[0] + 1
+        for slot, st in enumerate(rule.states):
+            if (st.when is None or group[st.when]) and plan.state(slot) is None:
+                plan.allocate(slot, opt._initial(group, slot))
+        states = [plan.state(slot) for slot in range(len(rule.states))]
+        p, g = self._param_shard, self._grad_shard
+
+        def reduce(ranges):
+            return _core.reduce_ranges(
+                rule.name, [p], [g], [None if v is None else [v[0]] for v in states],
+                [ranges], step=step, **hyper)[0]
+
+        sums = self._blocks.rule_sums(reduce, len(rule.reductions), self.comm, self.rank)
+        segs = self._segments
+        if segs:
+            _core.step_given_sums(
+                rule.name, [p[a:b] for _, a, b in segs], [g[a:b] for _, a, b in segs],
+                [None if v is None else [v[0][a:b] for _, a, b in segs] for v in states],
+                np.ascontiguousarray(sums[[k for k, _, _ in segs]]), step=step, **hyper)
+        plan.set_steps([step])
 
     def _ordered(self, grads):
         n = len(self._user)
@@ -667,6 +716,49 @@ class _BlockLayout:
             out[self.straddling] = _core.grad_sumsq_blocks(whole)
         return out
 
+    def rule_sums(self, reduce, nred, comm, rank):
+        """A two-pass rule's sums per tensor (an array of shape (tensors,
+        nred)), the same bits on every rank as one process makes them:
+        ``reduce(ranges)`` runs the rule's first pass over this rank's
+        ranges (shard indices) and returns each range's sums.  A whole
+        block is one range; a block crossing a shard boundary is split into
+        ranges of one element, whose squares every rank adds over the 8
+        lanes of the block as the kernels do.  All rows are gathered in rank
+        order; blocks are then added in order from 0.0."""
+        S, lo = self.S, rank * self.S
+        ids = self.ids[rank]
+        whole = np.stack([self.starts[ids] - lo, self.ends[ids] - lo], axis=1)
+        elems = (np.concatenate([np.arange(a, e, dtype=np.int64) for a, e in self.pieces[rank]])
+                 if self.pieces[rank] else np.zeros(0, np.int64))
+        ranges = np.concatenate([whole, np.stack([elems, elems + 1], axis=1)])
+        rows = np.ascontiguousarray(reduce(ranges), dtype=np.float64)
+        if self.P > 1:
+            counts = [(w + e) * nred for w, e in zip(self.counts, self.piece_counts)]
+            got = np.empty((sum(counts) // nred, nred), dtype=np.float64)
+            comm.Allgatherv(rows, (got, counts))
+        else:
+            got = rows
+        # rank by rank: its whole blocks' rows, then its pieces' elements
+        cuts = np.cumsum([0] + [w + e for w, e in zip(self.counts, self.piece_counts)])
+        wrows = [got[cuts[q]:cuts[q] + self.counts[q]] for q in range(self.P)]
+        erows = [got[cuts[q] + self.counts[q]:cuts[q + 1]] for q in range(self.P)]
+        blocks = np.zeros((self.starts.size, nred), dtype=np.float64)
+        blocks[self.order] = np.concatenate(wrows) if wrows else np.zeros((0, nred))
+        elements = np.concatenate(erows) if erows else np.zeros((0, nred))
+        offset = 0
+        for b in self.straddling:
+            n = int(self.ends[b] - self.starts[b])
+            blocks[b] = _lane_sum(elements[offset:offset + n])
+            offset += n
+        out = np.zeros((self.ntensors, nred), dtype=np.float64)
+        bounds = np.searchsorted(self.tensor, np.arange(self.ntensors + 1))
+        for k in range(self.ntensors):
+            part = blocks[bounds[k]:bounds[k + 1]]
+            if part.size:
+                out[k] = np.add.accumulate(
+                    np.concatenate([np.zeros((1, nred)), part]), axis=0)[-1]
+        return out
+
     def total(self, partials, per_tensor):
         """0.0 plus the block sums left to right: over all, or per tensor."""
         if not per_tensor:
@@ -678,6 +770,22 @@ class _BlockLayout:
             if part.size:
                 out[k] = np.add.accumulate(np.concatenate([[0.0], part]))[-1]
         return out
+
+
+def _lane_sum(squares):
+    """The sums of one block from its elements' squares (rows, one column per
+    sum), as the kernels add them: element 8k + j into lane j, each lane in
+    index order from 0.0, then the lanes in order (fastopt.reference.sumsq)."""
+    n, nred = squares.shape
+    lanes = np.zeros((8, nred), dtype=np.float64)
+    full = n - n % 8
+    if full:        # a running sum down each lane: index order
+        lanes += np.add.accumulate(squares[:full].reshape(-1, 8, nred), axis=0)[-1]
+    lanes[:n - full] += squares[full:]
+    total = lanes[0].copy()
+    for j in range(1, 8):
+        total += lanes[j]
+    return total
 
 
 # -- checkpoints -------------------------------------------------------------
