@@ -15,7 +15,8 @@ import fastopt
 from fastopt import checkpoint
 from fastopt.distributed import ShardedOptimizer
 
-from mpi_cases import CASES, LEVEL_CASES, NAMES, RESHARD_CASES, SHAPES, STEPS, grads, start
+from mpi_cases import (CASES, LEVEL_CASES, NAMES, RESHARD_CASES, SHAPES, STEPS, grads,
+                       micro, start)
 
 if os.environ.get("MPI_WORKER_EXEC"):
     # "level:threads": a SIMD level and a thread count that splits even
@@ -30,13 +31,22 @@ rank, size = comm.Get_rank(), comm.Get_size()
 
 
 def run(case, opt, params, steps):
-    case_id, _, _, dtype, max_norm = case
+    case_id, _, hyper, dtype, max_norm = case
+    k = hyper.get("accumulation_steps", 1)
     out = {}
     for t in steps:
-        g = dict(zip(NAMES, grads(case_id, t, rank, dtype)))
-        opt.step(g, max_norm=max_norm)
+        stepped = []
+        for i in range(k):
+            g = dict(zip(NAMES, micro(case_id, t, i, rank, dtype)))
+            stepped.append(opt.step(g, max_norm=max_norm))
+        out[f"{case_id}|stepped{t}"] = np.array(stepped)
         if max_norm is not None:
             out[f"{case_id}|norm{t}"] = np.array(opt.last_norm)
+    if opt.ema_decay is not None:
+        with opt.ema_weights():
+            for name in NAMES:
+                out[f"{case_id}|ema|{name}"] = params[name].copy()
+                out[f"{case_id}|emaview|{name}"] = opt.params[name].copy()
     for name in NAMES:
         out[f"{case_id}|param|{name}"] = params[name]
         out[f"{case_id}|view|{name}"] = opt.params[name]

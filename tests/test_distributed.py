@@ -19,7 +19,8 @@ import fastopt.distributed
 from fastopt import _core
 
 from conftest import AVAILABLE_LEVELS
-from mpi_cases import CASES, LEVEL_CASES, RESHARD_CASES, NAMES, SHAPES, STEPS, mean, reference, start
+from mpi_cases import (CASES, LEVEL_CASES, RESHARD_CASES, NAMES, SHAPES, STEPS, grads, mean,
+                       micro, reference, start)
 
 try:
     import mpi4py  # noqa: F401
@@ -70,6 +71,15 @@ def check_rank(res, case, world_sizes, rank):
     for name in NAMES:
         same_bits(res[f"{case_id}|param|{name}"], params[name], f"{case_id} {name} rank {rank}")
         same_bits(res[f"{case_id}|view|{name}"], params[name], f"{case_id} view {name}")
+    k = case[2].get("accumulation_steps", 1)
+    for t in range(len(world_sizes) - STEPS, len(world_sizes)):
+        assert list(res[f"{case_id}|stepped{t}"]) == [False] * (k - 1) + [True], case_id
+    if "ema_decay" in case[2]:
+        with opt.ema_weights():
+            for name in NAMES:
+                same_bits(res[f"{case_id}|ema|{name}"], params[name], f"{case_id} ema {name}")
+                same_bits(res[f"{case_id}|emaview|{name}"], params[name],
+                          f"{case_id} ema view {name}")
     for t, norm in enumerate(norms[-STEPS:]):
         t += len(world_sizes) - STEPS
         same_bits(res[f"{case_id}|norm{t}"], np.array(norm), f"{case_id} norm {t}")
@@ -465,8 +475,76 @@ def test_lamb_lars_one_rank_in_process(cls):
     assert opt.optimizer.state_dict()["state"][0]["step"] == STEPS
 
 
-@pytest.mark.parametrize("kw", [dict(ema_decay=0.9), dict(accumulation_steps=2)])
-def test_ema_and_accumulation_are_refused(kw):
+@pytest.mark.parametrize("cls, hyper, dtype", [
+    (fastopt.Adam, {"ema_decay": 0.9, "accumulation_steps": 3}, "float32"),
+    (fastopt.LAMB, {"ema_decay": 0.3, "accumulation_steps": 2, "weight_decay": 0.01},
+     "float64"),
+    (fastopt.LARS, {"accumulation_steps": 2}, "float32"),
+])
+def test_one_rank_equals_the_class_accumulating_itself(cls, hyper, dtype):
+    """In process, one rank: a sharded optimizer with ema_decay and
+    accumulation_steps is the class made with them and fed the same calls,
+    bit for bit: parameters, averages, state and every call's return value."""
     from fastopt.distributed import ShardedOptimizer
-    with pytest.raises(ValueError, match=next(iter(kw))):
+    k = hyper["accumulation_steps"]
+    mine = dict(zip(NAMES, start(dtype)))
+    theirs = dict(zip(NAMES, start(dtype)))
+    sharded = ShardedOptimizer(cls, mine, _OneRank(), **hyper)
+    one = cls(theirs, **hyper)
+    for t in range(STEPS):
+        for i in range(k):
+            g = dict(zip(NAMES, micro("one-rank", t, i, 0, dtype)))
+            assert sharded.step(g) == one.step({n: v.copy() for n, v in g.items()})
+    for n in NAMES:
+        same_bits(mine[n], theirs[n], n)
+    if "ema_decay" in hyper:
+        with sharded.ema_weights(), one.ema_weights():
+            for n in NAMES:
+                same_bits(mine[n], theirs[n], f"ema {n}")
+                same_bits(sharded.params[n], theirs[n], f"ema view {n}")
+        for n in NAMES:
+            same_bits(mine[n], theirs[n], f"{n} after ema_weights")
+    want = one.state_dict()["state"]
+    got = sharded.consolidated_state_dict()["state"]
+    for i, entry in want.items():
+        assert set(got[i]) == set(entry)
+        for key, v in entry.items():
+            same_bits(np.asarray(got[i][key]), np.asarray(v), f"{i} {key}")
+
+
+def test_accumulation_windows_and_ema_misuse(tmp_path):
+    from fastopt.distributed import ShardedOptimizer
+    params = dict(zip(NAMES, start("float32")))
+    opt = ShardedOptimizer(fastopt.Adam, params, _OneRank(), ema_decay=0.5,
+                           accumulation_steps=2)
+    g = dict(zip(NAMES, grads("misuse", 0, 0, "float32")))
+    with opt.ema_weights():      # no average yet: the parameters stay
+        for n, v in zip(NAMES, start("float32")):
+            same_bits(params[n], v, n)
+    assert opt.step(g) is False
+    with pytest.raises(ValueError, match="middle of an accumulation window"):
+        opt.save(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    assert opt.step(g) is True
+    with opt.ema_weights():
+        with pytest.raises(RuntimeError, match="inside ema_weights"):
+            opt.step(g)
+        with pytest.raises(RuntimeError, match="already active"):
+            with opt.ema_weights():
+                pass
+    with pytest.raises(ValueError, match="keeps no averages"):
+        with ShardedOptimizer(fastopt.Adam, params, _OneRank()).ema_weights():
+            pass
+
+
+@pytest.mark.parametrize("kw, exc, message", [
+    (dict(accumulation_steps=0), ValueError, "accumulation_steps must be an int >= 1"),
+    (dict(accumulation_steps=True), TypeError, "accumulation_steps must be an int"),
+    (dict(accumulation_steps=2.0), TypeError, "accumulation_steps must be an int"),
+    (dict(ema_decay=1.5), ValueError, "ema_decay"),
+    (dict(ema_decay="0.9"), TypeError, "ema_decay"),
+])
+def test_bad_ema_and_accumulation(kw, exc, message):
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(exc, match=message):
         ShardedOptimizer(fastopt.Adam, [np.zeros(3, np.float32)], _OneRank(), **kw)

@@ -312,14 +312,20 @@ def reduce_ranges(str rule, list params, list grads, states=None, ranges=None, *
 
 
 def step_given_sums(str rule, list params, list grads, states=None, sums=None, *,
-                    step=None, labels=None, **hyper):
+                    step=None, labels=None, ema=None, ema_weight=None, **hyper):
     """The update pass of a two-pass rule: tensor k's per-tensor sums are
     ``sums[k]`` (a float64 array of shape (count, number of sums), as the
     first pass over the whole tensor makes them); from them the rule's
-    per-tensor coefficients (the trust ratio), then its loop.  Arguments as
-    step_many; everything is checked before anything is written."""
+    per-tensor coefficients (the trust ratio), then its loop.  With ``ema``
+    (one array per tensor, of its dtype and shape) each chunk's update is
+    followed by ema = lerp(ema, param, ema_weight) in the same pass, as an
+    optimizer's ``ema_decay`` does (``ema_weight`` None: ema = param, the
+    first average).  Arguments as step_many; everything is checked before
+    anything is written."""
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args a
+    cdef fo_fuse f
+    cdef const fo_fuse *fp = NULL
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
     cdef Py_ssize_t i, n = len(params)
     cdef _Rule r = _two_pass_tensors(rule, params, grads, states, step, labels,
@@ -330,12 +336,51 @@ def step_given_sums(str rule, list params, list grads, states=None, sums=None, *
     if s.dtype != np.float64 or s.shape != (n, nred):
         raise TypeError(f"sums must be a float64 array of shape ({n}, {nred}), "
                         f"got {s.dtype} of shape {s.shape}")
+    if ema is not None:
+        ema = _as_list(ema, "ema", n)
+        f.flags = FO_FUSE_EMA_COPY
+        f.count = 0.0
+        f.ema_weight = 0.0
+        if ema_weight is not None:
+            w = check_real(ema_weight, "ema_weight", 0.0, 1.0)
+            if not 0.0 < w <= 1.0:
+                raise ValueError(f"ema_weight must be in (0, 1], got {ema_weight!r}")
+            f.flags = FO_FUSE_EMA
+            f.ema_weight = w
+        for i in range(n):
+            e = ema[i]
+            if not (isinstance(e, np.ndarray) and e.dtype == _DTYPE_NAMES[ts.dt]
+                    and e.shape == np.shape(params[i]) and e.flags.c_contiguous
+                    and e.flags.writeable and e.flags.aligned):
+                raise ValueError(f"ema[{i}] must be a writable C-contiguous array "
+                                 f"of its parameter's dtype and shape")
+        # every array of the call is C-contiguous: memory as byte ranges
+        spans = sorted([(x.__array_interface__["data"][0], x.nbytes, -1) for x in
+                        list(params) + list(grads) + [y for slot in (states or ())
+                                                      if slot is not None
+                                                      for y in slot if y is not None]]
+                       + [(e.__array_interface__["data"][0], e.nbytes, i)
+                          for i, e in enumerate(ema)])
+        end, last = 0, -1
+        for k in range(len(spans)):
+            lo_, nb_, idx = spans[k]
+            if nb_ and lo_ < end:
+                culprit = idx if idx >= 0 else last
+                raise ValueError(f"ema[{culprit}] shares memory with another array "
+                                 f"of the step; every array of a step must be separate")
+            if nb_ and lo_ + nb_ > end:
+                end, last = lo_ + nb_, idx
+        for i in range(n):
+            ts.t[i].ema = _data(ema[i])
+        fp = &f
+    elif ema_weight is not None:
+        raise ValueError("ema_weight without ema")
     for i in range(n):
         for k in range(nred):
             ts.t[i].r[k] = s[i, k]
         total += ts.t[i].n
     if total >= NOGIL_THRESHOLD:
         with nogil:
-            fo_run_given_sums(r.id, ts.dt, &a, ts.t, n, NULL)
+            fo_run_given_sums(r.id, ts.dt, &a, ts.t, n, fp)
     elif n:
-        fo_run_given_sums(r.id, ts.dt, &a, ts.t, n, NULL)
+        fo_run_given_sums(r.id, ts.dt, &a, ts.t, n, fp)

@@ -47,6 +47,19 @@ each rank keeps one copy for its shard, which equals every parameter's copy
 in the single process because every parameter steps at every step (a
 gradient of None is refused here for that reason).
 
+Averages and accumulation.  ``ema_decay=`` keeps the average of the
+weights as the optimizers do, each rank for its shard (fused into the
+update's pass); :meth:`ShardedOptimizer.ema_weights` gathers the averages
+into every rank's parameters for the ``with`` block.
+``accumulation_steps=k`` sums each rank's gradients over k calls on the rank
+itself (call order, from zeros) and communicates once per window:
+the step is on ``(((A_0 + A_1) + ...) / P) / k`` for the ranks' sums
+``A_q``, in the gradients' dtype.  With one rank that is, bit for bit, the
+class made with ``accumulation_steps=k``; with more it is one process
+stepping (without accumulating) on that mean, which differs in the last
+bits from accumulating the ranks' means call by call (that would need one
+communication per call).
+
 Failures.  Shapes, dtype, optimizer class and hyperparameters are compared
 across ranks at construction, and a mismatch raises the same ValueError on
 every rank.  An error inside a step on one rank would leave the others
@@ -69,8 +82,10 @@ dtype with its array, so lower-precision states need no change here.
 Needs mpi4py (``pip install "fastopt[mpi]"`` installs mpi4py and MPICH);
 importing ``fastopt`` does not import this module.
 """
+import contextlib
 import json
 import math
+import numbers
 import os
 import secrets
 import sys
@@ -113,7 +128,8 @@ class ShardedOptimizer:
     communicator (``MPI.COMM_WORLD`` when None); ``deterministic``: see the
     module docstring; ``skip_nonfinite``: skip a step whose mean gradient
     holds a NaN or an infinity on any rank (decided together);
-    ``hyperparameters``: the class's keyword arguments.
+    ``ema_decay``, ``accumulation_steps``: as the class takes them (module
+    docstring); ``hyperparameters``: the class's keyword arguments.
 
     ``step(grads)`` updates the arrays given as ``params`` in place.  The
     optimizer also keeps the parameters and gradients as views of its own
@@ -127,17 +143,24 @@ class ShardedOptimizer:
     """
 
     def __init__(self, optimizer_class, params, comm=None, deterministic=True, *,
-                 skip_nonfinite=False, **hyperparameters):
+                 skip_nonfinite=False, ema_decay=None, accumulation_steps=1,
+                 **hyperparameters):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and optimizer_class.rule is not None):
             raise TypeError(f"optimizer_class must be a fastopt optimizer class such as "
                             f"fastopt.Adam, got {optimizer_class!r}")
-        for name in ("ema_decay", "accumulation_steps"):
-            if name in hyperparameters:
-                # the averages and accumulated gradients would live in the
-                # shard optimizer, outside the sharded checkpoints and views
-                raise ValueError(f"{name} is not supported by ShardedOptimizer; "
-                                 f"give it to a one-process optimizer")
+        if (isinstance(accumulation_steps, (bool, np.bool_))
+                or not isinstance(accumulation_steps, numbers.Integral)):
+            raise TypeError(f"accumulation_steps must be an int >= 1, got "
+                            f"{type(accumulation_steps).__name__}")
+        if not 1 <= accumulation_steps < 2 ** 31:
+            raise ValueError(f"accumulation_steps must be an int >= 1, got "
+                             f"{accumulation_steps!r}")
+        if ema_decay is not None:
+            ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
+                                         label="ema_decay value")
+        self.ema_decay = ema_decay
+        self.accumulation_steps = int(accumulation_steps)
         _core.check_flag(deterministic, "deterministic")
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
         if comm is None:
@@ -153,7 +176,8 @@ class ShardedOptimizer:
         self.sizes = [int(a.size) for a in self._user]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.numel = int(self.offsets[-1])
-        self._check_across_ranks(hyperparameters)
+        self._check_across_ranks(dict(hyperparameters, ema_decay=ema_decay,
+                                      accumulation_steps=self.accumulation_steps))
 
         P, r = self.size, self.rank
         S = -(-max(self.numel, 1) // P)
@@ -177,7 +201,17 @@ class ShardedOptimizer:
         self._grad_shard = np.zeros(S, dtype=self.dtype)   # the mean, for this shard
         self._recv = np.empty((P, S), dtype=self.dtype) if self.deterministic else None
         # the shard as one tensor of the class; its checks are the class's
-        self.optimizer = optimizer_class([self._param_shard], **hyperparameters)
+        extra = {} if ema_decay is None else {"ema_decay": ema_decay}
+        self.optimizer = optimizer_class([self._param_shard], **hyperparameters, **extra)
+        # gradients accumulated on this rank since the window began (the
+        # window's only communication is at its end), and the calls made
+        self._accum = (np.zeros(P * S, dtype=self.dtype) if self.accumulation_steps > 1
+                       else None)
+        self._accum_views = None if self._accum is None else [
+            self._accum[o:o + n].reshape(s)
+            for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
+        self._micro = 0
+        self._ema_active = False
         self.skipped_steps = 0
         self.times = {"pack": 0.0, "reduce": 0.0, "update": 0.0, "gather": 0.0,
                       "unpack": 0.0}
@@ -240,18 +274,42 @@ class ShardedOptimizer:
         clipped to that global norm (``norm_type`` 2 or inf) as
         ``fastopt.clip_grad_norm_`` would clip it in one process.  Returns
         False when ``skip_nonfinite`` skipped the step, else True; every rank
-        returns the same."""
+        returns the same.
+
+        With ``accumulation_steps=k`` a call only adds ``grads`` into this
+        rank's sum and returns False, except every k-th, which averages the
+        ranks' sums (one communication per window) and steps on that mean
+        divided by k; ``max_norm`` is that call's."""
+        if self._ema_active:
+            raise RuntimeError("step() inside ema_weights()")
         with self._errors("step"):
             ordered = self._ordered(grads)
             if max_norm is not None:
                 max_norm = clip._nonneg(max_norm, "max_norm")
                 norm_type = clip._norm_type(norm_type)
             t0 = time.perf_counter()
-            for g, v in zip(ordered, self._gviews):
-                if g is not v:
-                    np.copyto(v, g)
+            k = self.accumulation_steps
+            if k > 1 and self._micro + 1 < k:
+                # acc = acc + g, from zeros, as an optimizer's accumulation
+                for g, a in zip(ordered, self._accum_views):
+                    np.add(a, g, out=a)
+                self._micro += 1
+                self.times["pack"] += time.perf_counter() - t0
+                return False
+            if k > 1:
+                # the window's last call: (acc + g) in the gradient buffer
+                for g, a, v in zip(ordered, self._accum_views, self._gviews):
+                    np.add(a, g, out=v)
+                self._accum.fill(0)
+                self._micro = 0
+            else:
+                for g, v in zip(ordered, self._gviews):
+                    if g is not v:
+                        np.copyto(v, g)
             t1 = time.perf_counter()
             self._reduce()
+            if k > 1:
+                np.divide(self._grad_shard, self.dtype.type(k), out=self._grad_shard)
             t2 = time.perf_counter()
             if max_norm is not None:
                 self._clip(max_norm, norm_type)
@@ -294,6 +352,11 @@ class ShardedOptimizer:
                 plan.allocate(slot, opt._initial(group, slot))
         states = [plan.state(slot) for slot in range(len(rule.states))]
         p, g = self._param_shard, self._grad_shard
+        ema, fuse = plan.ema(), {}
+        if ema is not None:
+            # the average's first value is a copy, then lerp with 1 - decay
+            fuse["ema_weight"] = (1.0 - self.ema_decay if plan.get_flags("ema")[0]
+                                  else None)
 
         def reduce(ranges):
             return _core.reduce_ranges(
@@ -306,8 +369,51 @@ class ShardedOptimizer:
             _core.step_given_sums(
                 rule.name, [p[a:b] for _, a, b in segs], [g[a:b] for _, a, b in segs],
                 [None if v is None else [v[0][a:b] for _, a, b in segs] for v in states],
-                np.ascontiguousarray(sums[[k for k, _, _ in segs]]), step=step, **hyper)
+                np.ascontiguousarray(sums[[k for k, _, _ in segs]]), step=step,
+                ema=None if ema is None else [ema[0][a:b] for _, a, b in segs],
+                **fuse, **hyper)
         plan.set_steps([step])
+        if ema is not None:
+            plan.set_flags("ema", [True])
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the ``with`` block every rank's parameters (the arrays given
+        as ``params`` and the views ``self.params``) hold their averages
+        (``ema_decay``), gathered from the ranks' shards; on leaving it they
+        get their own values back, bit for bit.  Before the first step there
+        are no averages and the parameters keep their values.  A collective
+        (every rank enters it); stepping inside the block raises
+        RuntimeError.  Holds one more copy of the parameters meanwhile."""
+        if self.ema_decay is None:
+            raise ValueError("this ShardedOptimizer keeps no averages; make it "
+                             "with ema_decay=... to use ema_weights()")
+        if self._ema_active:
+            raise RuntimeError("ema_weights() is already active")
+        plan = self.optimizer._plans[0]
+        saved = None
+        with self._errors("ema_weights"):
+            if plan.get_flags("ema")[0]:
+                saved = self.param_buffer.copy()
+                shard = plan.ema()[0]
+                if self.size > 1:
+                    self.comm.Allgather(shard, self.param_buffer)
+                else:
+                    np.copyto(self.param_buffer, shard)
+                self._unpack()
+        self._ema_active = True
+        try:
+            yield self
+        finally:
+            self._ema_active = False
+            if saved is not None:
+                np.copyto(self.param_buffer, saved)
+                self._unpack()
+
+    def _unpack(self):
+        for a, v in zip(self._user, self._views):
+            if a is not v:
+                np.copyto(a, v)
 
     def _ordered(self, grads):
         n = len(self._user)
@@ -459,6 +565,12 @@ class ShardedOptimizer:
         atomically; rank 0 then commits the manifest atomically and removes
         the files of the checkpoint it replaced."""
         path = os.fsdecode(path)
+        if self._micro:
+            # the accumulated sums are each rank's own gradients, of no use
+            # on another world size
+            raise ValueError(f"save() in the middle of an accumulation window "
+                             f"({self._micro} of {self.accumulation_steps} calls "
+                             f"made); save after the window's last call")
         tag = None
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
@@ -555,6 +667,8 @@ class ShardedOptimizer:
 
     def _initial_state(self, key, dtype):
         rule = self.optimizer.rule
+        if key not in rule.state_keys:      # the averages ("ema")
+            return np.zeros(self.shard_size, dtype=dtype)
         slot = rule.state_keys.index(key)
         init = self.optimizer._initial(self.optimizer.param_groups[0], slot)
         return np.full(self.shard_size, init, dtype=dtype)
@@ -566,7 +680,7 @@ class ShardedOptimizer:
         sd = self.optimizer.state_dict()
         entry = sd["state"].get(0, {})
         full = {}
-        for key in self.optimizer.rule.state_keys:
+        for key in list(self.optimizer.rule.state_keys) + ["ema"]:
             if key in entry:
                 buf = (np.empty(self.size * self.shard_size, dtype=entry[key].dtype)
                        if self.rank == root else None)
