@@ -129,3 +129,49 @@ def reference(case, world_sizes):
             norms.append(fastopt.clip_grad_norm_(g, max_norm))
         opt.step(g)
     return params, opt, norms
+
+
+# None gradients: rank q passes None for parameter "b" at odd q and for "c"
+# at rank 0 in step 1 (zeros from those ranks); "w" is None on every rank in
+# the call after the last step (refused on every rank, nothing changed).
+NONE_CASES = [c for c in CASES if c[0] in ("Adam-float32", "LAMB-float64",
+                                           "NAdam-acc-float64")]
+
+
+def none_grads(case_id, t, i, q, dtype):
+    """micro() with the None gradients above, as a dict."""
+    g = dict(zip(NAMES, micro(case_id, t, i, q, dtype)))
+    if q % 2 == 1:
+        g["b"] = None
+    if q == 0 and t == 1:
+        g["c"] = None
+    return g
+
+
+def none_reference(case, P):
+    """One process on the mean with zeros for the None gradients."""
+    case_id, cls, hyper, dtype, _ = case
+    hyper = dict(hyper)
+    k = hyper.pop("accumulation_steps", 1)
+    params = dict(zip(NAMES, start(dtype)))
+    opt = getattr(fastopt, cls)(params, **hyper)
+    for t in range(STEPS):
+        total = None
+        for q in range(P):
+            acc = {n: np.zeros(s, dtype) for n, s in zip(NAMES, SHAPES)}
+            for i in range(k):
+                for n, g in none_grads(case_id, t, i, q, dtype).items():
+                    if g is not None:
+                        acc[n] += g
+            if total is None:
+                total = acc
+            else:
+                for n in NAMES:
+                    total[n] += acc[n]
+        for n in NAMES:
+            if P > 1:
+                total[n] /= total[n].dtype.type(P)
+            if k > 1:
+                total[n] /= total[n].dtype.type(k)
+        opt.step(total)
+    return params

@@ -15,8 +15,8 @@ import fastopt
 from fastopt import checkpoint
 from fastopt.distributed import ShardedOptimizer
 
-from mpi_cases import (CASES, LEVEL_CASES, NAMES, RESHARD_CASES, SHAPES, STEPS, grads,
-                       micro, start)
+from mpi_cases import (CASES, LEVEL_CASES, NAMES, NONE_CASES, RESHARD_CASES, SHAPES, STEPS,
+                       grads, micro, none_grads, start)
 
 if os.environ.get("MPI_WORKER_EXEC"):
     # "level:threads": a SIMD level and a thread count that splits even
@@ -130,6 +130,37 @@ def abort(out_dir, arg=None):
         g["big"] = g["big"][:-1]
     opt.step(g)
     return {"stepped": np.array(1)}
+
+
+def nones(out_dir, arg=None):
+    """Steps with None gradients on some ranks, then a call where one
+    parameter has None on every rank: each rank records the error and its
+    parameters, which that call must not have changed."""
+    out = {}
+    for case in NONE_CASES:
+        case_id, _, hyper, dtype, _ = case
+        k = hyper.get("accumulation_steps", 1)
+        opt, params = make(case)
+        for t in range(STEPS):
+            for i in range(k):
+                opt.step(none_grads(case_id, t, i, rank, dtype))
+        for name in NAMES:
+            out[f"{case_id}|param|{name}"] = params[name].copy()
+        g = none_grads(case_id, STEPS, 0, rank, dtype)
+        g["w"] = None
+        for i in range(k - 1):
+            opt.step(g)
+        try:
+            opt.step(g)
+            out[f"{case_id}|error"] = np.array("")
+        except ValueError as e:
+            out[f"{case_id}|error"] = np.array(str(e))
+        for name in NAMES:
+            out[f"{case_id}|after|{name}"] = params[name]
+        sd = opt.consolidated_state_dict()
+        if sd is not None:
+            out[f"{case_id}|steps"] = np.array([e["step"] for e in sd["state"].values()])
+    return out
 
 
 def mismatch(out_dir, arg=None):

@@ -19,8 +19,8 @@ import fastopt.distributed
 from fastopt import _core
 
 from conftest import AVAILABLE_LEVELS
-from mpi_cases import (CASES, LEVEL_CASES, RESHARD_CASES, NAMES, SHAPES, STEPS, grads, mean,
-                       micro, reference, start)
+from mpi_cases import (CASES, LEVEL_CASES, NONE_CASES, RESHARD_CASES, NAMES, SHAPES, STEPS,
+                       grads, mean, micro, none_reference, reference, start)
 
 try:
     import mpi4py  # noqa: F401
@@ -219,6 +219,27 @@ def test_error_on_one_rank_aborts_the_job(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.parametrize("P", [2, 3])
+def test_none_grads_are_zeros_unless_none_on_every_rank(tmp_path, P):
+    """A None gradient is that rank's zeros: the trajectory is one process's
+    on the mean with zeros in their place.  A parameter with None on every
+    rank raises the same ValueError on every rank, without hanging, and
+    leaves the parameters and step counts as they were."""
+    launch(P, "nones", tmp_path)
+    per_rank = results(tmp_path, P)
+    for case in NONE_CASES:
+        case_id = case[0]
+        want = none_reference(case, P)
+        for r, res in enumerate(per_rank):
+            assert "the grad of parameter(s) ['w'] is None on every rank" in str(
+                res[f"{case_id}|error"]), (case_id, r)
+            for name in NAMES:
+                same_bits(res[f"{case_id}|param|{name}"], want[name], f"{case_id} {name} {r}")
+                same_bits(res[f"{case_id}|after|{name}"], want[name], f"{case_id} after {name}")
+        assert set(per_rank[0][f"{case_id}|steps"]) == {STEPS}
+
+
+@needs_mpi
 def test_mismatched_shapes_detected_on_every_rank(tmp_path):
     launch(3, "mismatch", tmp_path)
     for res in results(tmp_path, 3):
@@ -257,7 +278,8 @@ class _OneRank:
 
 
 @pytest.mark.parametrize("bad, exc, message", [
-    (lambda g: {**g, "big": None}, ValueError, "grad of parameter 'big' is None"),
+    (lambda g: {**g, "big": None}, ValueError,
+     "the grad of parameter(s) ['big'] is None on every rank"),
     (lambda g: {**g, "b": g["b"].astype(np.float64)}, TypeError,
      "grad of parameter 'b' has dtype float64"),
     (lambda g: {**g, "c": g["c"][:-1]}, ValueError, "grad of parameter 'c' has shape (12,)"),
@@ -483,8 +505,9 @@ def test_lamb_lars_one_rank_in_process(cls):
 ])
 def test_one_rank_equals_the_class_accumulating_itself(cls, hyper, dtype):
     """In process, one rank: a sharded optimizer with ema_decay and
-    accumulation_steps is the class made with them and fed the same calls,
-    bit for bit: parameters, averages, state and every call's return value."""
+    accumulation_steps is the class made with them and fed the same calls
+    (a None among them), bit for bit: parameters, averages, state and every
+    call's return value."""
     from fastopt.distributed import ShardedOptimizer
     k = hyper["accumulation_steps"]
     mine = dict(zip(NAMES, start(dtype)))
@@ -494,7 +517,10 @@ def test_one_rank_equals_the_class_accumulating_itself(cls, hyper, dtype):
     for t in range(STEPS):
         for i in range(k):
             g = dict(zip(NAMES, micro("one-rank", t, i, 0, dtype)))
-            assert sharded.step(g) == one.step({n: v.copy() for n, v in g.items()})
+            if t == 1 and i == 0:
+                g["b"] = None        # adds nothing to the window
+            assert sharded.step(g) == one.step(
+                {n: None if v is None else v.copy() for n, v in g.items()})
     for n in NAMES:
         same_bits(mine[n], theirs[n], n)
     if "ema_decay" in hyper:

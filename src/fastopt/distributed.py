@@ -44,8 +44,14 @@ and the update pass runs on each parameter's part of the shard with them.
 Per-tensor scalar states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``)
 depend on the step count and the hyperparameters alone, never on the data;
 each rank keeps one copy for its shard, which equals every parameter's copy
-in the single process because every parameter steps at every step (a
-gradient of None is refused here for that reason).
+in the single process because every parameter steps at every step.
+
+None gradients.  A gradient of None is that rank's zeros (as torch's DDP
+fills in unused parameters), so the step is one process's on the mean with
+zeros in their place.  A parameter whose gradient is None on every rank
+(through a whole accumulation window) would not step in one process but
+would here, so that call raises the same ValueError on every rank and
+changes nothing; finding it costs one small ``Allreduce`` per step.
 
 Averages and accumulation.  ``ema_decay=`` keeps the average of the
 weights as the optimizers do, each rank for its shard (fused into the
@@ -211,6 +217,7 @@ class ShardedOptimizer:
             self._accum[o:o + n].reshape(s)
             for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
         self._micro = 0
+        self._seen = np.zeros(len(self._user), dtype=np.uint8)   # in this window
         self._ema_active = False
         self.skipped_steps = 0
         self.times = {"pack": 0.0, "reduce": 0.0, "update": 0.0, "gather": 0.0,
@@ -270,7 +277,11 @@ class ShardedOptimizer:
 
     def step(self, grads, *, max_norm=None, norm_type=2.0):
         """One update with this rank's gradients ``grads`` (the structure of
-        ``params``, no None).  With ``max_norm``, the mean gradient is first
+        ``params``).  A gradient of None is zeros from this rank; a
+        parameter whose gradient is None on every rank (in every call of an
+        accumulation window) raises the same ValueError on every rank and
+        changes nothing, since one process would not step it while a shard
+        steps all its elements.  With ``max_norm``, the mean gradient is first
         clipped to that global norm (``norm_type`` 2 or inf) as
         ``fastopt.clip_grad_norm_`` would clip it in one process.  Returns
         False when ``skip_nonfinite`` skipped the step, else True; every rank
@@ -282,6 +293,7 @@ class ShardedOptimizer:
         divided by k; ``max_norm`` is that call's."""
         if self._ema_active:
             raise RuntimeError("step() inside ema_weights()")
+        missing = None
         with self._errors("step"):
             ordered = self._ordered(grads)
             if max_norm is not None:
@@ -291,21 +303,37 @@ class ShardedOptimizer:
             k = self.accumulation_steps
             if k > 1 and self._micro + 1 < k:
                 # acc = acc + g, from zeros, as an optimizer's accumulation
-                for g, a in zip(ordered, self._accum_views):
-                    np.add(a, g, out=a)
+                for i, (g, a) in enumerate(zip(ordered, self._accum_views)):
+                    if g is not None:
+                        np.add(a, g, out=a)
+                        self._seen[i] = 1
                 self._micro += 1
                 self.times["pack"] += time.perf_counter() - t0
                 return False
-            if k > 1:
-                # the window's last call: (acc + g) in the gradient buffer
-                for g, a, v in zip(ordered, self._accum_views, self._gviews):
-                    np.add(a, g, out=v)
-                self._accum.fill(0)
-                self._micro = 0
-            else:
-                for g, v in zip(ordered, self._gviews):
-                    if g is not v:
-                        np.copyto(v, g)
+            missing = self._missing_everywhere(ordered)
+            if missing is None:
+                if k > 1:
+                    # the window's last call: (acc + g) in the gradient buffer
+                    for g, a, v in zip(ordered, self._accum_views, self._gviews):
+                        if g is None:
+                            np.copyto(v, a)
+                        else:
+                            np.add(a, g, out=v)
+                    self._accum.fill(0)
+                    self._seen[:] = 0
+                    self._micro = 0
+                else:
+                    for g, v in zip(ordered, self._gviews):
+                        if g is None:
+                            v.fill(0)
+                        elif g is not v:
+                            np.copyto(v, g)
+        if missing is not None:
+            raise ValueError(f"the grad of parameter(s) {missing} is None on every rank"
+                             + (" in every call of the window" if k > 1 else "")
+                             + "; one process would not step them, a sharded step "
+                             "steps every parameter (pass zeros, or leave them out)")
+        with self._errors("step"):
             t1 = time.perf_counter()
             self._reduce()
             if k > 1:
@@ -333,6 +361,21 @@ class ShardedOptimizer:
             for key, dt in zip(self.times, (t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5)):
                 self.times[key] += dt
             return True
+
+    def _missing_everywhere(self, ordered):
+        """The labels of the parameters with no gradient on any rank in this
+        call (and this window), or None; a collective, the same on every
+        rank."""
+        have = self._seen.copy()
+        for i, g in enumerate(ordered):
+            if g is not None:
+                have[i] = 1
+        if self.size > 1:
+            self.comm.Allreduce(_mpi().IN_PLACE, have, op=_mpi().MAX)
+        if have.all():
+            return None
+        labels = self._names if self._names is not None else list(range(len(self._user)))
+        return [labels[i] for i in np.flatnonzero(have == 0)]
 
     def _step_two_pass(self):
         """The shard optimizer's step for a rule with per-tensor sums: its
@@ -435,8 +478,7 @@ class ShardedOptimizer:
             ordered, labels = list(grads), list(range(n))
         for g, label, shape in zip(ordered, labels, self.shapes):
             if g is None:
-                raise ValueError(f"grad of parameter {label!r} is None: a sharded "
-                                 f"step needs every gradient (pass zeros)")
+                continue
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grad of parameter {label!r} must be a numpy.ndarray, "
                                 f"got {type(g).__name__}")
