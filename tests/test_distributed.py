@@ -470,6 +470,18 @@ def test_given_sums_step_parts_of_a_tensor_as_the_whole(rng, rule, hyper, nstate
                                            step=1), TypeError, "sums must be a float64"),
     (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s[:1], np.zeros((1, 2)), step=1),
      ValueError, "exp_avg_sq"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2)), step=1,
+                                           ema=[p]), ValueError, "ema[0] shares memory"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2)), step=1,
+                                           ema=[s[0][0]]), ValueError, "ema[0] shares memory"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2)), step=1,
+                                           ema=[np.zeros(8)]), ValueError,
+     "ema[0] must be a writable C-contiguous array"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2)), step=1,
+                                           ema=[np.zeros(8, np.float32)], ema_weight=0.0),
+     ValueError, "ema_weight must be in (0, 1]"),
+    (lambda p, g, s: _core.step_given_sums("lamb", [p], [g], s, np.zeros((1, 2)), step=1,
+                                           ema_weight=0.5), ValueError, "ema_weight without ema"),
 ])
 def test_two_pass_halves_check_everything_first(call, exc, message):
     p, g = np.ones(8, np.float32), np.ones(8, np.float32)
