@@ -163,6 +163,21 @@ def nones(out_dir, arg=None):
     return out
 
 
+def two_optimizers(out_dir, arg=None):
+    """Two parameter groups of two dtypes as two ShardedOptimizers on one
+    communicator, stepped in turn (the groups' and dtypes' workaround)."""
+    p32 = dict(zip(NAMES[:2], start("float32")[:2]))
+    p64 = dict(zip(NAMES[2:], start("float64")[2:]))
+    a = ShardedOptimizer(fastopt.Adam, p32, comm, lr=0.01)
+    b = ShardedOptimizer(fastopt.Adam, p64, comm, lr=0.003, weight_decay=0.1)
+    for t in range(STEPS):
+        g32 = grads("two-32", t, rank, "float32")
+        g64 = grads("two-64", t, rank, "float64")
+        a.step(dict(zip(NAMES[:2], g32[:2])))
+        b.step(dict(zip(NAMES[2:], g64[2:])))
+    return {f"param|{n}": v for n, v in {**p32, **p64}.items()}
+
+
 def mismatch(out_dir, arg=None):
     """The last rank's parameter 'c' has another shape."""
     params = dict(zip(NAMES, start("float32")))

@@ -240,6 +240,35 @@ def test_none_grads_are_zeros_unless_none_on_every_rank(tmp_path, P):
 
 
 @needs_mpi
+def test_groups_and_dtypes_as_two_sharded_optimizers(tmp_path):
+    """A float32 group and a float64 group with their own hyperparameters,
+    one ShardedOptimizer each on one communicator: one process's optimizer
+    with the two groups, bit for bit."""
+    P = 3
+    launch(P, "two_optimizers", tmp_path)
+    params = {**dict(zip(NAMES[:2], start("float32")[:2])),
+              **dict(zip(NAMES[2:], start("float64")[2:]))}
+    one = fastopt.Adam([{"params": {n: params[n] for n in NAMES[:2]}, "lr": 0.01},
+                        {"params": {n: params[n] for n in NAMES[2:]}, "lr": 0.003,
+                         "weight_decay": 0.1}])
+    for t in range(STEPS):
+        g = {}
+        for dtype, tag, names in (("float32", "two-32", NAMES[:2]),
+                                  ("float64", "two-64", NAMES[2:])):
+            per_rank = [grads(tag, t, q, dtype) for q in range(P)]
+            for j, n in enumerate(NAMES):
+                if n in names:
+                    total = per_rank[0][j].copy()
+                    for q in range(1, P):
+                        total += per_rank[q][j]
+                    g[n] = total / total.dtype.type(P)
+        one.step(g)
+    for r, res in enumerate(results(tmp_path, P)):
+        for n in NAMES:
+            same_bits(res[f"param|{n}"], params[n], f"{n} rank {r}")
+
+
+@needs_mpi
 def test_mismatched_shapes_detected_on_every_rank(tmp_path):
     launch(3, "mismatch", tmp_path)
     for res in results(tmp_path, 3):
