@@ -385,7 +385,7 @@ void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
     if (f == NULL || f->flags == 0) {
         drive(active->rule[rule][dt], a, t, count);
     } else {
-        const fo_fused_call c = {rule, dt, a, f};
+        const fo_fused_call c = {active->rule[rule][dt], dt, a, f};
         drive(fused_range, &c, t, count);
     }
 }
