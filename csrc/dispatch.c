@@ -399,6 +399,46 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
     }
 }
 
+/* The first pass of a two-pass rule over the ranges [lo[b], hi[b]) of one
+ * tensor (in parallel when large), range b's sums into out[b * nred ...]:
+ * given the ranges of fo_run's blocks, the same bits as its block sums, so
+ * a caller holding part of a tensor (a shard of it) can make its share of
+ * the tensor's sums.  Writes the states the pass writes. */
+void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                      const size_t *lo, const size_t *hi, size_t count,
+                      double *out)
+{
+    const fo_reduce_fn fn = active->reduce[rule][dt];
+    const int nred = fo_reductions(rule);
+    const int nt = fo_num_threads_get();
+    size_t elems = 0;
+    if (fn == NULL) return;
+    for (size_t b = 0; b < count; b++) elems += hi[b] - lo[b];
+    (void)nt;
+    (void)elems;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
+#endif
+    for (long long b = 0; b < (long long)count; b++)
+        fn(a, t, lo[b], hi[b], out + (size_t)b * (size_t)nred);
+}
+
+/* The update pass of a two-pass rule over tensors whose sums the caller
+ * put in t[k].r (put together from fo_reduce_ranges, across processes):
+ * the per-tensor coefficients, then the rule's loop, with what f adds
+ * around it (the averages; not FO_FUSE_MEAN, which the first pass makes). */
+void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f)
+{
+    for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
+    if (f == NULL || f->flags == 0) {
+        drive(active->rule[rule][dt], a, t, count);
+    } else {
+        const fo_fused_call c = {active->rule[rule][dt], dt, a, f};
+        drive(fused_range, &c, t, count);
+    }
+}
+
 void fo_scale(int dt, double s, const fo_tensor *t, size_t c) { drive(active->scale[dt], &s, t, c); }
 void fo_clamp(int dt, double s, const fo_tensor *t, size_t c) { drive(active->clamp[dt], &s, t, c); }
 void fo_traffic(int dt, const fo_tensor *t, size_t c) { drive(active->traffic[dt], NULL, t, c); }

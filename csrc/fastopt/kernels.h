@@ -147,6 +147,15 @@ void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
  * count: each sum is one thread's, in a fixed order.  fo_run makes them
  * for a factored rule before its reduction pass. */
 void fo_axis_sumsq(int dt, const fo_tensor *t, double *out);
+/* The two passes of a two-pass rule taken apart, for a caller that holds
+ * part of each tensor (dispatch.c): the first pass over given ranges of
+ * one tensor, each range's sums into out (count rows of fo_reductions);
+ * then the update pass over tensors whose sums the caller set in t[k].r. */
+void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                      const size_t *lo, const size_t *hi, size_t count,
+                      double *out);
+void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f);
 
 /* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the

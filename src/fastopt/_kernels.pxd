@@ -12,6 +12,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAXIMIZE
         FO_L2
         FO_SUMSQ_BLOCK
+        FO_MAX_REDUCTIONS
     const double FO_NO_COUNT
 
     ctypedef struct fo_tensor:
@@ -19,6 +20,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         const void *g
         void *s[FO_MAX_STATES]
         size_t n
+        double r[FO_MAX_REDUCTIONS]
         void *acc
         void *ema
         uint64_t key
@@ -57,6 +59,11 @@ cdef extern from "fastopt/kernels.h" nogil:
     void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                       size_t count, const fo_fuse *f)
     void fo_accumulate(int dt, const fo_tensor *t, size_t count)
+    void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                          const size_t *lo, const size_t *hi, size_t count,
+                          double *out)
+    void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                           size_t count, const fo_fuse *f)
 
     void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
