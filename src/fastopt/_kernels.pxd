@@ -6,6 +6,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAX_COEFFICIENTS
         FO_MAX_SCALARS
         FO_MAX_SCALAR_STATES
+        FO_MAX_REDUCTIONS
         FO_NRULES
         FO_MAXIMIZE
         FO_L2
@@ -17,6 +18,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         const void *g
         void *s[FO_MAX_STATES]
         size_t n
+        double r[FO_MAX_REDUCTIONS]
         void *acc
         void *ema
 
