@@ -227,7 +227,7 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
             _check_matrix(r, params[i], labels[i] if labels is not None else i)
         if n:
             _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
-        _run_matrix(r, &a, ts.t, n, ts.dt, [np.shape(x) for x in params[:n]],
+        _run_matrix(r, &a, ts.t, n, ts.dt, [np.shape(params[i]) for i in range(n)],
                     {x.name: hyper.get(x.name, r.entry.hyper(x.name).default)
                      for x in r.kernel_hypers})
     elif r.nscalars:

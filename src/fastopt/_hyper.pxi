@@ -68,7 +68,7 @@ cdef int _check_tuple(object x, str name, str label, double lo, double hi,
                 fast = False
                 break
             out[i] = <double>xi
-            if not (lo <= out[i] < hi):
+            if not (lo <= out[i] < hi) or not isfinite(out[i]):
                 fast = False
                 break
         if fast:

@@ -129,6 +129,14 @@ class ShardedOptimizer:
             raise ValueError(f"{optimizer_class.__name__} reduces over each tensor "
                              f"({', '.join(reductions)}); ShardedOptimizer takes "
                              f"element-wise rules only")
+        if getattr(optimizer_class.rule, "matrix", ""):
+            # a shard is a slice of the flattened parameters: the matrix
+            # step (Newton-Schulz) needs each parameter whole, as a matrix
+            raise ValueError(f"{optimizer_class.__name__} has a matrix step "
+                             f"({optimizer_class.rule.matrix}) over each whole "
+                             f"parameter; ShardedOptimizer takes element-wise "
+                             f"rules only: use a one-process "
+                             f"{optimizer_class.__name__} on every rank")
         for name in ("ema_decay", "accumulation_steps"):
             if name in hyperparameters:
                 # the averages and accumulated gradients would live in the
