@@ -48,11 +48,15 @@ def newton_schulz(x, coefficients, steps, eps):
     rows, cols = x.shape
     norm = math.sqrt(_core.grad_sumsq([x]))
     y = x.T if rows > cols else x
-    y = y / x.dtype.type(max(norm, float(eps)))
-    for _ in range(int(steps)):
-        gram = y @ y.T
-        poly = b * gram + c * (gram @ gram)
-        y = a * y + poly @ y
+    # NaN and infinity propagate silently, as through the element-wise
+    # kernels (a norm beyond float32's range rounds to inf, and x / inf
+    # is 0 where x is finite)
+    with np.errstate(all="ignore"):
+        y = y / x.dtype.type(max(norm, float(eps)))
+        for _ in range(int(steps)):
+            gram = y @ y.T
+            poly = b * gram + c * (gram @ gram)
+            y = a * y + poly @ y
     if rows > cols:
         y = y.T
     return np.ascontiguousarray(y)
