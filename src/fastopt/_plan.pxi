@@ -537,7 +537,7 @@ cdef class Plan:
                     for slot in range(r.nscalars):
                         self.sc[i * FO_MAX_SCALAR_STATES + slot] = self.sinit[slot]
         if r.entry.matrix:
-            self._run_matrix(mean_count)
+            self._step_matrix(mean_count)
             return 0
         if self.all_present:
             for i in range(1, self.count):
@@ -587,7 +587,7 @@ cdef class Plan:
         self._after_step()
         return 0
 
-    cdef int _run_matrix(self, double mean_count) except -1:
+    cdef int _step_matrix(self, double mean_count) except -1:
         """The step of a rule with a matrix step: the prepared parameters
         with a gradient, in groups that fuse alike (the EMA started or not),
         each through _run_matrix; the mean of accumulated gradients is fused

@@ -376,9 +376,10 @@ def _torch_matrix_step(torch, rule, work, hyper):
 def measure_matrix(rule, dtype, shape, budget, torch):
     """One step of a rule with a matrix step on one matrix, at all threads:
     the whole step, its matrix step alone (Newton-Schulz on a work array,
-    NumPy's matmul) and the two element-wise passes (the step less the
-    matrix step), beside torch's class step and its own matrix step
-    (bfloat16) at torch's thread count.  The step is checked against the
+    NumPy's matmul) and the step without products (ns_steps=0: the two
+    element-wise passes, the update's norm and its division), beside
+    torch's class step, its own matrix step (bfloat16) and its step at
+    ns_steps=0, at torch's thread count.  The step is checked against the
     reference, bit for bit, before it is timed."""
     from fastopt import matrix
     rng = np.random.default_rng(0)
@@ -389,30 +390,39 @@ def measure_matrix(rule, dtype, shape, budget, torch):
     hyper = {h.name: rule.hp[h.name] for h in rule.entry.kernel_hypers}
     fn = getattr(matrix, rule.entry.matrix)
     work = ks[0].copy()
+    # the step without products: the two passes and the normalisation of
+    # the update (one sum of squares, one division), Newton-Schulz at 0 steps
+    bare = Rule(rule.name, rule.entry,
+                                      {**rule.hp, "ns_steps": 0},
+                                      rule.torch_cls, {**rule.torch_kwargs, "ns_steps": 0})
     calls = {"step": rule.bind(rule.fastopt_fn, kp, g, ks),
-             "matrix": lambda: fn(work, hyper)}
+             "matrix": lambda: fn(work, hyper),
+             "passes": bare.bind(bare.fastopt_fn, kp.copy(), g, [s.copy() for s in ks])}
+    med = interleaved(calls, budget, min_reps=5, max_reps=20)
     if torch is not None and rule.torch_cls:
-        tp = torch.from_numpy(p.copy())
-        tp.grad = torch.from_numpy(g.copy())
+        # timed apart from fastopt's calls, as in measure_size: torch's
+        # OpenMP threads and NumPy's BLAS threads each spin a while after
+        # their work, and on two cores one pool's spinning slows the other's
+        # next call
+        tcalls = {}
         cls = getattr(torch.optim, rule.torch_cls)
-        topt = cls([tp], **_torch_kwargs(cls, rule))
-        calls["torch_step"] = topt.step
+        for key, row in (("torch_step", rule), ("torch_passes", bare)):
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())
+            tcalls[key] = cls([tp], **_torch_kwargs(cls, row)).step
         tm = _torch_matrix_step(torch, rule, work, hyper)
         if tm is not None:
-            calls["torch_matrix"] = tm
-    med = interleaved(calls, budget, min_reps=3, max_reps=20)
-    rec = {"rule": rule.name, "dtype": np.dtype(dtype).name, "shape": list(shape),
-           "threads": fastopt.get_num_threads(), "simd": fastopt.get_simd_level(),
-           **{f"{k}_s": v for k, v in med.items()}}
-    rec["passes_s"] = rec["step_s"] - rec["matrix_s"]
-    if "torch_matrix_s" in rec:
-        rec["torch_passes_s"] = rec["torch_step_s"] - rec["torch_matrix_s"]
-    return rec
+            tcalls["torch_matrix"] = tm
+        med.update(interleaved(tcalls, budget, min_reps=5, max_reps=20))
+    return {"rule": rule.name, "dtype": np.dtype(dtype).name, "shape": list(shape),
+            "threads": fastopt.get_num_threads(), "simd": fastopt.get_simd_level(),
+            **{f"{k}_s": v for k, v in med.items()}}
 
 
 def print_matrix_table(records, file=sys.stdout):
-    print("rules with a matrix step, ms per step (medians): the step, its matrix "
-          "step, its element-wise passes (the difference); torch's the same",
+    print("rules with a matrix step, ms per step (medians): the step; its matrix "
+          "step alone; the step without products (the element-wise passes and "
+          "the update's normalisation: ns_steps=0); torch's the same",
           file=file)
     print(f"{'rule':6s} {'dtype':7s} {'shape':>11s} {'step':>8s} {'matrix':>8s} "
           f"{'passes':>7s} {'torch':>8s} {'t.matrix':>8s} {'t.passes':>8s} "
