@@ -28,8 +28,8 @@ EXTRA = {
 def _cases():
     cases = []
     for rule in fastopt.rules.RULES.values():
-        if getattr(rule, "reductions", ()):
-            continue     # per-tensor rules are refused by ShardedOptimizer
+        if getattr(rule, "reductions", ()) or getattr(rule, "matrix", ""):
+            continue     # per-tensor and matrix rules are refused by ShardedOptimizer
         for cls, *_ in rule.classes():
             for dtype in ("float32", "float64"):
                 cases.append((f"{cls}-{dtype}", cls, EXTRA.get(cls, {}), dtype, None))
