@@ -86,9 +86,18 @@ def _generate():
         template = Tempita.Template(f.read(), name="optim.pyi.tp")
     _write("src/fastopt/optim.pyi", template.substitute(rules=rules))
     extra = {"functional": [],
-             "reference": ["from numpy.typing import ArrayLike", "",
+             "reference": ["from typing import Any", "",
+                           "from numpy.typing import ArrayLike", "",
                            "SUMSQ_BLOCK: int", "",
-                           "def sumsq(x: ArrayLike) -> float: ...", ""]}
+                           "def sumsq(x: ArrayLike) -> float: ...",
+                           "def lowp_tensor_key(seed: int, index: int, step: int) -> int: ...",
+                           "def lowp_slot_key(key: int, slot: int) -> int: ...",
+                           "def hash32(x: ArrayLike) -> Any: ...",
+                           "def bf16_decode(bits: ArrayLike) -> Any: ...",
+                           "def bf16_nearest(x: ArrayLike) -> Any: ...",
+                           "def bf16_round(x: ArrayLike, key: int, start: int = 0) -> Any: ...",
+                           "def bf16_step(name: str, key: int, param: Any, grad: Any,",
+                           "              *states: Any, **kwargs: Any) -> None: ...", ""]}
     for module in ("functional", "reference"):
         _write(f"src/fastopt/{module}.pyi", "\n".join(
             ["# Written by setup.py from src/fastopt/rules.py; do not edit.",

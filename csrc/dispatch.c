@@ -246,20 +246,52 @@ static const size_t itemsize[2] = {sizeof(float), sizeof(double)};
 
 #define FO_FUSE_CHUNK FO_SUMSQ_BLOCK
 
-/* The part [lo, lo + n) of tensor t, as a tensor of its own */
-static fo_tensor part_of(const fo_tensor *t, size_t lo, size_t n, int dt)
+/* The part [lo, lo + n) of tensor t, as a tensor of its own; its states
+ * have elements of state_size bytes (the parameter's, or 2 for bfloat16) */
+static fo_tensor part_of(const fo_tensor *t, size_t lo, size_t n, int dt,
+                         size_t state_size)
 {
     fo_tensor s = *t;
-    const size_t off = lo * itemsize[dt];
-#define FO_SHIFT(x) ((x) == NULL ? NULL : (void *)((char *)(x) + off))
-    s.p = FO_SHIFT(t->p);
-    s.g = FO_SHIFT((void *)t->g);
-    for (int k = 0; k < FO_MAX_STATES; k++) s.s[k] = FO_SHIFT(t->s[k]);
-    s.acc = FO_SHIFT(t->acc);
-    s.ema = FO_SHIFT(t->ema);
+    const size_t off = lo * itemsize[dt], soff = lo * state_size;
+#define FO_SHIFT(x, o) ((x) == NULL ? NULL : (void *)((char *)(x) + (o)))
+    s.p = FO_SHIFT(t->p, off);
+    s.g = FO_SHIFT((void *)t->g, off);
+    for (int k = 0; k < FO_MAX_STATES; k++) s.s[k] = FO_SHIFT(t->s[k], soff);
+    s.acc = FO_SHIFT(t->acc, off);
+    s.ema = FO_SHIFT(t->ema, off);
 #undef FO_SHIFT
     s.n = n;
     return s;
+}
+
+/* SplitMix64's finalizer (Steele, Lea & Flood 2014) of z + the golden gamma */
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step)
+{
+    return mix64(mix64(mix64(seed) + index) + step);
+}
+
+uint32_t fo_lowp_slot_key(uint64_t key, int slot)
+{
+    return (uint32_t)(mix64(key + (uint64_t)slot) >> 32);
+}
+
+void fo_bf16_decode(const void *in, float *out, size_t n)
+{
+    active->bf16_decode(in, out, n);
+}
+
+void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
+                    size_t index0)
+{
+    active->bf16_encode(x, out, n, key, index0);
 }
 
 /* Scratch for one chunk's gradient */
@@ -269,7 +301,8 @@ typedef union {
 } fo_chunk;
 
 typedef struct {
-    int rule, dt;
+    fo_range_fn fn;
+    int dt;
     const fo_args *a;
     const fo_fuse *f;
 } fo_fused_call;
@@ -280,17 +313,18 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                         size_t hi)
 {
     const fo_fused_call *c = (const fo_fused_call *)args;
-    const fo_range_fn fn = active->rule[c->rule][c->dt];
     const unsigned flags = c->f->flags;
+    const size_t state_size = (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
     fo_chunk tmp;
     for (size_t at = lo; at < hi; at += FO_FUSE_CHUNK) {
         const size_t n = hi - at < FO_FUSE_CHUNK ? hi - at : FO_FUSE_CHUNK;
-        fo_tensor s = part_of(t, at, n, c->dt);
+        fo_tensor s = part_of(t, at, n, c->dt, state_size);
+        s.at = t->at + at;
         if (flags & FO_FUSE_MEAN) {
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
         }
-        fn(c->a, &s, 0, n);
+        c->fn(c->a, &s, 0, n);
         if (flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY))
             active->ema[c->dt](&s, n, c->f->ema_weight,
                                (flags & FO_FUSE_EMA_COPY) != 0);
@@ -301,14 +335,17 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
+    const unsigned flags = f == NULL ? 0 : f->flags;
+    const fo_range_fn fn = (flags & FO_FUSE_BF16) ? active->rule_bf16[rule]
+                                                  : active->rule[rule][dt];
     if (reduce != NULL) {
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
     }
-    if (f == NULL || f->flags == 0) {
-        drive(active->rule[rule][dt], a, t, count);
+    if ((flags & ~FO_FUSE_BF16) == 0) {
+        drive(fn, a, t, count);
     } else {
-        const fo_fused_call c = {rule, dt, a, f};
+        const fo_fused_call c = {fn, dt, a, f};
         drive(fused_range, &c, t, count);
     }
 }
@@ -394,7 +431,7 @@ static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
             if (mean) {
                 /* the block's mean gradient; acc is cleared by the update pass */
                 fo_chunk tmp;
-                fo_tensor s = part_of(tt, lo[b], hi - lo[b], dt);
+                fo_tensor s = part_of(tt, lo[b], hi - lo[b], dt, itemsize[dt]);
                 active->mean[dt](&s, hi - lo[b], &tmp, f->count, 0);
                 s.g = &tmp;
                 fn(args, &s, 0, hi - lo[b], partial[b]);

@@ -17,6 +17,9 @@
 #define FO_CAT_(a, b) a##b
 #define FO_CAT(a, b) FO_CAT_(a, b)
 
+#define FO_LOWP(x) FO_CAT(FO_CAT(x, _lowp_), FO_ISA)
+#include "fastopt/lowp.h"
+
 #define FO_T float
 #define FO_SQRT sqrtf
 #define FO_NAME(x) FO_CAT(FO_CAT(x, _f32_), FO_ISA)
@@ -33,12 +36,29 @@
 #undef FO_SQRT
 #undef FO_T
 
+/* float32 parameters with bfloat16 states: the same rules, loading and
+ * storing their states through lowp.h (only the rules' rows are used) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#define FO_T float
+#define FO_SQRT sqrtf
+#define FO_BF16 1
+#define FO_NAME(x) FO_CAT(FO_CAT(x, _bf16_), FO_ISA)
+#include "fastopt/rules.h"
+#undef FO_NAME
+#undef FO_BF16
+#undef FO_SQRT
+#undef FO_T
+#pragma GCC diagnostic pop
+
 #define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
 #define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
+#define FO_BF16_ROW(name, NAME) [FO_RULE_##NAME] = FO_CAT(FO_CAT(name##_range, _bf16_), FO_ISA),
 #define FO_REDUCE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_reduce),
 
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .rule = {FO_RULE_LIST(FO_RULE_ROW)},
+    .rule_bf16 = {FO_RULE_LIST(FO_BF16_ROW)},
     .reduce = {FO_REDUCE_LIST(FO_REDUCE_ROW)},
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
@@ -46,6 +66,8 @@ const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .accumulate = FO_PAIR(accumulate_range),
     .mean = FO_PAIR(mean_chunk),
     .ema = FO_PAIR(ema_chunk),
+    .bf16_decode = FO_LOWP(bf16_decode),
+    .bf16_encode = FO_LOWP(bf16_encode),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };

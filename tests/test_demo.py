@@ -203,3 +203,20 @@ def test_bad_options_rejected(capsys, args, message):
         cli(["demo", "--no-plot", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bfloat16_states_train_like_float32(capsys):
+    """--state-dtype bfloat16 runs on float32 weights and lands where the
+    float32 run lands (same accuracy after a short run)."""
+    X, Y = course_moons(dtype=np.float32)
+    init = he_init(demo.LAYER_DIMS, random_state=3, dtype=np.float32)
+    f32 = demo.train("adam", X, Y, init, epochs=200)
+    bf16 = demo.train("adam", X, Y, init, epochs=200, state_dtype="bfloat16")
+    assert bf16.model.params["W1"].dtype == np.float32
+    assert abs(bf16.accuracy - f32.accuracy) <= 0.02
+    assert not np.array_equal(bf16.model.params["W1"], f32.model.params["W1"])
+    out = run_cli(capsys, "--state-dtype", "bfloat16", "--epochs", "20",
+                  "--optimizers", "adam", "--no-plot")
+    assert "float32, bfloat16 optimizer states" in out
+    assert cli(["demo", "--state-dtype", "bfloat16", "--dtype", "float64",
+                "--no-plot"]) == 2

@@ -367,3 +367,10 @@ def test_sharded_optimizer_refuses_muon():
     distributed = pytest.importorskip("fastopt.distributed")
     with pytest.raises(ValueError, match=r"Muon.*matrix step"):
         distributed.ShardedOptimizer(fastopt.Muon, [np.ones((4, 4))], comm=None)
+
+
+def test_bfloat16_states_are_refused():
+    """bfloat16 states are decoded and encoded inside one fused pass; Muon's
+    step is two passes around a matrix step."""
+    with pytest.raises(ValueError, match=r"state_dtype='bfloat16' is not available for Muon"):
+        fastopt.Muon([np.ones((3, 2), np.float32)], state_dtype="bfloat16")

@@ -89,7 +89,8 @@ def check_aarch64(obj):
     failures = 0
     print(f"aarch64 baseline = NEON ({obj}), expected v.4s/v.2d:")
     for rule in RULES:
-        for dt, arr in (("f32", "4s"), ("f64", "2d")):
+        rows = (("f32", "4s"), ("f64", "2d")) + ((("bf16", "4s"),) if rule in TABLE_RULES else ())
+        for dt, arr in rows:
             body = funcs.get(f"{rule}_range_{dt}_baseline", [])
             count = collections.Counter()
             for line in body:
@@ -131,7 +132,8 @@ def main():
         failures += len(bad)
         print(f"{level} ({objs[-1]}), expected {reg}, fused multiply-adds: {len(bad)}:")
         for rule in RULES:
-            for dt in ("f32", "f64"):
+            # bf16: float32 parameters with bfloat16 states (lowp.h)
+            for dt in ("f32", "f64") + (("bf16",) if rule in TABLE_RULES else ()):
                 body = funcs.get(f"{rule}_range_{dt}_{level}", [])
                 count = collections.Counter()
                 for line in body:

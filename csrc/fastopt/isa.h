@@ -19,16 +19,23 @@ typedef void (*fo_mean_fn)(const fo_tensor *t, size_t n, void *out,
                            double count, int clear);
 typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
                           int copy);
+/* bfloat16 states (lowp.h), float32 only */
+typedef void (*fo_bf16_decode_fn)(const void *in, float *out, size_t n);
+typedef void (*fo_bf16_encode_fn)(const float *x, void *out, size_t n,
+                                  uint32_t key, size_t index0);
 typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 
 /* Index [dt]: 0 is float32, 1 is float64. */
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
+    fo_range_fn rule_bf16[FO_NRULES];    /* float32, bfloat16 states */
     fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
     fo_range_fn scale[2], clamp[2], traffic[2], accumulate[2];
     fo_mean_fn mean[2];
     fo_ema_fn ema[2];
+    fo_bf16_decode_fn bf16_decode;
+    fo_bf16_encode_fn bf16_encode;
     fo_sumsq_fn sumsq[2];
     fo_allfinite_fn allfinite[2];
 } fo_isa_table;

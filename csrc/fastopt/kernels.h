@@ -20,6 +20,7 @@
 #define FASTOPT_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "fo_table.h"
 
@@ -41,6 +42,8 @@ typedef struct {
     double r[FO_MAX_REDUCTIONS];
     void *acc;      /* accumulated gradients (fo_run_fused, FO_FUSE_MEAN) */
     void *ema;      /* averaged parameter (fo_run_fused, FO_FUSE_EMA*) */
+    uint64_t key;   /* this step's random key (fo_run_fused, FO_FUSE_BF16) */
+    size_t at;      /* the index of element 0 in the random bits (0) */
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -93,7 +96,12 @@ void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
  *   FO_FUSE_EMA       after the update, ema = lerp(ema, p, ema_weight) as
  *                     torch.lerp computes it: ema + w * (p - ema) for
  *                     w < 0.5, else p - (p - ema) * (1 - w).
- *   FO_FUSE_EMA_COPY  after the update, ema = p (the first average). */
+ *   FO_FUSE_EMA_COPY  after the update, ema = p (the first average).
+ *   FO_FUSE_BF16      the states are bfloat16 (uint16 bits) of a float32
+ *                     tensor: the rule's loop loads them exactly and stores
+ *                     them rounded stochastically with the random bits of
+ *                     (t->key, slot, t->at + element index): see lowp.h.
+ *                     dt must be 0, and the rule one-pass. */
 typedef struct {
     unsigned flags;
     double count;
@@ -102,8 +110,20 @@ typedef struct {
 #define FO_FUSE_MEAN 1u
 #define FO_FUSE_EMA 2u
 #define FO_FUSE_EMA_COPY 4u
+#define FO_FUSE_BF16 8u
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f);
+/* The random keys of stochastic rounding (lowp.h): a tensor's key for one
+ * step from the optimizer's seed, the parameter's index and the step
+ * number, and from it the key of each state slot.  SplitMix64's finalizer;
+ * fastopt.reference computes the same in Python. */
+uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step);
+uint32_t fo_lowp_slot_key(uint64_t key, int slot);
+/* The active level's bfloat16 codec over n elements (lowp.h): decode, and
+ * stochastic rounding with slot key `key` from element index0 on. */
+void fo_bf16_decode(const void *in, float *out, size_t n);
+void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
+                    size_t index0);
 /* acc += g over slot acc and g of each tensor (micro-batches) */
 void fo_accumulate(int dt, const fo_tensor *t, size_t count);
 

@@ -16,9 +16,28 @@
  * A rule's coefficients, states and options are named by the indices of
  * fo_table.h (FO_<RULE>_C_*, _S_*, _O_*), which the build writes from the
  * rule table, src/fastopt/rules.py.
+ *
+ * States are declared with FO_STATE(x, slot), read with FO_LD(x, i) and
+ * written with FO_ST(x, i, value), never indexed directly: with FO_BF16
+ * defined (float32 parameters, bfloat16 states) the same bodies load
+ * bfloat16 and store with stochastic rounding (lowp.h), in the same loop.
+ * There a state element is a struct, so a direct x[i] does not compile.
  */
 
 #define FO_INLINE static inline __attribute__((always_inline))
+
+#ifdef FO_BF16
+#define FO_STATE(x, slot) \
+    fo_bf16 *restrict x = (fo_bf16 *)t->s[slot]; \
+    const uint32_t x##_key = fo_lowp_slot_key(t->key, slot) + (uint32_t)t->at; \
+    (void)x##_key
+#define FO_LD(x, i) FO_LOWP(bf16_load)(x[i])
+#define FO_ST(x, i, v) (x[i] = FO_LOWP(bf16_store)((v), x##_key + (uint32_t)(i)))
+#else
+#define FO_STATE(x, slot) FO_T *restrict x = (FO_T *)t->s[slot]
+#define FO_LD(x, i) (x[i])
+#define FO_ST(x, i, v) (x[i] = (v))
+#endif
 
 /* max that propagates NaN from either side, as numpy.maximum does */
 FO_INLINE FO_T FO_NAME(maxnan)(FO_T a, FO_T b)
@@ -53,15 +72,15 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict b = (FO_T *)t->s[FO_SGD_S_MOMENTUM_BUFFER];
+    FO_STATE(b, FO_SGD_S_MOMENTUM_BUFFER);
     const FO_T lr = FO_C(SGD, LR), mu = FO_C(SGD, MOMENTUM);
     const FO_T damp = FO_C(SGD, ONE_MINUS_DAMPENING), l2 = FO_C(SGD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         if (has_momentum) {
-            const FO_T bi = first ? gi : mu * b[i] + damp * gi;
-            b[i] = bi;
+            const FO_T bi = first ? gi : mu * FO_LD(b, i) + damp * gi;
+            FO_ST(b, i, bi);
             gi = nesterov ? gi + mu * bi : bi;
         }
         p[i] = p[i] - lr * gi;
@@ -99,15 +118,15 @@ FO_INLINE void FO_NAME(momentum_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict v = (FO_T *)t->s[FO_MOMENTUM_S_VELOCITY];
+    FO_STATE(v, FO_MOMENTUM_S_VELOCITY);
     const FO_T lr = FO_C(MOMENTUM, LR), beta = FO_C(MOMENTUM, BETA);
     const FO_T one_minus_beta = FO_C(MOMENTUM, ONE_MINUS_BETA);
     const FO_T l2 = FO_C(MOMENTUM, L2);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T vi = beta * v[i] + one_minus_beta * gi;
-        v[i] = vi;
+        const FO_T vi = beta * FO_LD(v, i) + one_minus_beta * gi;
+        FO_ST(v, i, vi);
         p[i] = p[i] - lr * vi;
     }
 }
@@ -129,9 +148,9 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict s = (FO_T *)t->s[FO_RMSPROP_S_SQUARE_AVG];
-    FO_T *restrict gavg = (FO_T *)t->s[FO_RMSPROP_S_GRAD_AVG];
-    FO_T *restrict b = (FO_T *)t->s[FO_RMSPROP_S_MOMENTUM_BUFFER];
+    FO_STATE(s, FO_RMSPROP_S_SQUARE_AVG);
+    FO_STATE(gavg, FO_RMSPROP_S_GRAD_AVG);
+    FO_STATE(b, FO_RMSPROP_S_MOMENTUM_BUFFER);
     const FO_T lr = FO_C(RMSPROP, LR), alpha = FO_C(RMSPROP, ALPHA);
     const FO_T one_minus_alpha = FO_C(RMSPROP, ONE_MINUS_ALPHA);
     const FO_T eps = FO_C(RMSPROP, EPS), mu = FO_C(RMSPROP, MOMENTUM);
@@ -139,18 +158,18 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T si = alpha * s[i] + one_minus_alpha * (gi * gi);
-        s[i] = si;
+        const FO_T si = alpha * FO_LD(s, i) + one_minus_alpha * (gi * gi);
+        FO_ST(s, i, si);
         FO_T var = si;
         if (centered) {
-            const FO_T ai = alpha * gavg[i] + one_minus_alpha * gi;
-            gavg[i] = ai;
+            const FO_T ai = alpha * FO_LD(gavg, i) + one_minus_alpha * gi;
+            FO_ST(gavg, i, ai);
             var = si - ai * ai;
         }
         const FO_T denom = FO_SQRT(var) + eps;
         if (has_momentum) {
-            const FO_T bi = mu * b[i] + gi / denom;
-            b[i] = bi;
+            const FO_T bi = mu * FO_LD(b, i) + gi / denom;
+            FO_ST(b, i, bi);
             p[i] = p[i] - lr * bi;
         } else {
             p[i] = p[i] - lr * (gi / denom);
@@ -186,9 +205,9 @@ FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_ADAM_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_ADAM_S_EXP_AVG_SQ];
-    FO_T *restrict vmax = (FO_T *)t->s[FO_ADAM_S_MAX_EXP_AVG_SQ];
+    FO_STATE(m, FO_ADAM_S_EXP_AVG);
+    FO_STATE(v, FO_ADAM_S_EXP_AVG_SQ);
+    FO_STATE(vmax, FO_ADAM_S_MAX_EXP_AVG_SQ);
     const FO_T step_size = FO_C(ADAM, STEP_SIZE);
     const FO_T inv_sqrt_bc2 = FO_C(ADAM, INV_SQRT_BC2);
     const FO_T beta1 = FO_C(ADAM, BETA1);
@@ -201,13 +220,13 @@ FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
+        FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
+        FO_ST(m, i, mi);
+        FO_ST(v, i, vi);
         if (amsgrad) {
-            vi = FO_NAME(maxnan)(vmax[i], vi);
-            vmax[i] = vi;
+            vi = FO_NAME(maxnan)(FO_LD(vmax, i), vi);
+            FO_ST(vmax, i, vi);
         }
         const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
         p[i] = pi - step_size * (mi / denom);
@@ -237,14 +256,14 @@ FO_INLINE void FO_NAME(adagrad_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict sum = (FO_T *)t->s[FO_ADAGRAD_S_STATE_SUM];
+    FO_STATE(sum, FO_ADAGRAD_S_STATE_SUM);
     const FO_T clr = FO_C(ADAGRAD, CLR), eps = FO_C(ADAGRAD, EPS);
     const FO_T l2 = FO_C(ADAGRAD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T si = sum[i] + gi * gi;
-        sum[i] = si;
+        const FO_T si = FO_LD(sum, i) + gi * gi;
+        FO_ST(sum, i, si);
         p[i] = p[i] - clr * (gi / (FO_SQRT(si) + eps));
     }
 }
@@ -274,7 +293,7 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
     const fo_args *a = (const fo_args *)args;
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_LION_S_EXP_AVG];
+    FO_STATE(m, FO_LION_S_EXP_AVG);
     const FO_T lr = FO_C(LION, LR), decay = FO_C(LION, DECAY);
     const FO_T beta1 = FO_C(LION, BETA1), one_minus_beta1 = FO_C(LION, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(LION, BETA2), one_minus_beta2 = FO_C(LION, ONE_MINUS_BETA2);
@@ -282,9 +301,9 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T pi = p[i] * decay;
-        const FO_T ui = FO_NAME(sign)(beta1 * m[i] + one_minus_beta1 * gi);
+        const FO_T ui = FO_NAME(sign)(beta1 * FO_LD(m, i) + one_minus_beta1 * gi);
         p[i] = pi - lr * ui;
-        m[i] = beta2 * m[i] + one_minus_beta2 * gi;
+        FO_ST(m, i, beta2 * FO_LD(m, i) + one_minus_beta2 * gi);
     }
 }
 
@@ -297,19 +316,19 @@ FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict s = (FO_T *)t->s[FO_ADADELTA_S_SQUARE_AVG];
-    FO_T *restrict acc = (FO_T *)t->s[FO_ADADELTA_S_ACC_DELTA];
+    FO_STATE(s, FO_ADADELTA_S_SQUARE_AVG);
+    FO_STATE(acc, FO_ADADELTA_S_ACC_DELTA);
     const FO_T lr = FO_C(ADADELTA, LR), rho = FO_C(ADADELTA, RHO);
     const FO_T one_minus_rho = FO_C(ADADELTA, ONE_MINUS_RHO);
     const FO_T eps = FO_C(ADADELTA, EPS), l2 = FO_C(ADADELTA, L2);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T si = rho * s[i] + one_minus_rho * (gi * gi);
-        s[i] = si;
+        const FO_T si = rho * FO_LD(s, i) + one_minus_rho * (gi * gi);
+        FO_ST(s, i, si);
         const FO_T std = FO_SQRT(si + eps);
-        const FO_T di = FO_SQRT(acc[i] + eps) / std * gi;
-        acc[i] = rho * acc[i] + one_minus_rho * (di * di);
+        const FO_T di = FO_SQRT(FO_LD(acc, i) + eps) / std * gi;
+        FO_ST(acc, i, rho * FO_LD(acc, i) + one_minus_rho * (di * di));
         p[i] = p[i] - lr * di;
     }
 }
@@ -335,22 +354,22 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
     const fo_args *a = (const fo_args *)args;
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict prev = (FO_T *)t->s[FO_RPROP_S_PREV];
-    FO_T *restrict size = (FO_T *)t->s[FO_RPROP_S_STEP_SIZE];
+    FO_STATE(prev, FO_RPROP_S_PREV);
+    FO_STATE(size, FO_RPROP_S_STEP_SIZE);
     const FO_T etaminus = FO_C(RPROP, ETAMINUS), etaplus = FO_C(RPROP, ETAPLUS);
     const FO_T size_min = FO_C(RPROP, STEP_SIZE_MIN);
     const FO_T size_max = FO_C(RPROP, STEP_SIZE_MAX);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
-        const FO_T d = gi * prev[i];
+        const FO_T d = gi * FO_LD(prev, i);
         const FO_T eta = d > 0 ? etaplus : (d < 0 ? etaminus : (FO_T)1);
-        const FO_T si = size[i] * eta;
+        const FO_T si = FO_LD(size, i) * eta;
         const FO_T up = si < size_min ? size_min : si;
         const FO_T sc = up > size_max ? size_max : up;
         const FO_T gz = d < 0 ? (FO_T)0 : gi;
-        size[i] = sc;
-        prev[i] = gz;
+        FO_ST(size, i, sc);
+        FO_ST(prev, i, gz);
         p[i] = p[i] - FO_NAME(sign)(gz) * sc;
     }
 }
@@ -369,8 +388,8 @@ FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_ADAMAX_S_EXP_AVG];
-    FO_T *restrict u = (FO_T *)t->s[FO_ADAMAX_S_EXP_INF];
+    FO_STATE(m, FO_ADAMAX_S_EXP_AVG);
+    FO_STATE(u, FO_ADAMAX_S_EXP_INF);
     const FO_T clr = FO_C(ADAMAX, CLR), eps = FO_C(ADAMAX, EPS);
     const FO_T beta1 = FO_C(ADAMAX, BETA1);
     const FO_T one_minus_beta1 = FO_C(ADAMAX, ONE_MINUS_BETA1);
@@ -378,14 +397,14 @@ FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        const FO_T decayed = beta2 * u[i], norm = FO_NAME(abs)(gi) + eps;
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
+        const FO_T decayed = beta2 * FO_LD(u, i), norm = FO_NAME(abs)(gi) + eps;
         /* maxnan(decayed, norm) as two selects, the NaN test last: inlined
          * here, maxnan's nested form leaves a branch gcc does not vectorise */
         const FO_T larger = decayed >= norm ? decayed : norm;
         const FO_T ui = decayed != decayed ? decayed : larger;
-        m[i] = mi;
-        u[i] = ui;
+        FO_ST(m, i, mi);
+        FO_ST(u, i, ui);
         p[i] = p[i] - clr * (mi / ui);
     }
 }
@@ -411,8 +430,8 @@ FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_RADAM_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_RADAM_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_RADAM_S_EXP_AVG);
+    FO_STATE(v, FO_RADAM_S_EXP_AVG_SQ);
     const FO_T step_size = FO_C(RADAM, STEP_SIZE);
     const FO_T beta1 = FO_C(RADAM, BETA1);
     const FO_T one_minus_beta1 = FO_C(RADAM, ONE_MINUS_BETA1);
@@ -424,10 +443,10 @@ FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
+        FO_ST(m, i, mi);
+        FO_ST(v, i, vi);
         if (rectified)
             p[i] = pi - step_size * (mi / (FO_SQRT(vi) + eps));
         else
@@ -462,8 +481,8 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_NADAM_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_NADAM_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_NADAM_S_EXP_AVG);
+    FO_STATE(v, FO_NADAM_S_EXP_AVG_SQ);
     const FO_T beta1 = FO_C(NADAM, BETA1);
     const FO_T one_minus_beta1 = FO_C(NADAM, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(NADAM, BETA2);
@@ -476,11 +495,11 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
         const FO_T denom = FO_SQRT(vi / bc2) + eps;
-        m[i] = mi;
-        v[i] = vi;
+        FO_ST(m, i, mi);
+        FO_ST(v, i, vi);
         p[i] = pi + (grad_coef * gi + exp_avg_coef * mi) / denom;
     }
 }
@@ -505,7 +524,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict ax = (FO_T *)t->s[FO_ASGD_S_AX];
+    FO_STATE(ax, FO_ASGD_S_AX);
     const FO_T decay = FO_C(ASGD, DECAY), eta = FO_C(ASGD, ETA);
     const FO_T mu = FO_C(ASGD, MU), l2 = FO_C(ASGD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
@@ -513,7 +532,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay - eta * gi;
         p[i] = pi;
-        ax[i] = average ? ax[i] + (pi - ax[i]) * mu : pi;
+        FO_ST(ax, i, average ? FO_LD(ax, i) + (pi - FO_LD(ax, i)) * mu : pi);
     }
 }
 
@@ -643,9 +662,9 @@ FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m1 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_FAST];
-    FO_T *restrict m2 = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SLOW];
-    FO_T *restrict v = (FO_T *)t->s[FO_ADEMAMIX_S_EXP_AVG_SQ];
+    FO_STATE(m1, FO_ADEMAMIX_S_EXP_AVG_FAST);
+    FO_STATE(m2, FO_ADEMAMIX_S_EXP_AVG_SLOW);
+    FO_STATE(v, FO_ADEMAMIX_S_EXP_AVG_SQ);
     const FO_T beta1 = FO_C(ADEMAMIX, BETA1);
     const FO_T one_minus_beta1 = FO_C(ADEMAMIX, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(ADEMAMIX, BETA2);
@@ -661,13 +680,13 @@ FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T pi = p[i] * decay;
-        const FO_T fi = beta1 * m1[i] + one_minus_beta1 * gi;
-        const FO_T si = beta3 * m2[i] + one_minus_beta3 * gi;
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T fi = beta1 * FO_LD(m1, i) + one_minus_beta1 * gi;
+        const FO_T si = beta3 * FO_LD(m2, i) + one_minus_beta3 * gi;
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
         const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
-        m1[i] = fi;
-        m2[i] = si;
-        v[i] = vi;
+        FO_ST(m1, i, fi);
+        FO_ST(m2, i, si);
+        FO_ST(v, i, vi);
         p[i] = pi - (fast_coef * fi + slow_coef * si) / denom;
     }
 }
@@ -690,8 +709,8 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_ADOPT_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_ADOPT_S_EXP_AVG);
+    FO_STATE(v, FO_ADOPT_S_EXP_AVG_SQ);
     const FO_T lr = FO_C(ADOPT, LR);
     const FO_T beta1 = FO_C(ADOPT, BETA1);
     const FO_T one_minus_beta1 = FO_C(ADOPT, ONE_MINUS_BETA1);
@@ -703,15 +722,15 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         if (first) {
-            v[i] = v[i] + gi * gi;
+            FO_ST(v, i, FO_LD(v, i) + gi * gi);
         } else {
             const FO_T pi = p[i] * decay;
-            const FO_T ni = gi / FO_NAME(maxnan)(FO_SQRT(v[i]), eps);
+            const FO_T ni = gi / FO_NAME(maxnan)(FO_SQRT(FO_LD(v, i)), eps);
             const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
-            const FO_T mi = beta1 * m[i] + one_minus_beta1 * ci;
-            m[i] = mi;
+            const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * ci;
+            FO_ST(m, i, mi);
             p[i] = pi - lr * mi;
-            v[i] = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+            FO_ST(v, i, beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi));
         }
     }
 }
@@ -833,17 +852,17 @@ static void FO_NAME(lamb_reduce)(const void *args, const fo_tensor *t,
     const fo_args *a = (const fo_args *)args;
     const FO_T *restrict p = (const FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_LAMB_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_LAMB_S_EXP_AVG);
+    FO_STATE(v, FO_LAMB_S_EXP_AVG_SQ);
     const int negate = a->opts & FO_MAXIMIZE;
     FO_LAMB_LOCALS;
     double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #define FO_LAMB_ONE(i, j) do { \
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0); \
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi; \
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi); \
-        m[i] = mi; \
-        v[i] = vi; \
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi; \
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi); \
+        FO_ST(m, i, mi); \
+        FO_ST(v, i, vi); \
         FO_LANES_ADD(ap, au, j, p[i], FO_LAMB_UPDATE(mi, vi, p[i])); \
     } while (0)
     size_t i = lo;
@@ -860,12 +879,12 @@ static void FO_NAME(lamb_range)(const void *args, const fo_tensor *t,
 {
     const fo_args *a = (const fo_args *)args;
     FO_T *restrict p = (FO_T *)t->p;
-    const FO_T *restrict m = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG];
-    const FO_T *restrict v = (const FO_T *)t->s[FO_LAMB_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_LAMB_S_EXP_AVG);
+    FO_STATE(v, FO_LAMB_S_EXP_AVG_SQ);
     const FO_T k = (FO_T)t->r[0];
     FO_LAMB_LOCALS;
     for (size_t i = lo; i < hi; i++)
-        p[i] = p[i] - k * FO_LAMB_UPDATE(m[i], v[i], p[i]);
+        p[i] = p[i] - k * FO_LAMB_UPDATE(FO_LD(m, i), FO_LD(v, i), p[i]);
 }
 
 #undef FO_LAMB_UPDATE
@@ -912,13 +931,13 @@ FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict b = (FO_T *)t->s[FO_LARS_S_MOMENTUM_BUFFER];
+    FO_STATE(b, FO_LARS_S_MOMENTUM_BUFFER);
     const FO_T k = (FO_T)t->r[0], mu = FO_C(LARS, MOMENTUM);
     const FO_T wd = FO_C(LARS, WEIGHT_DECAY);
     for (size_t i = lo; i < hi; i++) {
         const FO_T d = k * FO_LARS_UPDATE(g[i], p[i]);
-        const FO_T bi = d + mu * b[i];
-        b[i] = bi;
+        const FO_T bi = d + mu * FO_LD(b, i);
+        FO_ST(b, i, bi);
         p[i] = p[i] - (nesterov ? d + mu * bi : bi);
     }
 }
@@ -953,8 +972,8 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict m = (FO_T *)t->s[FO_SKLEARN_ADAM_S_EXP_AVG];
-    FO_T *restrict v = (FO_T *)t->s[FO_SKLEARN_ADAM_S_EXP_AVG_SQ];
+    FO_STATE(m, FO_SKLEARN_ADAM_S_EXP_AVG);
+    FO_STATE(v, FO_SKLEARN_ADAM_S_EXP_AVG_SQ);
     const double neg_step_size = a->c[FO_SKLEARN_ADAM_C_NEG_STEP_SIZE];
     const FO_T beta1 = FO_C(SKLEARN_ADAM, BETA1);
     const FO_T one_minus_beta1 = FO_C(SKLEARN_ADAM, ONE_MINUS_BETA1);
@@ -964,10 +983,10 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
-        const FO_T mi = beta1 * m[i] + one_minus_beta1 * gi;
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
+        const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
+        FO_ST(m, i, mi);
+        FO_ST(v, i, vi);
         const FO_T denom = FO_SQRT(vi) + eps;
         p[i] = (FO_T)((double)p[i] + neg_step_size * (double)mi / (double)denom);
     }
@@ -988,13 +1007,13 @@ FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict u = (FO_T *)t->s[FO_SKLEARN_SGD_S_VELOCITY];
+    FO_STATE(u, FO_SKLEARN_SGD_S_VELOCITY);
     const FO_T lr = FO_C(SKLEARN_SGD, LR), mu = FO_C(SKLEARN_SGD, MOMENTUM);
     const int negate = a->opts & FO_MAXIMIZE;
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
-        const FO_T ui = mu * u[i] - lr * gi;
-        u[i] = ui;
+        const FO_T ui = mu * FO_LD(u, i) - lr * gi;
+        FO_ST(u, i, ui);
         p[i] = p[i] + (nesterov ? mu * ui - lr * gi : ui);
     }
 }
@@ -1024,8 +1043,8 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict z = (FO_T *)t->s[FO_ADAMW_SCHEDULEFREE_S_Z];
-    FO_T *restrict v = (FO_T *)t->s[FO_ADAMW_SCHEDULEFREE_S_EXP_AVG_SQ];
+    FO_STATE(z, FO_ADAMW_SCHEDULEFREE_S_Z);
+    FO_STATE(v, FO_ADAMW_SCHEDULEFREE_S_EXP_AVG_SQ);
     const FO_T beta2 = FO_C(ADAMW_SCHEDULEFREE, BETA2);
     const FO_T one_minus_beta2 = FO_C(ADAMW_SCHEDULEFREE, ONE_MINUS_BETA2);
     const FO_T inv_sqrt_bc2 = FO_C(ADAMW_SCHEDULEFREE, INV_SQRT_BC2);
@@ -1038,14 +1057,14 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T yi = p[i];
-        const FO_T zi = first ? yi : z[i];
-        const FO_T vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
+        const FO_T zi = first ? yi : FO_LD(z, i);
+        const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
         const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
         const FO_T ni = has_decay ? gi / denom + wd * yi : gi / denom;
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
-        v[i] = vi;
+        FO_ST(v, i, vi);
         p[i] = xi + ni * y_coef;
-        z[i] = zi - lr * ni;
+        FO_ST(z, i, zi - lr * ni);
     }
 }
 
@@ -1077,7 +1096,7 @@ FO_INLINE void FO_NAME(sgd_schedulefree_body)(
 {
     FO_T *restrict p = (FO_T *)t->p;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict z = (FO_T *)t->s[FO_SGD_SCHEDULEFREE_S_Z];
+    FO_STATE(z, FO_SGD_SCHEDULEFREE_S_Z);
     const FO_T w = FO_C(SGD_SCHEDULEFREE, LERP);
     const FO_T y_coef = FO_C(SGD_SCHEDULEFREE, Y_COEF);
     const FO_T lr = FO_C(SGD_SCHEDULEFREE, LR), l2 = FO_C(SGD_SCHEDULEFREE, L2);
@@ -1085,10 +1104,10 @@ FO_INLINE void FO_NAME(sgd_schedulefree_body)(
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T yi = p[i];
-        const FO_T zi = first ? yi : z[i];
+        const FO_T zi = first ? yi : FO_LD(z, i);
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
         p[i] = xi + gi * y_coef;
-        z[i] = zi - lr * gi;
+        FO_ST(z, i, zi - lr * gi);
     }
 }
 
@@ -1184,3 +1203,6 @@ static void FO_NAME(muon_range)(const void *args, const fo_tensor *t,
 
 #undef FO_C
 #undef FO_INLINE
+#undef FO_STATE
+#undef FO_LD
+#undef FO_ST

@@ -22,7 +22,7 @@ from fastopt._config import (
 from fastopt import checkpoint, functional, lr_scheduler, reference
 from fastopt.clip import clip_grad_norm_, clip_grad_value_
 from fastopt.flat import FlatParams
-from fastopt import optim, rules
+from fastopt import optim, rules, states
 from fastopt.optim import *  # noqa: F403  the classes of the rule table
 
 _config._init_from_environment()
@@ -30,7 +30,7 @@ _config._init_from_environment()
 __all__ = [
     "__version__",
     "FlatParams", "clip_grad_norm_", "clip_grad_value_",
-    "checkpoint", "functional", "lr_scheduler", "reference", "rules",
+    "checkpoint", "functional", "lr_scheduler", "reference", "rules", "states",
     "show_config", "get_num_threads", "set_num_threads",
     "get_simd_level", "set_simd_level",
 ]

@@ -155,6 +155,8 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     t.g = _data(g)
     t.acc = NULL
     t.ema = NULL
+    t.key = 0
+    t.at = 0
     _fill_state(t, 0, s0, slots, index, labels, dt, n)
     _fill_state(t, 1, s1, slots, index, labels, dt, n)
     _fill_state(t, 2, s2, slots, index, labels, dt, n)
@@ -243,14 +245,15 @@ cdef int _overlap_sorted(_Range *r, int k, tuple slots, object labels) except -1
 
 
 cdef inline int _tensor_ranges(_Range *r, int k, const fo_tensor *t, size_t nb,
-                               Py_ssize_t index, bint with_grad) noexcept:
-    """Add the byte ranges of one tensor's arrays; return the new count."""
+                               Py_ssize_t index, bint with_grad, size_t snb) noexcept:
+    """Add the byte ranges of one tensor's arrays (nb bytes each, its states
+    snb); return the new count."""
     cdef int s
     k = _add_range(r, k, t.p, nb, P, index)
     if with_grad:
         k = _add_range(r, k, t.g, nb, G, index)
     for s in range(FO_MAX_STATES):
-        k = _add_range(r, k, t.s[s], nb, S0 + s, index)
+        k = _add_range(r, k, t.s[s], snb, S0 + s, index)
     return k
 
 
@@ -267,7 +270,8 @@ cdef int _check_overlap(const fo_tensor *t, Py_ssize_t count, size_t itemsize,
             raise MemoryError()
     try:
         for i in range(count):
-            k = _tensor_ranges(r, k, &t[i], t[i].n * itemsize, i, True)
+            k = _tensor_ranges(r, k, &t[i], t[i].n * itemsize, i, True,
+                               t[i].n * itemsize)
         if single or k <= 8:
             _overlap_pairs(r, k, slots, labels, single)
         else:

@@ -34,8 +34,10 @@ cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
     cdef size_t total = 0
     cdef Py_ssize_t i
     global _last_tensors
-    count = _merge_adjacent(t, count, ITEMSIZE[dt],
-                            merge and fo_reductions(rule) == 0)
+    # neither for bfloat16 states, whose random bits count elements from
+    # each tensor's start
+    count = _merge_adjacent(t, count, ITEMSIZE[dt], merge and fo_reductions(rule) == 0
+                            and (f == NULL or not (f.flags & FO_FUSE_BF16)))
     _last_tensors = count
     for i in range(count):
         total += t[i].n
@@ -58,7 +60,8 @@ cdef inline int _call_one(_Rule r, const fo_args *a, double **sc, object p,
     cdef _Range ranges[NSLOTS]
     cdef int k, j
     dt = _fill_tensor(&t, r.slots, -1, None, p, g, s0, s1, s2, s3, -1)
-    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True),
+    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True,
+                                          t.n * ITEMSIZE[dt]),
                    r.slots, None, True)
     if sc != NULL:
         for k in range(r.nscalars):
@@ -152,7 +155,8 @@ cdef int _call_matrix(_Rule r, const fo_args *a, dict hyper, object p,
     cdef fo_tensor t
     cdef _Range ranges[NSLOTS]
     dt = _fill_tensor(&t, r.slots, -1, None, p, g, s0, s1, s2, s3, -1)
-    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True),
+    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True,
+                                          t.n * ITEMSIZE[dt]),
                    r.slots, None, True)
     _check_matrix(r, p, None)
     _run_matrix(r, a, &t, 1, dt, [np.shape(p)], hyper)

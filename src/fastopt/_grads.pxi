@@ -116,7 +116,8 @@ def traffic(param, grad, state0=None, state1=None, state2=None, state3=None):
         raise ValueError("states must be given in order: state0, state1, ...")
     dt = _fill_tensor(&t, TRAFFIC_SLOTS, -1, None, param, grad, state0, state1,
                       state2, state3, -1)
-    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True),
+    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True,
+                                          t.n * ITEMSIZE[dt]),
                    TRAFFIC_SLOTS, None, True)
     _run(R_TRAFFIC, NULL, &t, 1, dt)
 

@@ -1,5 +1,7 @@
 # Declarations of csrc/fastopt/kernels.h and scalars.h, one to one.
 
+from libc.stdint cimport uint32_t, uint64_t
+
 cdef extern from "fastopt/kernels.h" nogil:
     enum:
         FO_MAX_STATES
@@ -21,6 +23,8 @@ cdef extern from "fastopt/kernels.h" nogil:
         double r[FO_MAX_REDUCTIONS]
         void *acc
         void *ema
+        uint64_t key
+        size_t at
 
     ctypedef struct fo_fuse:
         unsigned flags
@@ -31,6 +35,13 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_FUSE_MEAN
         FO_FUSE_EMA
         FO_FUSE_EMA_COPY
+        FO_FUSE_BF16
+
+    uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step)
+    uint32_t fo_lowp_slot_key(uint64_t key, int slot)
+    void fo_bf16_decode(const void *inp, float *out, size_t n)
+    void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
+                        size_t index0)
 
     ctypedef struct fo_args:
         double c[FO_MAX_COEFFICIENTS]

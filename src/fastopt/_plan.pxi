@@ -23,6 +23,45 @@ cdef inline bint _grad_fits(object g, cnp.ndarray p, int dt):
 
 cdef object _MISSING = object()
 
+
+def lowp_tensor_key(seed, index, step):
+    """fo_lowp_tensor_key (fastopt.reference.lowp_tensor_key)"""
+    return fo_lowp_tensor_key(<uint64_t>seed, <uint64_t>index, <uint64_t>step)
+
+
+def lowp_slot_key(key, int slot):
+    """fo_lowp_slot_key (fastopt.reference.lowp_slot_key)"""
+    return fo_lowp_slot_key(<uint64_t>key, slot)
+
+
+def bf16_round(x, key, start=0):
+    """The active level's stochastic rounding of a contiguous float32 array
+    (fastopt.reference.bf16_round): bfloat16 bits, uint16."""
+    cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32)
+    cdef cnp.ndarray out = np.empty(a.size, dtype=np.uint16)
+    fo_bf16_encode(<const float *>cnp.PyArray_DATA(a), cnp.PyArray_DATA(out),
+                   <size_t>a.size, <uint32_t>key, <size_t>start)
+    return out.reshape(np.shape(x))
+
+
+def bf16_decode(bits):
+    """The active level's decoding of a contiguous uint16 array."""
+    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
+    cdef cnp.ndarray out = np.empty(a.size, dtype=np.float32)
+    fo_bf16_decode(cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out), <size_t>a.size)
+    return out.reshape(np.shape(bits))
+
+
+cdef int _bf16_nearest(double value) noexcept:
+    """The bfloat16 bits nearest to float32(value), ties to even (a NaN: the
+    quiet NaN of its sign); fastopt.reference.bf16_nearest"""
+    cdef float f = <float>value
+    cdef uint32_t u
+    memcpy(&u, &f, 4)
+    if (u & 0x7fffffffu) > 0x7f800000u:
+        return <int>((u >> 16) | 0x0040u)
+    return <int>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)
+
 # Range slots of the arrays a plan adds around the rule (messages)
 cdef enum:
     SLOT_ACC = NSLOTS
@@ -85,6 +124,9 @@ cdef class Plan:
     cdef char *seen            # per parameter: a gradient accumulated since its last step
     cdef char *ema_ready       # per parameter: its average has been started
     cdef bint null_grads       # prepared: a parameter steps on accumulated gradients alone
+    cdef readonly str state_format  # "native" (the parameters' dtype) or "bfloat16"
+    cdef uint64_t seed         # of the random keys of stochastic rounding
+    cdef list positions        # per parameter: its index in those keys
 
     def __cinit__(self, str rule, list params, dict group, labels=None,
                   names=None):
@@ -101,6 +143,8 @@ cdef class Plan:
         self.group = group
         self.params = list(params)
         self.count = n
+        self.state_format = "native"
+        self.positions = list(range(n))
         self.buffers = [None] * FO_MAX_STATES
         self.views = [None] * FO_MAX_STATES
         self.steps = <long long *>PyMem_Calloc(n, sizeof(long long))
@@ -148,7 +192,8 @@ cdef class Plan:
         for i in range(self.count):
             nb = self.base[i].n * ITEMSIZE[self.dt]
             self.nranges = _tensor_ranges(self.ranges, self.nranges, &self.base[i],
-                                          nb, i, False)
+                                          nb, i, False,
+                                          self.base[i].n * 2 if self._bf16() else nb)
             self.nranges = _add_range(self.ranges, self.nranges, self.base[i].acc,
                                       nb, SLOT_ACC, i)
             self.nranges = _add_range(self.ranges, self.nranges, self.base[i].ema,
@@ -156,6 +201,58 @@ cdef class Plan:
         qsort(self.ranges, self.nranges, sizeof(_Range), _range_cmp)
 
     # -- states and step counts ----------------------------------------------
+
+    cdef inline bint _bf16(self) noexcept:
+        return self.state_format == "bfloat16"
+
+    def set_state_format(self, str fmt, seed=0, positions=None):
+        """Keep the states as ``fmt``: "native" (the parameters' dtype) or
+        "bfloat16" (their uint16 bits, written with stochastic rounding
+        whose random keys come from ``seed``, each parameter's entry of
+        ``positions`` (default: its index in the plan) and its step).
+        Only before any state exists."""
+        if any(b is not None for b in self.buffers):
+            raise RuntimeError("the state format is set before the first state exists")
+        if fmt not in ("native", "bfloat16"):
+            raise ValueError(f"unknown state format {fmt!r}")
+        if fmt == "bfloat16":
+            if self.dt != 0:
+                raise ValueError(
+                    f"state_dtype='bfloat16' needs float32 parameters; parameter "
+                    f"{self.labels[0]!r} is {_DTYPE_NAMES[self.dt]} (keep float64 "
+                    f"parameters' states in float64)")
+            if fo_reductions(self.r.id):
+                raise ValueError(
+                    f"state_dtype='bfloat16' is not available for {self.r.name}: "
+                    f"its first pass reads the states it writes")
+            if self.r.entry.matrix:
+                raise ValueError(
+                    f"state_dtype='bfloat16' is not available for {self.r.name}: "
+                    f"its step has a matrix step between two passes")
+        if not (type(seed) is int and 0 <= seed < 2 ** 64):
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        if positions is None:
+            positions = list(range(self.count))
+        if len(positions) != self.count or not all(
+                type(k) is int and 0 <= k < 2 ** 63 for k in positions):
+            raise ValueError(f"positions must be {self.count} ints >= 0")
+        self.state_format = fmt
+        self.seed = seed
+        self.positions = list(positions)
+        self._index_ranges()
+
+    def set_seed(self, seed):
+        """The seed of the random keys (a checkpoint's)."""
+        if not (type(seed) is int and 0 <= seed < 2 ** 64):
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        self.seed = seed
+
+    cdef object _stored(self, double value):
+        """value as a state element is stored: itself, or its bfloat16
+        bits (rounded to nearest even)"""
+        if self._bf16():
+            return _bf16_nearest(value)
+        return value
 
     def state(self, int slot):
         """The views of state ``slot`` (one per parameter), None when the
@@ -173,7 +270,8 @@ cdef class Plan:
         if self.buffers[slot] is not None:
             return
         total = sum(self.base[i].n for i in range(self.count))
-        buf = np.full(total, value, dtype=_DTYPE_NAMES[self.dt])
+        buf = np.full(total, self._stored(value),
+                      dtype=np.uint16 if self._bf16() else _DTYPE_NAMES[self.dt])
         views = []
         for i in range(self.count):
             views.append(buf[offset:offset + <Py_ssize_t>self.base[i].n]
@@ -495,6 +593,8 @@ cdef class Plan:
         if mean_count > 0:
             f.flags |= FO_FUSE_MEAN
             f.count = mean_count
+        if self._bf16():
+            f.flags |= FO_FUSE_BF16
         if self.ema_buffer is not None:
             f.flags |= FO_FUSE_EMA if self.ema_ready[i] else FO_FUSE_EMA_COPY
             f.ema_weight = self.ema_weight
@@ -524,12 +624,15 @@ cdef class Plan:
                 # starts at the lr of that step)
                 for i in range(self.count):
                     if self.present[i] and self.steps[i] == 0:
-                        self.views[slot][i].fill(self.init[slot])
+                        self.views[slot][i].fill(self._stored(self.init[slot]))
         for i in range(self.count):
             for slot in range(FO_MAX_STATES):
                 self.work[i].s[slot] = (self.base[i].s[slot]
                                         if slot < r.nstates and r.needs(self.h, slot)
                                         else NULL)
+            if self._bf16():
+                self.work[i].key = fo_lowp_tensor_key(
+                    self.seed, <uint64_t>self.positions[i], <uint64_t>(self.steps[i] + 1))
         if r.nscalars:
             # a parameter's scalar states start at its first step
             for i in range(self.count):

@@ -206,6 +206,17 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e
         hypers.append(hyper)
+    saved_dtype = sd.get("state_dtype")
+    mine = getattr(optimizer, "state_dtype", None)
+    bf16 = mine == "bfloat16"
+    if (saved_dtype == "bfloat16") != bf16:
+        raise ValueError(f"state_dict holds states of state_dtype={saved_dtype!r}, "
+                         f"the optimizer keeps state_dtype={mine!r}; convert it "
+                         f"with fastopt.states.convert_state_dict")
+    if bf16:
+        seed: Any = sd.get("seed")
+        if not (_is_int(seed) and 0 <= seed < 2 ** 64):
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     steps = [0] * len(optimizer._params)
     entries: list[dict[str, Any]] = [{} for _ in optimizer._params]
     for i, entry in state.items():
@@ -240,11 +251,12 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                 raise ValueError(f"{where} has an unknown state {kind!r}; "
                                  f"{type(optimizer).__name__} keeps "
                                  f"{list(keys) + list(scalar_keys) + extra}")
+            want = (np.dtype(np.uint16) if bf16 and kind in keys else param.dtype)
             if (not isinstance(value, np.ndarray) or value.shape != param.shape
-                    or value.dtype != param.dtype):
+                    or value.dtype != want):
                 desc = (f"{value.dtype} array of shape {value.shape}"
                         if isinstance(value, np.ndarray) else type(value).__name__)
-                raise ValueError(f"{where}[{kind!r}] must be a {param.dtype} array "
+                raise ValueError(f"{where}[{kind!r}] must be a {want} array "
                                  f"of shape {param.shape} like parameter "
                                  f"{label!r}, got {desc}")
             entries[pos][kind] = value

@@ -26,12 +26,28 @@ import threading
 
 import numpy as np
 
-from fastopt import _core, checkpoint
+from fastopt import _core, checkpoint, reference
 from fastopt.checkpoint import FORMAT, VERSION
 from fastopt.rules import RULES
 
 __all__ = ["Optimizer"] + [name for rule in RULES.values()
                            for name, *_ in rule.classes()]
+
+
+STATE_DTYPES = (None, "float32", "float64", "bfloat16")
+
+
+def _check_state_dtype(state_dtype, seed):
+    if state_dtype is not None and not isinstance(state_dtype, str):
+        raise TypeError(f"state_dtype must be None or a str, got "
+                        f"{type(state_dtype).__name__}")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, "
+                         f"got {state_dtype!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
 
 
 class Optimizer:
@@ -64,13 +80,33 @@ class Optimizer:
       skips the whole accumulated step (optax.apply_if_finite) and clears
       the buffer.  The buffers are state key ``"grad_accum"``, the calls
       made so far ``state_dict()["accumulation"]``.
+    - ``state_dtype``: None (the default: states in the parameters' dtype;
+      ``"float32"`` or ``"float64"`` say the same and must match it) or
+      ``"bfloat16"`` for float32 parameters: every array state is kept as
+      bfloat16 bits (uint16 arrays, 2 bytes an element in place of 4), the
+      rule's float32 math runs on the decoded values in the same pass, and
+      every state write rounds stochastically, its random bits a hash of
+      (``seed``, the parameter's index, its step, the state, the element's
+      index), so results are the same bits for every thread count and
+      instruction set and are reproduced by
+      :func:`fastopt.reference.bf16_step`.  Round-to-nearest would stall
+      decaying averages (0.999 * v rounds back to v), which stochastic
+      rounding does not do on average.  Underflow: a state below bfloat16's
+      smallest subnormal (about 9.2e-41) becomes 0, e.g. Adam's v for
+      |g| below about 1e-20, harmless next to eps.  ``state_float32(p)``
+      reads a parameter's states as float32; :mod:`fastopt.states` converts
+      states and state_dicts between dtypes.  Not for rules with a first
+      pass over the states (LAMB, LARS).
+    - ``seed``: an int in [0, 2**64) (default 0), the seed of stochastic
+      rounding; kept in the state_dict.
     """
 
     rule = None
 
     def __init__(self, params, defaults, *, skip_nonfinite=False,
-                 ema_decay=None, accumulation_steps=1):
+                 ema_decay=None, accumulation_steps=1, state_dtype=None, seed=0):
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
+        _check_state_dtype(state_dtype, seed)
         if ema_decay is not None:
             ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
                                          label="ema_decay value")
@@ -82,10 +118,20 @@ class Optimizer:
             raise ValueError(f"accumulation_steps must be an int >= 1, got "
                              f"{accumulation_steps!r}")
         self._check_group(defaults)
+        if state_dtype == "bfloat16" and self.rule.reductions:
+            raise ValueError(f"state_dtype='bfloat16' is not available for "
+                             f"{type(self).__name__}: its first pass reads the "
+                             f"states its update pass then writes")
+        if state_dtype == "bfloat16" and self.rule.matrix:
+            raise ValueError(f"state_dtype='bfloat16' is not available for "
+                             f"{type(self).__name__}: its step has a matrix step "
+                             f"between two passes over its states")
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.ema_decay = ema_decay
         self.accumulation_steps = int(accumulation_steps)
+        self.state_dtype = state_dtype
+        self.seed = int(seed)
         self._micro = 0               # calls accumulated in this window
         self._window_nonfinite = False
         self._ema_swapped = False
@@ -119,6 +165,14 @@ class Optimizer:
         self._plans, self._index = self._make_plans()
         _core.check_disjoint(self._params, [f"parameter {label!r}"
                                             for label in self._labels])
+        for plan, idx in zip(self._plans, self._index):
+            dtype = plan.params[0].dtype
+            if state_dtype in ("float32", "float64") and dtype != state_dtype:
+                raise ValueError(f"state_dtype={state_dtype!r} but parameter "
+                                 f"{self._labels[idx[0]]!r} is {dtype}: array states "
+                                 f"follow their parameter's dtype, or are 'bfloat16'")
+            if state_dtype == "bfloat16":
+                plan.set_state_format("bfloat16", self.seed, idx)
         for plan in self._plans:
             if ema_decay is not None:
                 plan.enable_ema(1.0 - ema_decay)
@@ -343,6 +397,9 @@ class Optimizer:
                   "state": dict(sorted(state.items())),
                   "param_groups": groups,
                   "skipped_steps": self.skipped_steps}
+            if self._bf16:
+                sd["state_dtype"] = self.state_dtype
+                sd["seed"] = self.seed
             if self.accumulation_steps > 1:
                 sd["accumulation"] = {"steps": self.accumulation_steps,
                                       "count": self._micro,
@@ -379,7 +436,7 @@ class Optimizer:
                     views = plan.state(slot)
                     if views is None:
                         continue
-                    init = self._initial(plan.group, slot)
+                    init = self._stored(self._initial(plan.group, slot))
                     for i, view in zip(idx, views):
                         if key in entries[i]:
                             np.copyto(view, entries[i][key])
@@ -397,6 +454,10 @@ class Optimizer:
                             view.fill(0)
             self.skipped_steps = skipped
             self._micro, self._window_nonfinite = micro, nonfinite
+            if self._bf16:
+                self.seed = int(state_dict["seed"])
+                for plan in self._plans:
+                    plan.set_seed(self.seed)
 
     def swap(self, key):
         """Exchange every parameter's values with those of its state ``key``
@@ -408,6 +469,10 @@ class Optimizer:
         if key not in keys:
             raise ValueError(f"{type(self).__name__} has no array state {key!r}; "
                              f"its states are {list(keys)}")
+        if self._bf16:
+            raise ValueError("swap() needs states in the parameters' dtype: with "
+                             "state_dtype='bfloat16' a parameter could not get its "
+                             "own bits back; read the average with state_float32(p)")
         slot = keys.index(key)
         with self._lock:
             for plan in self._plans:
@@ -448,6 +513,35 @@ class Optimizer:
                     tmp = p.copy()
                     np.copyto(p, e)
                     np.copyto(e, tmp)
+
+    @property
+    def _bf16(self):
+        return self.state_dtype == "bfloat16"
+
+    def _stored(self, value):
+        """A state element's start value as the states store it."""
+        return int(reference.bf16_nearest(value)) if self._bf16 else value
+
+    def state_float32(self, param):
+        """The array states of ``param`` (one of the optimizer's parameter
+        arrays) as new arrays in float32, or in the parameter's dtype when
+        the states are kept in it: ``{state key: array}``, bfloat16 states
+        decoded exactly.  Empty before the parameter's first step."""
+        for plan, idx in zip(self._plans, self._index):
+            for j, p in enumerate(plan.params):
+                if p is param:
+                    with self._lock:
+                        if not plan.get_steps()[j]:
+                            return {}
+                        out = {}
+                        for slot, key in enumerate(self.rule.state_keys):
+                            views = plan.state(slot)
+                            if views is not None:
+                                v = views[j]
+                                out[key] = (reference.bf16_decode(v).reshape(v.shape)
+                                            if self._bf16 else v.copy())
+                        return out
+        raise ValueError("param is not one of the optimizer's parameter arrays")
 
     def _initial(self, group, slot):
         init = self.rule.states[slot].initial
@@ -531,6 +625,8 @@ class ScheduleFree(Optimizer):
                 weight = 1.0 - beta if to_train else 1.0 - 1.0 / beta
                 for p, z, t in zip(plan.params, views, plan.get_steps()):
                     if t:
+                        if self._bf16:
+                            z = reference.bf16_decode(z).reshape(z.shape)
                         _lerp(p, z, weight)
             self.train_mode = to_train
 
@@ -598,10 +694,12 @@ def _make_class(rule, name, fixed, defaults, doc, base):
     kwargs = ", ".join(f"{h.name}={default[h.name]!r}" for h in hypers if h.keyword_only)
     given = ", ".join(f"{h.name}={h.name}" for h in hypers)
     source = (f"def __init__(self, params, {args}, *, {kwargs}, skip_nonfinite=False,\n"
-              f"             ema_decay=None, accumulation_steps=1):\n"
+              f"             ema_decay=None, accumulation_steps=1, state_dtype=None,\n"
+              f"             seed=0):\n"
               f"    Optimizer.__init__(self, params, dict({given}, **FIXED),\n"
               f"                       skip_nonfinite=skip_nonfinite, ema_decay=ema_decay,\n"
-              f"                       accumulation_steps=accumulation_steps)\n")
+              f"                       accumulation_steps=accumulation_steps,\n"
+              f"                       state_dtype=state_dtype, seed=seed)\n")
     namespace = {"Optimizer": Optimizer, "FIXED": dict(fixed)}
     exec(source, namespace)
     return type(name, (base,), {"__init__": namespace["__init__"], "rule": rule,

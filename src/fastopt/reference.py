@@ -545,3 +545,88 @@ def muon(param, grad, momentum_buffer, c):
         u = b.copy()
     o, ratio = matrix.muon(u.reshape(np.shape(param)), c.hyper)
     param[...] = param * c.decay - (c.lr * ratio) * o
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 states (csrc/fastopt/lowp.h)
+#
+# A bfloat16 is the upper half of a float32's bits.  States kept in it are
+# decoded exactly, the rule's float32 math runs on them unchanged, and each
+# state is written back rounded stochastically: bits (u + r) >> 16 with r
+# 16 random bits of a counter-based hash of (key, state slot, element index).
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    """SplitMix64's finalizer of z + the golden gamma (Python ints)."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def lowp_tensor_key(seed, index, step):
+    """The random key of parameter ``index``'s step ``step`` (1 for its
+    first) under ``seed``."""
+    return _mix64((_mix64((_mix64(seed) + index) & _M64) + step) & _M64)
+
+
+def lowp_slot_key(key, slot):
+    """The 32-bit key of state slot ``slot`` (the rule's state order)."""
+    return _mix64((key + slot) & _M64) >> 32
+
+
+def hash32(x):
+    """Chris Wellons' lowbias32 of a uint32 array."""
+    x = np.asarray(x, dtype=np.uint32)
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def bf16_decode(bits):
+    """float32 values of bfloat16 bits (uint16), exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _bf16_nan(u):
+    return (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+
+
+def bf16_nearest(x):
+    """bfloat16 bits of float32 ``x`` rounded to nearest, ties to even (a
+    NaN becomes the quiet NaN of its sign)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.where(_bf16_nan(u), (u >> np.uint32(16)) | np.uint32(0x40),
+                    rounded).astype(np.uint16)
+
+
+def bf16_round(x, key, start=0):
+    """bfloat16 bits of float32 ``x`` (flattened) rounded stochastically
+    with the random bits of elements start, start + 1, ... under the 32-bit
+    slot key ``key``: (u + (hash32(key + i) >> 16)) >> 16."""
+    u = np.asarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
+    i = (np.arange(u.size, dtype=np.uint64) + np.uint64(start)).astype(np.uint32)
+    r = hash32(i + np.uint32(key & 0xFFFFFFFF)) >> np.uint32(16)
+    return np.where(_bf16_nan(u), (u >> np.uint32(16)) | np.uint32(0x40),
+                    (u + r) >> np.uint32(16)).astype(np.uint16).reshape(np.shape(x))
+
+
+def bf16_step(name, key, param, grad, *states, **kwargs):
+    """One step of rule ``name`` with its array states kept as bfloat16
+    bits (uint16 arrays, None where unused, given positionally in the rule's
+    state order; any per-tensor scalar states follow), updated in
+    place: the states decoded, the rule's reference run on them in float32,
+    each written back with bf16_round under lowp_slot_key(key, slot)."""
+    rule = RULES[name]
+    n = len(rule.states)
+    arrays, rest = list(states[:n]), states[n:]
+    decoded = [None if s is None else bf16_decode(s).reshape(np.shape(s)) for s in arrays]
+    globals()[name](param, grad, *decoded, *rest, **kwargs)
+    for slot, (bits, value) in enumerate(zip(arrays, decoded)):
+        if bits is not None:
+            bits[...] = bf16_round(value, lowp_slot_key(key, slot))

@@ -82,28 +82,28 @@ class OptimizerSpec:
     build: Callable  # (params, lr) -> optimizer
 
 
-def _sgd(params, lr):
+def _sgd(params, lr, **extra):
     from ..optim import SGD
 
-    return SGD(params, lr=lr)
+    return SGD(params, lr=lr, **extra)
 
 
-def _momentum(params, lr):
+def _momentum(params, lr, **extra):
     from ..optim import Momentum
 
-    return Momentum(params, lr=lr, beta=0.9)
+    return Momentum(params, lr=lr, beta=0.9, **extra)
 
 
-def _rmsprop(params, lr):
+def _rmsprop(params, lr, **extra):
     from ..optim import RMSprop
 
-    return RMSprop(params, lr=lr, alpha=0.99, eps=1e-8)
+    return RMSprop(params, lr=lr, alpha=0.99, eps=1e-8, **extra)
 
 
-def _adam(params, lr):
+def _adam(params, lr, **extra):
     from ..optim import Adam
 
-    return Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    return Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **extra)
 
 
 #: The optimizers, in the order they run and are reported.
@@ -123,9 +123,10 @@ PUBLISHED = {
 }
 
 
-def make_optimizer(name: str, params, lr: float):
-    """The optimizer ``name`` (a key of :data:`OPTIMIZERS`) over ``params``."""
-    return OPTIMIZERS[name].build(params, lr)
+def make_optimizer(name: str, params, lr: float, **extra):
+    """The optimizer ``name`` (a key of :data:`OPTIMIZERS`) over ``params``;
+    ``extra`` goes to its constructor (``state_dtype=...``)."""
+    return OPTIMIZERS[name].build(params, lr, **extra)
 
 
 @dataclasses.dataclass
@@ -164,6 +165,7 @@ def train(
     lr_decay: bool = False,
     progress: Callable[[int], None] | None = None,
     label: str | None = None,
+    state_dtype: str | None = None,
 ) -> Run:
     """Train a fresh copy of ``init_params`` with optimizer ``name``, as the course does.
 
@@ -171,6 +173,7 @@ def train(
     one optimizer step per mini-batch. ``lr`` defaults to the course's rate,
     or with ``lr_decay`` to the optimizer's starting rate of the course's
     decay run. ``progress(epoch)`` is called after every epoch.
+    ``state_dtype`` is the optimizer's (None: the weights' dtype).
     """
     spec = OPTIMIZERS[name]
     if lr is None:
@@ -179,7 +182,8 @@ def train(
     # The optimizer's keys are the parameters' names; the model writes the
     # gradients into the same arrays at every step.
     grads = {p: model.grads[g] for p, g in zip(model.param_names, model.grad_names)}
-    opt = make_optimizer(name, model.params, lr)
+    opt = make_optimizer(name, model.params, lr,
+                         **({} if state_dtype is None else {"state_dtype": state_dtype}))
     group = opt.param_groups[0]
     Y = np.asarray(Y, dtype=model.dtype)  # batches then need no conversion
     m = X.shape[1]
@@ -460,9 +464,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=_seed, default=3,
         help="seed of the He initial weights (default 3, the course's)")
     parser.add_argument(
-        "--dtype", choices=("float32", "float64"), default="float64",
+        "--dtype", choices=("float32", "float64"), default=None,
         help="floating-point type of data, weights and optimizer state "
-             "(default float64)")
+             "(default float64; float32 with --state-dtype bfloat16)")
+    parser.add_argument(
+        "--state-dtype", choices=("bfloat16",), default=None,
+        help="keep the optimizers' states in bfloat16 (float32 weights; "
+             "stochastic rounding, see fastopt.Optimizer)")
     parser.add_argument(
         "--lr-decay", action="store_true",
         help="the course's scheduled decay lr0/(1 + floor(epoch/1000))")
@@ -493,17 +501,25 @@ def main(args: argparse.Namespace) -> int:
     epochs = args.epochs
     if epochs is None:
         epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
-    dtype = np.dtype(args.dtype)
+    state_dtype = getattr(args, "state_dtype", None)
+    dtype = np.dtype(args.dtype or ("float32" if state_dtype == "bfloat16" else "float64"))
+    if state_dtype == "bfloat16" and dtype != np.float32:
+        print("--state-dtype bfloat16 needs float32 weights (--dtype float32)",
+              file=sys.stderr)
+        return 2
     X, Y = course_moons(dtype=dtype)
     init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)
 
+    # the course's numbers are shown beside runs in its settings, and beside
+    # float32 runs with bfloat16 states, whose point is to reproduce them
     course_settings = (args.lr is None and args.batch_size == 64 and args.seed == 3
-                       and dtype == np.float64)
+                       and (dtype == np.float64 or state_dtype is not None))
     published = PUBLISHED.get((args.lr_decay, epochs), {}) if course_settings else {}
 
     decay = " with the course's lr decay" if args.lr_decay else ""
+    states = f", {state_dtype} optimizer states" if state_dtype else ""
     print(f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
-          f"batches of {args.batch_size}, {dtype.name}{decay}")
+          f"batches of {args.batch_size}, {dtype.name}{states}{decay}")
 
     runs = []
     for name in args.optimizers:
@@ -511,7 +527,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             runs.append(train(name, X, Y, init_params, epochs=epochs,
                               batch_size=args.batch_size, lr=args.lr,
-                              lr_decay=args.lr_decay, progress=bar))
+                              lr_decay=args.lr_decay, progress=bar,
+                              state_dtype=state_dtype))
         finally:
             bar.close()
     print()

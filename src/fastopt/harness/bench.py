@@ -37,7 +37,7 @@ from fastopt import _core
 from fastopt.rules import RULES as TABLE
 from fastopt import functional as F
 from fastopt import reference as R
-from fastopt.harness import sklearn_bench
+from fastopt.harness import sklearn_bench, state_bench
 
 FULL_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 5 * 10**7]
 QUICK_SIZES = [10**3, 10**5, 10**6, 10**7]
@@ -145,6 +145,7 @@ def add_arguments(parser):
                              "update, for the first of --rules and --dtypes and "
                              "--sizes (default 1e6,1e7); needs fastopt[mpi]")
     sklearn_bench.add_arguments(parser)
+    state_bench.add_arguments(parser)
 
 
 # ---------------------------------------------------------------------------
@@ -693,6 +694,8 @@ def main(args):
         return distributed_bench.main(args)
     if getattr(args, "sklearn", False):
         return sklearn_bench.main(args)
+    if getattr(args, "state_dtypes", False):
+        return state_bench.main(args, None if args.no_torch else _torch())
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:

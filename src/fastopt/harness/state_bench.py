@@ -1,0 +1,141 @@
+"""``python -m fastopt bench --state-dtypes``: AdamW on float32 parameters
+with its states in each state dtype, against torch's fused AdamW (float32
+states) and the traffic floors of the byte counts, measured in one run.
+
+Rows per size and thread count (median ms per step, timed interleaved):
+
+  float32     fastopt.AdamW, states in float32: 28 bytes an element
+              (p read and written, g read, m and v read and written)
+  bfloat16    fastopt.AdamW(state_dtype="bfloat16"): 20 bytes an element
+  floor_28    fastopt's traffic kernel over p, g and two float32 states
+  floor_20    the same over p, g and one float32 state: 20 bytes an element,
+              the bytes of a step with two 2-byte states
+  torch       torch.optim.AdamW(fused=True) on float32, at the same thread
+              count (when torch is installed)
+
+Ratios are to torch's fused step and to the floor of each row's bytes.
+"""
+import sys
+import time
+
+import numpy as np
+
+import fastopt
+from fastopt import _core
+
+STATE_DTYPES = ("float32", "bfloat16")
+DEFAULT_SIZES = [10**5, 10**6, 10**7, 5 * 10**7]
+
+
+def add_arguments(parser):
+    parser.add_argument("--state-dtypes", action="store_true",
+                        help="AdamW with float32 and bfloat16 states against torch's "
+                             "fused AdamW and the byte floors (--sizes, --threads, "
+                             "--plot apply)")
+
+
+def _median_ms(calls, budget, min_reps=5, max_reps=200):
+    from fastopt.harness.bench import interleaved
+    return {k: v * 1e3 for k, v in
+            interleaved(calls, budget, min_reps=min_reps, max_reps=max_reps).items()}
+
+
+def measure(n, threads, budget, torch, rng):
+    """One size: {threads: {name: median ms}} for every thread count."""
+    p0 = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+    calls = {}
+    keep = []
+    for sd in STATE_DTYPES:
+        p = p0.copy()
+        opt = fastopt.AdamW([p], lr=1e-3, state_dtype=None if sd == "float32" else sd)
+        opt.step([g])          # the states exist before timing
+        keep.append((opt, p))
+        calls[sd] = (lambda o: lambda: o.step([g]))(opt)
+    arrays = [p0.copy(), g.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)]
+    calls["floor_28"] = lambda: _core.traffic(*arrays)
+    calls["floor_20"] = lambda: _core.traffic(*arrays[:3])
+    if torch is not None:
+        tp = torch.from_numpy(p0.copy())
+        tp.grad = torch.from_numpy(g.copy())
+        topt = torch.optim.AdamW([tp], lr=1e-3, fused=True)
+        topt.step()
+        calls["torch"] = topt.step
+    out = {}
+    for t in threads:
+        fastopt.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        out[t] = _median_ms(calls, budget)
+    fastopt.set_num_threads(None)
+    return out
+
+
+def print_table(results, file=sys.stdout):
+    print("| elements | threads | float32 ms | bfloat16 ms | torch fused ms | "
+          "float32 / torch | bfloat16 / torch | 20 B floor / torch | "
+          "float32 % of 28 B floor | bfloat16 % of 20 B floor |", file=file)
+    print("|---|---|---|---|---|---|---|---|---|---|", file=file)
+    for n, per in results.items():
+        for t, m in per.items():
+            tt = m.get("torch")
+
+            def ratio(k):
+                return f"{m[k] / tt:.2f}" if tt else "-"
+            print(f"| {n:.0e} | {t} | {m['float32']:.2f} | {m['bfloat16']:.2f} | "
+                  f"{f'{tt:.2f}' if tt else '-'} | {ratio('float32')} | "
+                  f"{ratio('bfloat16')} | {ratio('floor_20')} | "
+                  f"{100 * m['floor_28'] / m['float32']:.0f}% | "
+                  f"{100 * m['floor_20'] / m['bfloat16']:.0f}% |", file=file)
+
+
+def plot(results, path):
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("no matplotlib: pip install matplotlib (or fastopt[plot]) for the plot")
+        return None
+    threads = sorted({t for per in results.values() for t in per})
+    fig, axes = plt.subplots(1, len(threads), figsize=(5 * len(threads), 3.8), squeeze=False)
+    sizes = list(results)
+    labels = [("float32", "fastopt, float32 states"), ("bfloat16", "fastopt, bfloat16 states"),
+              ("torch", "torch fused AdamW (float32)"), ("floor_28", "28 B traffic floor"),
+              ("floor_20", "20 B traffic floor")]
+    for ax, t in zip(axes[0], threads):
+        for key, label in labels:
+            if all(key in results[n][t] for n in sizes):
+                ax.plot(sizes, [results[n][t][key] / n * 1e6 for n in sizes], marker="o",
+                        label=label, ls="--" if key.startswith("floor") else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("elements")
+        ax.set_ylabel("ns per element")
+        ax.set_title(f"AdamW float32 parameters, {t} thread(s)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(args, torch):
+    sizes = args.sizes or DEFAULT_SIZES
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else sorted({1, fastopt.get_num_threads()}))
+    budget = 0.3 if args.quick else 2.0
+    rng = np.random.default_rng(0)
+    print(f"fastopt {fastopt.__version__} state dtypes: SIMD {fastopt.get_simd_level()}"
+          + (f", torch {torch.__version__}" if torch is not None else ", no torch"))
+    start = time.perf_counter()
+    results = {}
+    for n in sizes:
+        results[n] = measure(n, threads, budget, torch, rng)
+        for t, m in results[n].items():
+            print(f"  n={n:.0e} threads={t}: " + ", ".join(
+                f"{k} {v:.2f} ms" for k, v in m.items()), file=sys.stderr)
+    print()
+    print_table(results)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.plot and plot(results, args.plot):
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,356 @@
+"""state_dtype="bfloat16": states kept as bfloat16 bits with stochastic
+rounding, against fastopt.reference.bf16_step bit for bit on every level
+and thread count; checkpoints, conversions, bad input, and accuracy on a
+noisy quadratic against a float64 run."""
+import inspect
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _core, reference
+from fastopt.rules import RULES
+
+# the classes whose rule has array states and one pass (every class of such
+# a rule: AdamW beside Adam); a rule with a matrix step refuses bfloat16
+# states (tests/test_muon.py)
+CLASSES = [(name, rule) for rule in RULES.values()
+           if rule.states and not rule.reductions and not rule.matrix
+           for name, *_ in rule.classes()]
+TWO_PASS = [rule.cls for rule in RULES.values() if rule.reductions]
+
+
+def _hypers(rule, name):
+    """The class's defaults with every optional state switched on and
+    weight decay where the rule has it."""
+    cls = getattr(fastopt, name)
+    h = {k: v for k, v in cls([np.zeros(1, np.float32)]).defaults.items()}
+    for s in rule.states:
+        if s.when is not None:
+            h[s.when] = True if rule.hyper(s.when).check == "flag" else 0.5
+    if "weight_decay" in h and not h["weight_decay"]:
+        h["weight_decay"] = 0.01
+    if "lr" in h and name in ("SGDScheduleFree",):
+        h["lr"] = 0.1
+    return h
+
+
+class Model:
+    """Per parameter: bfloat16 states at their start values, scalar states,
+    a step count; a step is reference.bf16_step under the parameter's key."""
+
+    def __init__(self, rule, params, h, seed):
+        self.rule, self.params, self.h, self.seed = rule, params, h, seed
+        self.steps = [0] * len(params)
+        self.states = [None] * len(params)
+        self.kernel = {k.name: h[k.name] for k in rule.kernel_hypers}
+
+    def _start(self, p):
+        out = []
+        for s in self.rule.states:
+            if s.when is not None and not self.h[s.when]:
+                out.append(None)
+                continue
+            v = float(self.h[s.initial]) if isinstance(s.initial, str) else float(s.initial)
+            out.append(np.full(p.shape, reference.bf16_nearest(v), np.uint16))
+        scal = [np.array([float(self.h[s.initial]) if isinstance(s.initial, str)
+                          else float(s.initial)]) for s in self.rule.scalar_states]
+        return out, scal
+
+    def step(self, grads):
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            if self.states[i] is None:
+                self.states[i] = self._start(p)
+            self.steps[i] += 1
+            arrays, scal = self.states[i]
+            key = reference.lowp_tensor_key(self.seed, i, self.steps[i])
+            step = {} if self.rule.step is None else {"step": self.steps[i]}
+            reference.bf16_step(self.rule.name, key, p, g, *arrays, *scal,
+                                **step, **self.kernel)
+
+
+def _check(opt, params, model):
+    for i, (p, q) in enumerate(zip(params, model.params)):
+        assert p.tobytes() == q.tobytes(), f"parameter {i}"
+    state = opt.state_dict()["state"]
+    for i in range(len(params)):
+        if not model.steps[i]:
+            continue
+        arrays, _ = model.states[i]
+        for s, bits in zip(model.rule.states, arrays):
+            if bits is not None:
+                got = state[i][s.state_key]
+                assert got.dtype == np.uint16
+                assert got.tobytes() == bits.tobytes(), f"{s.state_key} of parameter {i}"
+
+
+def _problem(rng, sizes=(1, 1500, 4097)):
+    return [rng.standard_normal(n).astype(np.float32) for n in sizes]
+
+
+@pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
+def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
+    """Every class with array states, every level and 1 and 2 threads
+    (thread splits and chunk edges inside the tensors), a None gradient."""
+    h = _hypers(rule, name)
+    params = _problem(rng)
+    ref = [p.copy() for p in params]
+    cls = getattr(fastopt, name)
+    ctor = {k: v for k, v in h.items() if k in inspect.signature(cls).parameters}
+    opt = cls(params, **ctor, state_dtype="bfloat16", seed=11)
+    model = Model(rule, ref, h, 11)
+    for t in range(5):
+        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+        if t == 2:
+            grads[1] = None
+        opt.step(grads)
+        model.step([None if g is None else g.copy() for g in grads])
+    _check(opt, params, model)
+
+
+def test_keys_are_the_references():
+    for seed, index, step in [(0, 0, 1), (2 ** 64 - 1, 3, 2 ** 62), (12345, 2 ** 40, 7)]:
+        key = _core.lowp_tensor_key(seed, index, step)
+        assert key == reference.lowp_tensor_key(seed, index, step)
+        for slot in range(4):
+            assert _core.lowp_slot_key(key, slot) == reference.lowp_slot_key(key, slot)
+
+
+def _special():
+    bits = np.array([0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x7F7FFFFF,
+                     0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000,
+                     0x7F800001, 0xFF80FFFF, 0x3F800000, 0x3F80FFFF, 0x3F808000,
+                     0x00010000, 0x0000FFFF], np.uint32)
+    return bits.view(np.float32)
+
+
+@pytest.mark.parametrize("start", [0, 5, 2 ** 32 - 3])
+def test_codec_is_the_reference(simd_level, rng, start):
+    x = np.concatenate([_special(), rng.standard_normal(1000).astype(np.float32),
+                        rng.standard_normal(37).astype(np.float32) * 1e-39])
+    for key in (0, 0xFFFFFFFF, 0x9E3779B9):
+        got = _core.bf16_round(x, key, start)
+        assert got.tobytes() == reference.bf16_round(x, key, start).tobytes()
+    bits = rng.integers(0, 2 ** 16, 999).astype(np.uint16)
+    assert _core.bf16_decode(bits).tobytes() == reference.bf16_decode(bits).tobytes()
+
+
+def test_rounding_keeps_what_it_must():
+    x = _special()
+    for key in range(5):
+        out = reference.bf16_decode(reference.bf16_round(x, key))
+        exact = (x.view(np.uint32) & 0xFFFF) == 0
+        assert np.array_equal(out[exact], x[exact], equal_nan=True)
+        assert np.array_equal(np.isnan(out), np.isnan(x))
+        # only values above the largest bfloat16 (3.3895e38) may become inf
+        assert np.array_equal(np.isinf(out) & ~np.isinf(x),
+                              (np.abs(x) > 3.3896e38) & ~np.isinf(x))
+        # each result is one of the two bfloat16 neighbours
+        finite = np.isfinite(x)
+        lo = reference.bf16_decode(x.view(np.uint32)[finite] >> 16)
+        assert np.all((out[finite] == lo) | (np.abs(out[finite]) > np.abs(lo)))
+
+
+def test_rounding_is_unbiased():
+    """1 + 2**-10 lies a quarter of the gap above 1 (gap 2**-7 ... an
+    eighth): it rounds up with probability 1/8, so the mean is x."""
+    n = 200_000
+    x = np.full(n, 1 + 2 ** -10, np.float32)
+    out = reference.bf16_decode(reference.bf16_round(x, 77))
+    up = np.mean(out > 1)
+    assert abs(up - 0.125) < 4 * np.sqrt(0.125 * 0.875 / n)
+    assert abs(out.astype(np.float64).mean() - (1 + 2 ** -10)) < 1e-5
+    # other keys and offsets draw other bits
+    assert not np.array_equal(reference.bf16_round(x, 78), reference.bf16_round(x, 77))
+
+
+def test_seed_changes_the_bits_and_the_same_seed_repeats_them(rng):
+    def run(seed):
+        p = np.linspace(-1, 1, 3001, dtype=np.float32)
+        opt = fastopt.Adam([p], lr=1e-2, state_dtype="bfloat16", seed=seed)
+        for k in range(3):
+            opt.step([np.cos(p * (k + 1)).astype(np.float32)])
+        return p.tobytes(), opt.state_dict()["state"][0]["exp_avg_sq"].tobytes()
+    assert run(1) == run(1)
+    assert run(1)[1] != run(2)[1]
+
+
+def test_accumulation_and_ema_with_bfloat16_states(rng):
+    """accumulation_steps=2 on (g1, g2) is a step on (g1 + g2) / 2, and the
+    EMA follows the parameter, with the same bfloat16 bits."""
+    p, q = (np.full(2050, 0.5, np.float32) for _ in range(2))
+    a = fastopt.AdamW([p], lr=1e-2, state_dtype="bfloat16", accumulation_steps=2,
+                      ema_decay=0.9)
+    b = fastopt.AdamW([q], lr=1e-2, state_dtype="bfloat16", ema_decay=0.9)
+    for _ in range(3):
+        g1, g2 = (rng.standard_normal(2050).astype(np.float32) for _ in range(2))
+        a.step([g1])
+        a.step([g2])
+        b.step([(g1 + g2) / np.float32(2)])
+    assert p.tobytes() == q.tobytes()
+    sa, sb = a.state_dict()["state"][0], b.state_dict()["state"][0]
+    for key in ("exp_avg", "exp_avg_sq", "ema"):
+        assert sa[key].tobytes() == sb[key].tobytes()
+
+
+def test_state_dict_round_trip_resumes_bit_for_bit(tmp_path, rng):
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in (70, 3)] for _ in range(6)]
+    p0 = [rng.standard_normal(n).astype(np.float32) for n in (70, 3)]
+    whole = [p.copy() for p in p0]
+    opt = fastopt.NAdam(whole, state_dtype="bfloat16", seed=3)
+    for g in grads:
+        opt.step(g)
+    half = [p.copy() for p in p0]
+    first = fastopt.NAdam(half, state_dtype="bfloat16", seed=3)
+    for g in grads[:3]:
+        first.step(g)
+    first.save(tmp_path / "ck")
+    sd = first.state_dict()
+    assert sd["state_dtype"] == "bfloat16" and sd["seed"] == 3
+    assert sd["state"][0]["exp_avg"].dtype == np.uint16
+    second = fastopt.NAdam(half, state_dtype="bfloat16", seed=99)
+    second.load(tmp_path / "ck")
+    assert second.seed == 3
+    for g in grads[3:]:
+        second.step(g)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(whole, half))
+    assert second.state_dict()["state"][0]["exp_avg_sq"].tobytes() == \
+        opt.state_dict()["state"][0]["exp_avg_sq"].tobytes()
+
+
+def test_loading_another_state_dtype_is_refused_and_changes_nothing(rng):
+    p = rng.standard_normal(10).astype(np.float32)
+    f32 = fastopt.Adam([p.copy()])
+    f32.step([p.copy()])
+    bf = fastopt.Adam([p.copy()], state_dtype="bfloat16")
+    bf.step([p.copy()])
+    before = bf.state_dict()
+    with pytest.raises(ValueError, match="convert_state_dict"):
+        bf.load_state_dict(f32.state_dict())
+    with pytest.raises(ValueError, match="convert_state_dict"):
+        f32.load_state_dict(before)
+    after = bf.state_dict()
+    assert after["state"][0]["exp_avg"].tobytes() == before["state"][0]["exp_avg"].tobytes()
+    # converted, it loads; the states are the float32 ones rounded to nearest
+    converted = fastopt.states.convert_state_dict(f32.state_dict(), "bfloat16", seed=4)
+    bf.load_state_dict(converted)
+    m = f32.state_float32(f32.param_groups[0]["params"][0])["exp_avg"]
+    got = bf.state_float32(bf.param_groups[0]["params"][0])["exp_avg"]
+    assert got.tobytes() == fastopt.states.from_bfloat16(
+        fastopt.states.to_bfloat16(m)).tobytes()
+    back = fastopt.states.convert_state_dict(bf.state_dict(), None)
+    assert "state_dtype" not in back and back["state"][0]["exp_avg"].dtype == np.float32
+    f32.load_state_dict(back)
+
+
+def test_state_float32_decodes_exactly(rng):
+    p = rng.standard_normal(33).astype(np.float32)
+    opt = fastopt.Adam([p], state_dtype="bfloat16")
+    assert opt.state_float32(p) == {}
+    opt.step([rng.standard_normal(33).astype(np.float32)])
+    bits = opt.state_dict()["state"][0]["exp_avg"]
+    got = opt.state_float32(p)["exp_avg"]
+    assert got.dtype == np.float32
+    assert got.tobytes() == ((bits.astype(np.uint32) << 16).view(np.float32)).tobytes()
+    with pytest.raises(ValueError, match="param"):
+        opt.state_float32(p.copy())
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(state_dtype="float16"), ValueError, "state_dtype"),
+    (dict(state_dtype=16), TypeError, "state_dtype"),
+    (dict(state_dtype="8-bit"), ValueError, "state_dtype"),
+    (dict(state_dtype="float64"), ValueError, "state_dtype='float64'"),
+    (dict(state_dtype="bfloat16", seed=-1), ValueError, "seed"),
+    (dict(state_dtype="bfloat16", seed=2 ** 64), ValueError, "seed"),
+    (dict(state_dtype="bfloat16", seed=1.0), TypeError, "seed"),
+    (dict(state_dtype="bfloat16", seed=True), TypeError, "seed"),
+])
+def test_bad_state_dtype(kwargs, error, match):
+    p = np.ones(3, np.float32)
+    with pytest.raises(error, match=match):
+        fastopt.Adam([p], **kwargs)
+    assert np.all(p == 1)
+
+
+def test_float64_parameters_with_bfloat16_states_are_refused():
+    with pytest.raises(ValueError, match="float32 parameters.*'w'"):
+        fastopt.Adam({"w": np.ones(3)}, state_dtype="bfloat16")
+    fastopt.Adam([np.ones(3)], state_dtype="float64")
+
+
+@pytest.mark.parametrize("name", TWO_PASS)
+def test_two_pass_rules_refuse_bfloat16(name):
+    with pytest.raises(ValueError, match=name):
+        getattr(fastopt, name)([np.ones(3, np.float32)], state_dtype="bfloat16")
+
+
+def test_swap_is_refused_with_bfloat16_states():
+    p = np.ones(3, np.float32)
+    opt = fastopt.ASGD([p], state_dtype="bfloat16")
+    opt.step([np.ones(3, np.float32)])
+    with pytest.raises(ValueError, match="state_float32"):
+        opt.swap("ax")
+
+
+def test_schedule_free_eval_uses_the_decoded_z(rng):
+    p = rng.standard_normal(100).astype(np.float32)
+    opt = fastopt.AdamWScheduleFree([p], state_dtype="bfloat16")
+    for _ in range(3):
+        opt.step([rng.standard_normal(100).astype(np.float32)])
+    y = p.copy()
+    z = opt.state_float32(p)["z"]
+    opt.eval()
+    x = y.copy()
+    fastopt.optim._lerp(x, z, 1.0 - 1.0 / 0.9)
+    assert p.tobytes() == x.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Accuracy against float64 (noisy diagonal quadratic)
+
+def _quadratic(n=100_000, seed=0):
+    rng = np.random.default_rng(seed)
+    h = 10.0 ** rng.uniform(-2, 1, n)          # curvatures over three decades
+    target = rng.standard_normal(n)
+    return h, target, rng
+
+
+def _train(dtype, state_dtype, steps=1000, n=100_000, shrink_at=None):
+    h, target, rng = _quadratic(n)
+    x = np.zeros(n, dtype)
+    opt = fastopt.AdamW([x], lr=1e-2, weight_decay=0.0, state_dtype=state_dtype)
+    noise = np.random.default_rng(1)
+    for t in range(steps):
+        g = h * (x - target) + 0.1 * noise.standard_normal(n)
+        if shrink_at is not None and t >= shrink_at:
+            g = g / 100.0
+        opt.step([g.astype(dtype)])
+    loss = 0.5 * float(np.sum(h * (x.astype(np.float64) - target) ** 2)) / n
+    return x.astype(np.float64), loss, opt
+
+
+def test_bfloat16_adamw_accuracy_on_a_noisy_quadratic():
+    """After 1,000 AdamW steps: parameters within 1e-2 (relative) of a
+    float64 run, loss within 1e-3."""
+    x64, loss64, _ = _train(np.float64, None)
+    x16, loss16, _ = _train(np.float32, "bfloat16")
+    rel = np.linalg.norm(x16 - x64) / np.linalg.norm(x64)
+    assert rel <= 1e-2, rel
+    assert abs(loss16 - loss64) <= 1e-3, (loss16, loss64)
+
+
+def test_bfloat16_v_decays_after_gradients_shrink():
+    """Large gradients, then 100x smaller: v follows float64's within 10%
+    (round-to-nearest would leave it stuck high)."""
+    n = 20_000
+    _, _, o64 = _train(np.float64, None, steps=600, n=n, shrink_at=300)
+    _, _, o16 = _train(np.float32, "bfloat16", steps=600, n=n, shrink_at=300)
+    v64 = o64.state_float32(o64.param_groups[0]["params"][0])["exp_avg_sq"]
+    v16 = o16.state_float32(o16.param_groups[0]["params"][0])["exp_avg_sq"]
+    ratio = float(np.median(v16 / v64))
+    assert 0.9 <= ratio <= 1.1, ratio
+    worst = np.quantile(np.abs(v16 / v64 - 1), 0.99)
+    assert worst < 0.5, worst
