@@ -331,6 +331,44 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     }
 }
 
+/* Columns per piece of the column sums' work: a cache line's worth of
+ * float64 columns, so threads split a matrix's columns without sharing
+ * lines of the sums. */
+#define FO_COL_GRAIN 64
+
+void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
+{
+    const size_t R = t->rows, C = t->cols;
+    if (R == 0 || C == 0 || t->n == 0) return;
+    const size_t B = t->n / (R * C), pieces = (C + FO_COL_GRAIN - 1) / FO_COL_GRAIN;
+    const fo_rowsq_fn rowsq = active->rowsq[dt];
+    const fo_colsq_fn colsq = active->colsq[dt];
+    const int nt = fo_num_threads_get();
+    const long long nrows = (long long)(B * R), ncols = (long long)(B * pieces);
+    (void)nt;
+    /* every sum is made by one thread in a fixed order: any split of the
+     * rows and columns between threads gives the same bits */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1 && t->n >= parallel_threshold)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long r = 0; r < nrows; r++)
+            rowsq(t->g, C, (size_t)r, (size_t)r + 1, out);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long k = 0; k < ncols; k++) {
+            const size_t b = (size_t)k / pieces, lo = ((size_t)k % pieces) * FO_COL_GRAIN;
+            const size_t hi = lo + FO_COL_GRAIN < C ? lo + FO_COL_GRAIN : C;
+            colsq((const char *)t->g + b * R * C * itemsize[dt], R, C, lo, hi,
+                  out + B * R + b * C);
+        }
+    }
+}
+
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
@@ -338,6 +376,17 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
     const unsigned flags = f == NULL ? 0 : f->flags;
     const fo_range_fn fn = (flags & FO_FUSE_BF16) ? active->rule_bf16[rule]
                                                   : active->rule[rule][dt];
+    const fo_axes_fn axes = active->axes[rule][dt];
+    if (axes != NULL) {
+        /* a factored rule: the sums along the last two axes, then its
+         * states from them, before the reduction pass (never fused with
+         * accumulation: the caller gives the gradient) */
+        for (size_t k = 0; k < count; k++) {
+            if (t[k].cols == 0 || t[k].n == 0) continue;
+            fo_axis_sumsq(dt, &t[k], t[k].scratch);
+            axes(a, &t[k]);
+        }
+    }
     if (reduce != NULL) {
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);

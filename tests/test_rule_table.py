@@ -15,15 +15,22 @@ import pytest
 import fastopt
 from fastopt import _core, functional, optim, reference
 from fastopt.harness import bench
-from fastopt.rules import RULES
+from fastopt.rules import FACTORED_RULES, RULES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_functional_and_reference_have_every_rule_and_no_other():
-    assert list(functional.__all__) == list(RULES)
-    assert list(reference.__all__) == list(RULES)
+    # the factored rules' doors are written by hand (_factored.pxi), after
+    # the generated ones
+    assert list(functional.__all__) == list(RULES) + list(FACTORED_RULES)
+    assert list(reference.__all__) == list(RULES) + list(FACTORED_RULES)
     assert [f.__name__ for f in _core.FUNCTIONS] == list(RULES)
+    for name, entry in FACTORED_RULES.items():
+        assert getattr(functional, name) is getattr(_core, name)
+        assert callable(getattr(reference, name))
+        assert getattr(fastopt, entry.cls).rule is entry
+        assert entry.cls in fastopt.__all__
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -63,7 +70,8 @@ def test_classes_bench_rows_and_simd_check_have_every_rule():
     assert [c for c in optim.__all__ if c != "Optimizer"] == classes
     assert all(getattr(fastopt, c).rule is RULES[getattr(fastopt, c).rule.name]
                for c in classes)
-    assert sorted(bench.RULES) == sorted(c.lower() for c in classes)
+    factored = [cls for entry in FACTORED_RULES.values() for cls, *_ in entry.classes()]
+    assert sorted(bench.RULES) == sorted(c.lower() for c in classes + factored)
     spec = importlib.util.spec_from_file_location("check_simd", ROOT / "tools/check_simd.py")
     check_simd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check_simd)

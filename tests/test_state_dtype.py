@@ -2,6 +2,7 @@
 rounding, against fastopt.reference.bf16_step bit for bit on every level
 and thread count; checkpoints, conversions, bad input, and accuracy on a
 noisy quadratic against a float64 run."""
+import copy
 import inspect
 
 import numpy as np
@@ -354,3 +355,44 @@ def test_bfloat16_v_decays_after_gradients_shrink():
     assert 0.9 <= ratio <= 1.1, ratio
     worst = np.quantile(np.abs(v16 / v64 - 1), 0.99)
     assert worst < 0.5, worst
+
+
+def test_bfloat16_state_dict_is_validated_before_anything_changes(rng):
+    p = rng.standard_normal(10).astype(np.float32)
+    opt = fastopt.Adam([p], state_dtype="bfloat16", seed=5)
+    opt.step([rng.standard_normal(10).astype(np.float32)])
+    good = opt.state_dict()
+    bad_dtype = copy.deepcopy(good)
+    bad_dtype["state"][0]["exp_avg"] = fastopt.states.from_bfloat16(good["state"][0]["exp_avg"])
+    bad_shape = copy.deepcopy(good)
+    bad_shape["state"][0]["exp_avg_sq"] = good["state"][0]["exp_avg_sq"][:5].copy()
+    bad_seed = copy.deepcopy(good)
+    bad_seed["seed"] = -3
+    for sd, match in ((bad_dtype, "uint16"), (bad_shape, "uint16 array of shape"),
+                      (bad_seed, "seed")):
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = opt.state_dict()
+        assert now["seed"] == 5
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert now["state"][0][key].tobytes() == good["state"][0][key].tobytes()
+
+
+def test_parts_of_a_parameter_draw_the_whole_parameters_bits(rng):
+    """A parameter stepped as two parts (the plan told each part's
+    parameter index and offset, as a shard of a larger buffer is) gets the
+    bits of the whole parameter stepped at once."""
+    n, cut = 5000, 1234
+    p0 = rng.standard_normal(n).astype(np.float32)
+    whole, parts = p0.copy(), p0.copy()
+    a = fastopt.AdamW([whole], state_dtype="bfloat16", seed=9)
+    b = fastopt.AdamW([parts[:cut], parts[cut:]], state_dtype="bfloat16", seed=9)
+    b._plans[0].set_state_format("bfloat16", 9, [0, 0], [0, cut])
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        a.step([g])
+        b.step([g[:cut], g[cut:]])
+    assert whole.tobytes() == parts.tobytes()
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    assert sa[0]["exp_avg_sq"].tobytes() == np.concatenate(
+        [sb[0]["exp_avg_sq"], sb[1]["exp_avg_sq"]]).tobytes()

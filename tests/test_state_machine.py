@@ -232,10 +232,18 @@ class OptimizerVsModel(RuleBasedStateMachine):
 
     @rule(group=st.integers(0, 1), data=st.data())
     def change_hyperparameter(self, group, data):
-        names = [k for k in HYPER_NAMES[self.cls] if k in CHANGES]
-        key = data.draw(st.sampled_from(names))
-        value = data.draw(st.sampled_from(CHANGES[key]))
         g = self.opt.param_groups[group]
+
+        def fits(key, value):
+            # a tuple only where the rule takes one of that length (pairs
+            # of betas are not AdEMAMix's three)
+            now = g[key]
+            return (not isinstance(value, tuple)
+                    or isinstance(now, tuple) and len(now) == len(value))
+        names = [k for k in HYPER_NAMES[self.cls]
+                 if k in CHANGES and any(fits(k, v) for v in CHANGES[k])]
+        key = data.draw(st.sampled_from(names))
+        value = data.draw(st.sampled_from([v for v in CHANGES[key] if fits(key, v)]))
         if self.cls is SGD and g["nesterov"] and key in ("momentum", "dampening"):
             return
         g[key] = value

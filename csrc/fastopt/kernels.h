@@ -44,6 +44,13 @@ typedef struct {
     void *ema;      /* averaged parameter (fo_run_fused, FO_FUSE_EMA*) */
     uint64_t key;   /* this step's random key (fo_run_fused, FO_FUSE_BF16) */
     size_t at;      /* the index of element 0 in the random bits (0) */
+    /* A factored rule's tensor (one with row and column states): the
+     * parameter as (batch, rows, cols), rows and cols its last two
+     * dimensions, and scratch, room for batch * (rows + cols + 1) doubles
+     * that fo_run fills (the row sums, the column sums, then one number
+     * per batch entry).  cols == 0: an unfactored tensor (a vector). */
+    size_t rows, cols;
+    double *scratch;
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -132,6 +139,15 @@ int fo_reductions(int rule);
 /* A two-pass rule's per-tensor coefficients, from its sums in t->r
  * (coefficients.c); they replace the sums in t->r. */
 void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
+
+/* Sums of squares of slot g of a factored tensor (rows, cols set) in
+ * double: along the last axis into out[b * rows + r] (each row as
+ * fo_sumsq sums a tensor: blocks of FO_SUMSQ_BLOCK over 8 lanes), along
+ * the second-to-last into out[batch * rows + b * cols + c] (the rows added
+ * in index order).  The same bits on every instruction set and thread
+ * count: each sum is one thread's, in a fixed order.  fo_run makes them
+ * for a factored rule before its reduction pass. */
+void fo_axis_sumsq(int dt, const fo_tensor *t, double *out);
 
 /* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the

@@ -25,6 +25,9 @@ cdef extern from "fastopt/kernels.h" nogil:
         void *ema
         uint64_t key
         size_t at
+        size_t rows
+        size_t cols
+        double *scratch
 
     ctypedef struct fo_fuse:
         unsigned flags
@@ -57,6 +60,7 @@ cdef extern from "fastopt/kernels.h" nogil:
                       size_t count, const fo_fuse *f)
     void fo_accumulate(int dt, const fo_tensor *t, size_t count)
 
+    void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     size_t fo_sumsq_block_count(const fo_tensor *t, size_t count)
     void fo_sumsq_blocks(int dt, const fo_tensor *t, size_t count, double *out)

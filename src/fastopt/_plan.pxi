@@ -205,11 +205,14 @@ cdef class Plan:
     cdef inline bint _bf16(self) noexcept:
         return self.state_format == "bfloat16"
 
-    def set_state_format(self, str fmt, seed=0, positions=None):
+    def set_state_format(self, str fmt, seed=0, positions=None, offsets=None):
         """Keep the states as ``fmt``: "native" (the parameters' dtype) or
         "bfloat16" (their uint16 bits, written with stochastic rounding
         whose random keys come from ``seed``, each parameter's entry of
         ``positions`` (default: its index in the plan) and its step).
+        ``offsets`` (default zeros): per parameter, the index its first
+        element has in the random bits, for a parameter that is a part of
+        a larger one (a shard) and must draw that one's bits.
         Only before any state exists."""
         if any(b is not None for b in self.buffers):
             raise RuntimeError("the state format is set before the first state exists")
@@ -236,6 +239,13 @@ cdef class Plan:
         if len(positions) != self.count or not all(
                 type(k) is int and 0 <= k < 2 ** 63 for k in positions):
             raise ValueError(f"positions must be {self.count} ints >= 0")
+        if offsets is None:
+            offsets = [0] * self.count
+        if len(offsets) != self.count or not all(
+                type(k) is int and 0 <= k < 2 ** 63 for k in offsets):
+            raise ValueError(f"offsets must be {self.count} ints >= 0")
+        for i in range(self.count):
+            self.base[i].at = <size_t>offsets[i]
         self.state_format = fmt
         self.seed = seed
         self.positions = list(positions)

@@ -122,6 +122,13 @@ class ShardedOptimizer:
                 and optimizer_class.rule is not None):
             raise TypeError(f"optimizer_class must be a fastopt optimizer class such as "
                             f"fastopt.Adam, got {optimizer_class!r}")
+        if getattr(optimizer_class.rule, "factored", False):
+            # row and column states: not element-wise, so not split by shards
+            raise ValueError(f"{optimizer_class.__name__} keeps states of other "
+                             f"shapes than its parameters (row and column "
+                             f"statistics, {', '.join(optimizer_class.rule.state_keys)}) "
+                             f"and sums along their axes; ShardedOptimizer takes "
+                             f"element-wise rules only")
         reductions = getattr(optimizer_class.rule, "reductions", ())
         if reductions:
             # a shard steps as one tensor: a per-tensor reduction (a trust
