@@ -529,6 +529,30 @@ static const char *sgd_schedulefree(const double *h, long long step,
     return NULL;
 }
 
+/* Muon (torch.optim.Muon).  The first pass's two lerps in the form
+ * base + weight * (end - self) (rules.h): buf.lerp_(grad, 1 - momentum)
+ * and grad.lerp(buf, momentum), each from end with weight - 1 when torch
+ * takes its second branch (|weight| >= 0.5); weight - 1 is exactly
+ * -(1 - weight), so end + (weight - 1) * (end - self) is torch's
+ * end - (end - self) * (1 - weight).  The second pass's decay is torch's
+ * 1 - lr * weight_decay; the door sets the option post for it.  The
+ * Newton-Schulz hyperparameters go to the matrix step alone. */
+static const char *muon(const double *h, long long step, fo_args *a)
+{
+    const double mu = H(MUON, MOMENTUM), w = 1.0 - mu;
+    const int buf_from_grad = !(fabs(w) < 0.5), nest_from_buf = !(fabs(mu) < 0.5);
+    (void)step;
+    C(MUON, BUF_W) = buf_from_grad ? w - 1.0 : w;
+    C(MUON, NEST_W) = nest_from_buf ? mu - 1.0 : mu;
+    C(MUON, DECAY) = 1.0 - H(MUON, LR) * H(MUON, WEIGHT_DECAY);
+    C(MUON, LR) = H(MUON, LR);
+    a->opts = common(H(MUON, MAXIMIZE), 0.0)
+              | (H(MUON, NESTEROV) != 0.0 ? FO_MUON_O_NESTEROV : 0u)
+              | (buf_from_grad ? FO_MUON_O_BUF_FROM_GRAD : 0u)
+              | (nest_from_buf ? FO_MUON_O_NEST_FROM_BUF : 0u);
+    return NULL;
+}
+
 /* Adafactor (torch.optim.Adafactor, _single_tensor_adafactor).  The
  * second moment's lerp weight is t^beta2_decay (1 - beta2_t), the relative
  * step rho = min(lr, 1 / sqrt(t)) as Python's min; eps = (eps1, eps2), an

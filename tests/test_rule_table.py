@@ -85,6 +85,10 @@ def _bad_values(h):
         return [(h.hi,) + (0.5,) * (h.length - 1), 3.0, (0.5,) * (h.length + 1)]
     if h.check == "count":
         return [-1, 2.0, "x", 2 ** 60]
+    if h.check == "int":
+        return [int(h.lo) - 1, int(h.hi) + 1, 2.0, None, True]
+    if h.check == "choice":
+        return ["x", 1, b"original"]
     return [h.lo - 1.0, float("nan"), "x"] + ([h.hi + 1.0] if h.hi < np.inf else [])
 
 
@@ -98,8 +102,9 @@ def test_same_mistake_same_message_at_every_door(name, hyper, value):
     """The functional door, the class door, a class's group changed before
     a step and the multi-tensor call all give one exception and message."""
     entry = RULES[name]
-    p, g = np.ones(4), np.ones(4)
-    states = [np.zeros(4) for _ in entry.states]
+    shape = (2, 2) if entry.matrix else 4      # a rule with a matrix step takes matrices
+    p, g = np.ones(shape), np.ones(shape)
+    states = [np.zeros(shape) for _ in entry.states]
     states += [np.ones(1) for _ in entry.scalar_states]
     step = {"step": 1} if entry.step is not None else {}
     messages = []

@@ -13,9 +13,10 @@ from fastopt import _core, reference
 from fastopt.rules import RULES
 
 # the classes whose rule has array states and one pass (every class of such
-# a rule: AdamW beside Adam)
+# a rule: AdamW beside Adam); a rule with a matrix step refuses bfloat16
+# states (tests/test_muon.py)
 CLASSES = [(name, rule) for rule in RULES.values()
-           if rule.states and not rule.reductions
+           if rule.states and not rule.reductions and not rule.matrix
            for name, *_ in rule.classes()]
 TWO_PASS = [rule.cls for rule in RULES.values() if rule.reductions]
 

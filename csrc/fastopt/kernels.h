@@ -32,7 +32,8 @@ extern "C" {
  * r is the scratch of a two-pass rule (one with per-tensor reductions):
  * fo_run fills it with the tensor's sums (FO_<RULE>_R_*), then with the
  * per-tensor coefficients the rule makes of them; the caller sets nothing
- * there. */
+ * there.  For the second pass of a rule with a matrix step (Muon), the
+ * caller sets r[0] to the scale the matrix step gave the tensor. */
 typedef struct {
     void *p;        /* parameter, updated in place */
     const void *g;  /* gradient, read only */

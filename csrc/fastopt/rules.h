@@ -1131,6 +1131,75 @@ static void FO_NAME(sgd_schedulefree_range)(const void *args,
 #undef FO_SF
 }
 
+/* ---- Muon (torch.optim.Muon): the two element-wise passes ------------- */
+
+/* A rule with a matrix step runs its loop twice per step
+ * (docs/adding-a-rule.md).  First pass (option post clear), over
+ * (work, grad, buffer): the buffer moves toward the gradient by torch's
+ * lerp, buffer + w * (g - buffer) for |w| < 0.5, else
+ * g - (g - buffer) * (1 - w), both written as base + buf_w * (g - buffer)
+ * with base = g in the second case (buf_w = w - 1 there; coefficients.c);
+ * the work array, in slot p, receives what the matrix step orthogonalises:
+ * with Nesterov lerp(g, buffer, momentum) in the same form, else the
+ * buffer.  The work array is only written. */
+FO_INLINE void FO_NAME(muon_body)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi, const int nesterov,
+                                  const int buf_from_grad,
+                                  const int nest_from_buf)
+{
+    FO_T *restrict u = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict b = (FO_T *)t->s[FO_MUON_S_MOMENTUM_BUFFER];
+    const FO_T bw = FO_C(MUON, BUF_W), nw = FO_C(MUON, NEST_W);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = negate ? -g[i] : g[i];
+        const FO_T bo = b[i];
+        const FO_T bi = (buf_from_grad ? gi : bo) + bw * (gi - bo);
+        b[i] = bi;
+        u[i] = nesterov ? (nest_from_buf ? bi : gi) + nw * (bi - gi) : bi;
+    }
+}
+
+/* Second pass (post set), over (param, direction): torch's
+ * param.mul_(1 - lr * weight_decay) then param.add_(d, alpha=-k), k the
+ * tensor's adjusted learning rate lr * t->r[0] (t->r[0] is the scale the
+ * matrix step gave this tensor), in double and rounded once. */
+FO_INLINE void FO_NAME(muon_post)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict d = (const FO_T *)t->g;
+    const FO_T decay = FO_C(MUON, DECAY);
+    const FO_T k = (FO_T)(a->c[FO_MUON_C_LR] * t->r[0]);
+    for (size_t i = lo; i < hi; i++)
+        p[i] = p[i] * decay - k * d[i];
+}
+
+static void FO_NAME(muon_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { N = FO_MUON_O_NESTEROV, B = FO_MUON_O_BUF_FROM_GRAD,
+           F = FO_MUON_O_NEST_FROM_BUF };
+    if (a->opts & FO_MUON_O_POST) {
+        FO_NAME(muon_post)(a, t, lo, hi);
+        return;
+    }
+#define FO_MUON(n, bb, f) FO_NAME(muon_body)(a, t, lo, hi, n, bb, f); break
+    switch (a->opts & (N | B | F)) {
+    case 0:          FO_MUON(0, 0, 0);
+    case F:          FO_MUON(0, 0, 1);
+    case N | F:      FO_MUON(1, 0, 1);
+    case N:          FO_MUON(1, 0, 0);
+    case B:          FO_MUON(0, 1, 0);
+    case B | F:      FO_MUON(0, 1, 1);
+    case N | B:      FO_MUON(1, 1, 0);
+    default:         FO_MUON(1, 1, 1);
+    }
+#undef FO_MUON
+}
+
 /* ---- sums along an axis (rules with row and column states) ------------ */
 
 /* out[r] = the sum of squares of row r of x (cols elements), for rows

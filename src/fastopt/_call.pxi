@@ -27,16 +27,16 @@ cdef void _kernel(int rule, const fo_args *a, fo_tensor *t, size_t count,
 
 
 cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
-              int dt, const fo_fuse *f=NULL) except -1:
-    """Fuse adjacent tensors (not for a rule with per-tensor reductions),
-    then run the kernel, without the GIL when the step is large enough to
-    pay for releasing it."""
+              int dt, const fo_fuse *f=NULL, bint merge=True) except -1:
+    """Fuse adjacent tensors (not for a rule with per-tensor reductions,
+    nor when merge is False), then run the kernel, without the GIL when the
+    step is large enough to pay for releasing it."""
     cdef size_t total = 0
     cdef Py_ssize_t i
     global _last_tensors
     # neither for bfloat16 states, whose random bits count elements from
     # each tensor's start
-    count = _merge_adjacent(t, count, ITEMSIZE[dt], fo_reductions(rule) == 0
+    count = _merge_adjacent(t, count, ITEMSIZE[dt], merge and fo_reductions(rule) == 0
                             and (f == NULL or not (f.flags & FO_FUSE_BF16)))
     _last_tensors = count
     for i in range(count):
@@ -75,6 +75,91 @@ cdef inline int _call_one(_Rule r, const fo_args *a, double **sc, object p,
     if sc != NULL:
         for k in range(r.nscalars):
             sc[k][0] = a.sc[k]
+    return 0
+
+
+cdef int _check_matrix(_Rule r, object p, object label) except -1:
+    """A rule with a matrix step takes matrices only."""
+    if cnp.PyArray_NDIM(<cnp.ndarray>p) != 2:
+        what = "param" if label is None else f"parameter {label!r}"
+        raise ValueError(
+            f"{r.entry.cls} takes 2-D parameters (matrices) only; {what} has "
+            f"shape {np.shape(p)}: give biases, embeddings and other "
+            f"parameters that are not 2-D to another optimizer, such as AdamW")
+    return 0
+
+
+cdef object _matrix_fn(_Rule r):
+    """The rule's matrix step, a function of fastopt.matrix (imported on
+    first use: that module uses this one)."""
+    if r.matrix is None:
+        import fastopt.matrix
+        r.matrix = getattr(fastopt.matrix, r.entry.matrix)
+    return r.matrix
+
+
+cdef int _run_matrix(_Rule r, const fo_args *a, fo_tensor *t, Py_ssize_t n,
+                     int dt, list shapes, object hyper, const fo_fuse *f1=NULL,
+                     const fo_fuse *f2=NULL) except -1:
+    """One step of a rule with a matrix step over n checked tensors (p the
+    parameter, g the gradient, the states) of the given shapes: the first
+    pass writes each tensor's work array (slot p), the matrix step turns
+    each into its direction and scale, the second pass (option post)
+    updates the parameters from them (slot g, and r[0]).  f1 is fused with
+    the first pass (the mean of accumulated gradients), f2 with the second
+    (the EMA of the parameters).  The work arrays are the rule's, not the
+    caller's, so nothing the caller passed is written before the first
+    pass runs."""
+    cdef fo_tensor *w = NULL
+    cdef fo_args post = a[0]
+    cdef Py_ssize_t i
+    if n == 0:
+        return 0
+    fn = _matrix_fn(r)
+    name = _DTYPE_NAMES[dt]
+    work = [np.empty(shape, dtype=name) for shape in shapes]
+    w = <fo_tensor *>PyMem_Malloc(n * sizeof(fo_tensor))
+    if w == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            w[i] = t[i]
+            w[i].p = _data(work[i])
+            w[i].ema = NULL
+        _run(r.id, a, w, n, dt, f1, False)
+        dirs = []
+        for i in range(n):
+            d, scale = fn(work[i], hyper)
+            if not (isinstance(d, np.ndarray) and d.dtype == name
+                    and d.shape == work[i].shape and d.flags.c_contiguous):
+                raise RuntimeError(f"the matrix step {r.entry.matrix} returned "
+                                   f"an array of the wrong kind")
+            dirs.append(d)
+            w[i] = t[i]
+            w[i].g = _data(d)
+            w[i].acc = NULL
+            w[i].r[0] = float(scale)
+        post.opts = a.opts | r.post_bit
+        _run(r.id, &post, w, n, dt, f2, False)
+    finally:
+        PyMem_Free(w)
+    return 0
+
+
+cdef int _call_matrix(_Rule r, const fo_args *a, dict hyper, object p,
+                      object g, object s0, object s1, object s2,
+                      object s3) except -1:
+    """One step of a rule with a matrix step on one tensor
+    (fastopt.functional), its hyperparameters and states already checked:
+    the arrays checked (the parameter a matrix), then _run_matrix."""
+    cdef fo_tensor t
+    cdef _Range ranges[NSLOTS]
+    dt = _fill_tensor(&t, r.slots, -1, None, p, g, s0, s1, s2, s3, -1)
+    _overlap_pairs(ranges, _tensor_ranges(ranges, 0, &t, t.n * ITEMSIZE[dt], -1, True,
+                                          t.n * ITEMSIZE[dt]),
+                   r.slots, None, True)
+    _check_matrix(r, p, None)
+    _run_matrix(r, a, &t, 1, dt, [np.shape(p)], hyper)
     return 0
 
 
@@ -141,7 +226,15 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
                                  f"None; every tensor needs this state")
         ts.dt = _fill_tensor(&ts.t[i], r.slots, i, labels, params[i], grads[i],
                              s[0], s[1], s[2], s[3], ts.dt)
-    if r.nscalars:
+    if r.entry.matrix:
+        for i in range(n):
+            _check_matrix(r, params[i], labels[i] if labels is not None else i)
+        if n:
+            _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
+        _run_matrix(r, &a, ts.t, n, ts.dt, [np.shape(params[i]) for i in range(n)],
+                    {x.name: hyper.get(x.name, r.entry.hyper(x.name).default)
+                     for x in r.kernel_hypers})
+    elif r.nscalars:
         _step_each(r, h, step, ts, [
             _as_list(states[r.nstates + k] if r.nstates + k < len(states) else None,
                      r.scalar_names[k], n) for k in range(r.nscalars)], labels)

@@ -8,11 +8,11 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAX_COEFFICIENTS
         FO_MAX_SCALARS
         FO_MAX_SCALAR_STATES
+        FO_MAX_REDUCTIONS
         FO_NRULES
         FO_MAXIMIZE
         FO_L2
         FO_SUMSQ_BLOCK
-        FO_MAX_REDUCTIONS
     const double FO_NO_COUNT
 
     ctypedef struct fo_tensor:

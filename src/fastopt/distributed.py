@@ -162,6 +162,14 @@ class ShardedOptimizer:
                              f"statistics, {', '.join(optimizer_class.rule.state_keys)}) "
                              f"and sums along their axes; ShardedOptimizer takes "
                              f"element-wise rules only")
+        if getattr(optimizer_class.rule, "matrix", ""):
+            # a shard is a slice of the flattened parameters: the matrix
+            # step (Newton-Schulz) needs each parameter whole, as a matrix
+            raise ValueError(f"{optimizer_class.__name__} has a matrix step "
+                             f"({optimizer_class.rule.matrix}) over each whole "
+                             f"parameter; ShardedOptimizer takes element-wise "
+                             f"rules only: use a one-process "
+                             f"{optimizer_class.__name__} on every rank")
         if hyperparameters.get("state_dtype") not in (None, "float32", "float64"):
             # the shard optimizer's stochastic rounding would draw the bits
             # of its shard, not those of each parameter one process draws

@@ -122,6 +122,10 @@ class Optimizer:
             raise ValueError(f"state_dtype='bfloat16' is not available for "
                              f"{type(self).__name__}: its first pass reads the "
                              f"states its update pass then writes")
+        if state_dtype == "bfloat16" and self.rule.matrix:
+            raise ValueError(f"state_dtype='bfloat16' is not available for "
+                             f"{type(self).__name__}: its step has a matrix step "
+                             f"between two passes over its states")
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.ema_decay = ema_decay

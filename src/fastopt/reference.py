@@ -19,7 +19,7 @@ import types
 
 import numpy as np
 
-from fastopt import _core
+from fastopt import _core, matrix
 from fastopt.rules import FACTORED_RULES, RULES
 
 __all__ = list(RULES) + list(FACTORED_RULES)
@@ -47,6 +47,8 @@ def _rule(body):
         step = kwargs.pop("step", None)
         now = [float(given[k].reshape(-1)[0]) for k in scalars]
         c = types.SimpleNamespace(**_core.coefficients(entry.name, step, now, **kwargs))
+        # a matrix step reads the hyperparameters themselves
+        c.hyper = {h.name: kwargs.get(h.name, h.default) for h in entry.kernel_hypers}
         body(param, grad, *[given.get(s) for s in states], c)
         for k, value in zip(scalars, c.next):
             given[k][...] = value
@@ -518,6 +520,31 @@ def sgd_schedulefree(param, grad, z, c):
     x = _lerp_toward(param, zi, c)
     param[...] = x + g * c.y_coef
     z[...] = zi - c.lr * g
+
+
+@_rule
+def muon(param, grad, momentum_buffer, c):
+    """Muon (torch.optim.Muon): an element-wise pass, the matrix step
+    (fastopt.matrix.muon: Newton-Schulz in the parameter's dtype, and the lr
+    ratio of the shape), an element-wise pass.  torch's lerps are written
+    base + w * (end - self), from end with w - 1 when torch takes its
+    second branch (buf_from_grad, nest_from_buf); decay = 1 - lr *
+    weight_decay::
+
+        b = lerp(b, g, 1 - momentum)
+        u = lerp(g, b, momentum) if nesterov else b
+        o, ratio = newton_schulz(u), lr ratio of the shape
+        param = param * decay - (lr * ratio) * o
+    """
+    g = -grad if c.maximize else grad
+    b = momentum_buffer
+    b[...] = (g if c.buf_from_grad else b) + c.buf_w * (g - b)
+    if c.nesterov:
+        u = (b if c.nest_from_buf else g) + c.nest_w * (b - g)
+    else:
+        u = b.copy()
+    o, ratio = matrix.muon(u.reshape(np.shape(param)), c.hyper)
+    param[...] = param * c.decay - (c.lr * ratio) * o
 
 
 # ---------------------------------------------------------------------------

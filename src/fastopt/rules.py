@@ -29,8 +29,11 @@ class Hyper:
     check: "real" (a finite number in [lo, hi), or [lo, hi] when closed),
     "flag" (a bool), "tuple" (a tuple or list of ``size`` reals, each
     checked as "real"; AdEMAMix's three betas), "pair" (a "tuple" of size 2;
-    betas) or "count" (None or an int >= lo; a number of steps such as a
-    warm-up's, None for none, which the kernel receives as FO_NO_COUNT).
+    betas), "count" (None or an int >= lo; a number of steps such as a
+    warm-up's, None for none, which the kernel receives as FO_NO_COUNT),
+    "int" (an int in [lo, hi]; Muon's Newton-Schulz steps) or "choice"
+    (one of ``choices``, None or strings; the kernel receives its index
+    as a double; Muon's adjust_lr_fn).
     label: torch's words for it in "Invalid <label>: x".
     kernel: False for a class-only hyperparameter (e.g. the initial value of
     a state), which the kernel never sees.  keyword_only: after ``*`` in the
@@ -46,6 +49,7 @@ class Hyper:
     kernel: bool = True
     keyword_only: bool = False
     size: int = 0
+    choices: tuple = ()
 
     @property
     def length(self):
@@ -173,6 +177,7 @@ class Rule:
     bench: dict = dataclasses.field(default_factory=dict)
     package: str = ""
     mixin: str = ""
+    matrix: str = ""
 
     def hyper(self, name):
         for h in self.hypers:
@@ -727,6 +732,57 @@ RULES = {r.name: r for r in (
         coefficients=("lerp", "y_coef", "lr", "l2"),
         options=("first_step", "lerp_from_z"),
         package="schedulefree.SGDScheduleFree", mixin="ScheduleFree"),
+    Rule(
+        name="muon", cls="Muon", torch="torch.optim.Muon",
+        conformance="`torch.optim.Muon` (torch 2.13; bfloat16 Newton-Schulz, "
+                    "within a bound bfloat16 explains) and a float64 "
+                    "transcription of its step, tests/test_muon.py",
+        source="Jordan et al., Muon: An optimizer for hidden layers in neural "
+               "networks (2024), Newton-Schulz coefficients and the "
+               "\"original\" lr adjustment; Liu et al., Muon is Scalable for "
+               "LLM Training (2025), \"match_rms_adamw\"; names, defaults "
+               "and step: torch.optim.Muon (torch 2.13)",
+        doc="Muon: momentum (an EMA, torch's lerp), optionally Nesterov's, "
+            "orthogonalised by ns_steps Newton-Schulz iterations (matrix "
+            "products with NumPy's matmul, in the parameter's dtype, on the "
+            "update divided by max(||update||_F, eps), transposed when it "
+            "has more rows than columns), then param * (1 - lr * "
+            "weight_decay) minus the adjusted lr times it.  adjust_lr_fn: "
+            "None or \"original\" scale lr by sqrt(max(1, rows / cols)), "
+            "\"match_rms_adamw\" by 0.2 * sqrt(max(rows, cols)).  2-D "
+            "parameters only: give biases, embeddings and other tensors to "
+            "another optimizer such as AdamW.  torch runs Newton-Schulz in "
+            "bfloat16 whatever the parameter's dtype; fastopt in the "
+            "parameter's dtype, which is more accurate.  maximize is not in "
+            "torch's Muon.",
+        hypers=(_lr(1e-3),
+                Hyper("weight_decay", 0.1, "decoupled weight decay: the "
+                      "parameter is multiplied by 1 - lr * weight_decay",
+                      label="weight_decay value"),
+                Hyper("momentum", 0.95, "the momentum buffer's EMA factor "
+                      "(buffer = lerp(buffer, grad, 1 - momentum))",
+                      label="momentum value"),
+                Hyper("nesterov", True, "orthogonalise lerp(grad, buffer, "
+                      "momentum) instead of the buffer", check="flag"),
+                Hyper("ns_coefficients", (3.4445, -4.775, 2.0315),
+                      "(a, b, c) of the quintic Newton-Schulz iteration "
+                      "X = a X + (b A + c A A) X, A = X X^T", check="tuple",
+                      size=3, lo=-INF, label="ns_coefficients value"),
+                Hyper("eps", 1e-7, "the update is divided by max(its "
+                      "Frobenius norm, eps)", label="epsilon value"),
+                Hyper("ns_steps", 5, "Newton-Schulz iterations (torch "
+                      "refuses 100 or more)", check="int", hi=99,
+                      label="ns_steps value"),
+                Hyper("adjust_lr_fn", None, "None or \"original\": lr * "
+                      "sqrt(max(1, rows / cols)); \"match_rms_adamw\": lr * "
+                      "0.2 * sqrt(max(rows, cols))", check="choice",
+                      choices=(None, "original", "match_rms_adamw"),
+                      label="adjust_lr_fn value"),
+                MAXIMIZE),
+        states=(State("momentum_buffer"),),
+        coefficients=("buf_w", "nest_w", "decay", "lr"),
+        options=("nesterov", "buf_from_grad", "nest_from_buf", "post"),
+        step=None, matrix="muon", extra_traffic=2),
 )}
 
 # Rules whose states are not all of the parameter's shape (State.shape):
@@ -795,6 +851,8 @@ def readme_table():
             hp.update(fixed)
             passes = (" (three passes)" if r.factored
                       else " (two passes)" if r.reductions else "")
+            if r.matrix:
+                passes = " (two passes around the matrix step)"
             lines.append(f"| `{name}` | {r.source} | {r.tested_against} | "
                          f"{r.bytes_per_element(4, hp)}{passes} |")
     return "\n".join(lines)
