@@ -91,7 +91,6 @@ importing ``fastopt`` does not import this module.
 import contextlib
 import json
 import math
-import numbers
 import os
 import secrets
 import sys
@@ -100,7 +99,7 @@ import time
 import numpy as np
 
 from fastopt import _core, checkpoint, clip
-from fastopt.optim import Optimizer
+from fastopt.optim import Optimizer, check_averaging
 
 __all__ = ["ShardedOptimizer", "consolidate", "MANIFEST"]
 
@@ -176,16 +175,7 @@ class ShardedOptimizer:
             raise ValueError(f"state_dtype={hyperparameters['state_dtype']!r} is not "
                              f"supported by ShardedOptimizer; its states follow the "
                              f"parameters' dtype")
-        if (isinstance(accumulation_steps, (bool, np.bool_))
-                or not isinstance(accumulation_steps, numbers.Integral)):
-            raise TypeError(f"accumulation_steps must be an int >= 1, got "
-                            f"{type(accumulation_steps).__name__}")
-        if not 1 <= accumulation_steps < 2 ** 31:
-            raise ValueError(f"accumulation_steps must be an int >= 1, got "
-                             f"{accumulation_steps!r}")
-        if ema_decay is not None:
-            ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
-                                         label="ema_decay value")
+        ema_decay, accumulation_steps = check_averaging(ema_decay, accumulation_steps)
         self.ema_decay = ema_decay
         self.accumulation_steps = int(accumulation_steps)
         _core.check_flag(deterministic, "deterministic")
