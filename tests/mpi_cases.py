@@ -48,6 +48,16 @@ def _cases():
                   "float64", 5.0))
     cases.append(("LARS-ema-float32", "LARS", {"ema_decay": 0.9}, "float32", None))
     cases.append(("NAdam-acc-float64", "NAdam", {"accumulation_steps": 2}, "float64", None))
+    # bfloat16 states: each part of a shard draws its parameter's random
+    # bits; rules with one to three states, scalar states, start values
+    # from the hyperparameters and from the group's lr
+    bf16 = {"state_dtype": "bfloat16", "seed": 12345}
+    for cls, extra in (("Adam", EXTRA["Adam"]), ("SGD", EXTRA["SGD"]), ("NAdam", {}),
+                       ("Adagrad", {"initial_accumulator_value": 0.1}), ("Rprop", {}),
+                       ("AdEMAMix", {}), ("RMSprop", EXTRA["RMSprop"])):
+        cases.append((f"{cls}-bfloat16", cls, {**extra, **bf16}, "float32", None))
+    cases.append(("Adam-bfloat16-ema-acc-clip", "Adam",
+                  {**bf16, "ema_decay": 0.9, "accumulation_steps": 2}, "float32", 1.0))
     return cases
 
 
@@ -56,7 +66,8 @@ CASES = _cases()
 # with scalar states, the most states, and clipping.
 RESHARD_CASES = [c for c in CASES if c[0] in (
     "Adam-float32", "NAdam-float64", "ASGD-float32", "AdEMAMix-float64",
-    "Rprop-float32", "SGD-clip-float64", "LAMB-float32", "Adam-ema-acc-float32")]
+    "Rprop-float32", "SGD-clip-float64", "LAMB-float32", "Adam-ema-acc-float32",
+    "Adam-bfloat16", "Rprop-bfloat16", "Adam-bfloat16-ema-acc-clip")]
 # Levels and threads are the kernels' business, checked at length by their
 # own tests; here a few cases per level.
 LEVEL_CASES = CASES[::5] + [c for c in CASES if c[0] == "LAMB-ema-acc-clip-float64"

@@ -335,11 +335,16 @@ def test_bad_grads_change_nothing(bad, exc, message):
     ((fastopt.Adam, {"a": np.zeros(3, np.int64)}), TypeError, "parameter 'a' has dtype int64"),
     ((fastopt.Adam, [np.zeros(3, np.float32), np.zeros(2)]), TypeError,
      "one dtype per sharded optimizer"),
+    ((fastopt.Adam, [np.zeros(3)], {"state_dtype": "bfloat16"}), ValueError,
+     "state_dtype='bfloat16' needs float32 parameters"),
+    ((fastopt.LAMB, [np.zeros(3, np.float32)], {"state_dtype": "bfloat16"}), ValueError,
+     "state_dtype='bfloat16' is not available for LAMB"),
 ])
 def test_bad_construction(args, exc, message):
     from fastopt.distributed import ShardedOptimizer
+    cls, params, *hyper = args
     with pytest.raises(exc) as e:
-        ShardedOptimizer(*args, comm=_OneRank())
+        ShardedOptimizer(cls, params, comm=_OneRank(), **(hyper[0] if hyper else {}))
     assert message in str(e.value)
 
 

@@ -396,11 +396,3 @@ def test_parts_of_a_parameter_draw_the_whole_parameters_bits(rng):
     sa, sb = a.state_dict()["state"], b.state_dict()["state"]
     assert sa[0]["exp_avg_sq"].tobytes() == np.concatenate(
         [sb[0]["exp_avg_sq"], sb[1]["exp_avg_sq"]]).tobytes()
-
-
-def test_sharded_optimizer_refuses_bfloat16_states():
-    from fastopt.distributed import ShardedOptimizer
-    p = np.ones(3, np.float32)
-    with pytest.raises(ValueError, match="state_dtype='bfloat16'"):
-        ShardedOptimizer(fastopt.Adam, [p], state_dtype="bfloat16")
-    assert np.all(p == 1)

@@ -81,9 +81,16 @@ mid-save leaves the previous manifest and its files loadable.  A checkpoint
 can be loaded on any number of ranks, and :func:`consolidate` turns it into
 the single-process checkpoint of ``optimizer_class``.
 
-State dtypes: the shard's state is whatever ``optimizer_class`` keeps for
-one tensor of the parameters' dtype, and a checkpoint stores each state's
-dtype with its array, so lower-precision states need no change here.
+State dtypes.  States in the parameters' dtype: the shard is one tensor of
+``optimizer_class``.  ``state_dtype="bfloat16"`` (float32 parameters): the
+stochastic rounding of a state element draws its random bits from its
+parameter's index, step and position in that parameter, so each
+parameter's part of the shard is a tensor of its own that draws the bits of
+its place in the whole parameter (``Plan.set_state_format``'s ``positions``
+and ``offsets``); the result is one process's with the same seed, bit for
+bit.  Checkpoints hold the shard's states as one array either way (the
+bfloat16 bits as uint16), and :func:`consolidate` keeps ``state_dtype`` and
+``seed``.
 
 Needs mpi4py (``pip install "fastopt[mpi]"`` installs mpi4py and MPICH);
 importing ``fastopt`` does not import this module.
@@ -169,12 +176,6 @@ class ShardedOptimizer:
                              f"parameter; ShardedOptimizer takes element-wise "
                              f"rules only: use a one-process "
                              f"{optimizer_class.__name__} on every rank")
-        if hyperparameters.get("state_dtype") not in (None, "float32", "float64"):
-            # the shard optimizer's stochastic rounding would draw the bits
-            # of its shard, not those of each parameter one process draws
-            raise ValueError(f"state_dtype={hyperparameters['state_dtype']!r} is not "
-                             f"supported by ShardedOptimizer; its states follow the "
-                             f"parameters' dtype")
         ema_decay, accumulation_steps = check_averaging(ema_decay, accumulation_steps)
         self.ema_decay = ema_decay
         self.accumulation_steps = int(accumulation_steps)
@@ -217,9 +218,28 @@ class ShardedOptimizer:
         self._param_shard = self.param_buffer[r * S:(r + 1) * S]
         self._grad_shard = np.zeros(S, dtype=self.dtype)   # the mean, for this shard
         self._recv = np.empty((P, S), dtype=self.dtype) if self.deterministic else None
-        # the shard as one tensor of the class; its checks are the class's
+        # each parameter's part of this shard: (index, start, end) in the shard
+        self._segments = [(k, max(int(self.offsets[k]), r * S) - r * S,
+                           min(int(self.offsets[k + 1]), (r + 1) * S) - r * S)
+                          for k in range(len(self.sizes))
+                          if max(int(self.offsets[k]), r * S)
+                          < min(int(self.offsets[k + 1]), (r + 1) * S)]
+        # the shard as one tensor of the class (its checks are the class's),
+        # or, for bfloat16 states, the parts as tensors of their own, each
+        # drawing the random bits of its place in its parameter; a shard of
+        # padding alone is one tensor whose bits matter to no one
         extra = {} if ema_decay is None else {"ema_decay": ema_decay}
-        self.optimizer = optimizer_class([self._param_shard], **hyperparameters, **extra)
+        self._parts = None
+        if hyperparameters.get("state_dtype") == "bfloat16":
+            self._parts = self._segments or [(0, 0, S)]
+        shard_params = ([self._param_shard] if self._parts is None else
+                        [self._param_shard[a:b] for _, a, b in self._parts])
+        self.optimizer = optimizer_class(shard_params, **hyperparameters, **extra)
+        if self._parts is not None:
+            self.optimizer._plans[0].set_state_format(
+                "bfloat16", self.optimizer.seed, [k for k, _, _ in self._parts],
+                [max(r * S + a - int(self.offsets[k]), 0) for k, a, _ in self._parts])
+            self._grad_parts = [self._grad_shard[a:b] for _, a, b in self._parts]
         # gradients accumulated on this rank since the window began (the
         # window's only communication is at its end), and the calls made
         self._accum = (np.zeros(P * S, dtype=self.dtype) if self.accumulation_steps > 1
@@ -238,12 +258,6 @@ class ShardedOptimizer:
         # first pass over this shard's blocks, the sums put together across
         # ranks, then the update pass over each parameter's part of the shard
         self._two_pass = bool(getattr(optimizer_class.rule, "reductions", ()))
-        if self._two_pass:
-            self._segments = [(k, max(int(self.offsets[k]), r * S) - r * S,
-                               min(int(self.offsets[k + 1]), (r + 1) * S) - r * S)
-                              for k in range(len(self.sizes))
-                              if max(int(self.offsets[k]), r * S)
-                              < min(int(self.offsets[k + 1]), (r + 1) * S)]
 
     # -- construction --------------------------------------------------------
 
@@ -360,8 +374,10 @@ class ShardedOptimizer:
             t3 = time.perf_counter()
             if self._two_pass:
                 self._step_two_pass()
-            else:
+            elif self._parts is None:
                 self.optimizer.step([self._grad_shard])
+            else:
+                self.optimizer.step(self._grad_parts)
             t4 = time.perf_counter()
             self._gather()
             t5 = time.perf_counter()
@@ -449,7 +465,7 @@ class ShardedOptimizer:
         with self._errors("ema_weights"):
             if plan.get_flags("ema")[0]:
                 saved = self.param_buffer.copy()
-                shard = plan.ema()[0]
+                shard = self._joined(plan.ema(), 0)
                 if self.size > 1:
                     self.comm.Allgather(shard, self.param_buffer)
                 else:
@@ -463,6 +479,49 @@ class ShardedOptimizer:
             if saved is not None:
                 np.copyto(self.param_buffer, saved)
                 self._unpack()
+
+    def _joined(self, views, fill):
+        """One array of the shard's length from the shard optimizer's views
+        (its own when it has one tensor; ``fill`` where no part lies)."""
+        if self._parts is None:
+            return views[0]
+        out = np.full(self.shard_size, fill, dtype=views[0].dtype)
+        for (_, a, b), v in zip(self._parts, views):
+            out[a:b] = v
+        return out
+
+    def _shard_state_dict(self):
+        """The shard optimizer's state_dict with the shard as one tensor
+        (index 0), whatever tensors it steps."""
+        sd = self.optimizer.state_dict()
+        if self._parts is None:
+            return sd
+        entries = [sd["state"].get(i) for i in range(len(self._parts))]
+        state = {}
+        if entries[0] is not None:
+            state[0] = {}
+            for key, v in entries[0].items():
+                if isinstance(v, np.ndarray) and v.ndim == 1:
+                    v = self._joined([e[key] for e in entries],
+                                     self._initial_value(key))
+                state[0][key] = v
+        return {**sd, "state": state,
+                "param_groups": [dict(sd["param_groups"][0], params=[0])]}
+
+    def _load_shard_state_dict(self, sd):
+        """optimizer.load_state_dict of a state_dict of
+        :meth:`_shard_state_dict`'s form."""
+        if self._parts is None:
+            self.optimizer.load_state_dict(sd)
+            return
+        entry = sd["state"].get(0)
+        state = {}
+        if entry is not None:
+            for i, (_, a, b) in enumerate(self._parts):
+                state[i] = {key: v[a:b] if isinstance(v, np.ndarray) and v.ndim == 1
+                            else v for key, v in entry.items()}
+        groups = [dict(sd["param_groups"][0], params=list(range(len(self._parts))))]
+        self.optimizer.load_state_dict({**sd, "state": state, "param_groups": groups})
 
     def _unpack(self):
         for a, v in zip(self._user, self._views):
@@ -632,7 +691,7 @@ class ShardedOptimizer:
         name = f"shard-{tag}-{self.rank:05d}-of-{self.size:05d}.npz"
         error = None
         try:
-            checkpoint.write_state(os.path.join(path, name), self.optimizer.state_dict())
+            checkpoint.write_state(os.path.join(path, name), self._shard_state_dict())
         except OSError as e:
             error = f"rank {self.rank}: {e}"
         results = self.comm.allgather((name, error)) if self.size > 1 else [(name, error)]
@@ -679,7 +738,7 @@ class ShardedOptimizer:
         errors = [e for e in errors if e is not None]
         if errors:
             raise ValueError(f"sharded checkpoint {path!r} not loaded: " + "; ".join(errors))
-        self.optimizer.load_state_dict(state)
+        self._load_shard_state_dict(state)
         self.skipped_steps = int(manifest["skipped_steps"])
 
     def _shard_state(self, path, manifest):
@@ -719,18 +778,22 @@ class ShardedOptimizer:
         return {**template, "state": state, "param_groups": groups, "skipped_steps": 0}
 
     def _initial_state(self, key, dtype):
+        return np.full(self.shard_size, self._initial_value(key), dtype=dtype)
+
+    def _initial_value(self, key):
+        """A state element's start value as the shard's state stores it."""
         rule = self.optimizer.rule
         if key not in rule.state_keys:      # the averages ("ema")
-            return np.zeros(self.shard_size, dtype=dtype)
+            return 0
         slot = rule.state_keys.index(key)
         init = self.optimizer._initial(self.optimizer.param_groups[0], slot)
-        return np.full(self.shard_size, init, dtype=dtype)
+        return self.optimizer._stored(init)
 
     def consolidated_state_dict(self, root=0):
         """The state_dict a single process stepping ``optimizer_class`` on
         ``params`` would have, gathered on rank ``root`` (None on the
         others); a collective."""
-        sd = self.optimizer.state_dict()
+        sd = self._shard_state_dict()
         entry = sd["state"].get(0, {})
         full = {}
         for key in list(self.optimizer.rule.state_keys) + ["ema"]:
@@ -1002,9 +1065,13 @@ def _single_process(sd, entry, full, layout, skipped):
     group["params"] = list(range(len(shapes)))
     if layout["names"] is not None:
         group["param_names"] = list(layout["names"])
-    return {"format": sd["format"], "version": sd["version"],
-            "optimizer": layout["optimizer"], "state": state,
-            "param_groups": [group], "skipped_steps": skipped}
+    out = {"format": sd["format"], "version": sd["version"],
+           "optimizer": layout["optimizer"], "state": state,
+           "param_groups": [group], "skipped_steps": skipped}
+    for key in ("state_dtype", "seed"):
+        if key in sd:
+            out[key] = sd[key]
+    return out
 
 
 def consolidate(path, out=None):
