@@ -357,6 +357,25 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     }
 }
 
+/* The rule's update loop over the tensors with what f adds around it: the
+ * loop alone when nothing is left to add chunk by chunk (no mean gradient,
+ * and the average, if any, moved in the loop), else chunk by chunk. */
+static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f)
+{
+    const unsigned flags = f == NULL ? 0 : f->flags;
+    fo_range_fn fn;
+    const fo_args *la;
+    fo_args own;
+    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
+    if ((flags & FO_FUSE_MEAN) == 0 && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
+        drive(fn, la, t, count);
+    } else {
+        const fo_fused_call c = {fn, dt, la, f, in_loop};
+        drive(fused_range, &c, t, count);
+    }
+}
+
 /* Columns per piece of the column sums' work: a cache line's worth of
  * float64 columns, so threads split a matrix's columns without sharing
  * lines of the sums. */
@@ -399,11 +418,6 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
-    const unsigned flags = f == NULL ? 0 : f->flags;
-    fo_range_fn fn;
-    const fo_args *la;
-    fo_args own;
-    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     const fo_axes_fn axes = active->axes[rule][dt];
     if (axes != NULL) {
         /* a factored rule: the sums along the last two axes, then its
@@ -419,12 +433,7 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
     }
-    if ((flags & FO_FUSE_MEAN) == 0 && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
-        drive(fn, la, t, count);
-    } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop};
-        drive(fused_range, &c, t, count);
-    }
+    run_update(rule, dt, a, t, count, f);
 }
 
 /* The first pass of a two-pass rule over the ranges [lo[b], hi[b]) of one
@@ -458,17 +467,8 @@ void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
 void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
                        size_t count, const fo_fuse *f)
 {
-    fo_range_fn fn;
-    const fo_args *la;
-    fo_args own;
-    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
-    if (f == NULL || f->flags == 0 || (in_loop && !(f->flags & FO_FUSE_MEAN))) {
-        drive(fn, la, t, count);
-    } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop};
-        drive(fused_range, &c, t, count);
-    }
+    run_update(rule, dt, a, t, count, f);
 }
 
 void fo_scale(int dt, double s, const fo_tensor *t, size_t c) { drive(active->scale[dt], &s, t, c); }
