@@ -34,6 +34,9 @@ static const fo_isa_table *active = &fo_table_baseline;
 static int active_level = FO_BASELINE;
 static int num_threads = 0; /* 0: as many as OpenMP offers */
 static size_t parallel_threshold = FO_DEFAULT_PARALLEL_THRESHOLD;
+/* A cap on the threads of the steps the calling thread makes (0: none),
+ * which fastopt.limit_threads sets around a block of code. */
+static _Thread_local int thread_cap = 0;
 
 const char *fo_level_name(int level)
 {
@@ -166,15 +169,24 @@ int fo_openmp_enabled(void)
 void fo_num_threads_set(int n) { num_threads = n > 0 ? n : 0; }
 
 /* The configured count, capped by OpenMP's own limit for the calling thread
- * (OMP_NUM_THREADS, threadpoolctl's threadpool_limits). */
+ * (OMP_NUM_THREADS, threadpoolctl's threadpool_limits) and by the calling
+ * thread's cap. */
 int fo_num_threads_get(void)
 {
 #ifdef _OPENMP
     const int omp = omp_get_max_threads();
-    return (num_threads > 0 && num_threads < omp) ? num_threads : omp;
+    const int n = (num_threads > 0 && num_threads < omp) ? num_threads : omp;
+    return (thread_cap > 0 && thread_cap < n) ? thread_cap : n;
 #else
     return 1;
 #endif
+}
+
+int fo_thread_cap_swap(int n)
+{
+    const int old = thread_cap;
+    thread_cap = n > 0 ? n : 0;
+    return old;
 }
 
 size_t fo_parallel_threshold(void) { return parallel_threshold; }

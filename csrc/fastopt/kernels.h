@@ -197,6 +197,8 @@ const char *fo_cpu_features(void);  /* as detected, space-separated */
 int fo_level_set(int level);         /* 0 on success, -1 if unsupported */
 int fo_num_threads_get(void);
 void fo_num_threads_set(int n);
+/* Cap the calling thread's steps at n threads (0: no cap); returns the old cap. */
+int fo_thread_cap_swap(int n);
 size_t fo_parallel_threshold(void);
 void fo_parallel_threshold_set(size_t n);
 int fo_openmp_enabled(void);

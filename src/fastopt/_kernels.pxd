@@ -82,6 +82,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     int fo_level_set(int level)
     int fo_num_threads_get()
     void fo_num_threads_set(int n)
+    int fo_thread_cap_swap(int n)
     size_t fo_parallel_threshold()
     void fo_parallel_threshold_set(size_t n)
     int fo_openmp_enabled()
