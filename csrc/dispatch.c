@@ -301,9 +301,9 @@ void fo_bf16_decode(const void *in, float *out, size_t n)
 }
 
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                    size_t index0)
+                    size_t index0, int low)
 {
-    active->bf16_encode(x, out, n, key, index0);
+    active->bf16_encode(x, out, n, key, index0, low);
 }
 
 /* Scratch for one chunk's gradient */

@@ -22,7 +22,7 @@ typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
 /* bfloat16 states (lowp.h), float32 only */
 typedef void (*fo_bf16_decode_fn)(const void *in, float *out, size_t n);
 typedef void (*fo_bf16_encode_fn)(const float *x, void *out, size_t n,
-                                  uint32_t key, size_t index0);
+                                  uint32_t key, size_t index0, int low);
 /* A factored rule's axis step over one tensor: its row and column states
  * from the sums of squares along the last two axes in t->scratch
  * (fo_axis_sumsq), and whatever per-batch numbers its passes need after

@@ -131,12 +131,13 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
  * number, and from it the key of each state slot.  SplitMix64's finalizer;
  * fastopt.reference computes the same in Python. */
 uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step);
-uint32_t fo_lowp_slot_key(uint64_t key, int slot);
+uint32_t fo_lowp_slot_key(uint64_t key, int slot) __attribute__((const));
 /* The active level's bfloat16 codec over n elements (lowp.h): decode, and
- * stochastic rounding with slot key `key` from element index0 on. */
+ * stochastic rounding with slot key `key` from element index0 on (the
+ * lower 16 bits of each hash if low, as odd slots use them). */
 void fo_bf16_decode(const void *in, float *out, size_t n);
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                    size_t index0);
+                    size_t index0, int low);
 /* acc += g over slot acc and g of each tensor (micro-batches) */
 void fo_accumulate(int dt, const fo_tensor *t, size_t count);
 

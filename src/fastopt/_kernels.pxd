@@ -44,7 +44,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     uint32_t fo_lowp_slot_key(uint64_t key, int slot)
     void fo_bf16_decode(const void *inp, float *out, size_t n)
     void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                        size_t index0)
+                        size_t index0, int low)
 
     ctypedef struct fo_args:
         double c[FO_MAX_COEFFICIENTS]

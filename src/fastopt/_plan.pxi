@@ -34,13 +34,13 @@ def lowp_slot_key(key, int slot):
     return fo_lowp_slot_key(<uint64_t>key, slot)
 
 
-def bf16_round(x, key, start=0):
+def bf16_round(x, key, start=0, bint low=False):
     """The active level's stochastic rounding of a contiguous float32 array
     (fastopt.reference.bf16_round): bfloat16 bits, uint16."""
     cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32)
     cdef cnp.ndarray out = np.empty(a.size, dtype=np.uint16)
     fo_bf16_encode(<const float *>cnp.PyArray_DATA(a), cnp.PyArray_DATA(out),
-                   <size_t>a.size, <uint32_t>key, <size_t>start)
+                   <size_t>a.size, <uint32_t>key, <size_t>start, low)
     return out.reshape(np.shape(x))
 
 
