@@ -101,7 +101,7 @@ def _generate():
                            "def hash32(x: ArrayLike) -> Any: ...",
                            "def bf16_decode(bits: ArrayLike) -> Any: ...",
                            "def bf16_nearest(x: ArrayLike) -> Any: ...",
-                           "def bf16_round(x: ArrayLike, key: int, start: int = 0) -> Any: ...",
+                           "def bf16_round(x: ArrayLike, key: int, start: int = 0, low: bool = False) -> Any: ...",
                            "def bf16_step(name: str, key: int, param: Any, grad: Any,",
                            "              *states: Any, **kwargs: Any) -> None: ...", ""]}
     for module in ("functional", "reference"):
