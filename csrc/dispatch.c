@@ -6,6 +6,7 @@
  * (fo_sumsq_*) combines fixed blocks in index order so that it too is
  * independent of the split. */
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -187,18 +188,36 @@ static size_t total_elements(const fo_tensor *t, size_t count)
     return total;
 }
 
-/* Apply fn to the global element range [lo, hi) of the concatenated tensors. */
-static void run_range(fo_range_fn fn, const void *args, const fo_tensor *t,
-                      size_t count, size_t lo, size_t hi)
+/* A tensor-relative split point x of a tensor of n elements, moved down to
+ * a multiple of `block` (none when block is 0); n stays n */
+static size_t block_floor(size_t x, size_t n, size_t block)
+{
+    return block == 0 || x >= n ? x : x - x % block;
+}
+
+/* Apply fn to the global element range [lo, hi) of the concatenated
+ * tensors.  With block > 0 each tensor's part starts and ends on a multiple
+ * of block from the tensor's start (or its end): every thread moves the
+ * same tensor-relative points the same way, so the parts still cover each
+ * tensor exactly once. */
+static void run_range_blocks(fo_range_fn fn, const void *args,
+                             const fo_tensor *t, size_t count, size_t lo,
+                             size_t hi, size_t block)
 {
     size_t base = 0;
     for (size_t k = 0; k < count && base < hi; k++) {
         const size_t n = t[k].n;
-        const size_t a = lo > base ? lo - base : 0;
-        const size_t b = hi < base + n ? hi - base : n;
+        const size_t a = block_floor(lo > base ? lo - base : 0, n, block);
+        const size_t b = block_floor(hi < base + n ? hi - base : n, n, block);
         if (a < b) fn(args, &t[k], a, b);
         base += n;
     }
+}
+
+static void run_range(fo_range_fn fn, const void *args, const fo_tensor *t,
+                      size_t count, size_t lo, size_t hi)
+{
+    run_range_blocks(fn, args, t, count, lo, hi, 0);
 }
 
 static size_t split_point(size_t total, int part, int parts)
@@ -208,8 +227,8 @@ static size_t split_point(size_t total, int part, int parts)
     return x - x % FO_SPLIT_GRAIN;
 }
 
-static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
-                  size_t count)
+static void drive_blocks(fo_range_fn fn, const void *args,
+                         const fo_tensor *t, size_t count, size_t block)
 {
     const size_t total = total_elements(t, count);
     if (total == 0) return;
@@ -220,14 +239,20 @@ static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
 #pragma omp parallel num_threads(nt)
             {
                 const int id = omp_get_thread_num(), parts = omp_get_num_threads();
-                run_range(fn, args, t, count, split_point(total, id, parts),
-                          split_point(total, id + 1, parts));
+                run_range_blocks(fn, args, t, count, split_point(total, id, parts),
+                                 split_point(total, id + 1, parts), block);
             }
             return;
         }
     }
 #endif
-    run_range(fn, args, t, count, 0, total);
+    run_range_blocks(fn, args, t, count, 0, total, block);
+}
+
+static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
+                  size_t count)
+{
+    drive_blocks(fn, args, t, count, 0);
 }
 
 static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
@@ -294,6 +319,74 @@ void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
     active->bf16_encode(x, out, n, key, index0);
 }
 
+/* 8-bit blockwise states (kernels.h, fo_q8_encode).  The decoded
+ * magnitudes of the codes, (c / 255)^2 and (c / 127)^2 in float32, made
+ * once: fastopt.reference.q8_table computes the same. */
+static float q8_table[2][256];
+static int q8_ready;
+
+static void q8_init(void)
+{
+    if (q8_ready) return;
+    for (int c = 0; c < 256; c++) {
+        const float u = (float)c / 255.0f, s = (float)(c & 127) / 127.0f;
+        q8_table[1][c] = u * u;
+        q8_table[0][c] = s * s;
+    }
+    q8_ready = 1;
+}
+
+static void q8_block_encode(const float *x, uint8_t *codes, float *scale,
+                            size_t n, int nonneg)
+{
+    float absmax = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        absmax = (a > absmax || a != a) && absmax == absmax ? a : absmax;
+    }
+    *scale = absmax;
+    if (!isfinite(absmax)) {
+        memset(codes, 0, n);
+        return;
+    }
+    const float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
+    const float levels = nonneg ? 255.0f : 127.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float xi = x[i];
+        const float a = nonneg ? (xi > 0.0f ? xi : 0.0f) : fabsf(xi);
+        float r = floorf(sqrtf(a * inv) * levels + 0.5f);
+        r = r < levels ? r : levels;
+        const unsigned c = (unsigned)r;
+        codes[i] = (uint8_t)(nonneg ? c : (c | (signbit(xi) ? 0x80u : 0u)));
+    }
+}
+
+void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
+                  int nonneg)
+{
+    for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
+        const size_t at = b * FO_Q8_BLOCK;
+        const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
+        q8_block_encode(x + at, codes + at, scales + b, m, nonneg);
+    }
+}
+
+void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
+                  size_t n, int nonneg)
+{
+    q8_init();
+    const float *tab = q8_table[nonneg != 0];
+    for (size_t i = 0; i < n; i++) {
+        const float v = scales[i / FO_Q8_BLOCK] * tab[codes[i]];
+        out[i] = !nonneg && (codes[i] & 0x80u) ? -v : v;
+    }
+}
+
+/* 8-bit states are decoded into float32 scratch of this many elements
+ * each (a multiple of FO_Q8_BLOCK), small enough that a rule's states stay
+ * in L1 between the decode, the rule's loop and the requantization */
+#define FO_Q8_CHUNK 1024
+
 /* Scratch for one chunk's gradient */
 typedef union {
     float f[FO_FUSE_CHUNK];
@@ -308,23 +401,46 @@ typedef struct {
 } fo_fused_call;
 
 /* Elements [lo, hi) of one tensor, chunk by chunk: the mean gradient, the
- * rule's loop, the average */
+ * states decoded (8-bit), the rule's loop, the states requantized, the
+ * average */
 static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                         size_t hi)
 {
     const fo_fused_call *c = (const fo_fused_call *)args;
     const unsigned flags = c->f->flags;
-    const size_t state_size = (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
+    const int q8 = (flags & FO_FUSE_Q8) != 0;
+    const size_t state_size = q8 ? 1 : (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
+    const size_t chunk = q8 ? FO_Q8_CHUNK : FO_FUSE_CHUNK;
     fo_chunk tmp;
-    for (size_t at = lo; at < hi; at += FO_FUSE_CHUNK) {
-        const size_t n = hi - at < FO_FUSE_CHUNK ? hi - at : FO_FUSE_CHUNK;
+    float scratch[FO_MAX_STATES][FO_Q8_CHUNK];
+    for (size_t at = lo; at < hi; at += chunk) {
+        const size_t n = hi - at < chunk ? hi - at : chunk;
         fo_tensor s = part_of(t, at, n, c->dt, state_size);
         s.at = t->at + at;
         if (flags & FO_FUSE_MEAN) {
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
         }
-        c->fn(c->a, &s, 0, n);
+        if (q8) {
+            /* at is a multiple of FO_Q8_BLOCK: lo is, and so is the chunk */
+            fo_tensor w = s;
+            for (int k = 0; k < FO_MAX_STATES; k++) {
+                if (s.s[k] == NULL) continue;
+                fo_q8_decode((const uint8_t *)s.s[k],
+                             (const float *)t->scale[k] + at / FO_Q8_BLOCK,
+                             scratch[k], n, (c->f->q8_nonneg >> k) & 1u);
+                w.s[k] = scratch[k];
+            }
+            c->fn(c->a, &w, 0, n);
+            for (int k = 0; k < FO_MAX_STATES; k++) {
+                if (s.s[k] == NULL) continue;
+                fo_q8_encode(scratch[k], (uint8_t *)s.s[k],
+                             (float *)t->scale[k] + at / FO_Q8_BLOCK, n,
+                             (c->f->q8_nonneg >> k) & 1u);
+            }
+        } else {
+            c->fn(c->a, &s, 0, n);
+        }
         if (flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY))
             active->ema[c->dt](&s, n, c->f->ema_weight,
                                (flags & FO_FUSE_EMA_COPY) != 0);
@@ -346,7 +462,9 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         drive(fn, a, t, count);
     } else {
         const fo_fused_call c = {fn, dt, a, f};
-        drive(fused_range, &c, t, count);
+        if (flags & FO_FUSE_Q8) q8_init();
+        drive_blocks(fused_range, &c, t, count,
+                     (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }
 }
 

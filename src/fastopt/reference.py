@@ -603,3 +603,90 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
     for slot, (bits, value) in enumerate(zip(arrays, decoded)):
         if bits is not None:
             bits[...] = bf16_round(value, lowp_slot_key(key, slot))
+
+
+# ---------------------------------------------------------------------------
+# 8-bit blockwise states (csrc/dispatch.c, fo_q8_encode)
+#
+# Each state of a float32 tensor is kept as uint8 codes with one float32
+# scale per block of 256 elements counted from the tensor's start: the
+# block's largest |x|.  The code map is companded (linear in the square
+# root), so that small values keep relative precision: a state that is never
+# negative as c = round(255 * sqrt(x / scale)), decoded scale * (c/255)^2;
+# a signed one as bit 7 its sign and bits 0-6 round(127 * sqrt(|x| /
+# scale)).  Everything is float32 with a per-block reciprocal, rounding to
+# nearest (floor(y + 0.5)); a block whose scale is not finite keeps that
+# scale, gets codes 0 and decodes to NaN.
+
+Q8_BLOCK = 256
+
+
+def q8_table(nonneg):
+    """The decoded magnitude (float32) of each of the 256 codes."""
+    c = np.arange(256, dtype=np.uint32)
+    if nonneg:
+        u = c.astype(np.float32) / np.float32(255)
+    else:
+        u = (c & np.uint32(127)).astype(np.float32) / np.float32(127)
+    return u * u
+
+
+def q8_encode(x, nonneg):
+    """The uint8 codes (flat) and float32 block scales of float32 ``x``
+    (flattened; its blocks of 256 from the start, the last one possibly
+    shorter)."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    n = x.size
+    nb = -(-n // Q8_BLOCK)
+    pad = np.zeros(nb * Q8_BLOCK, dtype=np.float32)
+    pad[:n] = x
+    blocks = pad.reshape(nb, Q8_BLOCK)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        scales = np.max(np.abs(blocks), axis=1) if nb else np.zeros(0, np.float32)
+        finite = np.isfinite(scales)
+        safe = np.where(finite, scales, np.float32(0))
+        inv = np.where(safe > 0, np.float32(1) / np.where(safe > 0, safe, np.float32(1)),
+                       np.float32(0)).astype(np.float32)
+        levels = np.float32(255 if nonneg else 127)
+        a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
+        a = np.where(finite[:, None], a, np.float32(0))
+        r = np.floor(np.sqrt(a * inv[:, None]) * levels + np.float32(0.5))
+        c = np.minimum(r, levels).astype(np.uint8)
+    if not nonneg:
+        c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
+    return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
+
+
+def q8_decode(codes, scales, nonneg):
+    """float32 values (flat) of uint8 ``codes`` and their block scales."""
+    codes = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    scales = np.asarray(scales, dtype=np.float32).reshape(-1)
+    if scales.size != -(-codes.size // Q8_BLOCK):
+        raise ValueError(f"scales must have {-(-codes.size // Q8_BLOCK)} elements "
+                         f"for {codes.size} codes, got {scales.size}")
+    idx = np.arange(codes.size) // Q8_BLOCK
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = scales[idx] * q8_table(nonneg)[codes]
+    if not nonneg:
+        v = np.where(codes & np.uint8(0x80), -v, v)
+    return v.astype(np.float32)
+
+
+def q8_step(name, param, grad, *states, **kwargs):
+    """One step of rule ``name`` with its array states kept in 8 bits: each
+    given positionally in the rule's state order as a (codes, scales) pair
+    of arrays (None where unused; any per-tensor scalar states follow),
+    updated in place: decoded, the rule's reference run on them in float32,
+    each requantized with q8_encode."""
+    rule = RULES[name]
+    n = len(rule.states)
+    arrays, rest = list(states[:n]), states[n:]
+    decoded = [None if s is None else
+               q8_decode(s[0], s[1], st.sign == "nonneg").reshape(np.shape(s[0]))
+               for s, st in zip(arrays, rule.states)]
+    globals()[name](param, grad, *decoded, *rest, **kwargs)
+    for pair, value, st in zip(arrays, decoded, rule.states):
+        if pair is not None:
+            codes, scales = q8_encode(value, st.sign == "nonneg")
+            pair[0][...] = codes.reshape(np.shape(pair[0]))
+            pair[1][...] = scales
