@@ -98,9 +98,9 @@ def _generate():
                            "def bf16_round(x: ArrayLike, key: int, start: int = 0) -> Any: ...",
                            "Q8_BLOCK: int",
                            "def q8_table(nonneg: bool) -> Any: ...",
-                           "def q8_encode(x: ArrayLike, nonneg: bool) -> Any: ...",
+                           "def q8_encode(x: ArrayLike, nonneg: bool, key: int = 0, start: int = 0) -> Any: ...",
                            "def q8_decode(codes: ArrayLike, scales: ArrayLike, nonneg: bool) -> Any: ...",
-                           "def q8_step(name: str, param: Any, grad: Any, *states: Any,",
+                           "def q8_step(name: str, key: int, param: Any, grad: Any, *states: Any,",
                            "            **kwargs: Any) -> None: ...",
                            "def bf16_step(name: str, key: int, param: Any, grad: Any,",
                            "              *states: Any, **kwargs: Any) -> None: ...", ""]}

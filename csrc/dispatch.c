@@ -320,8 +320,8 @@ void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
 }
 
 /* 8-bit blockwise states (kernels.h, fo_q8_encode).  The decoded
- * magnitudes of the codes, (c / 255)^2 and (c / 127)^2 in float32, made
- * once: fastopt.reference.q8_table computes the same. */
+ * magnitudes of the codes, ((c / 255)^2)^2 and (c / 127)^2 in float32,
+ * made once: fastopt.reference.q8_table computes the same. */
 static float q8_table[2][256];
 static int q8_ready;
 
@@ -330,14 +330,26 @@ static void q8_init(void)
     if (q8_ready) return;
     for (int c = 0; c < 256; c++) {
         const float u = (float)c / 255.0f, s = (float)(c & 127) / 127.0f;
-        q8_table[1][c] = u * u;
+        const float u2 = u * u;
+        q8_table[1][c] = u2 * u2;
         q8_table[0][c] = s * s;
     }
     q8_ready = 1;
 }
 
+/* Chris Wellons' lowbias32 (as lowp.h) */
+static uint32_t q8_hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
 static void q8_block_encode(const float *x, uint8_t *codes, float *scale,
-                            size_t n, int nonneg)
+                            size_t n, int nonneg, uint32_t key)
 {
     float absmax = 0.0f;
     for (size_t i = 0; i < n; i++) {
@@ -354,20 +366,24 @@ static void q8_block_encode(const float *x, uint8_t *codes, float *scale,
     for (size_t i = 0; i < n; i++) {
         const float xi = x[i];
         const float a = nonneg ? (xi > 0.0f ? xi : 0.0f) : fabsf(xi);
-        float r = floorf(sqrtf(a * inv) * levels + 0.5f);
-        r = r < levels ? r : levels;
+        const float root = sqrtf(a * inv);
+        /* stochastic rounding: 24 random bits of (key, element) in [0, 1) */
+        const float u = (float)(q8_hash32(key + (uint32_t)i) >> 8) * 0x1p-24f;
+        float r = floorf((nonneg ? sqrtf(root) : root) * levels + u);
+        r = (a == absmax && absmax > 0.0f) || r > levels ? levels : r;   /* the largest is exact */
         const unsigned c = (unsigned)r;
         codes[i] = (uint8_t)(nonneg ? c : (c | (signbit(xi) ? 0x80u : 0u)));
     }
 }
 
 void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
-                  int nonneg)
+                  int nonneg, uint32_t key, size_t index0)
 {
     for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
         const size_t at = b * FO_Q8_BLOCK;
         const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
-        q8_block_encode(x + at, codes + at, scales + b, m, nonneg);
+        q8_block_encode(x + at, codes + at, scales + b, m, nonneg,
+                        key + (uint32_t)(index0 + at));
     }
 }
 
@@ -436,7 +452,8 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                 if (s.s[k] == NULL) continue;
                 fo_q8_encode(scratch[k], (uint8_t *)s.s[k],
                              (float *)t->scale[k] + at / FO_Q8_BLOCK, n,
-                             (c->f->q8_nonneg >> k) & 1u);
+                             (c->f->q8_nonneg >> k) & 1u,
+                             fo_lowp_slot_key(t->key, k), s.at);
             }
         } else {
             c->fn(c->a, &s, 0, n);

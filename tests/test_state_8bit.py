@@ -18,8 +18,8 @@ class Model:
     """Per parameter: 8-bit states (codes, scales) at their start values,
     scalar states, a step count; a step is reference.q8_step."""
 
-    def __init__(self, rule, params, h):
-        self.rule, self.params, self.h = rule, params, h
+    def __init__(self, rule, params, h, seed):
+        self.rule, self.params, self.h, self.seed = rule, params, h, seed
         self.steps = [0] * len(params)
         self.states = [None] * len(params)
         self.kernel = {k.name: h[k.name] for k in rule.kernel_hypers}
@@ -47,7 +47,9 @@ class Model:
             self.steps[i] += 1
             arrays, scal = self.states[i]
             step = {} if self.rule.step is None else {"step": self.steps[i]}
-            reference.q8_step(self.rule.name, p, g, *arrays, *scal, **step, **self.kernel)
+            key = reference.lowp_tensor_key(self.seed, i, self.steps[i])
+            reference.q8_step(self.rule.name, key, p, g, *arrays, *scal, **step,
+                              **self.kernel)
 
 
 def _check(opt, params, model):
@@ -78,8 +80,8 @@ def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
     ref = [p.copy() for p in params]
     cls = getattr(fastopt, name)
     ctor = {k: v for k, v in h.items() if k in inspect.signature(cls).parameters}
-    opt = cls(params, **ctor, state_dtype="8bit")
-    model = Model(rule, ref, h)
+    opt = cls(params, **ctor, state_dtype="8bit", seed=7)
+    model = Model(rule, ref, h, 7)
     for t in range(4):
         grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
         if t == 2:
@@ -100,9 +102,10 @@ def test_codec_is_the_reference(nonneg, rng):
                         rng.standard_normal(300).astype(np.float32) * 1e-30])
     if nonneg:
         x = np.abs(x)
-    codes, scales = _core.q8_encode(x, nonneg)
-    rc, rs = reference.q8_encode(x, nonneg)
-    assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
+    for key, start in ((0, 0), (0x9E3779B9, 5), (0xFFFFFFFF, 2 ** 32 - 3)):
+        codes, scales = _core.q8_encode(x, nonneg, key, start)
+        rc, rs = reference.q8_encode(x, nonneg, key, start)
+        assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
     assert scales.size == 6
     got = _core.q8_decode(codes, scales, nonneg)
     assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
@@ -125,8 +128,12 @@ def test_codec_edge_cases():
     assert np.all(codes[:256] == 0)
     back = _core.q8_decode(codes, scales, False)
     assert back[300] == -2.0 and np.all(back[:256] == 0)
-    # sqrt companding: 1e-3 of the scale is coded (a linear map would give 0)
-    assert 0 < back[301] < 2e-3
+    # companding: 1e-3 of the scale is coded as 0 or the next code up
+    assert 0 <= back[301] < 2e-3
+    # a value 1e-8 of its block's largest is kept by the map of states that
+    # are never negative (a square root alone would code it as 0)
+    codes, scales = _core.q8_encode(np.float32([1.0, 1e-8] + [0.0] * 10), True, 1)
+    assert codes[1] > 0
     # a NaN or an infinity makes the block's scale non-finite and every one
     # of its elements NaN; the other blocks are untouched
     for bad in (np.nan, np.inf, -np.inf):

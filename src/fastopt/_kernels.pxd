@@ -42,7 +42,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step)
     uint32_t fo_lowp_slot_key(uint64_t key, int slot)
     void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
-                      int nonneg)
+                      int nonneg, uint32_t key, size_t index0)
     void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
                       size_t n, int nonneg)
     void fo_bf16_decode(const void *inp, float *out, size_t n)

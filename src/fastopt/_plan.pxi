@@ -52,15 +52,18 @@ def bf16_decode(bits):
     return out.reshape(np.shape(bits))
 
 
-def q8_encode(x, nonneg):
+def q8_encode(x, nonneg, key=0, start=0):
     """The C codec of 8-bit states (fastopt.reference.q8_encode): a flat
-    float32 array's uint8 codes and float32 scales per block of 256."""
+    float32 array's uint8 codes and float32 scales per block of 256, the
+    codes rounded with the random bits of slot key ``key`` from element
+    ``start`` on."""
     cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     cdef cnp.ndarray codes = np.empty(a.size, dtype=np.uint8)
     cdef cnp.ndarray scales = np.empty((a.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK,
                                        dtype=np.float32)
     fo_q8_encode(<const float *>cnp.PyArray_DATA(a), <uint8_t *>cnp.PyArray_DATA(codes),
-                 <float *>cnp.PyArray_DATA(scales), <size_t>a.size, 1 if nonneg else 0)
+                 <float *>cnp.PyArray_DATA(scales), <size_t>a.size, 1 if nonneg else 0,
+                 <uint32_t>key, <size_t>start)
     return codes, scales
 
 
@@ -81,7 +84,8 @@ cdef tuple _q8_constant(double value, unsigned nonneg):
     """The code and scale of a block whose elements all equal value."""
     cdef float x = <float>value, scale
     cdef uint8_t code
-    fo_q8_encode(&x, &code, &scale, 1, <int>nonneg)
+    # the block's largest element gets the largest code: no random bits
+    fo_q8_encode(&x, &code, &scale, 1, <int>nonneg, 0, 0)
     return int(code), float(scale)
 
 
@@ -718,7 +722,7 @@ cdef class Plan:
                 self.work[i].scale[slot] = (self.base[i].scale[slot]
                                             if slot < r.nstates and r.needs(self.h, slot)
                                             else NULL)
-            if self._bf16():
+            if self._bf16() or self._q8():
                 self.work[i].key = fo_lowp_tensor_key(
                     self.seed, <uint64_t>self.positions[i], <uint64_t>(self.steps[i] + 1))
         if r.nscalars:

@@ -610,11 +610,16 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 #
 # Each state of a float32 tensor is kept as uint8 codes with one float32
 # scale per block of 256 elements counted from the tensor's start: the
-# block's largest |x|.  The code map is companded (linear in the square
-# root), so that small values keep relative precision: a state that is never
-# negative as c = round(255 * sqrt(x / scale)), decoded scale * (c/255)^2;
-# a signed one as bit 7 its sign and bits 0-6 round(127 * sqrt(|x| /
-# scale)).  Everything is float32 with a per-block reciprocal, rounding to
+# block's largest |x|.  The code maps are companded, so that small values
+# keep relative precision: a state that is never negative (Adam's v) as
+# c = round(255 * (x / scale)^(1/4)), decoded scale * ((c/255)^2)^2, which
+# spans 255^4 (about 4e9) in x: with a square root alone, v of a block's
+# low-curvature elements rounded to 0 and their steps blew up; a signed
+# one (m) as bit 7 its sign and bits 0-6 round(127 * sqrt(|x| / scale)).
+# Codes round stochastically, floor(y + u) with u 24 random bits of
+# hash32(key + element index) in [0, 1), except the block's largest
+# element, which gets the largest code (exact): rounding to nearest left
+# v a fifth low 300 steps after gradients shrank 100x.  Everything is float32 with a per-block reciprocal, rounding to
 # nearest (floor(y + 0.5)); a block whose scale is not finite keeps that
 # scale, gets codes 0 and decodes to NaN.
 
@@ -626,15 +631,17 @@ def q8_table(nonneg):
     c = np.arange(256, dtype=np.uint32)
     if nonneg:
         u = c.astype(np.float32) / np.float32(255)
-    else:
-        u = (c & np.uint32(127)).astype(np.float32) / np.float32(127)
+        u2 = u * u
+        return u2 * u2
+    u = (c & np.uint32(127)).astype(np.float32) / np.float32(127)
     return u * u
 
 
-def q8_encode(x, nonneg):
+def q8_encode(x, nonneg, key=0, start=0):
     """The uint8 codes (flat) and float32 block scales of float32 ``x``
     (flattened; its blocks of 256 from the start, the last one possibly
-    shorter)."""
+    shorter), rounded with the random bits of slot key ``key`` from element
+    ``start`` on."""
     x = np.asarray(x, dtype=np.float32).reshape(-1)
     n = x.size
     nb = -(-n // Q8_BLOCK)
@@ -650,8 +657,15 @@ def q8_encode(x, nonneg):
         levels = np.float32(255 if nonneg else 127)
         a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
         a = np.where(finite[:, None], a, np.float32(0))
-        r = np.floor(np.sqrt(a * inv[:, None]) * levels + np.float32(0.5))
-        c = np.minimum(r, levels).astype(np.uint8)
+        root = np.sqrt(a * inv[:, None])
+        if nonneg:
+            root = np.sqrt(root)
+        i = (np.arange(nb * Q8_BLOCK, dtype=np.uint64) + np.uint64(start)).astype(np.uint32)
+        u = ((hash32(i + np.uint32(key & 0xFFFFFFFF)) >> np.uint32(8)).astype(np.float32)
+             * np.float32(2.0 ** -24)).reshape(nb, Q8_BLOCK)
+        r = np.floor(root * levels + u)
+        top = (a == safe[:, None]) & (safe[:, None] > 0)
+        c = np.where(top | (r > levels), levels, r).astype(np.uint8)
     if not nonneg:
         c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
     return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
@@ -672,12 +686,13 @@ def q8_decode(codes, scales, nonneg):
     return v.astype(np.float32)
 
 
-def q8_step(name, param, grad, *states, **kwargs):
-    """One step of rule ``name`` with its array states kept in 8 bits: each
+def q8_step(name, key, param, grad, *states, **kwargs):
+    """One step of rule ``name`` under the tensor key ``key``
+    (lowp_tensor_key) with its array states kept in 8 bits: each
     given positionally in the rule's state order as a (codes, scales) pair
     of arrays (None where unused; any per-tensor scalar states follow),
     updated in place: decoded, the rule's reference run on them in float32,
-    each requantized with q8_encode."""
+    each requantized with q8_encode under lowp_slot_key(key, slot)."""
     rule = RULES[name]
     n = len(rule.states)
     arrays, rest = list(states[:n]), states[n:]
@@ -685,8 +700,8 @@ def q8_step(name, param, grad, *states, **kwargs):
                q8_decode(s[0], s[1], st.sign == "nonneg").reshape(np.shape(s[0]))
                for s, st in zip(arrays, rule.states)]
     globals()[name](param, grad, *decoded, *rest, **kwargs)
-    for pair, value, st in zip(arrays, decoded, rule.states):
+    for slot, (pair, value, st) in enumerate(zip(arrays, decoded, rule.states)):
         if pair is not None:
-            codes, scales = q8_encode(value, st.sign == "nonneg")
+            codes, scales = q8_encode(value, st.sign == "nonneg", lowp_slot_key(key, slot))
             pair[0][...] = codes.reshape(np.shape(pair[0]))
             pair[1][...] = scales
