@@ -369,7 +369,8 @@ static void q8_block_encode(const float *x, uint8_t *codes, float *scale,
         const float root = sqrtf(a * inv);
         /* stochastic rounding: 24 random bits of (key, element) in [0, 1) */
         const float u = (float)(q8_hash32(key + (uint32_t)i) >> 8) * 0x1p-24f;
-        float r = floorf((nonneg ? sqrtf(root) : root) * levels + u);
+        /* y + u >= 0: truncation is floor, without a libm call */
+        float r = (float)(uint32_t)((nonneg ? sqrtf(root) : root) * levels + u);
         r = (a == absmax && absmax > 0.0f) || r > levels ? levels : r;   /* the largest is exact */
         const unsigned c = (unsigned)r;
         codes[i] = (uint8_t)(nonneg ? c : (c | (signbit(xi) ? 0x80u : 0u)));
