@@ -47,6 +47,8 @@ def _generate():
     from Cython import Tempita
     table = _load_table()
     rules = list(table.RULES.values())
+    # the C side also numbers the factored rules, after the others
+    c_rules = rules + list(getattr(table, "FACTORED_RULES", {}).values())
     c = ["/* Written by setup.py from src/fastopt/rules.py; do not edit. */",
          "#ifndef FASTOPT_FO_TABLE_H", "#define FASTOPT_FO_TABLE_H",
          f"#define FO_MAX_STATES {table.MAX_STATES}",
@@ -55,12 +57,15 @@ def _generate():
          f"#define FO_MAX_SCALAR_STATES {table.MAX_SCALAR_STATES}",
          f"#define FO_MAX_REDUCTIONS {table.MAX_REDUCTIONS}",
          "#define FO_RULE_LIST(X) " + " ".join(f"X({r.name}, {r.name.upper()})"
-                                               for r in rules),
-         "enum { " + ", ".join(f"FO_RULE_{r.name.upper()}" for r in rules)
+                                               for r in c_rules),
+         "enum { " + ", ".join(f"FO_RULE_{r.name.upper()}" for r in c_rules)
          + ", FO_NRULES };",
          "#define FO_REDUCE_LIST(X) " + " ".join(
-             f"X({r.name}, {r.name.upper()})" for r in rules if r.reductions)]
-    for r in rules:
+             f"X({r.name}, {r.name.upper()})" for r in c_rules if r.reductions),
+         "#define FO_AXES_LIST(X) " + " ".join(
+             f"X({r.name}, {r.name.upper()})" for r in c_rules
+             if any(getattr(s, "shape", "full") != "full" for s in r.states))]
+    for r in c_rules:
         up = r.name.upper()
         c.append(f"/* {r.name} */")
         for kind, names in (("H", r.scalars), ("C", r.coefficients),
@@ -108,8 +113,8 @@ def _generate():
         _write(f"src/fastopt/{module}.pyi", "\n".join(
             ["# Written by setup.py from src/fastopt/rules.py; do not edit.",
              "from fastopt._core import (",
-             *[f"    {r.name} as {r.name}," for r in rules],
-             ")", "", *extra[module], f"__all__ = {[r.name for r in rules]!r}", ""]))
+             *[f"    {r.name} as {r.name}," for r in c_rules],
+             ")", "", *extra[module], f"__all__ = {[r.name for r in c_rules]!r}", ""]))
 
 
 def _write(path, text):

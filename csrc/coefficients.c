@@ -529,6 +529,68 @@ static const char *sgd_schedulefree(const double *h, long long step,
     return NULL;
 }
 
+/* Muon (torch.optim.Muon).  The first pass's two lerps in the form
+ * base + weight * (end - self) (rules.h): buf.lerp_(grad, 1 - momentum)
+ * and grad.lerp(buf, momentum), each from end with weight - 1 when torch
+ * takes its second branch (|weight| >= 0.5); weight - 1 is exactly
+ * -(1 - weight), so end + (weight - 1) * (end - self) is torch's
+ * end - (end - self) * (1 - weight).  The second pass's decay is torch's
+ * 1 - lr * weight_decay; the door sets the option post for it.  The
+ * Newton-Schulz hyperparameters go to the matrix step alone. */
+static const char *muon(const double *h, long long step, fo_args *a)
+{
+    const double mu = H(MUON, MOMENTUM), w = 1.0 - mu;
+    const int buf_from_grad = !(fabs(w) < 0.5), nest_from_buf = !(fabs(mu) < 0.5);
+    (void)step;
+    C(MUON, BUF_W) = buf_from_grad ? w - 1.0 : w;
+    C(MUON, NEST_W) = nest_from_buf ? mu - 1.0 : mu;
+    C(MUON, DECAY) = 1.0 - H(MUON, LR) * H(MUON, WEIGHT_DECAY);
+    C(MUON, LR) = H(MUON, LR);
+    a->opts = common(H(MUON, MAXIMIZE), 0.0)
+              | (H(MUON, NESTEROV) != 0.0 ? FO_MUON_O_NESTEROV : 0u)
+              | (buf_from_grad ? FO_MUON_O_BUF_FROM_GRAD : 0u)
+              | (nest_from_buf ? FO_MUON_O_NEST_FROM_BUF : 0u);
+    return NULL;
+}
+
+/* Adafactor (torch.optim.Adafactor, _single_tensor_adafactor).  The
+ * second moment's lerp weight is t^beta2_decay (1 - beta2_t), the relative
+ * step rho = min(lr, 1 / sqrt(t)) as Python's min; eps = (eps1, eps2), an
+ * eps1 of None (FO_NO_COUNT here) the dtype's machine epsilon, which the
+ * loop knows (option dtype_eps); eps1^2 is squared in double, as torch's
+ * eps1 * eps1.  Decoupled decay 1 - lr * weight_decay. */
+static const char *adafactor(const double *h, long long step, fo_args *a)
+{
+    const double lr = H(ADAFACTOR, LR), t = (double)step;
+    const double eps1 = H(ADAFACTOR, EPS0), inv_root_t = 1.0 / sqrt(t);
+    const double weight = fo_pow(t, H(ADAFACTOR, BETA2_DECAY));
+    C(ADAFACTOR, WEIGHT) = weight;
+    C(ADAFACTOR, ONE_MINUS_WEIGHT) = 1.0 - weight;
+    C(ADAFACTOR, RHO) = inv_root_t < lr ? inv_root_t : lr;
+    C(ADAFACTOR, EPS1) = eps1 == FO_NO_COUNT ? 0.0 : eps1;
+    C(ADAFACTOR, EPS1_SQ) = eps1 == FO_NO_COUNT ? 0.0 : eps1 * eps1;
+    C(ADAFACTOR, EPS2) = H(ADAFACTOR, EPS1);
+    C(ADAFACTOR, D) = H(ADAFACTOR, D);
+    C(ADAFACTOR, DECAY) = H(ADAFACTOR, WEIGHT_DECAY) != 0.0
+        ? fo_decay_factor(lr, H(ADAFACTOR, WEIGHT_DECAY)) : 1.0;
+    a->opts = common(H(ADAFACTOR, MAXIMIZE), 0.0)
+              | (eps1 == FO_NO_COUNT ? FO_ADAFACTOR_O_DTYPE_EPS : 0u);
+    return NULL;
+}
+
+/* The tensor's step alpha / denom from its sums of squares, as torch's
+ * Python floats: alpha = max(eps2, ||p|| / sqrt(n)) * rho, denom =
+ * max(1, ||u|| / (sqrt(n) * d)), Python's max (the second argument only
+ * when greater, so a NaN norm gives eps2, resp. 1). */
+static void adafactor_tensor(const fo_args *a, fo_tensor *t)
+{
+    const double root_n = sqrt((double)t->n), eps2 = C(ADAFACTOR, EPS2);
+    const double rms = sqrt(t->r[FO_ADAFACTOR_R_PARAM_SQ]) / root_n;
+    const double alpha = (rms > eps2 ? rms : eps2) * C(ADAFACTOR, RHO);
+    const double ratio = sqrt(t->r[FO_ADAFACTOR_R_UPDATE_SQ]) / (root_n * C(ADAFACTOR, D));
+    t->r[0] = alpha / (ratio > 1.0 ? ratio : 1.0);
+}
+
 typedef const char *(*fo_coefficients_fn)(const double *h, long long step,
                                           fo_args *a);
 

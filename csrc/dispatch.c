@@ -465,6 +465,44 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     }
 }
 
+/* Columns per piece of the column sums' work: a cache line's worth of
+ * float64 columns, so threads split a matrix's columns without sharing
+ * lines of the sums. */
+#define FO_COL_GRAIN 64
+
+void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
+{
+    const size_t R = t->rows, C = t->cols;
+    if (R == 0 || C == 0 || t->n == 0) return;
+    const size_t B = t->n / (R * C), pieces = (C + FO_COL_GRAIN - 1) / FO_COL_GRAIN;
+    const fo_rowsq_fn rowsq = active->rowsq[dt];
+    const fo_colsq_fn colsq = active->colsq[dt];
+    const int nt = fo_num_threads_get();
+    const long long nrows = (long long)(B * R), ncols = (long long)(B * pieces);
+    (void)nt;
+    /* every sum is made by one thread in a fixed order: any split of the
+     * rows and columns between threads gives the same bits */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1 && t->n >= parallel_threshold)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long r = 0; r < nrows; r++)
+            rowsq(t->g, C, (size_t)r, (size_t)r + 1, out);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long k = 0; k < ncols; k++) {
+            const size_t b = (size_t)k / pieces, lo = ((size_t)k % pieces) * FO_COL_GRAIN;
+            const size_t hi = lo + FO_COL_GRAIN < C ? lo + FO_COL_GRAIN : C;
+            colsq((const char *)t->g + b * R * C * itemsize[dt], R, C, lo, hi,
+                  out + B * R + b * C);
+        }
+    }
+}
+
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
@@ -472,6 +510,17 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
     const unsigned flags = f == NULL ? 0 : f->flags;
     const fo_range_fn fn = (flags & FO_FUSE_BF16) ? active->rule_bf16[rule]
                                                   : active->rule[rule][dt];
+    const fo_axes_fn axes = active->axes[rule][dt];
+    if (axes != NULL) {
+        /* a factored rule: the sums along the last two axes, then its
+         * states from them, before the reduction pass (never fused with
+         * accumulation: the caller gives the gradient) */
+        for (size_t k = 0; k < count; k++) {
+            if (t[k].cols == 0 || t[k].n == 0) continue;
+            fo_axis_sumsq(dt, &t[k], t[k].scratch);
+            axes(a, &t[k]);
+        }
+    }
     if (reduce != NULL) {
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
@@ -483,6 +532,46 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         if (flags & FO_FUSE_Q8) q8_init();
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
+    }
+}
+
+/* The first pass of a two-pass rule over the ranges [lo[b], hi[b]) of one
+ * tensor (in parallel when large), range b's sums into out[b * nred ...]:
+ * given the ranges of fo_run's blocks, the same bits as its block sums, so
+ * a caller holding part of a tensor (a shard of it) can make its share of
+ * the tensor's sums.  Writes the states the pass writes. */
+void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                      const size_t *lo, const size_t *hi, size_t count,
+                      double *out)
+{
+    const fo_reduce_fn fn = active->reduce[rule][dt];
+    const int nred = fo_reductions(rule);
+    const int nt = fo_num_threads_get();
+    size_t elems = 0;
+    if (fn == NULL) return;
+    for (size_t b = 0; b < count; b++) elems += hi[b] - lo[b];
+    (void)nt;
+    (void)elems;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && elems >= parallel_threshold)
+#endif
+    for (long long b = 0; b < (long long)count; b++)
+        fn(a, t, lo[b], hi[b], out + (size_t)b * (size_t)nred);
+}
+
+/* The update pass of a two-pass rule over tensors whose sums the caller
+ * put in t[k].r (put together from fo_reduce_ranges, across processes):
+ * the per-tensor coefficients, then the rule's loop, with what f adds
+ * around it (the averages; not FO_FUSE_MEAN, which the first pass makes). */
+void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f)
+{
+    for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
+    if (f == NULL || f->flags == 0) {
+        drive(active->rule[rule][dt], a, t, count);
+    } else {
+        const fo_fused_call c = {active->rule[rule][dt], dt, a, f};
+        drive(fused_range, &c, t, count);
     }
 }
 

@@ -6,6 +6,7 @@
  * source is identical for every level, and no level may contract or
  * reassociate floating-point operations, so every level produces the same
  * bits. */
+#include <float.h>
 #include <math.h>
 
 #include "fastopt/isa.h"
@@ -55,11 +56,15 @@
 #define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
 #define FO_BF16_ROW(name, NAME) [FO_RULE_##NAME] = FO_CAT(FO_CAT(name##_range, _bf16_), FO_ISA),
 #define FO_REDUCE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_reduce),
+#define FO_AXES_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_axes),
 
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .rule = {FO_RULE_LIST(FO_RULE_ROW)},
     .rule_bf16 = {FO_RULE_LIST(FO_BF16_ROW)},
     .reduce = {FO_REDUCE_LIST(FO_REDUCE_ROW)},
+    .axes = {FO_AXES_LIST(FO_AXES_ROW)},
+    .rowsq = FO_PAIR(rowsq_range),
+    .colsq = FO_PAIR(colsq_range),
     .scale = FO_PAIR(scale_range),
     .clamp = FO_PAIR(clamp_range),
     .traffic = FO_PAIR(traffic_range),

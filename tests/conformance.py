@@ -19,6 +19,8 @@ import fastopt.lr_scheduler
 STEPS = 50
 RTOL = {np.float64: 1e-10, np.float32: 1e-5}
 SHAPES = [(4, 3), (3,), (2, 2, 2)]
+# a rule with a matrix step (Muon) takes matrices: tall, wide, square
+MATRIX_SHAPES = [(4, 3), (3, 5), (2, 2)]
 # torch's single-tensor code, and its default (foreach on CPU tensors)
 IMPLS = {"for-loop": {"foreach": False}, "default": {}}
 
@@ -46,12 +48,14 @@ def check_state_keys(opt, topt, keys):
         assert set(state[i]) == set(torch_state)
 
 
-def problem(dtype):
-    """Start parameters, curvatures and per-step noise, fixed by a seed."""
+def problem(dtype, matrices=False):
+    """Start parameters, curvatures and per-step noise, fixed by a seed
+    (matrices only, when the rule takes no others)."""
     rng = np.random.default_rng(1234)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in SHAPES]
-    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in SHAPES]
+    shapes = MATRIX_SHAPES if matrices else SHAPES
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    curvature = [rng.uniform(0.1, 2.0, s).astype(dtype) for s in shapes]
+    noise = [[rng.standard_normal(s).astype(dtype) * dtype(0.1) for s in shapes]
              for _ in range(STEPS)]
     return params, curvature, noise
 
@@ -126,7 +130,7 @@ def check_resume(cls, config, dtype, stop, fresh_config=None):
     optimizer (made with ``fresh_config``, which the checkpoint overrides)
     over copies of the parameters: the continuation has the same bits as the
     run that went on, parameters, states, step counts and hyperparameters."""
-    params, curvature, noise = problem(dtype)
+    params, curvature, noise = problem(dtype, bool(cls.rule.matrix))
     ours = [p.copy() for p in params]
     opt = cls(ours, **config)
 

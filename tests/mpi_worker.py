@@ -15,7 +15,8 @@ import fastopt
 from fastopt import checkpoint
 from fastopt.distributed import ShardedOptimizer
 
-from mpi_cases import CASES, LEVEL_CASES, NAMES, RESHARD_CASES, SHAPES, STEPS, grads, start
+from mpi_cases import (CASES, LEVEL_CASES, NAMES, NONE_CASES, RESHARD_CASES, SHAPES, STEPS,
+                       grads, micro, none_grads, start)
 
 if os.environ.get("MPI_WORKER_EXEC"):
     # "level:threads": a SIMD level and a thread count that splits even
@@ -30,13 +31,22 @@ rank, size = comm.Get_rank(), comm.Get_size()
 
 
 def run(case, opt, params, steps):
-    case_id, _, _, dtype, max_norm = case
+    case_id, _, hyper, dtype, max_norm = case
+    k = hyper.get("accumulation_steps", 1)
     out = {}
     for t in steps:
-        g = dict(zip(NAMES, grads(case_id, t, rank, dtype)))
-        opt.step(g, max_norm=max_norm)
+        stepped = []
+        for i in range(k):
+            g = dict(zip(NAMES, micro(case_id, t, i, rank, dtype)))
+            stepped.append(opt.step(g, max_norm=max_norm))
+        out[f"{case_id}|stepped{t}"] = np.array(stepped)
         if max_norm is not None:
             out[f"{case_id}|norm{t}"] = np.array(opt.last_norm)
+    if opt.ema_decay is not None:
+        with opt.ema_weights():
+            for name in NAMES:
+                out[f"{case_id}|ema|{name}"] = params[name].copy()
+                out[f"{case_id}|emaview|{name}"] = opt.params[name].copy()
     for name in NAMES:
         out[f"{case_id}|param|{name}"] = params[name]
         out[f"{case_id}|view|{name}"] = opt.params[name]
@@ -120,6 +130,52 @@ def abort(out_dir, arg=None):
         g["big"] = g["big"][:-1]
     opt.step(g)
     return {"stepped": np.array(1)}
+
+
+def nones(out_dir, arg=None):
+    """Steps with None gradients on some ranks, then a call where one
+    parameter has None on every rank: each rank records the error and its
+    parameters, which that call must not have changed."""
+    out = {}
+    for case in NONE_CASES:
+        case_id, _, hyper, dtype, _ = case
+        k = hyper.get("accumulation_steps", 1)
+        opt, params = make(case)
+        for t in range(STEPS):
+            for i in range(k):
+                opt.step(none_grads(case_id, t, i, rank, dtype))
+        for name in NAMES:
+            out[f"{case_id}|param|{name}"] = params[name].copy()
+        g = none_grads(case_id, STEPS, 0, rank, dtype)
+        g["w"] = None
+        for i in range(k - 1):
+            opt.step(g)
+        try:
+            opt.step(g)
+            out[f"{case_id}|error"] = np.array("")
+        except ValueError as e:
+            out[f"{case_id}|error"] = np.array(str(e))
+        for name in NAMES:
+            out[f"{case_id}|after|{name}"] = params[name]
+        sd = opt.consolidated_state_dict()
+        if sd is not None:
+            out[f"{case_id}|steps"] = np.array([e["step"] for e in sd["state"].values()])
+    return out
+
+
+def two_optimizers(out_dir, arg=None):
+    """Two parameter groups of two dtypes as two ShardedOptimizers on one
+    communicator, stepped in turn (the groups' and dtypes' workaround)."""
+    p32 = dict(zip(NAMES[:2], start("float32")[:2]))
+    p64 = dict(zip(NAMES[2:], start("float64")[2:]))
+    a = ShardedOptimizer(fastopt.Adam, p32, comm, lr=0.01)
+    b = ShardedOptimizer(fastopt.Adam, p64, comm, lr=0.003, weight_decay=0.1)
+    for t in range(STEPS):
+        g32 = grads("two-32", t, rank, "float32")
+        g64 = grads("two-64", t, rank, "float64")
+        a.step(dict(zip(NAMES[:2], g32[:2])))
+        b.step(dict(zip(NAMES[2:], g64[2:])))
+    return {f"param|{n}": v for n, v in {**p32, **p64}.items()}
 
 
 def mismatch(out_dir, arg=None):

@@ -30,7 +30,7 @@ from conformance import IMPLS, STEPS, check_against_torch, check_resume, grid
 torch = pytest.importorskip("torch")
 
 TORCH_ONLY = {"foreach", "differentiable", "capturable"}
-FASTOPT_ONLY = {"skip_nonfinite", "ema_decay", "accumulation_steps"}
+FASTOPT_ONLY = {"skip_nonfinite", "ema_decay", "accumulation_steps", "state_dtype", "seed"}
 
 
 CONFIGS = grid(weight_decay=[0, 0.1], maximize=[False, True])

@@ -62,9 +62,11 @@ ALL_SLOTS = {rule: tuple(n for n in names if n not in SCALARS[rule])
 
 def _valid_arrays(rule, dtype=F32):
     names = ALL_SLOTS[rule]
-    arrays = {name: np.zeros(N, dtype) for name in names}
+    # a rule with a matrix step takes matrices only
+    shape = (2, N // 2) if RULES[rule].matrix else N
+    arrays = {name: np.zeros(shape, dtype) for name in names}
     arrays.update({name: np.ones(1) for name in SCALARS[rule]})
-    arrays["param"][...] = np.arange(N)
+    arrays["param"][...] = np.arange(N).reshape(shape)
     arrays["grad"][...] = 0.5
     return arrays
 
@@ -321,6 +323,21 @@ def _hp_cases():
                 for v in (1.0, "3", True, np.float64(2.0)):
                     bad(name, h.name, v, TypeError,
                         rf"^{h.name} must be None or an int, got {type(v).__name__}")
+            elif h.check == "int":
+                for v in (int(h.lo) - 1, int(h.hi) + 1):
+                    bad(name, h.name, v, ValueError,
+                        rf"^Invalid {label}: {v} \({h.name} must be an int in "
+                        rf"\[{h.lo:g}, {h.hi:g}\]\)")
+                for v in (1.0, None, True, "3"):
+                    bad(name, h.name, v, TypeError,
+                        rf"^{h.name} must be an int, got {type(v).__name__}")
+            elif h.check == "choice":
+                for v in ("x", "", "Original"):
+                    bad(name, h.name, v, ValueError,
+                        rf"^Invalid {label}: {v!r} \({h.name} must be one of ")
+                for v in (1, 0.5, b"original"):
+                    bad(name, h.name, v, TypeError,
+                        rf"^{h.name} must be one of .*, got {type(v).__name__}")
             else:
                 for v in (h.lo - 1.0, NAN, INF):
                     bad(name, h.name, v, ValueError,
@@ -566,7 +583,8 @@ def test_zero_size_accepts_anything_overlapping(rule):
     """Empty arrays hold no memory, so they never overlap."""
     fn, names, hp = VALID[rule]
     buf = np.zeros(4, F32)
-    fn(*[np.ones(1) if n in SCALARS[rule] else buf[:0] for n in names], **hp)
+    empty = buf[:0].reshape(0, 3) if RULES[rule].matrix else buf[:0]
+    fn(*[np.ones(1) if n in SCALARS[rule] else empty for n in names], **hp)
 
 
 # ---------------------------------------------------------------------------

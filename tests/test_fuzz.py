@@ -277,6 +277,8 @@ RULES.update({name: (tuple(s.name for s in rule.states), _switched_on(rule, True
 STEPS = st.one_of(st.integers(1, 5), st.integers(-2, 2 ** 64), st.sampled_from(
     [2 ** 62 - 1, 2 ** 62, 2 ** 62 + 1, 2 ** 63, 1.0, True, np.int64(3), None, "1"]))
 SHAPES = st.sampled_from([(0,), (1,), (3,), (2, 3), (17,), (1, 1), (4, 1, 2)])
+# a rule with a matrix step (Muon) takes matrices only
+MATRIX_SHAPES = st.sampled_from([(0, 2), (1, 1), (2, 3), (3, 2), (1, 17)])
 
 
 def draw_kwargs(data, rule):
@@ -461,10 +463,11 @@ def draw_hypers(data, cls, junk=True):
     return kw
 
 
-def draw_params(data, pool, spoil="none"):
+def draw_params(data, pool, spoil="none", matrices=False):
     """(params structure, flat list of arrays, names or None)."""
     k = data.draw(st.integers(1, 4))
-    arrays = [pool.array(data.draw(SHAPES), data.draw(st.sampled_from(FLOATS)),
+    shapes = MATRIX_SHAPES if matrices else SHAPES
+    arrays = [pool.array(data.draw(shapes), data.draw(st.sampled_from(FLOATS)),
                          spoil or None) for _ in range(k)]
     how = data.draw(st.sampled_from(["list", "dict", "groups_list", "groups_dict", "tuple"]))
     names = [f"p{i}" for i in range(k)]
@@ -516,7 +519,8 @@ def test_optimizer_constructor(cls, data):
 
 
 def valid_optimizer(data, pool, cls):
-    params, arrays, names = draw_params(data, pool, spoil="none")
+    params, arrays, names = draw_params(data, pool, spoil="none",
+                                        matrices=bool(cls.rule.matrix))
     kw = draw_hypers(data, cls, junk=False)
     kw["skip_nonfinite"] = data.draw(st.booleans())
     kw["ema_decay"] = data.draw(st.sampled_from([None, None, 0.5, 0.9]))

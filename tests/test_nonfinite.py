@@ -40,14 +40,23 @@ SHAPES = {"W1": ((4, 3), np.float64), "b1": ((4,), np.float32),
 GROUP_OF = {"W1": 0, "b1": 0, "W2": 1, "b2": 1}
 
 
-def _model(seed=0):
+def _rows(arrays, matrices):
+    """The biases as 1 x n matrices for a rule that takes matrices only."""
+    if not matrices:
+        return arrays
+    return {k: a.reshape(1, -1) if a.ndim == 1 else a for k, a in arrays.items()}
+
+
+def _model(seed=0, matrices=False):
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(s).astype(d) for k, (s, d) in SHAPES.items()}
+    return _rows({k: rng.standard_normal(s).astype(d) for k, (s, d) in SHAPES.items()},
+                 matrices)
 
 
-def _grads(t):
+def _grads(t, matrices=False):
     rng = np.random.default_rng(100 + t)
-    return {k: rng.standard_normal(s).astype(d) for k, (s, d) in SHAPES.items()}
+    return _rows({k: rng.standard_normal(s).astype(d) for k, (s, d) in SHAPES.items()},
+                 matrices)
 
 
 def _groups(params, second):
@@ -69,13 +78,14 @@ def test_any_one_bad_grad_skips_the_whole_step(case, bad):
     """Every parameter of both groups and both dtypes, first and last
     element; the bad step is in the middle of a run, with a None grad in it."""
     cls, kw = case
+    m = bool(cls.rule.matrix)
     for name in SHAPES:
         for where in (0, -1):
-            params, clean = _model(), _model()
+            params, clean = _model(matrices=m), _model(matrices=m)
             opt = cls(_groups(params, {"lr": kw["lr"] / 2}), **kw, skip_nonfinite=True)
             twin = cls(_groups(clean, {"lr": kw["lr"] / 2}), **kw)
             for t in range(5):
-                grads = _grads(t)
+                grads = _grads(t, m)
                 if t == 2:
                     grads[name].flat[where] = bad
                     grads["b2" if name != "b2" else "W1"] = None
@@ -98,22 +108,23 @@ def test_skipped_steps_then_trajectory_equals_reference(case):
     """Many bad steps, at random, of every kind: the optimizer equals the
     reference model fed only the good steps, and counts the bad ones."""
     cls, kw = case
+    m = bool(cls.rule.matrix)
     rng = np.random.default_rng(7)
-    params = _model(1)
-    ref_params = _model(1)
+    params = _model(1, m)
+    ref_params = _model(1, m)
     opt = cls(_groups(params, {}), **kw, skip_nonfinite=True)
     names = list(SHAPES)
     ref = RefOptimizer(cls, [ref_params[k] for k in names],
                        [opt.param_groups[GROUP_OF[k]] for k in names])
     skipped = 0
     for t in range(30):
-        grads = _grads(t)
+        grads = _grads(t, m)
         if rng.random() < 0.2:
             grads[names[rng.integers(4)]] = None
         bad = rng.random() < 0.3
         if bad:
             k = names[rng.integers(4)]
-            grads[k] = grads[k] if grads[k] is not None else np.zeros(*SHAPES[k])
+            grads[k] = grads[k] if grads[k] is not None else np.zeros_like(_grads(t, m)[k])
             grads[k].flat[rng.integers(grads[k].size)] = BAD[rng.integers(3)]
             skipped += 1
         assert opt.step(grads) is (not bad)
@@ -190,8 +201,9 @@ def _spoiled(arrays, rng, fraction, values):
 
 def _run_default(case, values, nan_sign):
     cls, kw = case
+    m = bool(cls.rule.matrix)
     rng = np.random.default_rng(11)
-    params = _model(3)
+    params = _model(3, m)
     _spoiled(params.values(), rng, 0.15, values)     # non-finite parameters
     ref_params = {k: p.copy() for k, p in params.items()}
     names = list(SHAPES)
@@ -200,7 +212,7 @@ def _run_default(case, values, nan_sign):
                        [opt.param_groups[GROUP_OF[k]] for k in names])
     with np.errstate(all="ignore"):
         for t in range(8):
-            grads = _grads(t)
+            grads = _grads(t, m)
             _spoiled(grads.values(), rng, 0.1, values)   # and gradients
             if t == 4:
                 grads["b1"] = None

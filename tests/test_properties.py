@@ -94,6 +94,10 @@ def _strategy(h):
         return st.just(h.default)
     if h.check == "count":
         return st.one_of(st.none(), st.integers(int(h.lo), 50))
+    if h.check == "int":
+        return st.integers(int(h.lo), min(int(h.hi), 8))
+    if h.check == "choice":
+        return st.sampled_from(h.choices)
     if h.hi == math.inf:
         return nonneg if h.lo == 0 else st.floats(h.lo, 1e300)
     return st.floats(h.lo, h.hi, exclude_max=not h.closed)
@@ -125,18 +129,21 @@ def test_kernel_equals_reference(rule_name, dtype, data, rules, restore_config):
     fastopt.set_num_threads(threads)
     _core.set_parallel_threshold(1)
 
-    p = data.draw(data_array(dtype, n), label="param")
+    # a rule with a matrix step takes matrices: its arrays as 1 x n
+    shaped = ((lambda a: a.reshape(1, -1)) if RULES[rule_name].matrix
+              else (lambda a: a))
+    p = shaped(data.draw(data_array(dtype, n), label="param"))
     # array states drawn like the data; per-tensor scalar states (one float64
     # each) at their start or anywhere: kernel and reference share the
     # coefficients computed from them
     states = {slot: np.full(1, data.draw(st.one_of(
                   st.just(rule.scalar_start(slot, hp)), st.floats(-2.0, 2.0)), label=slot))
-              if slot in rule.scalars else data.draw(data_array(dtype, n), label=slot)
+              if slot in rule.scalars else shaped(data.draw(data_array(dtype, n), label=slot))
               for slot in rule.used(hp)}
     p_ref = p.copy()
     s_ref = {k: v.copy() for k, v in states.items()}
     for step in range(first_step, first_step + n_steps):
-        g = data.draw(data_array(dtype, n), label=f"grad@{step}")
+        g = shaped(data.draw(data_array(dtype, n), label=f"grad@{step}"))
         rule.call(rule.kernel, p, g, states, hp, step)
         with np.errstate(all="ignore"):
             rule.call(rule.ref, p_ref, g.copy(), s_ref, hp, step)

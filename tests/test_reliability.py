@@ -52,13 +52,19 @@ def test_no_leak_over_ten_thousand_optimizer_lifetimes():
     """10^4 cycles of: construct (two groups, two dtypes), two steps (one
     with a None grad), state_dict + load_state_dict, a refused step, drop."""
     rng = np.random.default_rng(0)
-    groups = _model(rng)
-    grads = _grads(rng)
-    partial = dict(grads, b=None)
-    bad = dict(grads, w=np.zeros(3))
+    sets = {}
+    for matrices in (False, True):     # a rule with a matrix step takes matrices
+        groups = _model(rng)
+        grads = _grads(rng)
+        if matrices:
+            for g in groups:
+                g["params"] = {k: v.reshape(1, -1) for k, v in g["params"].items()}
+            grads = {k: v.reshape(1, -1) for k, v in grads.items()}
+        sets[matrices] = (groups, grads, dict(grads, b=None), dict(grads, w=np.zeros(3)))
 
     def cycle(i):
         cls, kw = CLASSES[i % len(CLASSES)]
+        groups, grads, partial, bad = sets[bool(cls.rule.matrix)]
         opt = cls(groups, **kw)
         opt.step(grads)
         opt.step(partial)
@@ -84,12 +90,13 @@ def test_no_leak_over_ten_thousand_optimizer_lifetimes():
 @pytest.mark.parametrize("flat", [False, True], ids=["arrays", "flat"])
 def test_step_leaves_reference_counts_alone(cls, kw, flat):
     rng = np.random.default_rng(1)
+    b = (2, 4) if cls.rule.matrix else 8     # a rule with a matrix step takes matrices
     if flat:
-        fp = FlatParams({"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(8)})
+        fp = FlatParams({"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(b)})
         params, grads = fp.params, fp.grads
     else:
-        params = {"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(8)}
-        grads = {"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(8)}
+        params = {"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(b)}
+        grads = {"w": rng.standard_normal((8, 4)), "b": rng.standard_normal(b)}
     opt = cls(params, **kw)
     # Warm up: the first step allocates the states, and from the second on
     # the optimizer keeps one reference to each parameter (a cache; it does

@@ -15,15 +15,22 @@ import pytest
 import fastopt
 from fastopt import _core, functional, optim, reference
 from fastopt.harness import bench
-from fastopt.rules import RULES
+from fastopt.rules import FACTORED_RULES, RULES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_functional_and_reference_have_every_rule_and_no_other():
-    assert list(functional.__all__) == list(RULES)
-    assert list(reference.__all__) == list(RULES)
+    # the factored rules' doors are written by hand (_factored.pxi), after
+    # the generated ones
+    assert list(functional.__all__) == list(RULES) + list(FACTORED_RULES)
+    assert list(reference.__all__) == list(RULES) + list(FACTORED_RULES)
     assert [f.__name__ for f in _core.FUNCTIONS] == list(RULES)
+    for name, entry in FACTORED_RULES.items():
+        assert getattr(functional, name) is getattr(_core, name)
+        assert callable(getattr(reference, name))
+        assert getattr(fastopt, entry.cls).rule is entry
+        assert entry.cls in fastopt.__all__
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -63,7 +70,8 @@ def test_classes_bench_rows_and_simd_check_have_every_rule():
     assert [c for c in optim.__all__ if c != "Optimizer"] == classes
     assert all(getattr(fastopt, c).rule is RULES[getattr(fastopt, c).rule.name]
                for c in classes)
-    assert sorted(bench.RULES) == sorted(c.lower() for c in classes)
+    factored = [cls for entry in FACTORED_RULES.values() for cls, *_ in entry.classes()]
+    assert sorted(bench.RULES) == sorted(c.lower() for c in classes + factored)
     spec = importlib.util.spec_from_file_location("check_simd", ROOT / "tools/check_simd.py")
     check_simd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check_simd)
@@ -77,6 +85,10 @@ def _bad_values(h):
         return [(h.hi,) + (0.5,) * (h.length - 1), 3.0, (0.5,) * (h.length + 1)]
     if h.check == "count":
         return [-1, 2.0, "x", 2 ** 60]
+    if h.check == "int":
+        return [int(h.lo) - 1, int(h.hi) + 1, 2.0, None, True]
+    if h.check == "choice":
+        return ["x", 1, b"original"]
     return [h.lo - 1.0, float("nan"), "x"] + ([h.hi + 1.0] if h.hi < np.inf else [])
 
 
@@ -90,8 +102,9 @@ def test_same_mistake_same_message_at_every_door(name, hyper, value):
     """The functional door, the class door, a class's group changed before
     a step and the multi-tensor call all give one exception and message."""
     entry = RULES[name]
-    p, g = np.ones(4), np.ones(4)
-    states = [np.zeros(4) for _ in entry.states]
+    shape = (2, 2) if entry.matrix else 4      # a rule with a matrix step takes matrices
+    p, g = np.ones(shape), np.ones(shape)
+    states = [np.zeros(shape) for _ in entry.states]
     states += [np.ones(1) for _ in entry.scalar_states]
     step = {"step": 1} if entry.step is not None else {}
     messages = []

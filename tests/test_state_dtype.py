@@ -13,9 +13,10 @@ from fastopt import _core, reference
 from fastopt.rules import RULES
 
 # the classes whose rule has array states and one pass (every class of such
-# a rule: AdamW beside Adam)
+# a rule: AdamW beside Adam); a rule with a matrix step refuses bfloat16
+# states (tests/test_muon.py)
 CLASSES = [(name, rule) for rule in RULES.values()
-           if rule.states and not rule.reductions
+           if rule.states and not rule.reductions and not rule.matrix
            for name, *_ in rule.classes()]
 TWO_PASS = [rule.cls for rule in RULES.values() if rule.reductions]
 
@@ -375,3 +376,23 @@ def test_bfloat16_state_dict_is_validated_before_anything_changes(rng):
         assert now["seed"] == 5
         for key in ("exp_avg", "exp_avg_sq"):
             assert now["state"][0][key].tobytes() == good["state"][0][key].tobytes()
+
+
+def test_parts_of_a_parameter_draw_the_whole_parameters_bits(rng):
+    """A parameter stepped as two parts (the plan told each part's
+    parameter index and offset, as a shard of a larger buffer is) gets the
+    bits of the whole parameter stepped at once."""
+    n, cut = 5000, 1234
+    p0 = rng.standard_normal(n).astype(np.float32)
+    whole, parts = p0.copy(), p0.copy()
+    a = fastopt.AdamW([whole], state_dtype="bfloat16", seed=9)
+    b = fastopt.AdamW([parts[:cut], parts[cut:]], state_dtype="bfloat16", seed=9)
+    b._plans[0].set_state_format("bfloat16", 9, [0, 0], [0, cut])
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        a.step([g])
+        b.step([g[:cut], g[cut:]])
+    assert whole.tobytes() == parts.tobytes()
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    assert sa[0]["exp_avg_sq"].tobytes() == np.concatenate(
+        [sb[0]["exp_avg_sq"], sb[1]["exp_avg_sq"]]).tobytes()

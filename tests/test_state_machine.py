@@ -138,6 +138,13 @@ def assert_same(opt, params, ref, nan_sign=True):
 SHAPES = [("w", (3, 2), np.float64), ("b", (3,), np.float32),
           ("v", (5,), np.float32), ("c", (1,), np.float64)]
 GROUP_OF = [0, 0, 1, 1]
+# a rule with a matrix step (Muon) takes matrices: the same model as such
+MATRIX_SHAPES = [("w", (3, 2), np.float64), ("b", (1, 3), np.float32),
+                 ("v", (5, 1), np.float32), ("c", (1, 1), np.float64)]
+
+
+def _shapes(cls):
+    return MATRIX_SHAPES if cls.rule.matrix else SHAPES
 
 OPTIONS = [
     (SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
@@ -188,11 +195,11 @@ class OptimizerVsModel(RuleBasedStateMachine):
         rng = np.random.default_rng(seed)
         self.rng = rng
         self.cls = cls
-        self.names = [n for n, _, _ in SHAPES]
-        self.params = [rng.standard_normal(s).astype(d) for _, s, d in SHAPES]
+        self.names = [n for n, _, _ in _shapes(cls)]
+        self.params = [rng.standard_normal(s).astype(d) for _, s, d in _shapes(cls)]
         self.model_params = [p.copy() for p in self.params]
         groups = [{"params": {}}, {"params": {}}]
-        for (n, _, _), p, k in zip(SHAPES, self.params, GROUP_OF):
+        for (n, _, _), p, k in zip(_shapes(cls), self.params, GROUP_OF):
             groups[k]["params"][n] = p
         if second_lr is not None:
             groups[1]["lr"] = second_lr
@@ -218,17 +225,25 @@ class OptimizerVsModel(RuleBasedStateMachine):
         [1.0, 1e-3, 100.0]))
     def step(self, nones, scale):
         grads = {}
-        for (n, s, d), none in zip(SHAPES, nones):
+        for (n, s, d), none in zip(_shapes(self.cls), nones):
             grads[n] = None if none else (self.rng.standard_normal(s) * scale).astype(d)
         assert self.opt.step(grads) is True
         self.ref.step([grads[n] for n in self.names])
 
     @rule(group=st.integers(0, 1), data=st.data())
     def change_hyperparameter(self, group, data):
-        names = [k for k in HYPER_NAMES[self.cls] if k in CHANGES]
-        key = data.draw(st.sampled_from(names))
-        value = data.draw(st.sampled_from(CHANGES[key]))
         g = self.opt.param_groups[group]
+
+        def fits(key, value):
+            # a tuple only where the rule takes one of that length (pairs
+            # of betas are not AdEMAMix's three)
+            now = g[key]
+            return (not isinstance(value, tuple)
+                    or isinstance(now, tuple) and len(now) == len(value))
+        names = [k for k in HYPER_NAMES[self.cls]
+                 if k in CHANGES and any(fits(k, v) for v in CHANGES[k])]
+        key = data.draw(st.sampled_from(names))
+        value = data.draw(st.sampled_from([v for v in CHANGES[key] if fits(key, v)]))
         if self.cls is SGD and g["nesterov"] and key in ("momentum", "dampening"):
             return
         g[key] = value

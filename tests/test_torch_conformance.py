@@ -45,7 +45,10 @@ def _table_cases():
     listed = {cls.__name__ for cls, _, _ in CASES}
     out = []
     for rule in RULES.values():
-        if not rule.torch:
+        # Muon: torch runs Newton-Schulz in bfloat16, far from rtol 1e-10;
+        # tests/test_muon.py compares it with torch's algorithm in float64
+        # and with torch.optim.Muon within a bfloat16 bound
+        if not rule.torch or rule.matrix:
             continue
         for name, fixed, _, _ in rule.classes():
             if name in listed:
@@ -92,7 +95,7 @@ def test_every_case_is_distinct():
 # every class of the table with a torch counterpart, its learning rate halved
 # every 7 steps by StepLR in both libraries
 SCHEDULED = [(getattr(fastopt, name), getattr(torch.optim, name))
-             for rule in RULES.values() if rule.torch
+             for rule in RULES.values() if rule.torch and not rule.matrix
              for name, *_ in rule.classes()]
 
 

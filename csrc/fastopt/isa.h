@@ -23,6 +23,18 @@ typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
 typedef void (*fo_bf16_decode_fn)(const void *in, float *out, size_t n);
 typedef void (*fo_bf16_encode_fn)(const float *x, void *out, size_t n,
                                   uint32_t key, size_t index0);
+/* A factored rule's axis step over one tensor: its row and column states
+ * from the sums of squares along the last two axes in t->scratch
+ * (fo_axis_sumsq), and whatever per-batch numbers its passes need after
+ * them in t->scratch. */
+typedef void (*fo_axes_fn)(const void *args, const fo_tensor *t);
+/* Sums of squares of rows [r_lo, r_hi) of x (cols long) into out[r]; and
+ * of columns [c_lo, c_hi) of one (rows, cols) matrix, down the rows, into
+ * out[c]. */
+typedef void (*fo_rowsq_fn)(const void *x, size_t cols, size_t r_lo,
+                            size_t r_hi, double *out);
+typedef void (*fo_colsq_fn)(const void *x, size_t rows, size_t cols,
+                            size_t c_lo, size_t c_hi, double *out);
 typedef double (*fo_sumsq_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 
@@ -31,6 +43,9 @@ typedef struct {
     fo_range_fn rule[FO_NRULES][2];
     fo_range_fn rule_bf16[FO_NRULES];    /* float32, bfloat16 states */
     fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
+    fo_axes_fn axes[FO_NRULES][2];       /* NULL but for factored rules */
+    fo_rowsq_fn rowsq[2];
+    fo_colsq_fn colsq[2];
     fo_range_fn scale[2], clamp[2], traffic[2], accumulate[2];
     fo_mean_fn mean[2];
     fo_ema_fn ema[2];

@@ -32,7 +32,8 @@ extern "C" {
  * r is the scratch of a two-pass rule (one with per-tensor reductions):
  * fo_run fills it with the tensor's sums (FO_<RULE>_R_*), then with the
  * per-tensor coefficients the rule makes of them; the caller sets nothing
- * there. */
+ * there.  For the second pass of a rule with a matrix step (Muon), the
+ * caller sets r[0] to the scale the matrix step gave the tensor. */
 typedef struct {
     void *p;        /* parameter, updated in place */
     const void *g;  /* gradient, read only */
@@ -45,6 +46,13 @@ typedef struct {
     size_t at;      /* the index of element 0 in the random bits (0) */
     void *scale[FO_MAX_STATES]; /* 8-bit states: one float32 per block of
                                    FO_Q8_BLOCK elements (FO_FUSE_Q8) */
+    /* A factored rule's tensor (one with row and column states): the
+     * parameter as (batch, rows, cols), rows and cols its last two
+     * dimensions, and scratch, room for batch * (rows + cols + 1) doubles
+     * that fo_run fills (the row sums, the column sums, then one number
+     * per batch entry).  cols == 0: an unfactored tensor (a vector). */
+    size_t rows, cols;
+    double *scratch;
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -157,6 +165,24 @@ int fo_reductions(int rule);
 /* A two-pass rule's per-tensor coefficients, from its sums in t->r
  * (coefficients.c); they replace the sums in t->r. */
 void fo_tensor_coefficients(int rule, const fo_args *a, fo_tensor *t);
+
+/* Sums of squares of slot g of a factored tensor (rows, cols set) in
+ * double: along the last axis into out[b * rows + r] (each row as
+ * fo_sumsq sums a tensor: blocks of FO_SUMSQ_BLOCK over 8 lanes), along
+ * the second-to-last into out[batch * rows + b * cols + c] (the rows added
+ * in index order).  The same bits on every instruction set and thread
+ * count: each sum is one thread's, in a fixed order.  fo_run makes them
+ * for a factored rule before its reduction pass. */
+void fo_axis_sumsq(int dt, const fo_tensor *t, double *out);
+/* The two passes of a two-pass rule taken apart, for a caller that holds
+ * part of each tensor (dispatch.c): the first pass over given ranges of
+ * one tensor, each range's sums into out (count rows of fo_reductions);
+ * then the update pass over tensors whose sums the caller set in t[k].r. */
+void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                      const size_t *lo, const size_t *hi, size_t count,
+                      double *out);
+void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f);
 
 /* Gradient utilities over many tensors (slot g, or p where written).
  * sumsq: sum of squares accumulated in double, in an order fixed by the

@@ -957,7 +957,6 @@ static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
     }
 }
 
-#undef FO_LANES_ADD
 /* ---- scikit-learn's MLP Adam (AdamOptimizer) ------------------------- */
 
 /* The moments are FO_T arithmetic with the coefficients rounded to FO_T, as
@@ -1131,6 +1130,273 @@ static void FO_NAME(sgd_schedulefree_range)(const void *args,
     }
 #undef FO_SF
 }
+
+/* ---- Muon (torch.optim.Muon): the two element-wise passes ------------- */
+
+/* A rule with a matrix step runs its loop twice per step
+ * (docs/adding-a-rule.md).  First pass (option post clear), over
+ * (work, grad, buffer): the buffer moves toward the gradient by torch's
+ * lerp, buffer + w * (g - buffer) for |w| < 0.5, else
+ * g - (g - buffer) * (1 - w), both written as base + buf_w * (g - buffer)
+ * with base = g in the second case (buf_w = w - 1 there; coefficients.c);
+ * the work array, in slot p, receives what the matrix step orthogonalises:
+ * with Nesterov lerp(g, buffer, momentum) in the same form, else the
+ * buffer.  The work array is only written. */
+FO_INLINE void FO_NAME(muon_body)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi, const int nesterov,
+                                  const int buf_from_grad,
+                                  const int nest_from_buf)
+{
+    FO_T *restrict u = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict b = (FO_T *)t->s[FO_MUON_S_MOMENTUM_BUFFER];
+    const FO_T bw = FO_C(MUON, BUF_W), nw = FO_C(MUON, NEST_W);
+    const int negate = a->opts & FO_MAXIMIZE;
+    for (size_t i = lo; i < hi; i++) {
+        const FO_T gi = negate ? -g[i] : g[i];
+        const FO_T bo = b[i];
+        const FO_T bi = (buf_from_grad ? gi : bo) + bw * (gi - bo);
+        b[i] = bi;
+        u[i] = nesterov ? (nest_from_buf ? bi : gi) + nw * (bi - gi) : bi;
+    }
+}
+
+/* Second pass (post set), over (param, direction): torch's
+ * param.mul_(1 - lr * weight_decay) then param.add_(d, alpha=-k), k the
+ * tensor's adjusted learning rate lr * t->r[0] (t->r[0] is the scale the
+ * matrix step gave this tensor), in double and rounded once. */
+FO_INLINE void FO_NAME(muon_post)(const fo_args *a, const fo_tensor *t,
+                                  size_t lo, size_t hi)
+{
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict d = (const FO_T *)t->g;
+    const FO_T decay = FO_C(MUON, DECAY);
+    const FO_T k = (FO_T)(a->c[FO_MUON_C_LR] * t->r[0]);
+    for (size_t i = lo; i < hi; i++)
+        p[i] = p[i] * decay - k * d[i];
+}
+
+static void FO_NAME(muon_range)(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    enum { N = FO_MUON_O_NESTEROV, B = FO_MUON_O_BUF_FROM_GRAD,
+           F = FO_MUON_O_NEST_FROM_BUF };
+    if (a->opts & FO_MUON_O_POST) {
+        FO_NAME(muon_post)(a, t, lo, hi);
+        return;
+    }
+#define FO_MUON(n, bb, f) FO_NAME(muon_body)(a, t, lo, hi, n, bb, f); break
+    switch (a->opts & (N | B | F)) {
+    case 0:          FO_MUON(0, 0, 0);
+    case F:          FO_MUON(0, 0, 1);
+    case N | F:      FO_MUON(1, 0, 1);
+    case N:          FO_MUON(1, 0, 0);
+    case B:          FO_MUON(0, 1, 0);
+    case B | F:      FO_MUON(0, 1, 1);
+    case N | B:      FO_MUON(1, 1, 0);
+    default:         FO_MUON(1, 1, 1);
+    }
+#undef FO_MUON
+}
+
+/* ---- sums along an axis (rules with row and column states) ------------ */
+
+/* out[r] = the sum of squares of row r of x (cols elements), for rows
+ * [r_lo, r_hi): as sumsq_range over blocks of FO_SUMSQ_BLOCK elements of
+ * the row, the blocks added in order, as fo_sumsq sums one tensor */
+static void FO_NAME(rowsq_range)(const void *x, size_t cols, size_t r_lo,
+                                 size_t r_hi, double *out)
+{
+    fo_tensor row;
+    for (size_t r = r_lo; r < r_hi; r++) {
+        row.g = (const FO_T *)x + r * cols;
+        double total = 0.0;
+        for (size_t lo = 0; lo < cols; lo += FO_SUMSQ_BLOCK)
+            total += FO_NAME(sumsq_range)(&row, lo,
+                                          cols - lo < FO_SUMSQ_BLOCK ? cols : lo + FO_SUMSQ_BLOCK);
+        out[r] = total;
+    }
+}
+
+/* out[c] = the sum of squares of column c of the (rows, cols) matrix x,
+ * the rows added in index order, for columns [c_lo, c_hi) */
+static void FO_NAME(colsq_range)(const void *x, size_t rows, size_t cols,
+                                 size_t c_lo, size_t c_hi, double *out)
+{
+    const FO_T *restrict m = (const FO_T *)x;
+    double *restrict o = out;
+    for (size_t c = c_lo; c < c_hi; c++) o[c] = 0.0;
+    for (size_t r = 0; r < rows; r++) {
+        const FO_T *restrict row = m + r * cols;
+        for (size_t c = c_lo; c < c_hi; c++) {
+            const double v = (double)row[c];
+            o[c] += v * v;
+        }
+    }
+}
+
+/* ---- Adafactor (torch.optim.Adafactor) ---------------------------------- */
+
+/* torch.lerp(s, x, w) with torch's two branches, w and 1 - w rounded once */
+#define FO_ADAFACTOR_LERP(s, x) \
+    (small ? (s) + w * ((x) - (s)) : (x) - ((x) - (s)) * one_minus_w)
+
+/* eps1 and eps1^2 in FO_T: the dtype's machine epsilon unless given */
+#define FO_ADAFACTOR_EPS \
+    const FO_T eps1 = (a->opts & FO_ADAFACTOR_O_DTYPE_EPS) \
+        ? (FO_T)(sizeof(FO_T) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON) \
+        : FO_C(ADAFACTOR, EPS1); \
+    const FO_T eps1_sq = (a->opts & FO_ADAFACTOR_O_DTYPE_EPS) \
+        ? (FO_T)((double)eps1 * (double)eps1) : FO_C(ADAFACTOR, EPS1_SQ); \
+    (void)eps1; (void)eps1_sq
+
+/* The update of one element: g / sqrt(max(v, eps1^2)), as torch's
+ * clamp_(min=eps1 * eps1).rsqrt_().mul_(grad) */
+#define FO_ADAFACTOR_U(v, gi) \
+    (((FO_T)1 / FO_SQRT(FO_NAME(maxnan)((v), eps1_sq))) * (gi))
+
+/* The axis step of a factored tensor: row_var and col_var lerped towards
+ * the row and column means of g * g (the sums of fo_axis_sumsq divided by
+ * cols, resp. rows, rounded once); then, per batch entry, the mean of
+ * row_var (summed in double in index order) floored at eps1, into
+ * scratch after the sums. */
+static void FO_NAME(adafactor_axes)(const void *args, const fo_tensor *t)
+{
+    const fo_args *a = (const fo_args *)args;
+    const size_t R = t->rows, C = t->cols, B = t->n / (R * C);
+    FO_T *restrict row = (FO_T *)t->s[FO_ADAFACTOR_S_ROW_VAR];
+    FO_T *restrict col = (FO_T *)t->s[FO_ADAFACTOR_S_COL_VAR];
+    const double *rs = t->scratch, *cs = t->scratch + B * R;
+    double *den = t->scratch + B * (R + C);
+    const int small = a->c[FO_ADAFACTOR_C_WEIGHT] < 0.5;
+    const FO_T w = FO_C(ADAFACTOR, WEIGHT), one_minus_w = FO_C(ADAFACTOR, ONE_MINUS_WEIGHT);
+    FO_ADAFACTOR_EPS;
+    for (size_t k = 0; k < B * R; k++) {
+        const FO_T mean = (FO_T)(rs[k] / (double)C);
+        row[k] = FO_ADAFACTOR_LERP(row[k], mean);
+    }
+    for (size_t k = 0; k < B * C; k++) {
+        const FO_T mean = (FO_T)(cs[k] / (double)R);
+        col[k] = FO_ADAFACTOR_LERP(col[k], mean);
+    }
+    for (size_t b = 0; b < B; b++) {
+        double sum = 0.0;
+        for (size_t r = 0; r < R; r++) sum += (double)row[b * R + r];
+        den[b] = (double)FO_NAME(maxnan)((FO_T)(sum / (double)R), eps1);
+    }
+}
+
+/* Calls body(i, u) for every element i of [lo, hi) of the tensor with its
+ * update u (a vector's variance already lerped) */
+#define FO_ADAFACTOR_EACH(body) do { \
+        if (t->cols == 0) { \
+            for (size_t i = lo; i < hi; i++) { \
+                const FO_T gi = FO_NAME(grad)(g[i], 0, negate, 0, 0); \
+                body(i, FO_ADAFACTOR_U(v[i], gi)); \
+            } \
+        } else { \
+            const size_t R = t->rows, C = t->cols, B = t->n / (R * C); \
+            const double *den = t->scratch + B * (R + C); \
+            size_t i = lo; \
+            while (i < hi) { \
+                const size_t rg = i / C, b = rg / R; \
+                const size_t end = (rg + 1) * C < hi ? (rg + 1) * C : hi; \
+                const FO_T rv = row[rg], dn = (FO_T)den[b]; \
+                const FO_T *restrict cv = col + b * C; \
+                const size_t base = rg * C; \
+                for (; i < end; i++) { \
+                    const FO_T gi = FO_NAME(grad)(g[i], 0, negate, 0, 0); \
+                    body(i, FO_ADAFACTOR_U(rv * cv[i - base] / dn, gi)); \
+                } \
+            } \
+        } \
+    } while (0)
+
+/* Second pass (the first, for a vector): a vector's variance lerped
+ * towards g * g; the sums of squares of p and of the update, element i of
+ * the block in lane (i - lo) % 8 */
+static void FO_NAME(adafactor_reduce)(const void *args, const fo_tensor *t,
+                                      size_t lo, size_t hi, double *out)
+{
+    const fo_args *a = (const fo_args *)args;
+    const FO_T *restrict p = (const FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    FO_T *restrict v = (FO_T *)t->s[FO_ADAFACTOR_S_VARIANCE];
+    const FO_T *restrict row = (const FO_T *)t->s[FO_ADAFACTOR_S_ROW_VAR];
+    const FO_T *restrict col = (const FO_T *)t->s[FO_ADAFACTOR_S_COL_VAR];
+    const int negate = a->opts & FO_MAXIMIZE;
+    const int small = a->c[FO_ADAFACTOR_C_WEIGHT] < 0.5;
+    const FO_T w = FO_C(ADAFACTOR, WEIGHT), one_minus_w = FO_C(ADAFACTOR, ONE_MINUS_WEIGHT);
+    FO_ADAFACTOR_EPS;
+    double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (t->cols == 0)
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T gi = FO_NAME(grad)(g[i], 0, negate, 0, 0);
+            v[i] = FO_ADAFACTOR_LERP(v[i], gi * gi);
+        }
+    /* [i, end) in lanes (i - lo) % 8: up to lane 0 one by one, then runs
+     * of 8 with literal lanes (which vectorise), then the rest: each lane
+     * still adds its elements in index order */
+#define FO_ADAFACTOR_LANES(U) do { \
+        size_t j = (i - lo) % 8; \
+        for (; i < end && j != 0; i++, j = (j + 1) % 8) \
+            FO_LANES_ADD(ap, au, j, p[i], U(i)); \
+        for (; i + 8 <= end; i += 8) \
+            for (int k = 0; k < 8; k++) \
+                FO_LANES_ADD(ap, au, k, p[i + k], U(i + k)); \
+        for (j = 0; i < end; i++, j++) \
+            FO_LANES_ADD(ap, au, j, p[i], U(i)); \
+    } while (0)
+    if (t->cols == 0) {
+        size_t i = lo;
+        const size_t end = hi;
+#define FO_ADAFACTOR_VU(i) FO_ADAFACTOR_U(v[i], FO_NAME(grad)(g[i], 0, negate, 0, 0))
+        FO_ADAFACTOR_LANES(FO_ADAFACTOR_VU);
+#undef FO_ADAFACTOR_VU
+    } else {
+        const size_t R = t->rows, C = t->cols, B = t->n / (R * C);
+        const double *den = t->scratch + B * (R + C);
+        size_t i = lo;
+        while (i < hi) {
+            const size_t rg = i / C, b = rg / R;
+            const size_t end = (rg + 1) * C < hi ? (rg + 1) * C : hi;
+            const FO_T rv = row[rg], dn = (FO_T)den[b];
+            const FO_T *restrict cv = col + b * C;
+            const size_t base = rg * C;
+#define FO_ADAFACTOR_FU(i) \
+    FO_ADAFACTOR_U(rv * cv[(i) - base] / dn, FO_NAME(grad)(g[i], 0, negate, 0, 0))
+            FO_ADAFACTOR_LANES(FO_ADAFACTOR_FU);
+#undef FO_ADAFACTOR_FU
+        }
+    }
+#undef FO_ADAFACTOR_LANES
+    FO_NAME(lanes_out)(ap, au, out);
+}
+
+/* Last pass: p = p * decay - k * u, k = alpha / denom of the tensor (t->r[0]) */
+static void FO_NAME(adafactor_range)(const void *args, const fo_tensor *t,
+                                     size_t lo, size_t hi)
+{
+    const fo_args *a = (const fo_args *)args;
+    FO_T *restrict p = (FO_T *)t->p;
+    const FO_T *restrict g = (const FO_T *)t->g;
+    const FO_T *restrict v = (const FO_T *)t->s[FO_ADAFACTOR_S_VARIANCE];
+    const FO_T *restrict row = (const FO_T *)t->s[FO_ADAFACTOR_S_ROW_VAR];
+    const FO_T *restrict col = (const FO_T *)t->s[FO_ADAFACTOR_S_COL_VAR];
+    const int negate = a->opts & FO_MAXIMIZE;
+    const FO_T decay = FO_C(ADAFACTOR, DECAY), k = (FO_T)t->r[0];
+    FO_ADAFACTOR_EPS;
+#define FO_ADAFACTOR_STEP(i, u) (p[i] = p[i] * decay - k * (u))
+    FO_ADAFACTOR_EACH(FO_ADAFACTOR_STEP);
+#undef FO_ADAFACTOR_STEP
+}
+
+#undef FO_ADAFACTOR_EACH
+#undef FO_ADAFACTOR_U
+#undef FO_ADAFACTOR_EPS
+#undef FO_ADAFACTOR_LERP
+#undef FO_LANES_ADD
 
 #undef FO_C
 #undef FO_INLINE

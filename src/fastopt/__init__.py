@@ -24,6 +24,8 @@ from fastopt.clip import clip_grad_norm_, clip_grad_value_
 from fastopt.flat import FlatParams
 from fastopt import optim, rules, states
 from fastopt.optim import *  # noqa: F403  the classes of the rule table
+from fastopt import factored
+from fastopt.factored import *  # noqa: F403  the factored rules' classes
 
 _config._init_from_environment()
 
@@ -35,3 +37,4 @@ __all__ = [
     "get_simd_level", "set_simd_level",
 ]
 __all__ += optim.__all__
+__all__ += factored.__all__

@@ -8,6 +8,7 @@ calls the kernels with the GIL released.  The parts, one job each:
   _arrays.pxi       arrays and the overlap test
   _call.pxi         the one call path into C (fo_coefficients, fo_run)
   _functional.pxi   fastopt.functional, written by setup.py from the table
+  _factored.pxi     the doors of the factored rules (rules.FACTORED_RULES)
   _plan.pxi         the optimizers' step engine
   _grads.pxi        gradient utilities (norms, clipping, finiteness)
   _runtime.pxi      instruction-set level and threads
@@ -36,6 +37,7 @@ include "_hyper.pxi"
 include "_arrays.pxi"
 include "_call.pxi"
 include "_functional.pxi"
+include "_factored.pxi"
 include "_plan.pxi"
 include "_grads.pxi"
 include "_runtime.pxi"

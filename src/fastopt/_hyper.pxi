@@ -28,13 +28,15 @@ cdef double _range_error(object x, str name, str label, double lo, double hi,
                          bint closed, bint lo_open=False,
                          bint finite=True) except? -1.0:
     """The one message of a number out of its range, at every door."""
-    if hi == INFINITY:
+    if hi == INFINITY and lo == -INFINITY:
+        rule = "a number"
+    elif hi == INFINITY:
         rule = f"{'>' if lo_open else '>='} {lo:g}"
     else:
         rule = (f"in {'(' if lo_open else '['}{lo:g}, "
                 f"{hi:g}{']' if closed else ')'}")
     if finite:
-        rule = "finite and " + rule
+        rule = "a finite number" if rule == "a number" else "finite and " + rule
     if label:
         raise ValueError(f"Invalid {label}: {x} ({name} must be {rule})")
     raise ValueError(f"{name} must be {rule}, got {x!r}")
@@ -66,7 +68,7 @@ cdef int _check_tuple(object x, str name, str label, double lo, double hi,
                 fast = False
                 break
             out[i] = <double>xi
-            if not (lo <= out[i] < hi):
+            if not (lo <= out[i] < hi) or not isfinite(out[i]):
                 fast = False
                 break
         if fast:
@@ -102,6 +104,34 @@ cdef double _check_count(object x, str name, str label, double lo) except? -2.0:
     raise ValueError(f"{name} must be None or an int {rule}, got {x!r}")
 
 
+cdef double _check_int(object x, str name, str label, double lo,
+                       double hi) except? -2.0:
+    """An int in [lo, hi] (not None, not a bool), as a double."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    if lo <= x <= hi:
+        return <double>int(x)
+    rule = f"an int in [{lo:g}, {hi:g}]"
+    if label:
+        raise ValueError(f"Invalid {label}: {x} ({name} must be {rule})")
+    raise ValueError(f"{name} must be {rule}, got {x!r}")
+
+
+cdef double _check_choice(object x, str name, str label, tuple choices) except? -2.0:
+    """One of ``choices`` (None or strings), as its index."""
+    cdef Py_ssize_t i
+    for i in range(len(choices)):
+        c = choices[i]
+        if (x is None and c is None) or (type(x) is str and x == c):
+            return <double>i
+    words = ", ".join(repr(c) for c in choices)
+    if x is not None and not isinstance(x, str):
+        raise TypeError(f"{name} must be one of {words}, got {type(x).__name__}")
+    if label:
+        raise ValueError(f"Invalid {label}: {x!r} ({name} must be one of {words})")
+    raise ValueError(f"{name} must be one of {words}, got {x!r}")
+
+
 cdef long long _check_step(object step) except -1:
     """The step count: an int in [1, 2**62]."""
     cdef long long t
@@ -124,6 +154,8 @@ cdef enum:
     K_FLAG = 1
     K_TUPLE = 2
     K_COUNT = 3
+    K_INT = 4
+    K_CHOICE = 5
 
 
 @cython.final
@@ -135,6 +167,7 @@ cdef class _Hyper:
     cdef int kind
     cdef int index
     cdef int size                       # the entries of a K_TUPLE
+    cdef tuple choices                  # the values of a K_CHOICE
     cdef double lo, hi
     cdef bint closed
 
@@ -153,6 +186,10 @@ cdef class _Hyper:
             v = 1.0 if _check_flag(x, self.name) else 0.0
         elif self.kind == K_COUNT:
             v = _check_count(x, self.name, self.label, self.lo)
+        elif self.kind == K_INT:
+            v = _check_int(x, self.name, self.label, self.lo, self.hi)
+        elif self.kind == K_CHOICE:
+            v = _check_choice(x, self.name, self.label, self.choices)
         else:
             _check_tuple(x, self.name, self.label, self.lo, self.hi, self.closed,
                          self.size, entries)
@@ -196,6 +233,8 @@ cdef class _Rule:
     cdef str step_when_text
     cdef readonly int nscalars          # per-tensor scalar states
     cdef readonly tuple scalar_names
+    cdef object matrix                  # the matrix step (fastopt.matrix), once loaded
+    cdef unsigned post_bit              # the option of a matrix rule's second pass
 
     cdef inline bint needs(self, const double *h, int k) noexcept:
         return self.when[k] < 0 or h[self.when[k]] != 0.0
@@ -288,7 +327,9 @@ cdef _Rule _make_rule(int rid, object entry):
         x.name = spec.name
         x.label = spec.label
         x.kind = {"real": K_REAL, "flag": K_FLAG, "pair": K_TUPLE,
-                  "tuple": K_TUPLE, "count": K_COUNT}[spec.check]
+                  "tuple": K_TUPLE, "count": K_COUNT, "int": K_INT,
+                  "choice": K_CHOICE}[spec.check]
+        x.choices = tuple(spec.choices)
         x.size = spec.length
         if not 0 <= x.size <= FO_MAX_SCALARS:
             raise RuntimeError(f"{entry.name}: {spec.name} has too many entries")
@@ -315,6 +356,13 @@ cdef _Rule _make_rule(int rid, object entry):
         if s.when is not None:
             r.when[k] = positions[s.when]
         r.init_from_group[k] = isinstance(s.initial, str)
+    r.matrix = None
+    r.post_bit = 0
+    if entry.matrix:
+        if "post" not in entry.options:
+            raise RuntimeError(f"{entry.name}: a rule with a matrix step needs "
+                               f"an option 'post'")
+        r.post_bit = 1u << (2 + entry.options.index("post"))
     r.nscalars = len(entry.scalar_states)
     r.scalar_names = tuple(s.name for s in entry.scalar_states)
     if r.nscalars > FO_MAX_SCALAR_STATES:

@@ -8,6 +8,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_MAX_COEFFICIENTS
         FO_MAX_SCALARS
         FO_MAX_SCALAR_STATES
+        FO_MAX_REDUCTIONS
         FO_NRULES
         FO_MAXIMIZE
         FO_L2
@@ -19,11 +20,15 @@ cdef extern from "fastopt/kernels.h" nogil:
         const void *g
         void *s[FO_MAX_STATES]
         size_t n
+        double r[FO_MAX_REDUCTIONS]
         void *acc
         void *ema
         uint64_t key
         size_t at
         void *scale[FO_MAX_STATES]
+        size_t rows
+        size_t cols
+        double *scratch
 
     ctypedef struct fo_fuse:
         unsigned flags
@@ -62,7 +67,13 @@ cdef extern from "fastopt/kernels.h" nogil:
     void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                       size_t count, const fo_fuse *f)
     void fo_accumulate(int dt, const fo_tensor *t, size_t count)
+    void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
+                          const size_t *lo, const size_t *hi, size_t count,
+                          double *out)
+    void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
+                           size_t count, const fo_fuse *f)
 
+    void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
     double fo_sumsq(int dt, const fo_tensor *t, size_t count)
     size_t fo_sumsq_block_count(const fo_tensor *t, size_t count)
     void fo_sumsq_blocks(int dt, const fo_tensor *t, size_t count, double *out)

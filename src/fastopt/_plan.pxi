@@ -206,6 +206,8 @@ cdef class Plan:
         for i in range(n):
             p = self.params[i]
             dt = _check_array(p, self.r.slots, P, i, self.labels, dt, -1, True)
+            if self.r.entry.matrix:
+                _check_matrix(self.r, p, self.labels[i])
             self.base[i].n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>p)
             self.base[i].p = _data(p)
         self.dt = dt
@@ -249,11 +251,14 @@ cdef class Plan:
     cdef inline bint _q8(self) noexcept:
         return self.state_format == "8bit"
 
-    def set_state_format(self, str fmt, seed=0, positions=None, nonneg=()):
+    def set_state_format(self, str fmt, seed=0, positions=None, offsets=None, nonneg=()):
         """Keep the states as ``fmt``: "native" (the parameters' dtype) or
         "bfloat16" (their uint16 bits, written with stochastic rounding
         whose random keys come from ``seed``, each parameter's entry of
         ``positions`` (default: its index in the plan) and its step).
+        ``offsets`` (default zeros): per parameter, the index its first
+        element has in the random bits, for a parameter that is a part of
+        a larger one (a shard) and must draw that one's bits.
         "8bit" keeps each state as uint8 codes with one float32 scale per
         block of 256 elements (fo_q8_encode); the slots in ``nonneg`` are
         coded without a sign.  Only before any state exists."""
@@ -276,6 +281,10 @@ cdef class Plan:
                 raise ValueError(
                     f"state_dtype={fmt!r} is not available for {self.r.name}: "
                     f"its first pass reads the states it writes")
+            if self.r.entry.matrix:
+                raise ValueError(
+                    f"state_dtype={fmt!r} is not available for {self.r.name}: "
+                    f"its step has a matrix step between two passes")
         if not (type(seed) is int and 0 <= seed < 2 ** 64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         if positions is None:
@@ -283,6 +292,13 @@ cdef class Plan:
         if len(positions) != self.count or not all(
                 type(k) is int and 0 <= k < 2 ** 63 for k in positions):
             raise ValueError(f"positions must be {self.count} ints >= 0")
+        if offsets is None:
+            offsets = [0] * self.count
+        if len(offsets) != self.count or not all(
+                type(k) is int and 0 <= k < 2 ** 63 for k in offsets):
+            raise ValueError(f"offsets must be {self.count} ints >= 0")
+        for i in range(self.count):
+            self.base[i].at = <size_t>offsets[i]
         self.state_format = fmt
         self.q8_nonneg = mask
         self.seed = seed
@@ -731,6 +747,9 @@ cdef class Plan:
                 if self.present[i] and self.steps[i] == 0:
                     for slot in range(r.nscalars):
                         self.sc[i * FO_MAX_SCALAR_STATES + slot] = self.sinit[slot]
+        if r.entry.matrix:
+            self._step_matrix(mean_count)
+            return 0
         if self.all_present:
             for i in range(1, self.count):
                 if not self._same(0, i):
@@ -773,6 +792,39 @@ cdef class Plan:
                         memcpy(&self.sc[j * FO_MAX_SCALAR_STATES], a.sc,
                                r.nscalars * sizeof(double))
                         self.mark[j] = 1
+        for i in range(self.count):
+            if self.present[i]:
+                self.steps[i] += 1
+        self._after_step()
+        return 0
+
+    cdef int _step_matrix(self, double mean_count) except -1:
+        """The step of a rule with a matrix step: the prepared parameters
+        with a gradient, in groups that fuse alike (the EMA started or not),
+        each through _run_matrix; the mean of accumulated gradients is fused
+        with the first pass, the EMA with the second."""
+        cdef Py_ssize_t i, j, k
+        cdef fo_fuse f, f1, f2
+        for i in range(self.count):
+            self.mark[i] = 0
+        for i in range(self.count):
+            if self.present[i] and not self.mark[i]:
+                k = 0
+                shapes = []
+                for j in range(i, self.count):
+                    if self.present[j] and not self.mark[j] and self._same(i, j):
+                        self.sel[k] = self.work[j]
+                        shapes.append(np.shape(self.params[j]))
+                        self.mark[j] = 1
+                        k += 1
+                self._fuse(&f, i, mean_count)
+                f1 = f
+                f1.flags = f.flags & FO_FUSE_MEAN
+                f2 = f
+                f2.flags = f.flags & ~FO_FUSE_MEAN
+                _run_matrix(self.r, &self.args, self.sel, k, self.dt, shapes,
+                            self.group, &f1 if f1.flags else NULL,
+                            &f2 if f2.flags else NULL)
         for i in range(self.count):
             if self.present[i]:
                 self.steps[i] += 1

@@ -265,19 +265,27 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                 raise ValueError(f"{where} has an unknown state {kind!r}; "
                                  f"{type(optimizer).__name__} keeps "
                                  f"{list(keys) + list(scalar_keys) + extra}")
+            # a state's shape follows the parameter's (State.shape: a
+            # factored rule's row and column states, present by dimension)
+            spec = next((s for s in optimizer.rule.states if s.state_key == kind), None)
+            if spec is not None and not spec.present(np.ndim(param)):
+                raise ValueError(f"{where} has state {kind!r}, which a parameter "
+                                 f"of {np.ndim(param)} dimensions does not have")
+            shape = param.shape if spec is None else spec.shape_for(param.shape)
             want = (np.dtype(np.uint16) if bf16 and kind in keys else
                     np.dtype(np.uint8) if q8 and kind in keys else param.dtype)
-            if (not isinstance(value, np.ndarray) or value.shape != param.shape
+            if (not isinstance(value, np.ndarray) or value.shape != shape
                     or value.dtype != want):
                 desc = (f"{value.dtype} array of shape {value.shape}"
                         if isinstance(value, np.ndarray) else type(value).__name__)
                 raise ValueError(f"{where}[{kind!r}] must be a {want} array "
-                                 f"of shape {param.shape} like parameter "
+                                 f"of shape {shape} like parameter "
                                  f"{label!r}, got {desc}")
             entries[pos][kind] = value
         if entry["step"]:
             needed = [s.state_key for s in optimizer.rule.states
-                      if s.when is None and s.state_key not in entries[pos]]
+                      if s.when is None and s.present(np.ndim(param))
+                      and s.state_key not in entries[pos]]
             needed += [k for k in scalar_keys if k not in entries[pos]]
             if q8:
                 needed += [s.state_key + ".scale" for s in optimizer.rule.states

@@ -21,9 +21,10 @@ Determinism.  With ``deterministic=True`` (the default) step 1 is an
 ``Alltoall`` followed by the sum in rank order on the receiving rank (the
 same bytes over the wire as a ring reduce-scatter), so a trajectory is bit
 for bit the one of a single process stepping ``optimizer_class`` on the mean
-above, for every number of ranks ``P``: every rule of the table is
-element-wise, and the kernels give the same bits for any split of the
-elements.  With ``deterministic=False`` step 1 is MPI's
+above, for every number of ranks ``P``: the update of an element depends
+on that element alone (and, for LAMB and LARS, on per-parameter sums made
+with one process's bits, below), and the kernels give the same bits for any
+split of the elements.  With ``deterministic=False`` step 1 is MPI's
 ``Reduce_scatter_block``, whose order of summation is the MPI library's
 choice: results are reproducible only for the same ``P`` and the same MPI
 (with 3 or more ranks they differ from the serial sum in the last bits).
@@ -31,11 +32,39 @@ Norms (:meth:`ShardedOptimizer.sumsq`, :meth:`ShardedOptimizer.clip_grad_norm_`)
 are put together from the same fixed blocks ``fastopt.clip_grad_norm_``
 adds, in the same order, so they carry its bits for every ``P``.
 
+Rules with per-tensor sums (LAMB's and LARS's trust ratios, ``reductions``
+in the rule table) step in their two passes taken apart: each rank runs the
+first pass over the sum blocks of its shard (FO_SUMSQ_BLOCK elements from
+each parameter's start, the blocks ``fo_run`` adds), a block cut by a shard
+boundary element by element; the rows are gathered in rank order, the cut
+blocks' element squares are added over the kernel's 8 lanes, every
+parameter's sums are the blocks added in order from 0.0 as in one process,
+and the update pass runs on each parameter's part of the shard with them.
+
 Per-tensor scalar states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``)
 depend on the step count and the hyperparameters alone, never on the data;
 each rank keeps one copy for its shard, which equals every parameter's copy
-in the single process because every parameter steps at every step (a
-gradient of None is refused here for that reason).
+in the single process because every parameter steps at every step.
+
+None gradients.  A gradient of None is that rank's zeros (as torch's DDP
+fills in unused parameters), so the step is one process's on the mean with
+zeros in their place.  A parameter whose gradient is None on every rank
+(through a whole accumulation window) would not step in one process but
+would here, so that call raises the same ValueError on every rank and
+changes nothing; finding it costs one small ``Allreduce`` per step.
+
+Averages and accumulation.  ``ema_decay=`` keeps the average of the
+weights as the optimizers do, each rank for its shard (fused into the
+update's pass); :meth:`ShardedOptimizer.ema_weights` gathers the averages
+into every rank's parameters for the ``with`` block.
+``accumulation_steps=k`` sums each rank's gradients over k calls on the rank
+itself (call order, from zeros) and communicates once per window:
+the step is on ``(((A_0 + A_1) + ...) / P) / k`` for the ranks' sums
+``A_q``, in the gradients' dtype.  With one rank that is, bit for bit, the
+class made with ``accumulation_steps=k``; with more it is one process
+stepping (without accumulating) on that mean, which differs in the last
+bits from accumulating the ranks' means call by call (that would need one
+communication per call).
 
 Failures.  Shapes, dtype, optimizer class and hyperparameters are compared
 across ranks at construction, and a mismatch raises the same ValueError on
@@ -52,13 +81,21 @@ mid-save leaves the previous manifest and its files loadable.  A checkpoint
 can be loaded on any number of ranks, and :func:`consolidate` turns it into
 the single-process checkpoint of ``optimizer_class``.
 
-State dtypes: the shard's state is whatever ``optimizer_class`` keeps for
-one tensor of the parameters' dtype, and a checkpoint stores each state's
-dtype with its array, so lower-precision states need no change here.
+State dtypes.  States in the parameters' dtype: the shard is one tensor of
+``optimizer_class``.  ``state_dtype="bfloat16"`` (float32 parameters): the
+stochastic rounding of a state element draws its random bits from its
+parameter's index, step and position in that parameter, so each
+parameter's part of the shard is a tensor of its own that draws the bits of
+its place in the whole parameter (``Plan.set_state_format``'s ``positions``
+and ``offsets``); the result is one process's with the same seed, bit for
+bit.  Checkpoints hold the shard's states as one array either way (the
+bfloat16 bits as uint16), and :func:`consolidate` keeps ``state_dtype`` and
+``seed``.
 
 Needs mpi4py (``pip install "fastopt[mpi]"`` installs mpi4py and MPICH);
 importing ``fastopt`` does not import this module.
 """
+import contextlib
 import json
 import math
 import os
@@ -69,7 +106,7 @@ import time
 import numpy as np
 
 from fastopt import _core, checkpoint, clip
-from fastopt.optim import Optimizer
+from fastopt.optim import Optimizer, check_averaging
 
 __all__ = ["ShardedOptimizer", "consolidate", "MANIFEST"]
 
@@ -103,7 +140,8 @@ class ShardedOptimizer:
     communicator (``MPI.COMM_WORLD`` when None); ``deterministic``: see the
     module docstring; ``skip_nonfinite``: skip a step whose mean gradient
     holds a NaN or an infinity on any rank (decided together);
-    ``hyperparameters``: the class's keyword arguments.
+    ``ema_decay``, ``accumulation_steps``: as the class takes them (module
+    docstring); ``hyperparameters``: the class's keyword arguments.
 
     ``step(grads)`` updates the arrays given as ``params`` in place.  The
     optimizer also keeps the parameters and gradients as views of its own
@@ -117,24 +155,41 @@ class ShardedOptimizer:
     """
 
     def __init__(self, optimizer_class, params, comm=None, deterministic=True, *,
-                 skip_nonfinite=False, **hyperparameters):
+                 skip_nonfinite=False, ema_decay=None, accumulation_steps=1,
+                 **hyperparameters):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and optimizer_class.rule is not None):
             raise TypeError(f"optimizer_class must be a fastopt optimizer class such as "
                             f"fastopt.Adam, got {optimizer_class!r}")
-        reductions = getattr(optimizer_class.rule, "reductions", ())
-        if reductions:
-            # a shard steps as one tensor: a per-tensor reduction (a trust
-            # ratio) would be taken over the shard, not over each parameter
-            raise ValueError(f"{optimizer_class.__name__} reduces over each tensor "
-                             f"({', '.join(reductions)}); ShardedOptimizer takes "
+        if getattr(optimizer_class.rule, "factored", False):
+            # row and column states: not element-wise, so not split by shards
+            raise ValueError(f"{optimizer_class.__name__} keeps states of other "
+                             f"shapes than its parameters (row and column "
+                             f"statistics, {', '.join(optimizer_class.rule.state_keys)}) "
+                             f"and sums along their axes; ShardedOptimizer takes "
                              f"element-wise rules only")
-        for name in ("ema_decay", "accumulation_steps"):
-            if name in hyperparameters:
-                # the averages and accumulated gradients would live in the
-                # shard optimizer, outside the sharded checkpoints and views
-                raise ValueError(f"{name} is not supported by ShardedOptimizer; "
-                                 f"give it to a one-process optimizer")
+        if getattr(optimizer_class.rule, "matrix", ""):
+            # a shard is a slice of the flattened parameters: the matrix
+            # step (Newton-Schulz) needs each parameter whole, as a matrix
+            raise ValueError(f"{optimizer_class.__name__} has a matrix step "
+                             f"({optimizer_class.rule.matrix}) over each whole "
+                             f"parameter; ShardedOptimizer takes element-wise "
+                             f"rules only: use a one-process "
+                             f"{optimizer_class.__name__} on every rank")
+        if hyperparameters.get("state_dtype") == "8bit":
+            # 8-bit states count their blocks of 256 from each parameter's
+            # first element; a shard's part of a parameter starts wherever
+            # the shard boundary falls, mid-block, so its blocks (and their
+            # scales) would not be the one-process optimizer's
+            raise ValueError(f"state_dtype='8bit' is not available for "
+                             f"ShardedOptimizer: a shard's part of a parameter "
+                             f"starts mid-block (8-bit states keep one scale per "
+                             f"block of 256 elements counted from each "
+                             f"parameter's first element); use "
+                             f"state_dtype='bfloat16' or the parameters' dtype")
+        ema_decay, accumulation_steps = check_averaging(ema_decay, accumulation_steps)
+        self.ema_decay = ema_decay
+        self.accumulation_steps = int(accumulation_steps)
         _core.check_flag(deterministic, "deterministic")
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
         if comm is None:
@@ -150,7 +205,8 @@ class ShardedOptimizer:
         self.sizes = [int(a.size) for a in self._user]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.numel = int(self.offsets[-1])
-        self._check_across_ranks(hyperparameters)
+        self._check_across_ranks(dict(hyperparameters, ema_decay=ema_decay,
+                                      accumulation_steps=self.accumulation_steps))
 
         P, r = self.size, self.rank
         S = -(-max(self.numel, 1) // P)
@@ -173,12 +229,46 @@ class ShardedOptimizer:
         self._param_shard = self.param_buffer[r * S:(r + 1) * S]
         self._grad_shard = np.zeros(S, dtype=self.dtype)   # the mean, for this shard
         self._recv = np.empty((P, S), dtype=self.dtype) if self.deterministic else None
-        # the shard as one tensor of the class; its checks are the class's
-        self.optimizer = optimizer_class([self._param_shard], **hyperparameters)
+        # each parameter's part of this shard: (index, start, end) in the shard
+        self._segments = [(k, max(int(self.offsets[k]), r * S) - r * S,
+                           min(int(self.offsets[k + 1]), (r + 1) * S) - r * S)
+                          for k in range(len(self.sizes))
+                          if max(int(self.offsets[k]), r * S)
+                          < min(int(self.offsets[k + 1]), (r + 1) * S)]
+        # the shard as one tensor of the class (its checks are the class's),
+        # or, for bfloat16 states, the parts as tensors of their own, each
+        # drawing the random bits of its place in its parameter; a shard of
+        # padding alone is one tensor whose bits matter to no one
+        extra = {} if ema_decay is None else {"ema_decay": ema_decay}
+        self._parts = None
+        if hyperparameters.get("state_dtype") == "bfloat16":
+            self._parts = self._segments or [(0, 0, S)]
+        shard_params = ([self._param_shard] if self._parts is None else
+                        [self._param_shard[a:b] for _, a, b in self._parts])
+        self.optimizer = optimizer_class(shard_params, **hyperparameters, **extra)
+        if self._parts is not None:
+            self.optimizer._plans[0].set_state_format(
+                "bfloat16", self.optimizer.seed, [k for k, _, _ in self._parts],
+                [max(r * S + a - int(self.offsets[k]), 0) for k, a, _ in self._parts])
+            self._grad_parts = [self._grad_shard[a:b] for _, a, b in self._parts]
+        # gradients accumulated on this rank since the window began (the
+        # window's only communication is at its end), and the calls made
+        self._accum = (np.zeros(P * S, dtype=self.dtype) if self.accumulation_steps > 1
+                       else None)
+        self._accum_views = None if self._accum is None else [
+            self._accum[o:o + n].reshape(s)
+            for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
+        self._micro = 0
+        self._seen = np.zeros(len(self._user), dtype=np.uint8)   # in this window
+        self._ema_active = False
         self.skipped_steps = 0
         self.times = {"pack": 0.0, "reduce": 0.0, "update": 0.0, "gather": 0.0,
                       "unpack": 0.0}
         self._blocks = _BlockLayout(self.offsets, S, P)
+        # a rule with per-tensor sums (LAMB's and LARS's trust ratios): the
+        # first pass over this shard's blocks, the sums put together across
+        # ranks, then the update pass over each parameter's part of the shard
+        self._two_pass = bool(getattr(optimizer_class.rule, "reductions", ()))
 
     # -- construction --------------------------------------------------------
 
@@ -223,22 +313,67 @@ class ShardedOptimizer:
 
     def step(self, grads, *, max_norm=None, norm_type=2.0):
         """One update with this rank's gradients ``grads`` (the structure of
-        ``params``, no None).  With ``max_norm``, the mean gradient is first
+        ``params``).  A gradient of None is zeros from this rank; a
+        parameter whose gradient is None on every rank (in every call of an
+        accumulation window) raises the same ValueError on every rank and
+        changes nothing, since one process would not step it while a shard
+        steps all its elements.  With ``max_norm``, the mean gradient is first
         clipped to that global norm (``norm_type`` 2 or inf) as
         ``fastopt.clip_grad_norm_`` would clip it in one process.  Returns
         False when ``skip_nonfinite`` skipped the step, else True; every rank
-        returns the same."""
+        returns the same.
+
+        With ``accumulation_steps=k`` a call only adds ``grads`` into this
+        rank's sum and returns False, except every k-th, which averages the
+        ranks' sums (one communication per window) and steps on that mean
+        divided by k; ``max_norm`` is that call's."""
+        if self._ema_active:
+            raise RuntimeError("step() inside ema_weights()")
+        missing = None
         with self._errors("step"):
             ordered = self._ordered(grads)
             if max_norm is not None:
                 max_norm = clip._nonneg(max_norm, "max_norm")
                 norm_type = clip._norm_type(norm_type)
             t0 = time.perf_counter()
-            for g, v in zip(ordered, self._gviews):
-                if g is not v:
-                    np.copyto(v, g)
+            k = self.accumulation_steps
+            if k > 1 and self._micro + 1 < k:
+                # acc = acc + g, from zeros, as an optimizer's accumulation
+                for i, (g, a) in enumerate(zip(ordered, self._accum_views)):
+                    if g is not None:
+                        np.add(a, g, out=a)
+                        self._seen[i] = 1
+                self._micro += 1
+                self.times["pack"] += time.perf_counter() - t0
+                return False
+            missing = self._missing_everywhere(ordered)
+            if missing is None:
+                if k > 1:
+                    # the window's last call: (acc + g) in the gradient buffer
+                    for g, a, v in zip(ordered, self._accum_views, self._gviews):
+                        if g is None:
+                            np.copyto(v, a)
+                        else:
+                            np.add(a, g, out=v)
+                    self._accum.fill(0)
+                    self._seen[:] = 0
+                    self._micro = 0
+                else:
+                    for g, v in zip(ordered, self._gviews):
+                        if g is None:
+                            v.fill(0)
+                        elif g is not v:
+                            np.copyto(v, g)
+        if missing is not None:
+            raise ValueError(f"the grad of parameter(s) {missing} is None on every rank"
+                             + (" in every call of the window" if k > 1 else "")
+                             + "; one process would not step them, a sharded step "
+                             "steps every parameter (pass zeros, or leave them out)")
+        with self._errors("step"):
             t1 = time.perf_counter()
             self._reduce()
+            if k > 1:
+                np.divide(self._grad_shard, self.dtype.type(k), out=self._grad_shard)
             t2 = time.perf_counter()
             if max_norm is not None:
                 self._clip(max_norm, norm_type)
@@ -248,7 +383,12 @@ class ShardedOptimizer:
                 self.times["reduce"] += time.perf_counter() - t1
                 return False
             t3 = time.perf_counter()
-            self.optimizer.step([self._grad_shard])
+            if self._two_pass:
+                self._step_two_pass()
+            elif self._parts is None:
+                self.optimizer.step([self._grad_shard])
+            else:
+                self.optimizer.step(self._grad_parts)
             t4 = time.perf_counter()
             self._gather()
             t5 = time.perf_counter()
@@ -259,6 +399,145 @@ class ShardedOptimizer:
             for key, dt in zip(self.times, (t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5)):
                 self.times[key] += dt
             return True
+
+    def _missing_everywhere(self, ordered):
+        """The labels of the parameters with no gradient on any rank in this
+        call (and this window), or None; a collective, the same on every
+        rank."""
+        have = self._seen.copy()
+        for i, g in enumerate(ordered):
+            if g is not None:
+                have[i] = 1
+        if self.size > 1:
+            self.comm.Allreduce(_mpi().IN_PLACE, have, op=_mpi().MAX)
+        if have.all():
+            return None
+        labels = self._names if self._names is not None else list(range(len(self._user)))
+        return [labels[i] for i in np.flatnonzero(have == 0)]
+
+    def _step_two_pass(self):
+        """The shard optimizer's step for a rule with per-tensor sums: its
+        first pass over the blocks (and parts of blocks) this rank holds,
+        every parameter's sums put together on every rank as one process
+        adds them, then the update pass on each parameter's part of the
+        shard with its parameter's sums (fastopt._core.reduce_ranges and
+        step_given_sums).  The states and step count stay the shard
+        optimizer's, so checkpoints are the same as for any rule."""
+        opt = self.optimizer
+        rule, plan, group = opt.rule, opt._plans[0], opt.param_groups[0]
+        names = {h.name for h in rule.hypers}
+        hyper = {k: v for k, v in group.items() if k in names}
+        step = plan.get_steps()[0] + 1
+        for slot, st in enumerate(rule.states):
+            if (st.when is None or group[st.when]) and plan.state(slot) is None:
+                plan.allocate(slot, opt._initial(group, slot))
+        states = [plan.state(slot) for slot in range(len(rule.states))]
+        p, g = self._param_shard, self._grad_shard
+        ema, fuse = plan.ema(), {}
+        if ema is not None:
+            # the average's first value is a copy, then lerp with 1 - decay
+            fuse["ema_weight"] = (1.0 - self.ema_decay if plan.get_flags("ema")[0]
+                                  else None)
+
+        def reduce(ranges):
+            return _core.reduce_ranges(
+                rule.name, [p], [g], [None if v is None else [v[0]] for v in states],
+                [ranges], step=step, **hyper)[0]
+
+        sums = self._blocks.rule_sums(reduce, len(rule.reductions), self.comm, self.rank)
+        segs = self._segments
+        if segs:
+            _core.step_given_sums(
+                rule.name, [p[a:b] for _, a, b in segs], [g[a:b] for _, a, b in segs],
+                [None if v is None else [v[0][a:b] for _, a, b in segs] for v in states],
+                np.ascontiguousarray(sums[[k for k, _, _ in segs]]), step=step,
+                ema=None if ema is None else [ema[0][a:b] for _, a, b in segs],
+                **fuse, **hyper)
+        plan.set_steps([step])
+        if ema is not None:
+            plan.set_flags("ema", [True])
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the ``with`` block every rank's parameters (the arrays given
+        as ``params`` and the views ``self.params``) hold their averages
+        (``ema_decay``), gathered from the ranks' shards; on leaving it they
+        get their own values back, bit for bit.  Before the first step there
+        are no averages and the parameters keep their values.  A collective
+        (every rank enters it); stepping inside the block raises
+        RuntimeError.  Holds one more copy of the parameters meanwhile."""
+        if self.ema_decay is None:
+            raise ValueError("this ShardedOptimizer keeps no averages; make it "
+                             "with ema_decay=... to use ema_weights()")
+        if self._ema_active:
+            raise RuntimeError("ema_weights() is already active")
+        plan = self.optimizer._plans[0]
+        saved = None
+        with self._errors("ema_weights"):
+            if plan.get_flags("ema")[0]:
+                saved = self.param_buffer.copy()
+                shard = self._joined(plan.ema(), 0)
+                if self.size > 1:
+                    self.comm.Allgather(shard, self.param_buffer)
+                else:
+                    np.copyto(self.param_buffer, shard)
+                self._unpack()
+        self._ema_active = True
+        try:
+            yield self
+        finally:
+            self._ema_active = False
+            if saved is not None:
+                np.copyto(self.param_buffer, saved)
+                self._unpack()
+
+    def _joined(self, views, fill):
+        """One array of the shard's length from the shard optimizer's views
+        (its own when it has one tensor; ``fill`` where no part lies)."""
+        if self._parts is None:
+            return views[0]
+        out = np.full(self.shard_size, fill, dtype=views[0].dtype)
+        for (_, a, b), v in zip(self._parts, views):
+            out[a:b] = v
+        return out
+
+    def _shard_state_dict(self):
+        """The shard optimizer's state_dict with the shard as one tensor
+        (index 0), whatever tensors it steps."""
+        sd = self.optimizer.state_dict()
+        if self._parts is None:
+            return sd
+        entries = [sd["state"].get(i) for i in range(len(self._parts))]
+        state = {}
+        if entries[0] is not None:
+            state[0] = {}
+            for key, v in entries[0].items():
+                if isinstance(v, np.ndarray) and v.ndim == 1:
+                    v = self._joined([e[key] for e in entries],
+                                     self._initial_value(key))
+                state[0][key] = v
+        return {**sd, "state": state,
+                "param_groups": [dict(sd["param_groups"][0], params=[0])]}
+
+    def _load_shard_state_dict(self, sd):
+        """optimizer.load_state_dict of a state_dict of
+        :meth:`_shard_state_dict`'s form."""
+        if self._parts is None:
+            self.optimizer.load_state_dict(sd)
+            return
+        entry = sd["state"].get(0)
+        state = {}
+        if entry is not None:
+            for i, (_, a, b) in enumerate(self._parts):
+                state[i] = {key: v[a:b] if isinstance(v, np.ndarray) and v.ndim == 1
+                            else v for key, v in entry.items()}
+        groups = [dict(sd["param_groups"][0], params=list(range(len(self._parts))))]
+        self.optimizer.load_state_dict({**sd, "state": state, "param_groups": groups})
+
+    def _unpack(self):
+        for a, v in zip(self._user, self._views):
+            if a is not v:
+                np.copyto(a, v)
 
     def _ordered(self, grads):
         n = len(self._user)
@@ -280,8 +559,7 @@ class ShardedOptimizer:
             ordered, labels = list(grads), list(range(n))
         for g, label, shape in zip(ordered, labels, self.shapes):
             if g is None:
-                raise ValueError(f"grad of parameter {label!r} is None: a sharded "
-                                 f"step needs every gradient (pass zeros)")
+                continue
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grad of parameter {label!r} must be a numpy.ndarray, "
                                 f"got {type(g).__name__}")
@@ -410,6 +688,12 @@ class ShardedOptimizer:
         atomically; rank 0 then commits the manifest atomically and removes
         the files of the checkpoint it replaced."""
         path = os.fsdecode(path)
+        if self._micro:
+            # the accumulated sums are each rank's own gradients, of no use
+            # on another world size
+            raise ValueError(f"save() in the middle of an accumulation window "
+                             f"({self._micro} of {self.accumulation_steps} calls "
+                             f"made); save after the window's last call")
         tag = None
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
@@ -418,7 +702,7 @@ class ShardedOptimizer:
         name = f"shard-{tag}-{self.rank:05d}-of-{self.size:05d}.npz"
         error = None
         try:
-            checkpoint.write_state(os.path.join(path, name), self.optimizer.state_dict())
+            checkpoint.write_state(os.path.join(path, name), self._shard_state_dict())
         except OSError as e:
             error = f"rank {self.rank}: {e}"
         results = self.comm.allgather((name, error)) if self.size > 1 else [(name, error)]
@@ -465,7 +749,7 @@ class ShardedOptimizer:
         errors = [e for e in errors if e is not None]
         if errors:
             raise ValueError(f"sharded checkpoint {path!r} not loaded: " + "; ".join(errors))
-        self.optimizer.load_state_dict(state)
+        self._load_shard_state_dict(state)
         self.skipped_steps = int(manifest["skipped_steps"])
 
     def _shard_state(self, path, manifest):
@@ -505,19 +789,25 @@ class ShardedOptimizer:
         return {**template, "state": state, "param_groups": groups, "skipped_steps": 0}
 
     def _initial_state(self, key, dtype):
+        return np.full(self.shard_size, self._initial_value(key), dtype=dtype)
+
+    def _initial_value(self, key):
+        """A state element's start value as the shard's state stores it."""
         rule = self.optimizer.rule
+        if key not in rule.state_keys:      # the averages ("ema")
+            return 0
         slot = rule.state_keys.index(key)
         init = self.optimizer._initial(self.optimizer.param_groups[0], slot)
-        return np.full(self.shard_size, init, dtype=dtype)
+        return self.optimizer._stored(init)
 
     def consolidated_state_dict(self, root=0):
         """The state_dict a single process stepping ``optimizer_class`` on
         ``params`` would have, gathered on rank ``root`` (None on the
         others); a collective."""
-        sd = self.optimizer.state_dict()
+        sd = self._shard_state_dict()
         entry = sd["state"].get(0, {})
         full = {}
-        for key in self.optimizer.rule.state_keys:
+        for key in list(self.optimizer.rule.state_keys) + ["ema"]:
             if key in entry:
                 buf = (np.empty(self.size * self.shard_size, dtype=entry[key].dtype)
                        if self.rank == root else None)
@@ -667,6 +957,49 @@ class _BlockLayout:
             out[self.straddling] = _core.grad_sumsq_blocks(whole)
         return out
 
+    def rule_sums(self, reduce, nred, comm, rank):
+        """A two-pass rule's sums per tensor (an array of shape (tensors,
+        nred)), the same bits on every rank as one process makes them:
+        ``reduce(ranges)`` runs the rule's first pass over this rank's
+        ranges (shard indices) and returns each range's sums.  A whole
+        block is one range; a block crossing a shard boundary is split into
+        ranges of one element, whose squares every rank adds over the 8
+        lanes of the block as the kernels do.  All rows are gathered in rank
+        order; blocks are then added in order from 0.0."""
+        S, lo = self.S, rank * self.S
+        ids = self.ids[rank]
+        whole = np.stack([self.starts[ids] - lo, self.ends[ids] - lo], axis=1)
+        elems = (np.concatenate([np.arange(a, e, dtype=np.int64) for a, e in self.pieces[rank]])
+                 if self.pieces[rank] else np.zeros(0, np.int64))
+        ranges = np.concatenate([whole, np.stack([elems, elems + 1], axis=1)])
+        rows = np.ascontiguousarray(reduce(ranges), dtype=np.float64)
+        if self.P > 1:
+            counts = [(w + e) * nred for w, e in zip(self.counts, self.piece_counts)]
+            got = np.empty((sum(counts) // nred, nred), dtype=np.float64)
+            comm.Allgatherv(rows, (got, counts))
+        else:
+            got = rows
+        # rank by rank: its whole blocks' rows, then its pieces' elements
+        cuts = np.cumsum([0] + [w + e for w, e in zip(self.counts, self.piece_counts)])
+        wrows = [got[cuts[q]:cuts[q] + self.counts[q]] for q in range(self.P)]
+        erows = [got[cuts[q] + self.counts[q]:cuts[q + 1]] for q in range(self.P)]
+        blocks = np.zeros((self.starts.size, nred), dtype=np.float64)
+        blocks[self.order] = np.concatenate(wrows) if wrows else np.zeros((0, nred))
+        elements = np.concatenate(erows) if erows else np.zeros((0, nred))
+        offset = 0
+        for b in self.straddling:
+            n = int(self.ends[b] - self.starts[b])
+            blocks[b] = _lane_sum(elements[offset:offset + n])
+            offset += n
+        out = np.zeros((self.ntensors, nred), dtype=np.float64)
+        bounds = np.searchsorted(self.tensor, np.arange(self.ntensors + 1))
+        for k in range(self.ntensors):
+            part = blocks[bounds[k]:bounds[k + 1]]
+            if part.size:
+                out[k] = np.add.accumulate(
+                    np.concatenate([np.zeros((1, nred)), part]), axis=0)[-1]
+        return out
+
     def total(self, partials, per_tensor):
         """0.0 plus the block sums left to right: over all, or per tensor."""
         if not per_tensor:
@@ -678,6 +1011,22 @@ class _BlockLayout:
             if part.size:
                 out[k] = np.add.accumulate(np.concatenate([[0.0], part]))[-1]
         return out
+
+
+def _lane_sum(squares):
+    """The sums of one block from its elements' squares (rows, one column per
+    sum), as the kernels add them: element 8k + j into lane j, each lane in
+    index order from 0.0, then the lanes in order (fastopt.reference.sumsq)."""
+    n, nred = squares.shape
+    lanes = np.zeros((8, nred), dtype=np.float64)
+    full = n - n % 8
+    if full:        # a running sum down each lane: index order
+        lanes += np.add.accumulate(squares[:full].reshape(-1, 8, nred), axis=0)[-1]
+    lanes[:n - full] += squares[full:]
+    total = lanes[0].copy()
+    for j in range(1, 8):
+        total += lanes[j]
+    return total
 
 
 # -- checkpoints -------------------------------------------------------------
@@ -727,9 +1076,13 @@ def _single_process(sd, entry, full, layout, skipped):
     group["params"] = list(range(len(shapes)))
     if layout["names"] is not None:
         group["param_names"] = list(layout["names"])
-    return {"format": sd["format"], "version": sd["version"],
-            "optimizer": layout["optimizer"], "state": state,
-            "param_groups": [group], "skipped_steps": skipped}
+    out = {"format": sd["format"], "version": sd["version"],
+           "optimizer": layout["optimizer"], "state": state,
+           "param_groups": [group], "skipped_steps": skipped}
+    for key in ("state_dtype", "seed"):
+        if key in sd:
+            out[key] = sd[key]
+    return out
 
 
 def consolidate(path, out=None):

@@ -15,8 +15,10 @@ holds the same functions in plain NumPy, the math line by line; the results
 are identical bit for bit.
 """
 from fastopt import _core
-from fastopt.rules import RULES
+from fastopt.rules import FACTORED_RULES, RULES
 
-__all__ = list(RULES)
+__all__ = list(RULES) + list(FACTORED_RULES)
 
 globals().update({fn.__name__: fn for fn in _core.FUNCTIONS})
+# the factored rules' doors take states of their own shapes (_factored.pxi)
+globals().update({name: getattr(_core, name) for name in FACTORED_RULES})

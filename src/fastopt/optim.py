@@ -50,6 +50,22 @@ def _check_state_dtype(state_dtype, seed):
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
 
 
+def check_averaging(ema_decay, accumulation_steps):
+    """The checked (ema_decay, accumulation_steps) of an optimizer: None or
+    a decay in [0, 1), and an int k >= 1."""
+    if ema_decay is not None:
+        ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
+                                     label="ema_decay value")
+    if (isinstance(accumulation_steps, (bool, np.bool_))
+            or not isinstance(accumulation_steps, numbers.Integral)):
+        raise TypeError(f"accumulation_steps must be an int >= 1, got "
+                        f"{type(accumulation_steps).__name__}")
+    if not 1 <= accumulation_steps < 2 ** 31:
+        raise ValueError(f"accumulation_steps must be an int >= 1, got "
+                         f"{accumulation_steps!r}")
+    return ema_decay, int(accumulation_steps)
+
+
 class Optimizer:
     """Base class: parameter groups, buckets, checked steps and checkpoints.
 
@@ -122,21 +138,16 @@ class Optimizer:
                  ema_decay=None, accumulation_steps=1, state_dtype=None, seed=0):
         _core.check_flag(skip_nonfinite, "skip_nonfinite")
         _check_state_dtype(state_dtype, seed)
-        if ema_decay is not None:
-            ema_decay = _core.check_real(ema_decay, "ema_decay", 0.0, 1.0,
-                                         label="ema_decay value")
-        if (isinstance(accumulation_steps, (bool, np.bool_))
-                or not isinstance(accumulation_steps, numbers.Integral)):
-            raise TypeError(f"accumulation_steps must be an int >= 1, got "
-                            f"{type(accumulation_steps).__name__}")
-        if not 1 <= accumulation_steps < 2 ** 31:
-            raise ValueError(f"accumulation_steps must be an int >= 1, got "
-                             f"{accumulation_steps!r}")
+        ema_decay, accumulation_steps = check_averaging(ema_decay, accumulation_steps)
         self._check_group(defaults)
         if state_dtype in ("bfloat16", "8bit") and self.rule.reductions:
             raise ValueError(f"state_dtype={state_dtype!r} is not available for "
                              f"{type(self).__name__}: its first pass reads the "
                              f"states its update pass then writes")
+        if state_dtype == "bfloat16" and self.rule.matrix:
+            raise ValueError(f"state_dtype='bfloat16' is not available for "
+                             f"{type(self).__name__}: its step has a matrix step "
+                             f"between two passes over its states")
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.ema_decay = ema_decay
@@ -185,7 +196,7 @@ class Optimizer:
             if state_dtype == "bfloat16":
                 plan.set_state_format("bfloat16", self.seed, idx)
             elif state_dtype == "8bit":
-                plan.set_state_format("8bit", self.seed, idx, self._nonneg_slots())
+                plan.set_state_format("8bit", self.seed, idx, nonneg=self._nonneg_slots())
         for plan in self._plans:
             if ema_decay is not None:
                 plan.enable_ema(1.0 - ema_decay)

@@ -19,10 +19,10 @@ import types
 
 import numpy as np
 
-from fastopt import _core
-from fastopt.rules import RULES
+from fastopt import _core, matrix
+from fastopt.rules import FACTORED_RULES, RULES
 
-__all__ = list(RULES)
+__all__ = list(RULES) + list(FACTORED_RULES)
 
 # The block of the per-tensor sums (csrc/fastopt/kernels.h, FO_SUMSQ_BLOCK)
 SUMSQ_BLOCK = _core.SUMSQ_BLOCK
@@ -47,6 +47,8 @@ def _rule(body):
         step = kwargs.pop("step", None)
         now = [float(given[k].reshape(-1)[0]) for k in scalars]
         c = types.SimpleNamespace(**_core.coefficients(entry.name, step, now, **kwargs))
+        # a matrix step reads the hyperparameters themselves
+        c.hyper = {h.name: kwargs.get(h.name, h.default) for h in entry.kernel_hypers}
         body(param, grad, *[given.get(s) for s in states], c)
         for k, value in zip(scalars, c.next):
             given[k][...] = value
@@ -520,6 +522,31 @@ def sgd_schedulefree(param, grad, z, c):
     z[...] = zi - c.lr * g
 
 
+@_rule
+def muon(param, grad, momentum_buffer, c):
+    """Muon (torch.optim.Muon): an element-wise pass, the matrix step
+    (fastopt.matrix.muon: Newton-Schulz in the parameter's dtype, and the lr
+    ratio of the shape), an element-wise pass.  torch's lerps are written
+    base + w * (end - self), from end with w - 1 when torch takes its
+    second branch (buf_from_grad, nest_from_buf); decay = 1 - lr *
+    weight_decay::
+
+        b = lerp(b, g, 1 - momentum)
+        u = lerp(g, b, momentum) if nesterov else b
+        o, ratio = newton_schulz(u), lr ratio of the shape
+        param = param * decay - (lr * ratio) * o
+    """
+    g = -grad if c.maximize else grad
+    b = momentum_buffer
+    b[...] = (g if c.buf_from_grad else b) + c.buf_w * (g - b)
+    if c.nesterov:
+        u = (b if c.nest_from_buf else g) + c.nest_w * (b - g)
+    else:
+        u = b.copy()
+    o, ratio = matrix.muon(u.reshape(np.shape(param)), c.hyper)
+    param[...] = param * c.decay - (c.lr * ratio) * o
+
+
 # ---------------------------------------------------------------------------
 # bfloat16 states (csrc/fastopt/lowp.h)
 #
@@ -705,3 +732,78 @@ def q8_step(name, key, param, grad, *states, **kwargs):
             codes, scales = q8_encode(value, st.sign == "nonneg", lowp_slot_key(key, slot))
             pair[0][...] = codes.reshape(np.shape(pair[0]))
             pair[1][...] = scales
+
+
+# Factored rules (rules.FACTORED_RULES): states of other shapes than the
+# parameter's, and sums along an axis.
+
+
+def rowsq(x):
+    """The sums of squares of ``x`` along its last axis, in double, each as
+    :func:`sumsq` sums a tensor; shape: x's with the last dimension 1."""
+    rows = np.asarray(x).reshape(-1, x.shape[-1])
+    return np.array([sumsq(r) for r in rows]).reshape(x.shape[:-1] + (1,))
+
+
+def colsq(x):
+    """The sums of squares of ``x`` along its second-to-last axis, in
+    double, the rows added in index order (a running sum); shape: x's
+    with the second-to-last dimension 1."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.cumsum(x * x, axis=-2)[..., -1:, :]
+
+
+def _lerp(state, target, c):
+    """torch.lerp(state, target, weight) with torch's two branches."""
+    if c.weight < 0.5:
+        return state + c.weight * (target - state)
+    return target - (target - state) * c.one_minus_weight
+
+
+def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
+              beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+              maximize=False):
+    """Adafactor (torch.optim.Adafactor); weight = t^beta2_decay,
+    rho = min(lr, 1 / sqrt(t)), decay = 1 - lr * weight_decay, eps1 the
+    dtype's machine epsilon when None, in the array's dtype unless said::
+
+        row_var = lerp(row_var, rowsq(g) / cols, weight)      (>= 2 dimensions;
+        col_var = lerp(col_var, colsq(g) / rows, weight)       sums in double,
+        den = max(mean of row_var over the rows, eps1)         rounded once)
+        v = row_var * col_var / den
+        variance = lerp(variance, g * g, weight);  v = variance   (otherwise)
+        u = (1 / sqrt(max(v, eps1 * eps1))) * g
+        alpha = max(eps2, ||param|| / sqrt(n)) * rho          (double)
+        k = alpha / max(1, ||u|| / (sqrt(n) * d))             (double)
+        param = param * decay - k * u
+    """
+    c = types.SimpleNamespace(**_core.adafactor_coefficients(
+        step, lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+        weight_decay=weight_decay, maximize=maximize))
+    dt = param.dtype.type
+    eps1 = np.finfo(param.dtype).eps if c.dtype_eps else dt(c.eps1)
+    eps1_sq = dt(float(eps1) * float(eps1)) if c.dtype_eps else dt(c.eps1_sq)
+    g = -grad if c.maximize else grad
+    if param.ndim >= 2:
+        rows, cols = param.shape[-2], param.shape[-1]
+        row_var[...] = _lerp(row_var, (rowsq(g) / cols).astype(param.dtype), c)
+        col_var[...] = _lerp(col_var, (colsq(g) / rows).astype(param.dtype), c)
+        mean = _sum_rows(row_var) / rows
+        den = np.maximum(mean.astype(param.dtype), eps1)
+        v = row_var * col_var / den
+    else:
+        variance[...] = _lerp(variance, g * g, c)
+        v = variance
+    u = (dt(1) / np.sqrt(np.maximum(v, eps1_sq))) * g
+    root_n = math.sqrt(param.size)
+    rms = math.sqrt(sumsq(param)) / root_n
+    alpha = (rms if rms > c.eps2 else c.eps2) * c.rho
+    ratio = math.sqrt(sumsq(u)) / (root_n * c.d)
+    k = alpha / (ratio if ratio > 1.0 else 1.0)
+    param[...] = param * c.decay - k * u
+
+
+def _sum_rows(x):
+    """The sums of ``x`` along its second-to-last axis in double, the rows
+    added in index order (a running sum), keeping that axis as 1."""
+    return np.cumsum(np.asarray(x, dtype=np.float64), axis=-2)[..., -1:, :]

@@ -29,8 +29,11 @@ class Hyper:
     check: "real" (a finite number in [lo, hi), or [lo, hi] when closed),
     "flag" (a bool), "tuple" (a tuple or list of ``size`` reals, each
     checked as "real"; AdEMAMix's three betas), "pair" (a "tuple" of size 2;
-    betas) or "count" (None or an int >= lo; a number of steps such as a
-    warm-up's, None for none, which the kernel receives as FO_NO_COUNT).
+    betas), "count" (None or an int >= lo; a number of steps such as a
+    warm-up's, None for none, which the kernel receives as FO_NO_COUNT),
+    "int" (an int in [lo, hi]; Muon's Newton-Schulz steps) or "choice"
+    (one of ``choices``, None or strings; the kernel receives its index
+    as a double; Muon's adjust_lr_fn).
     label: torch's words for it in "Invalid <label>: x".
     kernel: False for a class-only hyperparameter (e.g. the initial value of
     a state), which the kernel never sees.  keyword_only: after ``*`` in the
@@ -46,6 +49,7 @@ class Hyper:
     kernel: bool = True
     keyword_only: bool = False
     size: int = 0
+    choices: tuple = ()
 
     @property
     def length(self):
@@ -74,12 +78,35 @@ class State:
     needed, None when always needed; initial: its start value, a number or
     the name of a class-only hyperparameter; sign: "nonneg" for a state
     that is never negative (a sum or average of squares, a step size), which
-    8-bit states code without a sign bit, else ""."""
+    8-bit states code without a sign bit, else "".  shape: "full", the
+    parameter's shape (every rule of RULES); for a factored rule (of
+    FACTORED_RULES), "row" (the parameter's shape with the last dimension
+    set to 1) or "col" (the second-to-last set to 1), present for
+    parameters of 2 or more dimensions, or "vector" (the parameter's
+    shape), present for parameters of fewer than 2."""
     name: str
     key: str = ""
     when: Optional[str] = None
     initial: object = 0.0
     sign: str = ""
+    shape: str = "full"
+
+    def present(self, ndim):
+        """Whether a parameter of ``ndim`` dimensions has this state."""
+        if self.shape in ("row", "col"):
+            return ndim >= 2
+        if self.shape == "vector":
+            return ndim < 2
+        return True
+
+    def shape_for(self, shape):
+        """This state's shape for a parameter of shape ``shape``."""
+        shape = tuple(shape)
+        if self.shape == "row":
+            return shape[:-1] + (1,)
+        if self.shape == "col":
+            return shape[:-2] + (1,) + shape[-1:]
+        return shape
 
     @property
     def state_key(self):
@@ -153,6 +180,7 @@ class Rule:
     bench: dict = dataclasses.field(default_factory=dict)
     package: str = ""
     mixin: str = ""
+    matrix: str = ""
 
     def hyper(self, name):
         for h in self.hypers:
@@ -185,11 +213,21 @@ class Rule:
 
     def bytes_per_element(self, itemsize, hp=None):
         """Minimal traffic of one step: p read and written, g read, each
-        state needed by ``hp`` (the defaults when None) read and written."""
+        state needed by ``hp`` (the defaults when None) read and written;
+        a factored rule's, for a matrix (its row and column states are
+        a vanishing part of it)."""
         hp = hp or {}
-        used = [s for s in self.states
-                if s.when is None or hp.get(s.when, self.hyper(s.when).default)]
+        used = [s for s in self.states if s.present(2) and s.shape != "row"
+                and s.shape != "col"
+                and (s.when is None or hp.get(s.when, self.hyper(s.when).default))]
         return (3 + 2 * len(used) + self.extra_traffic) * itemsize
+
+    @property
+    def factored(self):
+        """States of other shapes than the parameter's (State.shape): the
+        rule's first pass is the sums along the last two axes
+        (docs/adding-a-rule.md, "Rules with row and column states")."""
+        return any(s.shape != "full" for s in self.states)
 
     @property
     def tested_against(self):
@@ -697,6 +735,102 @@ RULES = {r.name: r for r in (
         coefficients=("lerp", "y_coef", "lr", "l2"),
         options=("first_step", "lerp_from_z"),
         package="schedulefree.SGDScheduleFree", mixin="ScheduleFree"),
+    Rule(
+        name="muon", cls="Muon", torch="torch.optim.Muon",
+        conformance="`torch.optim.Muon` (torch 2.13; bfloat16 Newton-Schulz, "
+                    "within a bound bfloat16 explains) and a float64 "
+                    "transcription of its step, tests/test_muon.py",
+        source="Jordan et al., Muon: An optimizer for hidden layers in neural "
+               "networks (2024), Newton-Schulz coefficients and the "
+               "\"original\" lr adjustment; Liu et al., Muon is Scalable for "
+               "LLM Training (2025), \"match_rms_adamw\"; names, defaults "
+               "and step: torch.optim.Muon (torch 2.13)",
+        doc="Muon: momentum (an EMA, torch's lerp), optionally Nesterov's, "
+            "orthogonalised by ns_steps Newton-Schulz iterations (matrix "
+            "products with NumPy's matmul, in the parameter's dtype, on the "
+            "update divided by max(||update||_F, eps), transposed when it "
+            "has more rows than columns), then param * (1 - lr * "
+            "weight_decay) minus the adjusted lr times it.  adjust_lr_fn: "
+            "None or \"original\" scale lr by sqrt(max(1, rows / cols)), "
+            "\"match_rms_adamw\" by 0.2 * sqrt(max(rows, cols)).  2-D "
+            "parameters only: give biases, embeddings and other tensors to "
+            "another optimizer such as AdamW.  torch runs Newton-Schulz in "
+            "bfloat16 whatever the parameter's dtype; fastopt in the "
+            "parameter's dtype, which is more accurate.  maximize is not in "
+            "torch's Muon.",
+        hypers=(_lr(1e-3),
+                Hyper("weight_decay", 0.1, "decoupled weight decay: the "
+                      "parameter is multiplied by 1 - lr * weight_decay",
+                      label="weight_decay value"),
+                Hyper("momentum", 0.95, "the momentum buffer's EMA factor "
+                      "(buffer = lerp(buffer, grad, 1 - momentum))",
+                      label="momentum value"),
+                Hyper("nesterov", True, "orthogonalise lerp(grad, buffer, "
+                      "momentum) instead of the buffer", check="flag"),
+                Hyper("ns_coefficients", (3.4445, -4.775, 2.0315),
+                      "(a, b, c) of the quintic Newton-Schulz iteration "
+                      "X = a X + (b A + c A A) X, A = X X^T", check="tuple",
+                      size=3, lo=-INF, label="ns_coefficients value"),
+                Hyper("eps", 1e-7, "the update is divided by max(its "
+                      "Frobenius norm, eps)", label="epsilon value"),
+                Hyper("ns_steps", 5, "Newton-Schulz iterations (torch "
+                      "refuses 100 or more)", check="int", hi=99,
+                      label="ns_steps value"),
+                Hyper("adjust_lr_fn", None, "None or \"original\": lr * "
+                      "sqrt(max(1, rows / cols)); \"match_rms_adamw\": lr * "
+                      "0.2 * sqrt(max(rows, cols))", check="choice",
+                      choices=(None, "original", "match_rms_adamw"),
+                      label="adjust_lr_fn value"),
+                MAXIMIZE),
+        states=(State("momentum_buffer"),),
+        coefficients=("buf_w", "nest_w", "decay", "lr"),
+        options=("nesterov", "buf_from_grad", "nest_from_buf", "post"),
+        step=None, matrix="muon", extra_traffic=2),
+)}
+
+# Rules whose states are not all of the parameter's shape (State.shape):
+# the kernel side is the same table machinery (fo_run with an axis pass
+# before the two passes of a rule with reductions), but the doors that
+# assume parameter-shaped states (the generated functional entry points, the
+# optimizers' Plan, the table-driven tests) do not take them.  Each has a
+# functional door, a reference and a class of its own (fastopt.factored)
+# and a test file of its own.  The C side numbers them after RULES.
+FACTORED_RULES = {r.name: r for r in (
+    Rule(
+        name="adafactor", cls="Adafactor", torch="torch.optim.Adafactor",
+        conformance="`torch.optim.Adafactor` (torch 2.13), tests/test_adafactor.py",
+        source="Shazeer & Stern, Adafactor: Adaptive Learning Rates with "
+               "Sublinear Memory Cost (ICML 2018); the formulation of "
+               "torch.optim.Adafactor (torch 2.13, _single_tensor_adafactor: "
+               "beta2_t = 1 - t^beta2_decay, relative step rho_t = "
+               "min(lr, 1/sqrt(t)), no first moment), its names and defaults",
+        doc="Adafactor: a factored second moment (row and column means of "
+            "g * g, lerped with weight t^beta2_decay) for parameters of 2 or "
+            "more dimensions (the leading ones are batch), a full one for "
+            "vectors and scalars; the step is max(eps2, RMS(param)) * "
+            "min(lr, 1/sqrt(t)), divided by max(1, RMS(update) / d).  eps1 "
+            "None is the dtype's machine epsilon.  Row and column sums are "
+            "in double, each in an order fixed by the element index; the "
+            "RMS's are sums of squares as LAMB's.",
+        hypers=(_lr(1e-2),
+                Hyper("beta2_decay", -0.8, "exponent of the second moment's "
+                      "lerp weight t^beta2_decay (<= 0)",
+                      label="beta2_decay", lo=-INF, hi=0.0, closed=True),
+                Hyper("eps", (None, 1e-3), "eps1 (floor of the row mean and, "
+                      "squared, of the variance estimate; None: the dtype's "
+                      "machine epsilon) and eps2 (floor of the parameter's "
+                      "RMS)", check="pair", label="epsilon"),
+                Hyper("d", 1.0, "clipping threshold of the update's RMS",
+                      lo=1.0, label="Clipping threshold d"),
+                Hyper("weight_decay", 0.0, "decoupled weight decay",
+                      label="weight_decay"),
+                MAXIMIZE),
+        states=(State("row_var", shape="row"), State("col_var", shape="col"),
+                State("variance", shape="vector")),
+        coefficients=("weight", "one_minus_weight", "rho", "eps1", "eps1_sq",
+                      "eps2", "d", "decay"),
+        options=("dtype_eps",), reductions=("param_sq", "update_sq"),
+        extra_traffic=3),
 )}
 
 # The most state slots and coefficients a rule may have (csrc/fastopt/kernels.h).
@@ -714,11 +848,14 @@ def readme_table():
     lines = ["| class | source (paper, reference implementation, defaults) | "
              "conformance test against | bytes/element (float32) |",
              "|---|---|---|---|"]
-    for r in RULES.values():
+    for r in list(RULES.values()) + list(FACTORED_RULES.values()):
         for name, fixed, defaults, _ in r.classes():
             hp = {h.name: defaults.get(h.name, h.default) for h in r.hypers}
             hp.update(fixed)
-            passes = " (two passes)" if r.reductions else ""
+            passes = (" (three passes)" if r.factored
+                      else " (two passes)" if r.reductions else "")
+            if r.matrix:
+                passes = " (two passes around the matrix step)"
             lines.append(f"| `{name}` | {r.source} | {r.tested_against} | "
                          f"{r.bytes_per_element(4, hp)}{passes} |")
     return "\n".join(lines)

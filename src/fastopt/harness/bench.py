@@ -34,6 +34,7 @@ import numpy as np
 
 import fastopt
 from fastopt import _core
+from fastopt.rules import FACTORED_RULES
 from fastopt.rules import RULES as TABLE
 from fastopt import functional as F
 from fastopt import reference as R
@@ -59,8 +60,10 @@ class Rule:
         self.hp = hp
         self.fastopt_fn = getattr(F, entry.name)
         self.reference_fn = getattr(R, entry.name)
+        # a factored rule's row is a matrix: the states a matrix has
         self.states = [s for s in entry.states
-                       if s.when is None or hp[s.when]]
+                       if (s.when is None or hp[s.when])
+                       and (not entry.factored or s.present(2))]
         self.nstates = len(self.states)
         self.torch_cls = torch_cls
         self.torch_kwargs = torch_kwargs
@@ -78,6 +81,11 @@ class Rule:
         states = list(states) + [
             np.full(1, float(self.hp[s.initial] if isinstance(s.initial, str) else s.initial))
             for s in self.entry.scalar_states]
+
+        if self.entry.factored:
+            # the door takes every slot, None for those a matrix lacks
+            given = iter(states)
+            states = [next(given) if s.present(2) else None for s in self.entry.states]
 
         def run():
             nonlocal t
@@ -98,7 +106,7 @@ def _rows():
     """A row per optimizer class of the table, at its defaults and the
     rule's bench settings; torch compared where torch has the class."""
     rows = {}
-    for entry in TABLE.values():
+    for entry in list(TABLE.values()) + list(FACTORED_RULES.values()):
         for cls, fixed, defaults, _ in entry.classes():
             hp = {h.name: defaults.get(h.name, h.default) for h in entry.hypers}
             hp.update(fixed)
@@ -191,7 +199,31 @@ def _torch():
 # ---------------------------------------------------------------------------
 # per-size measurement
 
+def _shape(rule, n):
+    """n elements as a vector, or for a rule with a matrix step (Muon) as
+    the squarest matrix of n elements."""
+    if not rule.entry.matrix:
+        return n
+    rows = max(r for r in range(1, math.isqrt(max(n, 1)) + 1) if n % r == 0)
+    return (rows, n // rows)
+
+
+def _matrix_shape(n):
+    """(rows, cols) with rows * cols = n, cols the divisor nearest sqrt(n)
+    from below: a factored rule's row is one near-square matrix."""
+    cols = max(1, int(math.isqrt(n)))
+    while n % cols:
+        cols -= 1
+    return (n // cols, cols)
+
+
 def _arrays(rule, n, dtype, rng):
+    if rule.entry.factored:
+        shape = _matrix_shape(n)
+        p = rng.standard_normal(shape).astype(dtype)
+        g = (rng.standard_normal(shape) * 1e-2).astype(dtype)
+        return p, g, [np.zeros(s.shape_for(shape), dtype) for s in rule.states]
+    n = _shape(rule, n)
     p = rng.standard_normal(n).astype(dtype)
     g = (rng.standard_normal(n) * 1e-2).astype(dtype)
     # states at their start values (Adagrad's sum at a positive one, so the
@@ -234,18 +266,31 @@ def _package_stepper(torch, rule, p, g, impl):
     return opt.step, tp
 
 
+def _torch_kwargs(cls, rule):
+    """The row's hyperparameters that torch's class takes (torch's Muon has
+    no maximize, which fastopt offers every rule)."""
+    import inspect
+    takes = inspect.signature(cls).parameters
+    return {k: v for k, v in rule.torch_kwargs.items() if k in takes}
+
+
 def _torch_stepper(torch, rule, p, g, impl):
     """A callable doing one torch.optim step of `impl` on copies of p, g."""
     if impl.startswith("sf-"):
         return _package_stepper(torch, rule, p, g, impl)
     tp = torch.from_numpy(p.copy()).requires_grad_(False)
     tp.grad = torch.from_numpy(g.copy())
-    kw = dict(rule.torch_kwargs)
-    if impl == "fused":
+    cls = getattr(torch.optim, rule.torch_cls)
+    kw = _torch_kwargs(cls, rule)
+    import inspect
+    if "foreach" not in inspect.signature(cls).parameters:
+        # a class with a single-tensor loop only (torch's Muon)
+        if impl != "forloop":
+            raise TypeError(f"torch.optim.{rule.torch_cls} has no {impl} path")
+    elif impl == "fused":
         kw["fused"] = True
     else:
         kw["foreach"] = impl == "foreach"
-    cls = getattr(torch.optim, rule.torch_cls)
     if rule.name == "adagrad":
         kw["initial_accumulator_value"] = 0.1
     opt = cls([tp], **kw)
@@ -257,7 +302,9 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
     """Records for one rule, dtype and size, one per fastopt thread count."""
     p, g, states = _arrays(rule, n, dtype, rng)
     kp, ks = _check_exact(rule, p, g, states)
-    floor_arrays = [p.copy(), g.copy()] + [s.copy() for s in states]
+    # the floor moves the parameter-shaped arrays (a factored rule's row and
+    # column states are a vanishing part of its traffic)
+    floor_arrays = [p.copy(), g.copy()] + [s.copy() for s in states if s.shape == p.shape]
     run_fastopt = rule.bind(rule.fastopt_fn, kp, g, ks)
     rp, rs = p.copy(), [s.copy() for s in states]
     run_numpy = rule.bind(rule.reference_fn, rp, g, rs)
@@ -285,6 +332,15 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
                     torch.set_default_dtype(default)
                 rule.call(rule.fastopt_fn, check, g, cs, 1)
                 tol = (1e-4, 1e-7) if dtype == np.float32 else (1e-9, 1e-13)
+                if rule.entry.matrix:
+                    # torch's Newton-Schulz is bfloat16: its step within
+                    # 2^-4 of its largest entry (tests/test_muon.py)
+                    tol = (0.0, 2.0 ** -4 * np.abs(tp.numpy() - p).max())
+                if rule.entry.factored and dtype == np.float32:
+                    # torch takes a float32 tensor's norm in float32: over
+                    # 10^7 elements 3159.554 where the double sum gives
+                    # 3160.708, so its step differs by about 4e-4 of itself
+                    tol = (0.0, 1e-3 * float(np.abs(check - p).max()))
                 if not np.allclose(tp.numpy(), check, rtol=tol[0], atol=tol[1]):
                     raise AssertionError(f"torch {impl} {rule.name} disagrees")
                 torch_calls[impl] = stepper
@@ -327,6 +383,90 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
         records.append(rec)
     fastopt.set_num_threads(None)
     return records
+
+
+# ---------------------------------------------------------------------------
+# rules with a matrix step (Muon)
+
+MATRIX_SHAPES = [(1024, 1024)]
+
+
+def _torch_matrix_step(torch, rule, work, hyper):
+    """torch's own matrix step for the row, when torch has one as a
+    function (Muon's bfloat16 Newton-Schulz), else None."""
+    if rule.torch_cls != "Muon":
+        return None
+    from torch.optim import _muon
+    tw = torch.from_numpy(work.copy())
+    coefficients = tuple(hyper["ns_coefficients"])
+    return lambda: _muon._zeropower_via_newtonschulz(
+        tw, coefficients, hyper["ns_steps"], hyper["eps"])
+
+
+def measure_matrix(rule, dtype, shape, budget, torch):
+    """One step of a rule with a matrix step on one matrix, at all threads:
+    the whole step, its matrix step alone (Newton-Schulz on a work array,
+    NumPy's matmul) and the step without products (ns_steps=0: the two
+    element-wise passes, the update's norm and its division), beside
+    torch's class step, its own matrix step (bfloat16) and its step at
+    ns_steps=0, at torch's thread count.  The step is checked against the
+    reference, bit for bit, before it is timed."""
+    from fastopt import matrix
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(shape).astype(dtype)
+    g = (rng.standard_normal(shape) * 1e-2).astype(dtype)
+    states = [np.zeros(shape, dtype) for _ in rule.states]
+    kp, ks = _check_exact(rule, p, g, states)
+    hyper = {h.name: rule.hp[h.name] for h in rule.entry.kernel_hypers}
+    fn = getattr(matrix, rule.entry.matrix)
+    work = ks[0].copy()
+    # the step without products: the two passes and the normalisation of
+    # the update (one sum of squares, one division), Newton-Schulz at 0 steps
+    bare = Rule(rule.name, rule.entry,
+                                      {**rule.hp, "ns_steps": 0},
+                                      rule.torch_cls, {**rule.torch_kwargs, "ns_steps": 0})
+    calls = {"step": rule.bind(rule.fastopt_fn, kp, g, ks),
+             "matrix": lambda: fn(work, hyper),
+             "passes": bare.bind(bare.fastopt_fn, kp.copy(), g, [s.copy() for s in ks])}
+    med = interleaved(calls, budget, min_reps=5, max_reps=20)
+    if torch is not None and rule.torch_cls:
+        # timed apart from fastopt's calls, as in measure_size: torch's
+        # OpenMP threads and NumPy's BLAS threads each spin a while after
+        # their work, and on two cores one pool's spinning slows the other's
+        # next call
+        tcalls = {}
+        cls = getattr(torch.optim, rule.torch_cls)
+        for key, row in (("torch_step", rule), ("torch_passes", bare)):
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())
+            tcalls[key] = cls([tp], **_torch_kwargs(cls, row)).step
+        tm = _torch_matrix_step(torch, rule, work, hyper)
+        if tm is not None:
+            tcalls["torch_matrix"] = tm
+        med.update(interleaved(tcalls, budget, min_reps=5, max_reps=20))
+    return {"rule": rule.name, "dtype": np.dtype(dtype).name, "shape": list(shape),
+            "threads": fastopt.get_num_threads(), "simd": fastopt.get_simd_level(),
+            **{f"{k}_s": v for k, v in med.items()}}
+
+
+def print_matrix_table(records, file=sys.stdout):
+    print("rules with a matrix step, ms per step (medians): the step; its matrix "
+          "step alone; the step without products (the element-wise passes and "
+          "the update's normalisation: ns_steps=0); torch's the same",
+          file=file)
+    print(f"{'rule':6s} {'dtype':7s} {'shape':>11s} {'step':>8s} {'matrix':>8s} "
+          f"{'passes':>7s} {'torch':>8s} {'t.matrix':>8s} {'t.passes':>8s} "
+          f"{'xtorch':>6s}", file=file)
+    for r in records:
+        shape = "x".join(str(d) for d in r["shape"])
+        line = (f"{r['rule']:6s} {r['dtype']:7s} {shape:>11s} {1e3 * r['step_s']:8.2f} "
+                f"{1e3 * r['matrix_s']:8.2f} {1e3 * r['passes_s']:7.2f}")
+        if "torch_step_s" in r:
+            line += f" {1e3 * r['torch_step_s']:8.2f}"
+            line += (f" {1e3 * r['torch_matrix_s']:8.2f} {1e3 * r['torch_passes_s']:8.2f}"
+                     if "torch_matrix_s" in r else f" {'-':>8s} {'-':>8s}")
+            line += f" {r['torch_step_s'] / r['step_s']:6.2f}"
+        print(line, file=file)
 
 
 # ---------------------------------------------------------------------------
@@ -609,8 +749,18 @@ def main(args):
              ", torch not installed")
           + f"; threads from {_core.get_parallel_threshold()} elements")
     records = []
+    matrix_records = []
     t_start = time.perf_counter()
     for name in rules:
+        if RULES[name].entry.matrix:
+            for dtype in dtypes:
+                for shape in MATRIX_SHAPES:
+                    rec = measure_matrix(RULES[name], dtype, shape, budget, torch)
+                    matrix_records.append(rec)
+                    print(f"  {name} {np.dtype(dtype).name} {shape}: step "
+                          f"{1e3 * rec['step_s']:.2f} ms, matrix step "
+                          f"{1e3 * rec['matrix_s']:.2f} ms", file=sys.stderr)
+            continue
         for dtype in dtypes:
             for n in sizes:
                 recs = measure_size(RULES[name], dtype, n, threads, budget, torch,
@@ -623,6 +773,9 @@ def main(args):
                           file=sys.stderr)
     print()
     print_table(records)
+    if matrix_records:
+        print()
+        print_matrix_table(matrix_records)
 
     extra = {"overheads": measure_overheads(budget, torch, rng),
              "many_tensors": [measure_many(budget, torch, rng, t) for t in threads],
@@ -661,9 +814,10 @@ def main(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": fastopt._config.config(), "records": records,
-                       **extra}, f, indent=1, default=str)
+                       "matrix_records": matrix_records, **extra}, f, indent=1,
+                      default=str)
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and records:
         if plot(records, args.plot):
             print(f"wrote {args.plot}")
     return 0

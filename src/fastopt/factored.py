@@ -1,0 +1,189 @@
+"""Optimizer classes of the factored rules (:data:`fastopt.rules.FACTORED_RULES`).
+
+A factored rule keeps states of other shapes than its parameters (Adafactor's
+``row_var`` and ``col_var`` of a matrix) and which states a parameter has
+depends on its number of dimensions, so these classes do not step through
+the Plan of :mod:`fastopt.optim`, which keeps parameter-shaped states in
+one buffer: each parameter is stepped with its own call of the rule's
+functional door (one C call: the axis pass and the rule's passes).  Groups,
+None gradients, ``skip_nonfinite``, ``state_dict``, checkpoints and
+schedules behave as in :class:`fastopt.optim.Optimizer`; ``ema_decay`` and
+``accumulation_steps`` are not offered.
+
+Everything a step could reject is checked before the first array is
+written: an error leaves parameters, states and step counts as they were.
+"""
+import numpy as np
+
+from fastopt import _core, checkpoint
+from fastopt.checkpoint import FORMAT, VERSION
+from fastopt.optim import Optimizer
+from fastopt.rules import FACTORED_RULES
+
+__all__ = ["Adafactor"]
+
+
+class Adafactor(Optimizer):
+    """Adafactor (torch.optim.Adafactor): a factored second moment for
+    parameters of 2 or more dimensions (the leading ones batch), a full one
+    for vectors and scalars, and a step relative to the parameter's RMS.
+
+    The rule, line by line: :func:`fastopt.reference.adafactor`.
+    Source: Shazeer & Stern, Adafactor: Adaptive Learning Rates with
+    Sublinear Memory Cost (ICML 2018); torch.optim.Adafactor (torch 2.13):
+    names, defaults, state keys and its formulation (lerp weight
+    t^beta2_decay, rho = min(lr, 1/sqrt(t)), update clipped by
+    max(1, RMS(update) / d), decoupled weight decay).
+
+    Hyperparameters:
+        lr: learning rate (relative step rho = min(lr, 1 / sqrt(t)))
+        beta2_decay: exponent of the second moment's lerp weight t^beta2_decay (<= 0)
+        eps: (eps1, eps2): eps1 floors the row mean and, squared, the
+            variance estimate (None: the dtype's machine epsilon, as torch's
+            finfo(dtype).eps); eps2 floors the parameter's RMS
+        d: clipping threshold of the update's RMS (>= 1)
+        weight_decay: decoupled weight decay, param * (1 - lr * weight_decay)
+        foreach: accepted for torch's signature and ignored (every step is
+            one fused C call per parameter)
+        maximize: ascend instead of descend
+        skip_nonfinite: skip a step whose gradients hold a NaN or an infinity
+
+    States (per parameter, torch's keys): step; row_var (shape with the last
+    dimension 1) and col_var (the second-to-last 1) for parameters of 2 or
+    more dimensions; variance (the parameter's shape) for the others.  The
+    step count is an int, as in every fastopt state_dict.
+    """
+
+    rule = FACTORED_RULES["adafactor"]
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3),
+                 d=1.0, weight_decay=0.0, *, foreach=None, maximize=False,
+                 skip_nonfinite=False):
+        Optimizer.__init__(self, params, dict(
+            lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+            weight_decay=weight_decay, foreach=foreach, maximize=maximize),
+            skip_nonfinite=skip_nonfinite)
+        self._steps = [0] * len(self._params)
+        self._states = [{} for _ in self._params]
+
+    def _check_group(self, group):
+        foreach = group.get("foreach")
+        if foreach is not None and not isinstance(foreach, (bool, np.bool_)):
+            raise TypeError(f"foreach must be None or a bool, got {foreach!r}")
+        for name in ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize"):
+            if name not in group:
+                raise ValueError(f"{name} is missing")
+        _core._adafactor_hypers(group["lr"], group["beta2_decay"], group["eps"],
+                                group["d"], group["weight_decay"], group["maximize"])
+
+    def _make_plans(self):
+        # states are kept per parameter (self._states), not in plans; the
+        # parameters are checked here, as a Plan checks them
+        for i, p in enumerate(self._params):
+            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"parameter {self._labels[i]!r} must be a float32 "
+                                f"or float64 numpy.ndarray, got "
+                                f"{getattr(p, 'dtype', type(p).__name__)}")
+            if not (p.flags.c_contiguous and p.flags.aligned and p.flags.writeable
+                    and p.dtype.isnative):
+                raise ValueError(f"parameter {self._labels[i]!r} must be a "
+                                 f"writable, C-contiguous, aligned, native-order array")
+        return [], []
+
+    def _kernel_hypers(self, group):
+        return {k: group[k] for k in ("lr", "beta2_decay", "eps", "d",
+                                      "weight_decay", "maximize")}
+
+    def _new_states(self, p):
+        return {s.state_key: np.zeros(s.shape_for(p.shape), dtype=p.dtype)
+                for s in self.rule.states if s.present(p.ndim)}
+
+    def step(self, grads):
+        """Apply one update with ``grads`` (a list in the parameters' order,
+        or a dict by name); a None gradient leaves its parameter, state and
+        step count alone.  Returns False if ``skip_nonfinite`` skipped it."""
+        with self._lock:
+            ordered = self._ordered(grads)
+            hypers, start = [], 0
+            for group in self.param_groups:
+                self._check_group(group)
+                n = len(group["params"])
+                hypers += [self._kernel_hypers(group)] * n
+                start += n
+            arrays = list(self._params)
+            names = [f"parameter {label!r}" for label in self._labels]
+            for i, (p, g) in enumerate(zip(self._params, ordered)):
+                if g is None:
+                    continue
+                label = self._labels[i]
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"grad of parameter {label!r} must be a "
+                                    f"numpy.ndarray, got {type(g).__name__}")
+                if g.dtype != p.dtype or g.shape != p.shape:
+                    raise ValueError(f"grad of parameter {label!r} must be a "
+                                     f"{p.dtype} array of shape {p.shape}, got "
+                                     f"{g.dtype} {g.shape}")
+                if not (g.flags.c_contiguous and g.flags.aligned and g.dtype.isnative):
+                    raise ValueError(f"grad of parameter {label!r} must be "
+                                     f"C-contiguous, aligned and in native byte order")
+                arrays.append(g)
+                names.append(f"grad of parameter {label!r}")
+            for i, state in enumerate(self._states):
+                for key, value in state.items():
+                    arrays.append(value)
+                    names.append(f"state {key!r} of parameter {self._labels[i]!r}")
+            _core.check_disjoint(arrays, names)
+            if self.skip_nonfinite and not all(
+                    g is None or bool(np.isfinite(g).all()) for g in ordered):
+                self.skipped_steps += 1
+                return False
+            for i, (p, g) in enumerate(zip(self._params, ordered)):
+                if g is None:
+                    continue
+                if self._steps[i] == 0:
+                    self._states[i] = self._new_states(p)
+                s = self._states[i]
+                _core.adafactor(p, g, s.get("row_var"), s.get("col_var"),
+                                s.get("variance"), step=self._steps[i] + 1,
+                                **hypers[i])
+                self._steps[i] += 1
+            return True
+
+    def state_dict(self):
+        """As :meth:`fastopt.optim.Optimizer.state_dict`: ``{"format",
+        "version", "optimizer", "state": {index: {"step": int, "row_var",
+        "col_var" | "variance": array copies}}, "param_groups",
+        "skipped_steps"}``."""
+        with self._lock:
+            state = {}
+            for i, (t, s) in enumerate(zip(self._steps, self._states)):
+                if t:
+                    state[i] = {"step": t, **{k: v.copy() for k, v in s.items()}}
+            groups, start = [], 0
+            for group in self.param_groups:
+                n = len(group["params"])
+                saved = {**self._hyper(group), "params": list(range(start, start + n))}
+                if "param_names" in group:
+                    saved["param_names"] = list(group["param_names"])
+                groups.append(saved)
+                start += n
+            return {"format": FORMAT, "version": VERSION,
+                    "optimizer": type(self).__name__, "state": state,
+                    "param_groups": groups, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict):
+        """Restore a state from :meth:`state_dict`, copying its arrays; every
+        mismatch raises ValueError and changes nothing."""
+        with self._lock:
+            groups, steps, entries, skipped = checkpoint.check_state_dict(self, state_dict)
+            for group, hyper in zip(self.param_groups, groups):
+                kept = {k: group[k] for k in ("params", "param_names") if k in group}
+                group.clear()
+                group.update(kept)
+                group.update(hyper)
+            for i, p in enumerate(self._params):
+                self._steps[i] = steps[i]
+                self._states[i] = ({k: np.array(v, dtype=p.dtype, copy=True)
+                                    for k, v in entries[i].items()}
+                                   if steps[i] else {})
+            self.skipped_steps = skipped

@@ -1,0 +1,476 @@
+"""Adafactor against torch.optim.Adafactor (torch 2.13) and its reference.
+
+torch's _single_tensor_adafactor: step t counts from 1; the second
+moment's lerp weight is t^beta2_decay (1 - beta2_t); rho = min(lr,
+1/sqrt(t)); alpha = max(eps2, RMS(param)) * rho with the parameter's RMS
+taken before the decoupled decay param *= 1 - lr * weight_decay; a
+parameter of 2 or more dimensions keeps row_var (last dimension 1) and
+col_var (second-to-last 1), lerped towards the means of g * g along the last
+and the second-to-last axis, and its variance estimate is row_var @ col_var
+divided by the mean of row_var over the rows, floored at eps1; a vector or
+scalar keeps a full variance; the update g / sqrt(max(v, eps1^2)) is
+divided by max(1, RMS(update) / d); eps1 None is finfo(dtype).eps.
+
+Adafactor is a factored rule (rules.FACTORED_RULES): its states are not of
+the parameter's shape, so the table-driven tests (test_kernels,
+test_properties, test_state_machine, test_fuzz, test_bad_input,
+test_torch_conformance), whose models make parameter-shaped states through
+the generated doors and Plan, do not cover it; this file does their part:
+kernel against reference bit for bit on every level and thread count, the
+same bits across levels and threads, bad input at the functional door and
+the class, torch conformance of every option over 50 steps, groups, None
+gradients, skip_nonfinite, checkpoints and schedules.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastopt
+from conformance import assert_close
+from fastopt import _core, functional, reference
+
+# 0-D, 1-D, 2-D and 3-D parameters (3-D: a batch of matrices); (3, 4099):
+# rows longer than a block of the sums; (64, 70): enough rows and columns
+# for two threads to split the axis pass
+SHAPES = [(), (7,), (5, 6), (3, 4, 9), (1, 1), (3, 4099), (2, 64, 70)]
+DTYPES = [np.float32, np.float64]
+
+# Every option: the defaults, maximize, decoupled weight decay, a given eps1,
+# the clipping threshold d, an lr above 1/sqrt(t) for the first steps (rho
+# switches from lr to 1/sqrt(t) at t = 3), a slower beta2_decay.
+CONFIGS = {
+    "defaults": {},
+    "maximize": {"maximize": True},
+    "weight_decay": {"weight_decay": 0.2, "lr": 0.05},
+    "eps1": {"eps": (1e-3, 1e-2)},
+    "d": {"d": 1.7},
+    "rho_switch": {"lr": 0.6},
+    "beta2_decay": {"beta2_decay": -0.5, "maximize": True, "weight_decay": 0.1},
+}
+
+
+def new_states(p):
+    if p.ndim >= 2:
+        return [np.zeros(p.shape[:-1] + (1,), p.dtype),
+                np.zeros(p.shape[:-2] + (1,) + p.shape[-1:], p.dtype), None]
+    return [None, None, np.zeros_like(p)]
+
+
+def run(fn, p, grads, hyper):
+    p = p.copy()
+    states = new_states(p)
+    for t, g in enumerate(grads, start=1):
+        fn(p, g, *states, step=t, **hyper)
+    return [p] + [s for s in states if s is not None]
+
+
+def data(rng, shape, dtype, steps):
+    p = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
+    return p, grads
+
+
+# ---------------------------------------------------------------------------
+# kernel = reference, bit for bit
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_kernel_equals_reference_every_level_and_thread(exec_env, rng, shape, dtype):
+    for name in ("defaults", "maximize", "eps1"):
+        p, grads = data(rng, shape, dtype, 3)
+        got = run(functional.adafactor, p, grads, CONFIGS[name])
+        want = run(reference.adafactor, p, grads, CONFIGS[name])
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+            assert x.tobytes() == y.tobytes(), name
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_kernel_equals_reference_every_option(rng, config, dtype):
+    for shape in SHAPES[:5]:
+        p, grads = data(rng, shape, dtype, 6)
+        got = run(functional.adafactor, p, grads, CONFIGS[config])
+        want = run(reference.adafactor, p, grads, CONFIGS[config])
+        for x, y in zip(got, want):
+            assert x.tobytes() == y.tobytes(), shape
+
+
+def test_same_bits_on_every_level_and_thread_count(restore_config, rng):
+    """The row and column sums, the norms and the update: one answer
+    whatever the level and the split between threads."""
+    from conftest import AVAILABLE_LEVELS
+    for dtype in DTYPES:
+        p, grads = data(rng, (2, 300, 70), dtype, 3)
+        results = []
+        for level, threads in itertools.product(AVAILABLE_LEVELS, (1, 2)):
+            fastopt.set_simd_level(level)
+            fastopt.set_num_threads(threads)
+            _core.set_parallel_threshold(1 if threads > 1 else 1 << 15)
+            results.append(b"".join(x.tobytes() for x in
+                                    run(functional.adafactor, p, grads, {})))
+        assert len(set(results)) == 1
+
+
+def test_sums_along_axes_are_the_references(rng):
+    """The reference's row sums are fastopt's sums of squares of each row;
+    its column sums a running sum down the rows."""
+    x = rng.standard_normal((2, 3, 9000))
+    np.testing.assert_array_equal(reference.rowsq(x)[1, 2, 0], reference.sumsq(x[1, 2]))
+    col = 0.0
+    for r in range(3):
+        col += x[1, r, 5] * x[1, r, 5]
+    assert reference.colsq(x)[1, 0, 5] == col
+
+
+# ---------------------------------------------------------------------------
+# the traps, by name
+
+def test_lerp_weight_and_relative_step():
+    """1 - beta2_t = t^beta2_decay (1 at step 1: the state becomes the first
+    mean); rho = min(lr, 1/sqrt(t))."""
+    c1 = _core.adafactor_coefficients(1, lr=0.6)
+    c9 = _core.adafactor_coefficients(9, lr=0.6)
+    assert c1["weight"] == 1.0 and c1["rho"] == 0.6
+    assert c9["weight"] == pytest.approx(9.0 ** -0.8, rel=1e-15)
+    assert c9["rho"] == 1.0 / 3.0
+    assert _core.adafactor_coefficients(4)["rho"] == 1e-2
+
+
+def test_first_step_sets_states_to_the_first_means(rng):
+    p, (g,) = data(rng, (4, 5), np.float64, 1)
+    row, col, _ = new_states(p)
+    functional.adafactor(p, g, row, col, None, step=1)
+    np.testing.assert_allclose(row, (g * g).mean(axis=-1, keepdims=True), rtol=1e-15)
+    np.testing.assert_allclose(col, (g * g).mean(axis=-2, keepdims=True), rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_eps1_none_is_the_dtypes_machine_epsilon(dtype):
+    """A zero gradient: v = 0 is floored at eps1^2 with eps1 = finfo.eps, so
+    the update is 0 and the parameter only decays."""
+    p = np.ones((3, 4), dtype)
+    g = np.zeros_like(p)
+    g[0, 0] = np.finfo(dtype).eps   # g^2 underflows the floor's scale
+    got = run(functional.adafactor, p, [g], {})
+    want = run(reference.adafactor, p, [g], {})
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(got, want))
+    assert _core.adafactor_coefficients(1)["dtype_eps"]
+    assert not _core.adafactor_coefficients(1, eps=(1e-30, 1e-3))["dtype_eps"]
+
+
+# ---------------------------------------------------------------------------
+# torch conformance: 50 steps, every option, float64 and float32
+
+def torch_run(torch, params, grads, hyper, groups=None, foreach=False, sched=None):
+    tp = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    spec = [{"params": tp}] if groups is None else [
+        {"params": [tp[i] for i in idx], **g} for idx, g in groups]
+    opt = torch.optim.Adafactor(spec, foreach=foreach, **hyper)
+    s = sched(torch.optim.lr_scheduler, opt) if sched else None
+    for gs in grads:
+        for x, g in zip(tp, gs):
+            x.grad = None if g is None else torch.tensor(g.copy())
+        opt.step()
+        if s:
+            s.step()
+    return [x.detach().numpy() for x in tp], opt
+
+
+def fastopt_run(params, grads, hyper, groups=None, sched=None):
+    ps = [p.copy() for p in params]
+    spec = [{"params": ps}] if groups is None else [
+        {"params": [ps[i] for i in idx], **g} for idx, g in groups]
+    opt = fastopt.Adafactor(spec, **hyper)
+    s = sched(fastopt.lr_scheduler, opt) if sched else None
+    for gs in grads:
+        opt.step(list(gs))
+        if s:
+            s.step()
+    return ps, opt
+
+
+CONF_SHAPES = [(), (7,), (5, 6), (3, 4, 9)]
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}
+
+
+def problem(dtype, steps=50, none_every=0):
+    rng = np.random.default_rng(12)
+    params = [rng.standard_normal(s).astype(dtype) for s in CONF_SHAPES]
+    grads = []
+    for t in range(steps):
+        gs = [rng.standard_normal(s).astype(dtype) for s in CONF_SHAPES]
+        if none_every and t % none_every == 1:
+            gs[1] = None
+        grads.append(gs)
+    return params, grads
+
+
+def check_torch(torch, got, opt, want, topt, dtype):
+    # the conformance harness's measure: rtol, and rtol times the tensor's
+    # largest magnitude for an element that cancelled near zero
+    for i, (p, q) in enumerate(zip(got, want)):
+        assert_close(p, q, RTOL[dtype], f"param {i}")
+    sd, tsd = opt.state_dict()["state"], topt.state_dict()["state"]
+    assert sorted(sd) == sorted(tsd)
+    for i in sd:
+        assert sorted(sd[i]) == sorted(tsd[i])
+        assert sd[i]["step"] == int(tsd[i]["step"].item())
+        for key in sd[i]:
+            if key != "step":
+                want_state = tsd[i][key].numpy()
+                assert sd[i][key].shape == want_state.shape
+                assert_close(sd[i][key], want_state, RTOL[dtype], f"{key} of param {i}")
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_torch_conformance(config, dtype):
+    torch = pytest.importorskip("torch")
+    params, grads = problem(dtype)
+    got, opt = fastopt_run(params, grads, CONFIGS[config])
+    want, topt = torch_run(torch, params, grads, CONFIGS[config])
+    check_torch(torch, got, opt, want, topt, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_torch_conformance_groups_none_grads_schedule_foreach(dtype):
+    """Two groups with their own options, a parameter without a gradient
+    every fourth step (its step count lags), StepLR, and torch's foreach
+    path."""
+    torch = pytest.importorskip("torch")
+    params, grads = problem(dtype, none_every=4)
+    groups = [([0, 1], {}), ([2, 3], {"lr": 0.3, "weight_decay": 0.1, "d": 1.3})]
+
+    def sched(mod, opt):
+        return mod.StepLR(opt, step_size=7, gamma=0.5)
+    got, opt = fastopt_run(params, grads, {}, groups, sched)
+    for foreach in (False, True):
+        want, topt = torch_run(torch, params, grads, {}, groups, foreach, sched)
+        check_torch(torch, got, opt, want, topt, dtype)
+    assert opt.state_dict()["state"][1]["step"] < 50
+
+
+def test_constructor_defaults_and_state_keys_are_torchs():
+    torch = pytest.importorskip("torch")
+    import inspect
+    ours = inspect.signature(fastopt.Adafactor).parameters
+    theirs = inspect.signature(torch.optim.Adafactor).parameters
+    for name, par in theirs.items():
+        assert name in ours
+        assert ours[name].default == par.default, name
+        assert ours[name].kind == par.kind, name
+    p = [np.zeros((2, 3)), np.zeros(4)]
+    opt = fastopt.Adafactor(p)
+    opt.step([np.ones((2, 3)), np.ones(4)])
+    st = opt.state_dict()["state"]
+    assert sorted(st[0]) == ["col_var", "row_var", "step"]
+    assert st[0]["row_var"].shape == (2, 1) and st[0]["col_var"].shape == (1, 3)
+    assert sorted(st[1]) == ["step", "variance"]
+    assert opt.param_groups[0]["eps"] == (None, 1e-3)
+
+
+# ---------------------------------------------------------------------------
+# the class: skip_nonfinite, checkpoints, errors leave everything as it was
+
+def snapshot(opt, params):
+    return [p.copy() for p in params], opt.state_dict()
+
+
+def same(a, b):
+    (pa, sa), (pb, sb) = a, b
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(pa, pb))
+    assert sa["skipped_steps"] == sb["skipped_steps"]
+    assert sa["state"].keys() == sb["state"].keys()
+    for i in sa["state"]:
+        for k, v in sa["state"][i].items():
+            w = sb["state"][i][k]
+            assert (v == w) if k == "step" else v.tobytes() == w.tobytes()
+
+
+def test_skip_nonfinite(rng):
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt = fastopt.Adafactor(params, skip_nonfinite=True)
+    opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)])
+    before = snapshot(opt, params)
+    bad = rng.standard_normal(5)
+    bad[2] = np.nan
+    assert opt.step([rng.standard_normal((3, 4)), bad]) is False
+    assert opt.skipped_steps == 1
+    after = snapshot(opt, params)
+    before[1]["skipped_steps"] = 1
+    same(before, after)
+
+
+def test_checkpoint_resumes_bit_exactly(tmp_path, rng):
+    shapes = [(4, 6), (2, 3, 5), (7,), ()]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes]
+             for _ in range(10)]
+    a = [p.copy() for p in params]
+    opt = fastopt.Adafactor(a, weight_decay=0.1)
+    for gs in grads:
+        opt.step(gs)
+    b = [p.copy() for p in params]
+    first = fastopt.Adafactor(b, weight_decay=0.1)
+    for gs in grads[:5]:
+        first.step(gs)
+    first.save(tmp_path / "ckpt")
+    c = [p.copy() for p in b]
+    resumed = fastopt.Adafactor(c, weight_decay=0.1)
+    resumed.load(tmp_path / "ckpt")
+    for gs in grads[5:]:
+        resumed.step(gs)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, c))
+
+
+def test_load_rejects_wrong_state_shapes(rng):
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt = fastopt.Adafactor(params)
+    opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)])
+    before = snapshot(opt, params)
+    for i, key, value in ((0, "row_var", np.zeros((3, 4))),
+                          (0, "variance", np.zeros((3, 4))),
+                          (1, "row_var", np.zeros((5, 1)))):
+        sd = opt.state_dict()
+        sd["state"][i][key] = value
+        with pytest.raises(ValueError, match=key):
+            opt.load_state_dict(sd)
+        same(before, snapshot(opt, params))
+    sd = opt.state_dict()
+    del sd["state"][0]["col_var"]
+    with pytest.raises(ValueError, match="col_var"):
+        opt.load_state_dict(sd)
+
+
+BAD_CLASS_STEPS = [
+    ("grad dtype", lambda gs: [gs[0].astype(np.float32), gs[1]], ValueError, "grad of parameter 0"),
+    ("grad shape", lambda gs: [gs[0].T.copy(), gs[1]], ValueError, "grad of parameter 0"),
+    ("grad type", lambda gs: [gs[0], list(gs[1])], TypeError, "grad of parameter 1"),
+    ("grad strided", lambda gs: [gs[0], np.repeat(gs[1], 2)[::2]], ValueError, "grad of parameter 1"),
+    ("grad is param", lambda gs: gs[:1] + ["PARAM1"], ValueError, "grad of parameter 1"),
+    ("count", lambda gs: gs[:1], ValueError, "gradients"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CLASS_STEPS, ids=lambda c: c[0])
+def test_bad_steps_change_nothing(rng, case):
+    _, make, exc, match = case
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt = fastopt.Adafactor(params)
+    grads = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt.step(grads)
+    before = snapshot(opt, params)
+    bad = [params[1] if isinstance(g, str) else g for g in make(grads)]
+    with pytest.raises(exc, match=match):
+        opt.step(bad)
+    same(before, snapshot(opt, params))
+
+
+def test_bad_group_hyperparameter_changes_nothing(rng):
+    params = [rng.standard_normal((3, 4))]
+    opt = fastopt.Adafactor(params)
+    opt.step([rng.standard_normal((3, 4))])
+    before = snapshot(opt, params)
+    opt.param_groups[0]["d"] = 0.5
+    with pytest.raises(ValueError, match="d"):
+        opt.step([rng.standard_normal((3, 4))])
+    opt.param_groups[0]["d"] = 1.0
+    same(before, snapshot(opt, params))
+
+
+# ---------------------------------------------------------------------------
+# the functional door: every bad argument named, nothing written
+
+def good_call(dtype=np.float64, shape=(3, 4)):
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    return [p, g] + new_states(p)
+
+
+BAD_HYPERS = [
+    ({"lr": -1.0}, ValueError, "learning rate"),
+    ({"lr": "0.1"}, TypeError, "lr"),
+    ({"beta2_decay": 0.5}, ValueError, "beta2_decay"),
+    ({"beta2_decay": float("nan")}, ValueError, "beta2_decay"),
+    ({"eps": (-1.0, 1e-3)}, ValueError, "epsilon1"),
+    ({"eps": (None, -1.0)}, ValueError, "epsilon2"),
+    ({"eps": 1e-3}, TypeError, "eps"),
+    ({"eps": (None, 1e-3, 1.0)}, TypeError, "eps"),
+    ({"d": 0.5}, ValueError, "Clipping threshold d"),
+    ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+    ({"maximize": "yes"}, TypeError, "maximize"),
+    ({"step": 0}, ValueError, "step"),
+    ({"step": 1.5}, TypeError, "step"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_HYPERS, ids=lambda c: str(c[0]))
+def test_functional_bad_hyperparameters(case):
+    bad, exc, match = case
+    args = good_call()
+    before = [None if a is None else a.copy() for a in args]
+    kw = {"step": 1, **bad}
+    with pytest.raises(exc, match=match):
+        functional.adafactor(*args, **kw)
+    for a, b in zip(args, before):
+        assert (a is None and b is None) or a.tobytes() == b.tobytes()
+
+
+def _bad_arrays():
+    cases = []
+
+    def case(name, edit, exc, match, shape=(3, 4)):
+        cases.append((name, edit, exc, match, shape))
+    case("param list", lambda a: [a[0].tolist()] + a[1:], TypeError, "param")
+    case("param int", lambda a: [a[0].astype(np.int64)] + a[1:], TypeError, "param")
+    case("param readonly", lambda a: [_readonly(a[0])] + a[1:], ValueError, "param")
+    case("grad dtype", lambda a: [a[0], a[1].astype(np.float32)] + a[2:], TypeError, "grad")
+    case("grad shape", lambda a: [a[0], a[1].reshape(4, 3)] + a[2:], ValueError, "grad")
+    case("grad strided", lambda a: [a[0], np.asfortranarray(a[1])] + a[2:], ValueError, "grad")
+    case("row_var shape", lambda a: a[:2] + [np.zeros((1, 4)), a[3], None], ValueError, "row_var")
+    case("col_var shape", lambda a: a[:3] + [np.zeros((3, 1)), None], ValueError, "col_var")
+    case("col_var missing", lambda a: a[:3] + [None, None], ValueError, "col_var")
+    case("variance for a matrix", lambda a: a[:4] + [np.zeros((3, 4))], ValueError, "variance")
+    case("row_var dtype", lambda a: a[:2] + [a[2].astype(np.float32), a[3], None], TypeError, "row_var")
+    case("row_var swapped", lambda a: a[:2] + [a[2].astype(">f8"), a[3], None], ValueError, "row_var")
+    case("variance missing", lambda a: a[:2] + [None, None, None], ValueError, "variance", (5,))
+    case("row_var for a vector", lambda a: a[:2] + [np.zeros((5, 1)), None, a[4]], ValueError, "row_var", (5,))
+    case("variance shape", lambda a: a[:4] + [np.zeros(4)], ValueError, "variance", (5,))
+    case("grad is param", lambda a: [a[0], a[0]] + a[2:], ValueError, "grad")
+    case("variance is grad", lambda a: a[:4] + [a[1]], ValueError, "variance", (5,))
+    return cases
+
+
+def _readonly(x):
+    x = x.copy()
+    x.flags.writeable = False
+    return x
+
+
+@pytest.mark.parametrize("case", _bad_arrays(), ids=lambda c: c[0])
+def test_functional_bad_arrays(case):
+    _, edit, exc, match, shape = case
+    args = edit(good_call(shape=shape))
+    before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    with pytest.raises(exc, match=match):
+        functional.adafactor(*args, step=1)
+    for a, b in zip(args, before):
+        if isinstance(a, np.ndarray):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_empty_parameter_is_left_alone():
+    for shape in [(0,), (0, 3), (2, 0, 4)]:
+        args = good_call(shape=shape)
+        functional.adafactor(*args, step=1)
+        assert args[0].size == 0
+
+
+def test_sharded_optimizer_refuses_it():
+    pytest.importorskip("mpi4py")
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(ValueError, match="element-wise rules only"):
+        ShardedOptimizer(fastopt.Adafactor, [np.zeros((3, 4))])
