@@ -214,12 +214,6 @@ static void run_range_blocks(fo_range_fn fn, const void *args,
     }
 }
 
-static void run_range(fo_range_fn fn, const void *args, const fo_tensor *t,
-                      size_t count, size_t lo, size_t hi)
-{
-    run_range_blocks(fn, args, t, count, lo, hi, 0);
-}
-
 static size_t split_point(size_t total, int part, int parts)
 {
     if (part >= parts) return total;
@@ -319,84 +313,17 @@ void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
     active->bf16_encode(x, out, n, key, index0);
 }
 
-/* 8-bit blockwise states (kernels.h, fo_q8_encode).  The decoded
- * magnitudes of the codes, ((c / 255)^2)^2 and (c / 127)^2 in float32,
- * made once: fastopt.reference.q8_table computes the same. */
-static float q8_table[2][256];
-static int q8_ready;
-
-static void q8_init(void)
-{
-    if (q8_ready) return;
-    for (int c = 0; c < 256; c++) {
-        const float u = (float)c / 255.0f, s = (float)(c & 127) / 127.0f;
-        const float u2 = u * u;
-        q8_table[1][c] = u2 * u2;
-        q8_table[0][c] = s * s;
-    }
-    q8_ready = 1;
-}
-
-/* Chris Wellons' lowbias32 (as lowp.h) */
-static uint32_t q8_hash32(uint32_t x)
-{
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
-
-static void q8_block_encode(const float *x, uint8_t *codes, float *scale,
-                            size_t n, int nonneg, uint32_t key)
-{
-    float absmax = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float a = fabsf(x[i]);
-        absmax = (a > absmax || a != a) && absmax == absmax ? a : absmax;
-    }
-    *scale = absmax;
-    if (!isfinite(absmax)) {
-        memset(codes, 0, n);
-        return;
-    }
-    const float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
-    const float levels = nonneg ? 255.0f : 127.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float xi = x[i];
-        const float a = nonneg ? (xi > 0.0f ? xi : 0.0f) : fabsf(xi);
-        const float root = sqrtf(a * inv);
-        /* stochastic rounding: 24 random bits of (key, element) in [0, 1) */
-        const float u = (float)(q8_hash32(key + (uint32_t)i) >> 8) * 0x1p-24f;
-        /* y + u >= 0: truncation is floor, without a libm call */
-        float r = (float)(uint32_t)((nonneg ? sqrtf(root) : root) * levels + u);
-        r = (a == absmax && absmax > 0.0f) || r > levels ? levels : r;   /* the largest is exact */
-        const unsigned c = (unsigned)r;
-        codes[i] = (uint8_t)(nonneg ? c : (c | (signbit(xi) ? 0x80u : 0u)));
-    }
-}
-
+/* 8-bit blockwise states: the active level's codec (q8.h) */
 void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
                   int nonneg, uint32_t key, size_t index0)
 {
-    for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
-        const size_t at = b * FO_Q8_BLOCK;
-        const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
-        q8_block_encode(x + at, codes + at, scales + b, m, nonneg,
-                        key + (uint32_t)(index0 + at));
-    }
+    active->q8_encode(x, codes, scales, n, nonneg, key, index0);
 }
 
 void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
                   size_t n, int nonneg)
 {
-    q8_init();
-    const float *tab = q8_table[nonneg != 0];
-    for (size_t i = 0; i < n; i++) {
-        const float v = scales[i / FO_Q8_BLOCK] * tab[codes[i]];
-        out[i] = !nonneg && (codes[i] & 0x80u) ? -v : v;
-    }
+    active->q8_decode(codes, scales, out, n, nonneg);
 }
 
 /* 8-bit states are decoded into float32 scratch of this many elements
@@ -443,18 +370,18 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
             fo_tensor w = s;
             for (int k = 0; k < FO_MAX_STATES; k++) {
                 if (s.s[k] == NULL) continue;
-                fo_q8_decode((const uint8_t *)s.s[k],
-                             (const float *)t->scale[k] + at / FO_Q8_BLOCK,
-                             scratch[k], n, (c->f->q8_nonneg >> k) & 1u);
+                active->q8_decode((const uint8_t *)s.s[k],
+                                  (const float *)t->scale[k] + at / FO_Q8_BLOCK,
+                                  scratch[k], n, (c->f->q8_nonneg >> k) & 1u);
                 w.s[k] = scratch[k];
             }
             c->fn(c->a, &w, 0, n);
             for (int k = 0; k < FO_MAX_STATES; k++) {
                 if (s.s[k] == NULL) continue;
-                fo_q8_encode(scratch[k], (uint8_t *)s.s[k],
-                             (float *)t->scale[k] + at / FO_Q8_BLOCK, n,
-                             (c->f->q8_nonneg >> k) & 1u,
-                             fo_lowp_slot_key(t->key, k), s.at);
+                active->q8_encode(scratch[k], (uint8_t *)s.s[k],
+                                  (float *)t->scale[k] + at / FO_Q8_BLOCK, n,
+                                  (c->f->q8_nonneg >> k) & 1u,
+                                  fo_lowp_slot_key(t->key, k), s.at);
             }
         } else {
             c->fn(c->a, &s, 0, n);
@@ -529,7 +456,6 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         drive(fn, a, t, count);
     } else {
         const fo_fused_call c = {fn, dt, a, f};
-        if (flags & FO_FUSE_Q8) q8_init();
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }

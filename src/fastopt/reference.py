@@ -646,9 +646,13 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 # Codes round stochastically, floor(y + u) with u 24 random bits of
 # hash32(key + element index) in [0, 1), except the block's largest
 # element, which gets the largest code (exact): rounding to nearest left
-# v a fifth low 300 steps after gradients shrank 100x.  Everything is float32 with a per-block reciprocal, rounding to
-# nearest (floor(y + 0.5)); a block whose scale is not finite keeps that
-# scale, gets codes 0 and decodes to NaN.
+# v a fifth low 300 steps after gradients shrank 100x.  Everything is
+# float32 with a per-block reciprocal.  The scale is the float whose bits
+# are the largest of the block's bits with the sign cleared (max |x|, as an
+# integer max, which the kernels vectorise): a NaN anywhere gives a NaN
+# scale, the one of the largest payload (np.max(np.abs(x)) would give the
+# first NaN's; finite scales are the same either way).  A block whose scale
+# is not finite keeps that scale, gets codes 0 and decodes to NaN.
 
 Q8_BLOCK = 256
 
@@ -676,7 +680,11 @@ def q8_encode(x, nonneg, key=0, start=0):
     pad[:n] = x
     blocks = pad.reshape(nb, Q8_BLOCK)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        scales = np.max(np.abs(blocks), axis=1) if nb else np.zeros(0, np.float32)
+        # the largest |x| as the largest of the bits with the sign cleared
+        # (IEEE bit patterns of |x| order like unsigned integers): any NaN
+        # gives a NaN scale, the one with the largest payload
+        scales = ((blocks.view(np.uint32) & np.uint32(0x7FFFFFFF)).max(axis=1)
+                  .view(np.float32) if nb else np.zeros(0, np.float32))
         finite = np.isfinite(scales)
         safe = np.where(finite, scales, np.float32(0))
         inv = np.where(safe > 0, np.float32(1) / np.where(safe > 0, safe, np.float32(1)),
