@@ -97,7 +97,9 @@ def _special():
 
 
 @pytest.mark.parametrize("nonneg", [True, False])
-def test_codec_is_the_reference(nonneg, rng):
+def test_codec_is_the_reference(nonneg, simd_level, rng):
+    """The codec at every instruction-set level (q8.h, vectorised), against
+    the reference bit for bit; a NaN scale is the largest NaN's bits."""
     x = np.concatenate([_special(), rng.standard_normal(1000).astype(np.float32),
                         rng.standard_normal(300).astype(np.float32) * 1e-30])
     if nonneg:
@@ -107,6 +109,15 @@ def test_codec_is_the_reference(nonneg, rng):
         rc, rs = reference.q8_encode(x, nonneg, key, start)
         assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
     assert scales.size == 6
+    # NaNs of several payloads and signs, and an infinity, in one block: the
+    # scale is the NaN whose bits without the sign are the largest
+    y = x[:512].copy()
+    y[[3, 40, 41, 100]] = np.array([0x7FC00001, 0xFFC00005, 0x7F800000, 0x7FA00002],
+                                   np.uint32).view(np.float32)
+    yc, ys = _core.q8_encode(y, nonneg, 3)
+    rc, rs = reference.q8_encode(y, nonneg, 3)
+    assert yc.tobytes() == rc.tobytes() and ys.tobytes() == rs.tobytes()
+    assert ys[:1].view(np.uint32)[0] == 0x7FC00005 and np.isfinite(ys[1])
     got = _core.q8_decode(codes, scales, nonneg)
     assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
     # the decoded values are close in relative terms to the block's scale,
