@@ -21,6 +21,7 @@ Environment switches:
                        clang without libomp does not: one thread)
   FASTOPT_LEVELS=...   comma-separated levels to build (default: all for the arch)
 """
+import concurrent.futures
 import importlib.util
 import os
 import platform
@@ -232,22 +233,47 @@ class BuildExt(build_ext):
                 return False, "the compiler has no OpenMP (probe failed): one thread"
         return True, "the compiler's OpenMP (probe)"
 
+    def _accepted(self, flags):
+        """flags, when the compiler compiles a small file with them, else []"""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "fo_flag_probe.c")
+            with open(path, "w") as f:
+                f.write("int fo_probe(int x) { return x + 1; }\n")
+            try:
+                self.compiler.compile([path], output_dir=tmp, extra_postargs=flags)
+            except Exception:  # CompileError: not this compiler's flag
+                return []
+        return flags
+
     def build_extension(self, ext):
         self.openmp, self.openmp_reason = self._openmp()
         omp = ["-fopenmp"] if self.openmp else []
         ext.extra_compile_args = list(ext.extra_compile_args) + omp
         ext.extra_link_args = list(ext.extra_link_args) + omp
-        objects = []
-        for level, flags in LEVELS.items():
-            objects += self.compiler.compile(
-                ["csrc/kernels_isa.c"],
+        # every level's two files (the rules; the rules moving averages)
+        # are separate compilations: they run side by side, one per CPU
+        jobs = [(level, flags, src) for level, flags in LEVELS.items()
+                for src in ("csrc/kernels_isa.c", "csrc/kernels_isa_ema.c")]
+        # The loops that move averages have up to seven arrays, whose
+        # restrict-qualified pointers gcc does not always trust: it then
+        # vectorises behind run-time overlap checks, more than its default
+        # of 10 (tools/check_simd.py finds such a loop scalar).
+        ema_flags = self._accepted(["--param=vect-max-version-for-alias-checks=64"])
+
+        def compile_one(job):
+            level, flags, src = job
+            return self.compiler.compile(
+                [src],
                 output_dir=os.path.join(self.build_temp, level),
                 macros=[("FO_ISA", level)],
                 include_dirs=["csrc"],
-                extra_postargs=extra_compile + omp + flags,
+                extra_postargs=extra_compile + omp + flags
+                + (ema_flags if src.endswith("_ema.c") else []),
                 depends=["csrc/fastopt/rules.h", "csrc/fastopt/isa.h",
                          "csrc/fastopt/kernels.h", "csrc/fastopt/fo_table.h"],
             )
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
         ext.extra_objects = objects
         self._write_build_info(ext)
         super().build_extension(ext)

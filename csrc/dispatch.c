@@ -365,11 +365,37 @@ typedef struct {
     int dt;
     const fo_args *a;
     const fo_fuse *f;
+    int ema_in_loop;   /* fn moves the averages itself */
 } fo_fused_call;
+
+/* The loop to run for the rule under f, and its arguments.  For an
+ * average in lerp's first form (weight < 0.5, states in the parameters'
+ * dtype) that is the loop that moves it as it stores each parameter
+ * element (rules.h, FO_EMA), given the weight in *own, a copy of a;
+ * returns 1 then. */
+static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
+                     fo_range_fn *fn, const fo_args **args, fo_args *own)
+{
+    const unsigned flags = f == NULL ? 0 : f->flags;
+    *args = a;
+    if (flags & FO_FUSE_BF16) {
+        *fn = active->rule_bf16[rule];
+        return 0;
+    }
+    if (!(flags & FO_FUSE_EMA) || !(f->ema_weight < 0.5)) {
+        *fn = active->rule[rule][dt];
+        return 0;
+    }
+    *own = *a;
+    own->ema_w = f->ema_weight;
+    *fn = active->rule_ema[rule][dt];
+    *args = own;
+    return 1;
+}
 
 /* Elements [lo, hi) of one tensor, chunk by chunk: the mean gradient, the
  * states decoded (8-bit), the rule's loop, the states requantized, the
- * average */
+ * average (unless the loop moved it) */
 static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                         size_t hi)
 {
@@ -409,7 +435,7 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
         } else {
             c->fn(c->a, &s, 0, n);
         }
-        if (flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY))
+        if ((flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY)) && !c->ema_in_loop)
             active->ema[c->dt](&s, n, c->f->ema_weight,
                                (flags & FO_FUSE_EMA_COPY) != 0);
     }
@@ -458,8 +484,10 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
     const unsigned flags = f == NULL ? 0 : f->flags;
-    const fo_range_fn fn = (flags & FO_FUSE_BF16) ? active->rule_bf16[rule]
-                                                  : active->rule[rule][dt];
+    fo_range_fn fn;
+    const fo_args *la;
+    fo_args own;
+    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     const fo_axes_fn axes = active->axes[rule][dt];
     if (axes != NULL) {
         /* a factored rule: the sums along the last two axes, then its
@@ -475,10 +503,12 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
     }
-    if ((flags & ~FO_FUSE_BF16) == 0) {
-        drive(fn, a, t, count);
+    /* 8-bit states always go through fused_range (decoded around the loop) */
+    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8)) == 0
+        && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
+        drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {fn, dt, a, f};
+        const fo_fused_call c = {fn, dt, la, f, in_loop};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }
@@ -515,11 +545,15 @@ void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
 void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
                        size_t count, const fo_fuse *f)
 {
+    fo_range_fn fn;
+    const fo_args *la;
+    fo_args own;
+    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
-    if (f == NULL || f->flags == 0) {
-        drive(active->rule[rule][dt], a, t, count);
+    if (f == NULL || f->flags == 0 || (in_loop && !(f->flags & FO_FUSE_MEAN))) {
+        drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {active->rule[rule][dt], dt, a, f};
+        const fo_fused_call c = {fn, dt, la, f, in_loop};
         drive(fused_range, &c, t, count);
     }
 }

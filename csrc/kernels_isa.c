@@ -53,6 +53,10 @@
 #undef FO_T
 #pragma GCC diagnostic pop
 
+
+/* this level's rules that move the averages in their loop */
+extern const fo_range_fn FO_CAT(fo_rules_ema_, FO_ISA)[FO_NRULES][2];
+
 #define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
 #define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
 #define FO_BF16_ROW(name, NAME) [FO_RULE_##NAME] = FO_CAT(FO_CAT(name##_range, _bf16_), FO_ISA),
@@ -62,6 +66,7 @@
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .rule = {FO_RULE_LIST(FO_RULE_ROW)},
     .rule_bf16 = {FO_RULE_LIST(FO_BF16_ROW)},
+    .rule_ema = FO_CAT(fo_rules_ema_, FO_ISA),
     .reduce = {FO_REDUCE_LIST(FO_REDUCE_ROW)},
     .axes = {FO_AXES_LIST(FO_AXES_ROW)},
     .rowsq = FO_PAIR(rowsq_range),

@@ -368,3 +368,23 @@ def test_state_dicts_that_do_not_fit_are_refused_and_change_nothing(rng):
         for key, value in before["state"][i].items():
             if key != "step":
                 _same(value, after["state"][i][key], key)
+
+
+@pytest.mark.parametrize("cls", [name for rule in RULES.values()
+                                 for name, *_ in rule.classes()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_class_moves_its_average_in_its_loop(cls, dtype, rng):
+    """Every class of the table, at its defaults, with an average whose
+    weight is below one half (moved inside the rule's own loop) after the
+    first step (a copy): the model's bits."""
+    rule, _, _ = _rule_of(cls)
+    shapes = [(33, 5), (6, 4)] if getattr(rule, "matrix", "") else SHAPES
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ps = [p.copy() for p in params]
+    opt = getattr(fastopt, cls)(ps, ema_decay=0.9)
+    model = Model(cls, params, {}, ema_decay=0.9)
+    for _ in range(3):
+        gs = [(rng.standard_normal(s) * 0.1).astype(dtype) for s in shapes]
+        opt.step(gs)
+        model.step(gs)
+    _check(opt, ps, model)

@@ -304,3 +304,33 @@ def test_8bit_v_decays_after_gradients_shrink():
     v8 = o8.state_float32(o8.param_groups[0]["params"][0])["exp_avg_sq"]
     ratio = float(np.median(v8 / v64))
     assert 0.9 <= ratio <= 1.1, ratio
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.3])
+def test_ema_leaves_the_8bit_step_alone_and_averages_its_parameters(decay, exec_env, rng):
+    """ema_decay with 8-bit states: the parameters and states are those of
+    the optimizer without an average, bit for bit, and the average is
+    lerp(ema, p, 1 - decay) of them in torch.lerp's two forms (in the
+    rule's loop for weights below 0.5, after it otherwise)."""
+    params = [rng.standard_normal(n).astype(np.float32) for n in (300, 2500)]
+    plain = [p.copy() for p in params]
+    opt = fastopt.AdamW(params, lr=1e-2, state_dtype="8bit", seed=3, ema_decay=decay)
+    ref = fastopt.AdamW(plain, lr=1e-2, state_dtype="8bit", seed=3)
+    w = np.float32(1.0 - decay)
+    ema = None
+    for _ in range(3):
+        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+        if ema is None:
+            ema = [p.copy() for p in plain]
+        elif w < 0.5:
+            ema = [e + w * (p - e) for e, p in zip(ema, plain)]
+        else:
+            ema = [p - (p - e) * (np.float32(1) - w) for e, p in zip(ema, plain)]
+    got, want = opt.state_dict()["state"], ref.state_dict()["state"]
+    for i in range(2):
+        assert params[i].tobytes() == plain[i].tobytes()
+        for key, value in want[i].items():
+            assert np.asarray(got[i][key]).tobytes() == np.asarray(value).tobytes(), key
+        assert got[i]["ema"].tobytes() == ema[i].tobytes()

@@ -9,7 +9,9 @@ level, NEON, must use 128-bit vectors (v.4s, v.2d) in every rule.  On both,
 any fused multiply-add (vfmadd..., fmadd/fmsub/fnmadd/fnmsub/fmla/fmls)
 fails: it would mean a build without -ffp-contract=off.
 
-For every rule's range function at every compiled level, counts packed
+For every rule's range function at every compiled level (kernels_isa.o:
+float32, float64 and bfloat16 states; kernels_isa_ema.o: the loops that
+move the averaged parameters, emaf32 and emaf64), counts packed
 arithmetic instructions by register width (xmm = 128, ymm = 256, zmm = 512
 bits) and reports the widest packed sqrt and division.  Exits 1 when a level
 lacks its width: AVX-512 must use zmm, AVX2 ymm, the baseline packed xmm, for
@@ -43,10 +45,14 @@ def _table_rules():
     spec = importlib.util.spec_from_file_location("fastopt_rules", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.RULES)
+    return module.RULES
 
 
-TABLE_RULES = _table_rules()
+TABLE = _table_rules()
+TABLE_RULES = list(TABLE)
+# rules whose bfloat16 row is never called: a matrix step between passes
+# (Muon) refuses bfloat16 states
+NO_BF16 = {name for name, rule in TABLE.items() if getattr(rule, "matrix", "")}
 RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 # the 8-bit codec (q8.h, one copy per level, named <name>_lowp_<level>):
 # the packed operations each must have
@@ -83,6 +89,16 @@ def functions(obj):
     return funcs
 
 
+def level_functions(obj):
+    """functions() of a level's kernels_isa.o and of the kernels_isa_ema.o
+    beside it."""
+    funcs = functions(obj)
+    ema = obj.with_name("kernels_isa_ema.o")
+    if ema.exists():
+        funcs.update(functions(ema))
+    return funcs
+
+
 def fused(funcs, arch):
     """[(function, instruction)] of the fused multiply-adds in funcs."""
     return [(name, line.strip()) for name, body in funcs.items()
@@ -91,11 +107,13 @@ def fused(funcs, arch):
 
 def check_aarch64(obj):
     """NEON in every rule's loop and no fused multiply-add anywhere."""
-    funcs = functions(obj)
+    funcs = level_functions(obj)
     failures = 0
     print(f"aarch64 baseline = NEON ({obj}), expected v.4s/v.2d:")
     for rule in RULES:
-        rows = (("f32", "4s"), ("f64", "2d")) + ((("bf16", "4s"),) if rule in TABLE_RULES else ())
+        rows = (("f32", "4s"), ("f64", "2d")) + (
+            (("emaf32", "4s"), ("emaf64", "2d")) if rule in TABLE_RULES else ()) + (
+            (("bf16", "4s"),) if rule in TABLE_RULES and rule not in NO_BF16 else ())
         for dt, arr in rows:
             body = funcs.get(f"{rule}_range_{dt}_baseline", [])
             count = collections.Counter()
@@ -140,15 +158,17 @@ def main():
         if not objs:
             print(f"{level}: not built")
             continue
-        funcs = functions(objs[-1])
+        funcs = level_functions(objs[-1])
         bad = fused(funcs, "x86")
         for name, line in bad[:10]:
             print(f"  FUSED multiply-add in {name}: {line}")
         failures += len(bad)
         print(f"{level} ({objs[-1]}), expected {reg}, fused multiply-adds: {len(bad)}:")
         for rule in RULES:
-            # bf16: float32 parameters with bfloat16 states (lowp.h)
-            for dt in ("f32", "f64") + (("bf16",) if rule in TABLE_RULES else ()):
+            # bf16: float32 parameters with bfloat16 states (lowp.h); emaf*:
+            # the loops moving the averages (rules.h with FO_EMA)
+            for dt in ("f32", "f64") + (("emaf32", "emaf64") if rule in TABLE_RULES else ()) + (
+                    ("bf16",) if rule in TABLE_RULES and rule not in NO_BF16 else ()):
                 body = funcs.get(f"{rule}_range_{dt}_{level}", [])
                 count = collections.Counter()
                 for line in body:

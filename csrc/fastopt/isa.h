@@ -48,6 +48,8 @@ typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
     fo_range_fn rule_bf16[FO_NRULES];    /* float32, bfloat16 states */
+    /* the rules moving the average in their loop (kernels_isa_ema.c) */
+    const fo_range_fn (*rule_ema)[2];
     fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */
     fo_axes_fn axes[FO_NRULES][2];       /* NULL but for factored rules */
     fo_rowsq_fn rowsq[2];

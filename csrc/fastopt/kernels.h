@@ -65,6 +65,9 @@ typedef struct {
     double c[FO_MAX_COEFFICIENTS];
     double sc[FO_MAX_SCALAR_STATES];
     unsigned opts;
+    /* the weight w < 0.5 of the averages for the loops that move them in
+     * the rule's own loop (rules.h, FO_EMA), set by fo_run_fused */
+    double ema_w;
 } fo_args;
 
 #define FO_MAXIMIZE 1u   /* negate the gradient first */
@@ -96,9 +99,12 @@ FO_RULE_LIST(FO_DECLARE_COEFFICIENTS)
  * neighbouring tensors merged into one. */
 void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
 /* What fo_run_fused does around a rule's loop, in the same pass over
- * memory: the loop runs over chunks of FO_SUMSQ_BLOCK elements, and each
- * chunk's gradient is made, and its averaged parameters updated, while the
- * chunk is in cache.
+ * memory.  An average with weight w < 0.5 (ema_decay > 0.5) is moved inside
+ * the rule's own loop, as each parameter element is stored; a first
+ * average (a copy), a weight >= 0.5 or bfloat16 states move it over each
+ * chunk of FO_SUMSQ_BLOCK elements just after the loop ran over the chunk,
+ * while it is in cache.  The mean gradient is made chunk by chunk, each
+ * chunk's just before the rule's loop runs over it.
  *   FO_FUSE_MEAN      the gradient is the mean of accumulated micro-batch
  *                     gradients: (acc + g) / count, or acc / count for a
  *                     tensor whose g is NULL; acc is then cleared to zero.

@@ -26,6 +26,26 @@
 
 #define FO_INLINE static inline __attribute__((always_inline))
 
+/* The parameter is declared with FO_PARAM(p) and each element stored once
+ * with FO_SETP(p, i, value).  With FO_EMA defined the same bodies also move
+ * the parameter's average toward the stored value in the same loop, in
+ * torch.lerp's form for weights w < 0.5, ema + w * (v - ema), with w
+ * (a->ema_w) rounded once to FO_T, as ema_chunk computes it. */
+#ifdef FO_EMA
+#define FO_PARAM(p) \
+    FO_T *restrict p = (FO_T *)t->p; \
+    FO_T *restrict p##_avg = (FO_T *)t->ema; \
+    const FO_T p##_avg_w = (FO_T)a->ema_w
+#define FO_SETP(p, i, v) do { \
+        const FO_T v_ = (v), e_ = p##_avg[i]; \
+        p[i] = v_; \
+        p##_avg[i] = e_ + p##_avg_w * (v_ - e_); \
+    } while (0)
+#else
+#define FO_PARAM(p) FO_T *restrict p = (FO_T *)t->p
+#define FO_SETP(p, i, v) (p[i] = (v))
+#endif
+
 #ifdef FO_BF16
 #define FO_STATE(x, slot) \
     fo_bf16 *restrict x = (fo_bf16 *)t->s[slot]; \
@@ -70,7 +90,7 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_args *a, const fo_tensor *t,
                                  const int has_momentum, const int first,
                                  const int nesterov)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(b, FO_SGD_S_MOMENTUM_BUFFER);
     const FO_T lr = FO_C(SGD, LR), mu = FO_C(SGD, MOMENTUM);
@@ -83,7 +103,7 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_args *a, const fo_tensor *t,
             FO_ST(b, i, bi);
             gi = nesterov ? gi + mu * bi : bi;
         }
-        p[i] = p[i] - lr * gi;
+        FO_SETP(p, i, p[i] - lr * gi);
     }
 }
 
@@ -116,7 +136,7 @@ static void FO_NAME(sgd_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(momentum_body)(const fo_args *a, const fo_tensor *t,
                                       size_t lo, size_t hi, const int has_l2)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(v, FO_MOMENTUM_S_VELOCITY);
     const FO_T lr = FO_C(MOMENTUM, LR), beta = FO_C(MOMENTUM, BETA);
@@ -127,7 +147,7 @@ FO_INLINE void FO_NAME(momentum_body)(const fo_args *a, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T vi = beta * FO_LD(v, i) + one_minus_beta * gi;
         FO_ST(v, i, vi);
-        p[i] = p[i] - lr * vi;
+        FO_SETP(p, i, p[i] - lr * vi);
     }
 }
 
@@ -146,7 +166,7 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
                                      const int centered,
                                      const int has_momentum)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(s, FO_RMSPROP_S_SQUARE_AVG);
     FO_STATE(gavg, FO_RMSPROP_S_GRAD_AVG);
@@ -170,9 +190,9 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
         if (has_momentum) {
             const FO_T bi = mu * FO_LD(b, i) + gi / denom;
             FO_ST(b, i, bi);
-            p[i] = p[i] - lr * bi;
+            FO_SETP(p, i, p[i] - lr * bi);
         } else {
-            p[i] = p[i] - lr * (gi / denom);
+            FO_SETP(p, i, p[i] - lr * (gi / denom));
         }
     }
 }
@@ -203,7 +223,7 @@ FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
                                   size_t lo, size_t hi, const int has_l2,
                                   const int amsgrad)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_ADAM_S_EXP_AVG);
     FO_STATE(v, FO_ADAM_S_EXP_AVG_SQ);
@@ -229,7 +249,7 @@ FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
             FO_ST(vmax, i, vi);
         }
         const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
-        p[i] = pi - step_size * (mi / denom);
+        FO_SETP(p, i, pi - step_size * (mi / denom));
     }
 }
 
@@ -254,7 +274,7 @@ static void FO_NAME(adam_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(adagrad_body)(const fo_args *a, const fo_tensor *t,
                                      size_t lo, size_t hi, const int has_l2)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(sum, FO_ADAGRAD_S_STATE_SUM);
     const FO_T clr = FO_C(ADAGRAD, CLR), eps = FO_C(ADAGRAD, EPS);
@@ -264,7 +284,7 @@ FO_INLINE void FO_NAME(adagrad_body)(const fo_args *a, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = FO_LD(sum, i) + gi * gi;
         FO_ST(sum, i, si);
-        p[i] = p[i] - clr * (gi / (FO_SQRT(si) + eps));
+        FO_SETP(p, i, p[i] - clr * (gi / (FO_SQRT(si) + eps)));
     }
 }
 
@@ -291,7 +311,7 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
                                 size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_LION_S_EXP_AVG);
     const FO_T lr = FO_C(LION, LR), decay = FO_C(LION, DECAY);
@@ -302,7 +322,7 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T pi = p[i] * decay;
         const FO_T ui = FO_NAME(sign)(beta1 * FO_LD(m, i) + one_minus_beta1 * gi);
-        p[i] = pi - lr * ui;
+        FO_SETP(p, i, pi - lr * ui);
         FO_ST(m, i, beta2 * FO_LD(m, i) + one_minus_beta2 * gi);
     }
 }
@@ -314,7 +334,7 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
                                       size_t lo, size_t hi, const int has_l2)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(s, FO_ADADELTA_S_SQUARE_AVG);
     FO_STATE(acc, FO_ADADELTA_S_ACC_DELTA);
@@ -329,7 +349,7 @@ FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
         const FO_T std = FO_SQRT(si + eps);
         const FO_T di = FO_SQRT(FO_LD(acc, i) + eps) / std * gi;
         FO_ST(acc, i, rho * FO_LD(acc, i) + one_minus_rho * (di * di));
-        p[i] = p[i] - lr * di;
+        FO_SETP(p, i, p[i] - lr * di);
     }
 }
 
@@ -352,7 +372,7 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
                                  size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(prev, FO_RPROP_S_PREV);
     FO_STATE(size, FO_RPROP_S_STEP_SIZE);
@@ -370,7 +390,7 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
         const FO_T gz = d < 0 ? (FO_T)0 : gi;
         FO_ST(size, i, sc);
         FO_ST(prev, i, gz);
-        p[i] = p[i] - FO_NAME(sign)(gz) * sc;
+        FO_SETP(p, i, p[i] - FO_NAME(sign)(gz) * sc);
     }
 }
 
@@ -386,7 +406,7 @@ FO_INLINE FO_T FO_NAME(abs)(FO_T x)
 FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
                                     size_t lo, size_t hi, const int has_l2)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_ADAMAX_S_EXP_AVG);
     FO_STATE(u, FO_ADAMAX_S_EXP_INF);
@@ -405,7 +425,7 @@ FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
         const FO_T ui = decayed != decayed ? decayed : larger;
         FO_ST(m, i, mi);
         FO_ST(u, i, ui);
-        p[i] = p[i] - clr * (mi / ui);
+        FO_SETP(p, i, p[i] - clr * (mi / ui));
     }
 }
 
@@ -428,7 +448,7 @@ FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
                                    size_t lo, size_t hi, const int has_l2,
                                    const int rectified)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_RADAM_S_EXP_AVG);
     FO_STATE(v, FO_RADAM_S_EXP_AVG_SQ);
@@ -448,9 +468,9 @@ FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
         FO_ST(m, i, mi);
         FO_ST(v, i, vi);
         if (rectified)
-            p[i] = pi - step_size * (mi / (FO_SQRT(vi) + eps));
+            FO_SETP(p, i, pi - step_size * (mi / (FO_SQRT(vi) + eps)));
         else
-            p[i] = pi - step_size * mi;
+            FO_SETP(p, i, pi - step_size * mi);
     }
 }
 
@@ -479,7 +499,7 @@ static void FO_NAME(radam_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
                                    size_t lo, size_t hi, const int has_l2)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_NADAM_S_EXP_AVG);
     FO_STATE(v, FO_NADAM_S_EXP_AVG_SQ);
@@ -500,7 +520,7 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
         const FO_T denom = FO_SQRT(vi / bc2) + eps;
         FO_ST(m, i, mi);
         FO_ST(v, i, vi);
-        p[i] = pi + (grad_coef * gi + exp_avg_coef * mi) / denom;
+        FO_SETP(p, i, pi + (grad_coef * gi + exp_avg_coef * mi) / denom);
     }
 }
 
@@ -522,7 +542,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
                                   size_t lo, size_t hi, const int has_l2,
                                   const int average)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(ax, FO_ASGD_S_AX);
     const FO_T decay = FO_C(ASGD, DECAY), eta = FO_C(ASGD, ETA);
@@ -531,7 +551,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay - eta * gi;
-        p[i] = pi;
+        FO_SETP(p, i, pi);
         FO_ST(ax, i, average ? FO_LD(ax, i) + (pi - FO_LD(ax, i)) * mu : pi);
     }
 }
@@ -660,7 +680,7 @@ static void FO_NAME(traffic_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
                                       size_t lo, size_t hi)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m1, FO_ADEMAMIX_S_EXP_AVG_FAST);
     FO_STATE(m2, FO_ADEMAMIX_S_EXP_AVG_SLOW);
@@ -687,7 +707,7 @@ FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
         FO_ST(m1, i, fi);
         FO_ST(m2, i, si);
         FO_ST(v, i, vi);
-        p[i] = pi - (fast_coef * fi + slow_coef * si) / denom;
+        FO_SETP(p, i, pi - (fast_coef * fi + slow_coef * si) / denom);
     }
 }
 
@@ -707,7 +727,7 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
                                    size_t lo, size_t hi, const int has_l2,
                                    const int first, const int clip)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_ADOPT_S_EXP_AVG);
     FO_STATE(v, FO_ADOPT_S_EXP_AVG_SQ);
@@ -729,7 +749,7 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
             const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
             const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * ci;
             FO_ST(m, i, mi);
-            p[i] = pi - lr * mi;
+            FO_SETP(p, i, pi - lr * mi);
             FO_ST(v, i, beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi));
         }
     }
@@ -878,13 +898,13 @@ static void FO_NAME(lamb_range)(const void *args, const fo_tensor *t,
                                 size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     FO_STATE(m, FO_LAMB_S_EXP_AVG);
     FO_STATE(v, FO_LAMB_S_EXP_AVG_SQ);
     const FO_T k = (FO_T)t->r[0];
     FO_LAMB_LOCALS;
     for (size_t i = lo; i < hi; i++)
-        p[i] = p[i] - k * FO_LAMB_UPDATE(FO_LD(m, i), FO_LD(v, i), p[i]);
+        FO_SETP(p, i, p[i] - k * FO_LAMB_UPDATE(FO_LD(m, i), FO_LD(v, i), p[i]));
 }
 
 #undef FO_LAMB_UPDATE
@@ -929,7 +949,7 @@ FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
                                   size_t lo, size_t hi, const int nesterov,
                                   const int negate)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(b, FO_LARS_S_MOMENTUM_BUFFER);
     const FO_T k = (FO_T)t->r[0], mu = FO_C(LARS, MOMENTUM);
@@ -938,7 +958,7 @@ FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
         const FO_T d = k * FO_LARS_UPDATE(g[i], p[i]);
         const FO_T bi = d + mu * FO_LD(b, i);
         FO_ST(b, i, bi);
-        p[i] = p[i] - (nesterov ? d + mu * bi : bi);
+        FO_SETP(p, i, p[i] - (nesterov ? d + mu * bi : bi));
     }
 }
 
@@ -969,7 +989,7 @@ static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
                                           size_t lo, size_t hi)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(m, FO_SKLEARN_ADAM_S_EXP_AVG);
     FO_STATE(v, FO_SKLEARN_ADAM_S_EXP_AVG_SQ);
@@ -987,7 +1007,7 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
         FO_ST(m, i, mi);
         FO_ST(v, i, vi);
         const FO_T denom = FO_SQRT(vi) + eps;
-        p[i] = (FO_T)((double)p[i] + neg_step_size * (double)mi / (double)denom);
+        FO_SETP(p, i, (FO_T)((double)p[i] + neg_step_size * (double)mi / (double)denom));
     }
 }
 
@@ -1004,7 +1024,7 @@ static void FO_NAME(sklearn_adam_range)(const void *args, const fo_tensor *t,
 FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
                                          size_t lo, size_t hi, const int nesterov)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(u, FO_SKLEARN_SGD_S_VELOCITY);
     const FO_T lr = FO_C(SKLEARN_SGD, LR), mu = FO_C(SKLEARN_SGD, MOMENTUM);
@@ -1013,7 +1033,7 @@ FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
         const FO_T ui = mu * FO_LD(u, i) - lr * gi;
         FO_ST(u, i, ui);
-        p[i] = p[i] + (nesterov ? mu * ui - lr * gi : ui);
+        FO_SETP(p, i, p[i] + (nesterov ? mu * ui - lr * gi : ui));
     }
 }
 
@@ -1040,7 +1060,7 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
     const fo_args *a, const fo_tensor *t, size_t lo, size_t hi,
     const int first, const int from_z, const int has_decay)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(z, FO_ADAMW_SCHEDULEFREE_S_Z);
     FO_STATE(v, FO_ADAMW_SCHEDULEFREE_S_EXP_AVG_SQ);
@@ -1062,7 +1082,7 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
         const FO_T ni = has_decay ? gi / denom + wd * yi : gi / denom;
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
         FO_ST(v, i, vi);
-        p[i] = xi + ni * y_coef;
+        FO_SETP(p, i, xi + ni * y_coef);
         FO_ST(z, i, zi - lr * ni);
     }
 }
@@ -1093,7 +1113,7 @@ FO_INLINE void FO_NAME(sgd_schedulefree_body)(
     const fo_args *a, const fo_tensor *t, size_t lo, size_t hi,
     const int has_l2, const int first, const int from_z)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(z, FO_SGD_SCHEDULEFREE_S_Z);
     const FO_T w = FO_C(SGD_SCHEDULEFREE, LERP);
@@ -1105,7 +1125,7 @@ FO_INLINE void FO_NAME(sgd_schedulefree_body)(
         const FO_T yi = p[i];
         const FO_T zi = first ? yi : FO_LD(z, i);
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
-        p[i] = xi + gi * y_coef;
+        FO_SETP(p, i, xi + gi * y_coef);
         FO_ST(z, i, zi - lr * gi);
     }
 }
@@ -1168,12 +1188,12 @@ FO_INLINE void FO_NAME(muon_body)(const fo_args *a, const fo_tensor *t,
 FO_INLINE void FO_NAME(muon_post)(const fo_args *a, const fo_tensor *t,
                                   size_t lo, size_t hi)
 {
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict d = (const FO_T *)t->g;
     const FO_T decay = FO_C(MUON, DECAY);
     const FO_T k = (FO_T)(a->c[FO_MUON_C_LR] * t->r[0]);
     for (size_t i = lo; i < hi; i++)
-        p[i] = p[i] * decay - k * d[i];
+        FO_SETP(p, i, p[i] * decay - k * d[i]);
 }
 
 static void FO_NAME(muon_range)(const void *args, const fo_tensor *t,
@@ -1403,3 +1423,5 @@ static void FO_NAME(adafactor_range)(const void *args, const fo_tensor *t,
 #undef FO_STATE
 #undef FO_LD
 #undef FO_ST
+#undef FO_PARAM
+#undef FO_SETP
