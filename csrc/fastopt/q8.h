@@ -63,7 +63,11 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
         memset(codes, 0, n);
         return;
     }
-    const float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
+    float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
+    /* absmax below 2^-128: 1 / absmax overflows, and a * inf would make
+     * codes of infinities and NaNs; such a block keeps codes 0 but for its
+     * largest element (the values are below 3e-39) */
+    inv = inv <= FLT_MAX ? inv : 0.0f;
     /* the largest element gets the top code; none matches -1 (absmax 0) */
     const float top = absmax > 0.0f ? absmax : -1.0f;
     if (nonneg) {

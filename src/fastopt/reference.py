@@ -652,7 +652,9 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 # integer max, which the kernels vectorise): a NaN anywhere gives a NaN
 # scale, the one of the largest payload (np.max(np.abs(x)) would give the
 # first NaN's; finite scales are the same either way).  A block whose scale
-# is not finite keeps that scale, gets codes 0 and decodes to NaN.
+# is not finite keeps that scale, gets codes 0 and decodes to NaN; one whose
+# scale is below 2^-128 (1 / scale overflows) gets codes 0 but for its
+# largest element.
 
 Q8_BLOCK = 256
 
@@ -689,6 +691,9 @@ def q8_encode(x, nonneg, key=0, start=0):
         safe = np.where(finite, scales, np.float32(0))
         inv = np.where(safe > 0, np.float32(1) / np.where(safe > 0, safe, np.float32(1)),
                        np.float32(0)).astype(np.float32)
+        # a scale below 2^-128 has no float32 reciprocal: codes 0 but for
+        # the block's largest element
+        inv = np.where(np.isfinite(inv), inv, np.float32(0))
         levels = np.float32(255 if nonneg else 127)
         a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
         a = np.where(finite[:, None], a, np.float32(0))
