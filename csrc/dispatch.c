@@ -35,6 +35,9 @@ static const fo_isa_table *active = &fo_table_baseline;
 static int active_level = FO_BASELINE;
 static int num_threads = 0; /* 0: as many as OpenMP offers */
 static size_t parallel_threshold = FO_DEFAULT_PARALLEL_THRESHOLD;
+/* A cap on the threads of the steps the calling thread makes (0: none),
+ * which fastopt.limit_threads sets around a block of code. */
+static _Thread_local int thread_cap = 0;
 
 const char *fo_level_name(int level)
 {
@@ -167,15 +170,24 @@ int fo_openmp_enabled(void)
 void fo_num_threads_set(int n) { num_threads = n > 0 ? n : 0; }
 
 /* The configured count, capped by OpenMP's own limit for the calling thread
- * (OMP_NUM_THREADS, threadpoolctl's threadpool_limits). */
+ * (OMP_NUM_THREADS, threadpoolctl's threadpool_limits) and by the calling
+ * thread's cap. */
 int fo_num_threads_get(void)
 {
 #ifdef _OPENMP
     const int omp = omp_get_max_threads();
-    return (num_threads > 0 && num_threads < omp) ? num_threads : omp;
+    const int n = (num_threads > 0 && num_threads < omp) ? num_threads : omp;
+    return (thread_cap > 0 && thread_cap < n) ? thread_cap : n;
 #else
     return 1;
 #endif
+}
+
+int fo_thread_cap_swap(int n)
+{
+    const int old = thread_cap;
+    thread_cap = n > 0 ? n : 0;
+    return old;
 }
 
 size_t fo_parallel_threshold(void) { return parallel_threshold; }
@@ -331,9 +343,9 @@ void fo_bf16_decode(const void *in, float *out, size_t n)
 }
 
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                    size_t index0)
+                    size_t index0, int low)
 {
-    active->bf16_encode(x, out, n, key, index0);
+    active->bf16_encode(x, out, n, key, index0, low);
 }
 
 /* 8-bit blockwise states: the active level's codec (q8.h) */
@@ -441,6 +453,29 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     }
 }
 
+/* The rule's update loop over the tensors with what f adds around it: the
+ * loop alone when nothing is left to add chunk by chunk (no mean gradient,
+ * and the average, if any, moved in the loop), else chunk by chunk. */
+static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
+                       size_t count, const fo_fuse *f)
+{
+    const unsigned flags = f == NULL ? 0 : f->flags;
+    fo_range_fn fn;
+    const fo_args *la;
+    fo_args own;
+    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
+    /* 8-bit states always go through fused_range (decoded around the
+     * loop), in pieces of whole blocks */
+    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8)) == 0
+        && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
+        drive(fn, la, t, count);
+    } else {
+        const fo_fused_call c = {fn, dt, la, f, in_loop};
+        drive_blocks(fused_range, &c, t, count,
+                     (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
+    }
+}
+
 /* Columns per piece of the column sums' work: a cache line's worth of
  * float64 columns, so threads split a matrix's columns without sharing
  * lines of the sums. */
@@ -483,11 +518,6 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f)
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
-    const unsigned flags = f == NULL ? 0 : f->flags;
-    fo_range_fn fn;
-    const fo_args *la;
-    fo_args own;
-    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     const fo_axes_fn axes = active->axes[rule][dt];
     if (axes != NULL) {
         /* a factored rule: the sums along the last two axes, then its
@@ -503,15 +533,7 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
         reduce_tensors(reduce, a, t, count, fo_reductions(rule), dt, f);
         for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
     }
-    /* 8-bit states always go through fused_range (decoded around the loop) */
-    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8)) == 0
-        && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
-        drive(fn, la, t, count);
-    } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop};
-        drive_blocks(fused_range, &c, t, count,
-                     (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
-    }
+    run_update(rule, dt, a, t, count, f);
 }
 
 /* The first pass of a two-pass rule over the ranges [lo[b], hi[b]) of one
@@ -545,17 +567,8 @@ void fo_reduce_ranges(int rule, int dt, const fo_args *a, const fo_tensor *t,
 void fo_run_given_sums(int rule, int dt, const fo_args *a, fo_tensor *t,
                        size_t count, const fo_fuse *f)
 {
-    fo_range_fn fn;
-    const fo_args *la;
-    fo_args own;
-    const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     for (size_t k = 0; k < count; k++) fo_tensor_coefficients(rule, a, &t[k]);
-    if (f == NULL || f->flags == 0 || (in_loop && !(f->flags & FO_FUSE_MEAN))) {
-        drive(fn, la, t, count);
-    } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop};
-        drive(fused_range, &c, t, count);
-    }
+    run_update(rule, dt, a, t, count, f);
 }
 
 void fo_scale(int dt, double s, const fo_tensor *t, size_t c) { drive(active->scale[dt], &s, t, c); }

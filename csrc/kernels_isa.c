@@ -53,7 +53,6 @@
 #undef FO_T
 #pragma GCC diagnostic pop
 
-
 /* this level's rules that move the averages in their loop */
 extern const fo_range_fn FO_CAT(fo_rules_ema_, FO_ISA)[FO_NRULES][2];
 

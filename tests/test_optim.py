@@ -845,3 +845,31 @@ def test_every_class_resumes_bit_for_bit(cls, dtype):
     mid-trajectory and loaded into a fresh optimizer continues with the same
     bits."""
     check_resume(cls, {}, dtype, STEPS // 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_state_buffers_sit_apart_from_the_parameter_within_a_page(dtype):
+    """Buffers of 64 KiB or more start at distinct offsets modulo 4 KiB,
+    away from the first parameter's (4 KiB aliasing), and still hold their
+    start values: Adagrad's sum starts at initial_accumulator_value,
+    Rprop's step sizes at lr, accumulation at zeros."""
+    rng = np.random.default_rng(5)
+    n = (1 << 16) // np.dtype(dtype).itemsize + 3
+    p = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    opt = fastopt.Adagrad([p], lr=0.1, initial_accumulator_value=0.5,
+                          ema_decay=0.9, accumulation_steps=2)
+    opt.step([g])
+    opt.step([g])
+    plan = opt._plans[0]
+    offsets = [(a.ctypes.data - p.ctypes.data) % 4096
+               for a in (p, plan.state(0)[0], plan.ema()[0], plan.accumulated()[0])]
+    assert len(set(offsets)) == 4, offsets
+    assert all(o % 64 == 0 for o in offsets)
+    state = opt.state_dict()["state"][0]
+    np.testing.assert_array_equal(state["sum"], dtype(0.5) + g * g)
+    rp = rng.standard_normal(n).astype(dtype)
+    rprop = fastopt.Rprop([rp], lr=0.01)
+    rprop.step([g])
+    np.testing.assert_array_equal(rprop.state_dict()["state"][0]["step_size"],
+                                  np.full(n, 0.01, dtype))

@@ -203,3 +203,54 @@ def test_threadpoolctl_sees_and_limits_fastopt_threads():
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
         assert fastopt.get_num_threads() == 1
     assert fastopt.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad, kind", [(0, ValueError), (-2, ValueError),
+                                        (1.5, TypeError), (True, TypeError),
+                                        (None, TypeError), ("2", TypeError)])
+def test_limit_threads_bad_input(bad, kind):
+    before = fastopt.get_num_threads()
+    with pytest.raises(kind, match="n must be"):
+        fastopt.limit_threads(bad)
+    assert fastopt.get_num_threads() == before
+
+
+def test_limit_threads_caps_the_calling_thread_only(restore_config):
+    """Inside the block the calling thread's steps use at most n threads, a
+    nested block cannot raise the cap, other Python threads keep theirs,
+    the cap ends with the block (an exception included), and the bits of a
+    step do not change."""
+    if not _core.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    fastopt.set_num_threads(2)
+    full = fastopt.get_num_threads()
+    if full < 2:
+        pytest.skip("OpenMP offers one thread")
+    rng = np.random.default_rng(3)
+    p0, g = rng.standard_normal((2, 1 << 16)).astype(np.float32)
+
+    def adam_bits():
+        p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        for step in (1, 2):
+            F.adam(p, g, m, v, step=step)
+        return p.view(np.uint32)
+
+    free = adam_bits()
+    seen = {}
+    with fastopt.limit_threads(1):
+        assert fastopt.get_num_threads() == 1
+        with fastopt.limit_threads(4):
+            assert fastopt.get_num_threads() == 1
+        assert fastopt.get_num_threads() == 1
+        worker = threading.Thread(target=lambda: seen.update(n=fastopt.get_num_threads()))
+        worker.start()
+        worker.join()
+        np.testing.assert_array_equal(adam_bits(), free)
+    assert seen["n"] == full
+    assert fastopt.get_num_threads() == full
+    with pytest.raises(RuntimeError):
+        with fastopt.limit_threads(1):
+            raise RuntimeError
+    assert fastopt.get_num_threads() == full
+    with fastopt.limit_threads(8):
+        assert fastopt.get_num_threads() == full

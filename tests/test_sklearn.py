@@ -140,6 +140,35 @@ def test_fit_is_stock(fused_only, dataset, solver, dtype):
     assert mine.coefs_[0].dtype == dtype
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_small_networks_step_on_one_thread(monkeypatch, solver):
+    """Below fsk.ONE_THREAD_BELOW parameters each update runs capped at one
+    thread (waking a second right after scikit-learn's matrix products
+    costs more than it gains); at or above it with fastopt's own count;
+    the cap ends with the update, and the model is the same either way."""
+    import fastopt
+    from fastopt import _core
+    seen = []
+    step_many = _core.step_many
+
+    def recording(*args, **kw):
+        seen.append(fastopt.get_num_threads())
+        return step_many(*args, **kw)
+    monkeypatch.setattr(_core, "step_many", recording)
+    X, y = _data("multiclass", np.float64)
+    full = fastopt.get_num_threads()
+    small = _estimators("multiclass", solver=solver, max_iter=2)[1].fit(X, y)
+    assert seen and set(seen) == {1}
+    assert fastopt.get_num_threads() == full
+    seen.clear()
+    n = sum(a.size for a in small.coefs_ + small.intercepts_)
+    monkeypatch.setattr(fsk, "ONE_THREAD_BELOW", n)
+    large = _estimators("multiclass", solver=solver, max_iter=2)[1].fit(X, y)
+    assert seen and set(seen) == {full}
+    for a, b in zip(small.coefs_ + small.intercepts_, large.coefs_ + large.intercepts_):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nesterov", [True, False])
 @pytest.mark.parametrize("schedule", ["constant", "invscaling", "adaptive"])

@@ -132,8 +132,9 @@ def test_codec_is_the_reference(simd_level, rng, start):
     x = np.concatenate([_special(), rng.standard_normal(1000).astype(np.float32),
                         rng.standard_normal(37).astype(np.float32) * 1e-39])
     for key in (0, 0xFFFFFFFF, 0x9E3779B9):
-        got = _core.bf16_round(x, key, start)
-        assert got.tobytes() == reference.bf16_round(x, key, start).tobytes()
+        for low in (False, True):
+            got = _core.bf16_round(x, key, start, low)
+            assert got.tobytes() == reference.bf16_round(x, key, start, low).tobytes()
     bits = rng.integers(0, 2 ** 16, 999).astype(np.uint16)
     assert _core.bf16_decode(bits).tobytes() == reference.bf16_decode(bits).tobytes()
 
@@ -165,6 +166,13 @@ def test_rounding_is_unbiased():
     assert abs(out.astype(np.float64).mean() - (1 + 2 ** -10)) < 1e-5
     # other keys and offsets draw other bits
     assert not np.array_equal(reference.bf16_round(x, 78), reference.bf16_round(x, 77))
+    # so does the other half of the hash (odd slots), as unbiased
+    low = reference.bf16_decode(reference.bf16_round(x, 77, low=True))
+    assert not np.array_equal(low, out)
+    assert abs(np.mean(low > 1) - 0.125) < 4 * np.sqrt(0.125 * 0.875 / n)
+    # and the two halves are not correlated: 1/64 of elements round up in both
+    both = np.mean((low > 1) & (out > 1))
+    assert abs(both - 0.125 ** 2) < 4 * np.sqrt(0.125 ** 2 * (1 - 0.125 ** 2) / n)
 
 
 def test_seed_changes_the_bits_and_the_same_seed_repeats_them(rng):

@@ -57,6 +57,16 @@ RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 # the 8-bit codec (q8.h, one copy per level, named <name>_lowp_<level>):
 # the packed operations each must have
 CODEC = {"q8_encode": ("sqrt", "mul"), "q8_decode": ("div", "mul")}
+
+
+def row_kinds(rule):
+    """The rows of a rule's range function: f32, f64; for a rule of the
+    table also emaf32, emaf64 (the loops moving the averages, rules.h with
+    FO_EMA) and bf16 (float32 parameters with bfloat16 states, lowp.h)."""
+    kinds = ("f32", "f64")
+    if rule in TABLE_RULES:
+        kinds += ("emaf32", "emaf64") + (() if rule in NO_BF16 else ("bf16",))
+    return kinds
 ARITH = re.compile(r"\b(v?)(sqrt|div|mul|add|sub|max|min)p([sd])\b.*%([xyz]mm)")
 
 
@@ -111,10 +121,7 @@ def check_aarch64(obj):
     failures = 0
     print(f"aarch64 baseline = NEON ({obj}), expected v.4s/v.2d:")
     for rule in RULES:
-        rows = (("f32", "4s"), ("f64", "2d")) + (
-            (("emaf32", "4s"), ("emaf64", "2d")) if rule in TABLE_RULES else ()) + (
-            (("bf16", "4s"),) if rule in TABLE_RULES and rule not in NO_BF16 else ())
-        for dt, arr in rows:
+        for dt in row_kinds(rule):
             body = funcs.get(f"{rule}_range_{dt}_baseline", [])
             count = collections.Counter()
             for line in body:
@@ -165,10 +172,7 @@ def main():
         failures += len(bad)
         print(f"{level} ({objs[-1]}), expected {reg}, fused multiply-adds: {len(bad)}:")
         for rule in RULES:
-            # bf16: float32 parameters with bfloat16 states (lowp.h); emaf*:
-            # the loops moving the averages (rules.h with FO_EMA)
-            for dt in ("f32", "f64") + (("emaf32", "emaf64") if rule in TABLE_RULES else ()) + (
-                    ("bf16",) if rule in TABLE_RULES and rule not in NO_BF16 else ()):
+            for dt in row_kinds(rule):
                 body = funcs.get(f"{rule}_range_{dt}_{level}", [])
                 count = collections.Counter()
                 for line in body:

@@ -22,7 +22,7 @@ typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
 /* bfloat16 states (lowp.h), float32 only */
 typedef void (*fo_bf16_decode_fn)(const void *in, float *out, size_t n);
 typedef void (*fo_bf16_encode_fn)(const float *x, void *out, size_t n,
-                                  uint32_t key, size_t index0);
+                                  uint32_t key, size_t index0, int low);
 /* 8-bit blockwise states (q8.h), float32 only */
 typedef void (*fo_q8_encode_fn)(const float *x, uint8_t *codes, float *scales,
                                 size_t n, int nonneg, uint32_t key,

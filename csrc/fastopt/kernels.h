@@ -142,12 +142,13 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
  * number, and from it the key of each state slot.  SplitMix64's finalizer;
  * fastopt.reference computes the same in Python. */
 uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step);
-uint32_t fo_lowp_slot_key(uint64_t key, int slot);
+uint32_t fo_lowp_slot_key(uint64_t key, int slot) __attribute__((const));
 /* The active level's bfloat16 codec over n elements (lowp.h): decode, and
- * stochastic rounding with slot key `key` from element index0 on. */
+ * stochastic rounding with slot key `key` from element index0 on (the
+ * lower 16 bits of each hash if low, as odd slots use them). */
 void fo_bf16_decode(const void *in, float *out, size_t n);
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                    size_t index0);
+                    size_t index0, int low);
 /* 8-bit blockwise codec (dispatch.c).  A block's scale is the largest |x|
  * of its values (NaN if any is NaN).  A state that is never negative
  * (nonneg) is coded c = round(255 * (x / scale)^(1/4)) (two square roots)
@@ -223,6 +224,8 @@ const char *fo_cpu_features(void);  /* as detected, space-separated */
 int fo_level_set(int level);         /* 0 on success, -1 if unsupported */
 int fo_num_threads_get(void);
 void fo_num_threads_set(int n);
+/* Cap the calling thread's steps at n threads (0: no cap); returns the old cap. */
+int fo_thread_cap_swap(int n);
 size_t fo_parallel_threshold(void);
 void fo_parallel_threshold_set(size_t n);
 int fo_openmp_enabled(void);

@@ -14,14 +14,17 @@
  * the largest bfloat16 may round to infinity, like any rounding into a
  * narrower format.
  *
- * The random bits of element i of a state come from a counter-based hash:
- * r = hash32(key + i) >> 16, where key (fo_lowp_slot_key) depends on the
- * tensor's key (fo_lowp_tensor_key: seed, parameter index, step) and the
- * state's slot, and i counts from the tensor's first element.  They depend
- * on nothing else, so the written bits are the same for every thread split
- * and instruction set, and fastopt.reference.bf16_round computes them with
- * NumPy.  The rules (rules.h, FO_BF16) store through bf16_store in their
- * own loops; bf16_encode and bf16_decode are the same over whole arrays.
+ * The random bits of element i of a state come from a counter-based hash
+ * h = hash32(key + i), where key (fo_lowp_slot_key of slot & ~1) depends on
+ * the tensor's key (fo_lowp_tensor_key: seed, parameter index, step) and on
+ * the state's slot pair, and i counts from the tensor's first element: an
+ * even slot takes h's upper 16 bits, the odd slot after it the lower 16, so
+ * one hash serves two states (Adam's m and v) and a step computes half as
+ * many.  They depend on nothing else, so the written bits are the same for
+ * every thread split and instruction set, and fastopt.reference.bf16_round
+ * computes them with NumPy.  The rules (rules.h, FO_BF16) store through
+ * bf16_store in their own loops; bf16_encode and bf16_decode are the same
+ * over whole arrays.
  */
 #ifndef FASTOPT_LOWP_TYPES
 #define FASTOPT_LOWP_TYPES
@@ -50,12 +53,18 @@ static inline __attribute__((always_inline)) float FO_LOWP(bf16_load)(fo_bf16 b)
     return x;
 }
 
-/* x rounded stochastically with the random bits of counter c */
-static inline __attribute__((always_inline)) fo_bf16 FO_LOWP(bf16_store)(float x, uint32_t c)
+/* The 16 random bits of hash h for a state of an even (low = 0) or odd
+ * (low = 1) slot */
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(bf16_bits)(uint32_t h, int low)
+{
+    return low ? h & 0xffffu : h >> 16;
+}
+
+/* x rounded stochastically with the 16 random bits r */
+static inline __attribute__((always_inline)) fo_bf16 FO_LOWP(bf16_store)(float x, uint32_t r)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    const uint32_t r = FO_LOWP(hash32)(c) >> 16;
     const int nan = (u & 0x7fffffffu) > 0x7f800000u;
     const fo_bf16 b = {(uint16_t)(nan ? (u >> 16) | 0x0040u : (u + r) >> 16)};
     return b;
@@ -69,11 +78,17 @@ static void FO_LOWP(bf16_decode)(const void *in, float *out, size_t n)
 }
 
 /* out[i] = x[i] rounded stochastically with the random bits of element
- * index0 + i of the state whose slot key is `key` */
+ * index0 + i under slot key `key`, the lower half of each hash if `low` */
 static void FO_LOWP(bf16_encode)(const float *x, void *out, size_t n,
-                                 uint32_t key, size_t index0)
+                                 uint32_t key, size_t index0, int low)
 {
     fo_bf16 *restrict o = (fo_bf16 *)out;
     const uint32_t k = key + (uint32_t)index0;
-    for (size_t i = 0; i < n; i++) o[i] = FO_LOWP(bf16_store)(x[i], k + (uint32_t)i);
+    if (low) {
+        for (size_t i = 0; i < n; i++)
+            o[i] = FO_LOWP(bf16_store)(x[i], FO_LOWP(bf16_bits)(FO_LOWP(hash32)(k + (uint32_t)i), 1));
+    } else {
+        for (size_t i = 0; i < n; i++)
+            o[i] = FO_LOWP(bf16_store)(x[i], FO_LOWP(bf16_bits)(FO_LOWP(hash32)(k + (uint32_t)i), 0));
+    }
 }

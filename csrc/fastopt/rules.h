@@ -20,7 +20,9 @@
  * States are declared with FO_STATE(x, slot), read with FO_LD(x, i) and
  * written with FO_ST(x, i, value), never indexed directly: with FO_BF16
  * defined (float32 parameters, bfloat16 states) the same bodies load
- * bfloat16 and store with stochastic rounding (lowp.h), in the same loop.
+ * bfloat16 and store with stochastic rounding (lowp.h), in the same loop;
+ * states of slots 2k and 2k + 1 share one hash per element (the compiler
+ * computes it once: fo_lowp_slot_key is declared const).
  * There a state element is a struct, so a direct x[i] does not compile.
  */
 
@@ -49,10 +51,12 @@
 #ifdef FO_BF16
 #define FO_STATE(x, slot) \
     fo_bf16 *restrict x = (fo_bf16 *)t->s[slot]; \
-    const uint32_t x##_key = fo_lowp_slot_key(t->key, slot) + (uint32_t)t->at; \
-    (void)x##_key
+    const uint32_t x##_key = fo_lowp_slot_key(t->key, (slot) & ~1) + (uint32_t)t->at; \
+    const int x##_low = (slot) & 1; \
+    (void)x##_key; (void)x##_low
 #define FO_LD(x, i) FO_LOWP(bf16_load)(x[i])
-#define FO_ST(x, i, v) (x[i] = FO_LOWP(bf16_store)((v), x##_key + (uint32_t)(i)))
+#define FO_ST(x, i, v) (x[i] = FO_LOWP(bf16_store)((v), \
+    FO_LOWP(bf16_bits)(FO_LOWP(hash32)(x##_key + (uint32_t)(i)), x##_low)))
 #else
 #define FO_STATE(x, slot) FO_T *restrict x = (FO_T *)t->s[slot]
 #define FO_LD(x, i) (x[i])

@@ -15,6 +15,7 @@ from fastopt import _config
 from fastopt._config import (
     get_num_threads,
     get_simd_level,
+    limit_threads,
     set_num_threads,
     set_simd_level,
     show_config,
@@ -33,7 +34,7 @@ __all__ = [
     "__version__",
     "FlatParams", "clip_grad_norm_", "clip_grad_value_",
     "checkpoint", "functional", "lr_scheduler", "reference", "rules", "states",
-    "show_config", "get_num_threads", "set_num_threads",
+    "show_config", "get_num_threads", "set_num_threads", "limit_threads",
     "get_simd_level", "set_simd_level",
 ]
 __all__ += optim.__all__

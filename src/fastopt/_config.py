@@ -17,11 +17,14 @@ find their threads awake.  The variable is set only while the extension
 loads; it takes effect when fastopt is the first to load that libgomp (a
 wheel vendors its own).
 """
+import numbers
 import os
 import platform
 import sys
 import warnings
 from typing import Any, Optional, TextIO
+
+import numpy as np
 
 # before the extension loads its OpenMP runtime, which reads it once
 _SPIN = ("OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ)
@@ -33,7 +36,7 @@ finally:
     if _SPIN:
         del os.environ["GOMP_SPINCOUNT"]
 
-__all__ = ["show_config", "config", "get_num_threads", "set_num_threads",
+__all__ = ["show_config", "config", "get_num_threads", "set_num_threads", "limit_threads",
            "get_simd_level", "set_simd_level"]
 
 get_num_threads = _core.get_num_threads
@@ -47,6 +50,42 @@ def set_num_threads(n: Optional[int]) -> None:
     ``threadpool_limits``) caps the count as well.
     """
     _core.set_num_threads(n)
+
+
+class limit_threads:
+    """``with fastopt.limit_threads(n): ...``: the steps the calling thread
+    makes inside the block use at most ``n`` threads; other threads, and
+    the code after the block, are not affected.  Blocks nest: inside both,
+    the smaller cap holds.
+
+    For steps made right after other multithreaded work, such as NumPy's
+    matrix products on OpenBLAS's threads: waking fastopt's sleeping
+    threads there can cost more than a small step gains from them
+    (``fastopt.sklearn`` uses one thread below 2**19 elements for that
+    reason).  Results are the same bits for any thread count.
+    """
+
+    __slots__ = ("n", "_saved")
+    n: int
+    _saved: int
+
+    def __init__(self, n: int) -> None:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n = int(min(n, 1 << 16))
+        self._saved = 0
+
+    def __enter__(self) -> "limit_threads":
+        saved = _core.swap_thread_cap(self.n)
+        if 0 < saved < self.n:
+            _core.swap_thread_cap(saved)
+        self._saved = saved
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _core.swap_thread_cap(self._saved)
 
 
 def set_simd_level(level: str) -> None:

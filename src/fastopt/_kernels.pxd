@@ -52,7 +52,7 @@ cdef extern from "fastopt/kernels.h" nogil:
                       size_t n, int nonneg)
     void fo_bf16_decode(const void *inp, float *out, size_t n)
     void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
-                        size_t index0)
+                        size_t index0, int low)
 
     ctypedef struct fo_args:
         double c[FO_MAX_COEFFICIENTS]
@@ -90,6 +90,7 @@ cdef extern from "fastopt/kernels.h" nogil:
     int fo_level_set(int level)
     int fo_num_threads_get()
     void fo_num_threads_set(int n)
+    int fo_thread_cap_swap(int n)
     size_t fo_parallel_threshold()
     void fo_parallel_threshold_set(size_t n)
     int fo_openmp_enabled()

@@ -56,6 +56,12 @@ def set_num_threads(n):
     fo_num_threads_set(min(n, 1 << 16))
 
 
+def swap_thread_cap(int n):
+    """Cap the steps the calling thread makes at n threads (0: no cap) and
+    return the previous cap (fastopt.limit_threads is the public form)."""
+    return fo_thread_cap_swap(n)
+
+
 def get_parallel_threshold():
     return fo_parallel_threshold()
 

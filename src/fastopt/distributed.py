@@ -230,11 +230,12 @@ class ShardedOptimizer:
         self._grad_shard = np.zeros(S, dtype=self.dtype)   # the mean, for this shard
         self._recv = np.empty((P, S), dtype=self.dtype) if self.deterministic else None
         # each parameter's part of this shard: (index, start, end) in the shard
-        self._segments = [(k, max(int(self.offsets[k]), r * S) - r * S,
-                           min(int(self.offsets[k + 1]), (r + 1) * S) - r * S)
-                          for k in range(len(self.sizes))
-                          if max(int(self.offsets[k]), r * S)
-                          < min(int(self.offsets[k + 1]), (r + 1) * S)]
+        self._segments = []
+        for k in range(len(self.sizes)):
+            lo = max(int(self.offsets[k]), r * S)
+            hi = min(int(self.offsets[k + 1]), (r + 1) * S)
+            if lo < hi:
+                self._segments.append((k, lo - r * S, hi - r * S))
         # the shard as one tensor of the class (its checks are the class's),
         # or, for bfloat16 states, the parts as tensors of their own, each
         # drawing the random bits of its place in its parameter; a shard of
@@ -249,7 +250,7 @@ class ShardedOptimizer:
         if self._parts is not None:
             self.optimizer._plans[0].set_state_format(
                 "bfloat16", self.optimizer.seed, [k for k, _, _ in self._parts],
-                [max(r * S + a - int(self.offsets[k]), 0) for k, a, _ in self._parts])
+                [r * S + a - int(self.offsets[k]) for k, a, _ in self._parts])
             self._grad_parts = [self._grad_shard[a:b] for _, a, b in self._parts]
         # gradients accumulated on this rank since the window began (the
         # window's only communication is at its end), and the calls made

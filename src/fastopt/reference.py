@@ -605,13 +605,16 @@ def bf16_nearest(x):
                     rounded).astype(np.uint16)
 
 
-def bf16_round(x, key, start=0):
+def bf16_round(x, key, start=0, low=False):
     """bfloat16 bits of float32 ``x`` (flattened) rounded stochastically
     with the random bits of elements start, start + 1, ... under the 32-bit
-    slot key ``key``: (u + (hash32(key + i) >> 16)) >> 16."""
+    slot key ``key``: (u + r) >> 16 with r the upper 16 bits of
+    hash32(key + i), or its lower 16 if ``low`` (the states of odd slots,
+    which share their hash with the slot before)."""
     u = np.asarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
     i = (np.arange(u.size, dtype=np.uint64) + np.uint64(start)).astype(np.uint32)
-    r = hash32(i + np.uint32(key & 0xFFFFFFFF)) >> np.uint32(16)
+    h = hash32(i + np.uint32(key & 0xFFFFFFFF))
+    r = h & np.uint32(0xFFFF) if low else h >> np.uint32(16)
     return np.where(_bf16_nan(u), (u >> np.uint32(16)) | np.uint32(0x40),
                     (u + r) >> np.uint32(16)).astype(np.uint16).reshape(np.shape(x))
 
@@ -621,7 +624,8 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
     bits (uint16 arrays, None where unused, given positionally in the rule's
     state order; any per-tensor scalar states follow), updated in
     place: the states decoded, the rule's reference run on them in float32,
-    each written back with bf16_round under lowp_slot_key(key, slot)."""
+    each written back with bf16_round under lowp_slot_key(key, slot & ~1),
+    the lower half of the hash for an odd slot."""
     rule = RULES[name]
     n = len(rule.states)
     arrays, rest = list(states[:n]), states[n:]
@@ -629,7 +633,8 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
     globals()[name](param, grad, *decoded, *rest, **kwargs)
     for slot, (bits, value) in enumerate(zip(arrays, decoded)):
         if bits is not None:
-            bits[...] = bf16_round(value, lowp_slot_key(key, slot))
+            bits[...] = bf16_round(value, lowp_slot_key(key, slot & ~1),
+                                   low=bool(slot & 1))
 
 
 # ---------------------------------------------------------------------------

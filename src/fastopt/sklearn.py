@@ -121,18 +121,40 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _pick(arrays, indices):
-    return [arrays[k] for k in indices]
+    return arrays if indices is None else [arrays[k] for k in indices]
+
+
+# Networks below this many parameters step on one thread.  Right after
+# scikit-learn's matrix products (OpenBLAS's threads) waking a second thread
+# cost about 100 us on a 2-core machine, more than such a step gains from it:
+# fit() with (256, 256) layers (9.4e4 parameters) at batch 32 ran 1.1-1.2x
+# faster on one thread; with (1024, 1024) (1.2e6) two threads were as fast
+# or faster (python -m fastopt bench --sklearn, FASTOPT_NUM_THREADS=1 and 2).
+ONE_THREAD_BELOW = 1 << 19
 
 
 def _update(params, grads, states, plain, step, numpy_update):
-    """One optimizer step: ``step(indices)`` (one fastopt call, which checks
-    everything before it writes) over all tensors when it takes them, as it
-    does in scikit-learn's own use; otherwise over each group of tensors it
-    can take, and ``numpy_update(k, param, grad)`` for the others."""
-    everything = range(len(params))
+    """One optimizer step, on one thread for a small network: ``step(None)``
+    (one fastopt call over all tensors, which checks everything before it
+    writes) when it takes them, as it does in scikit-learn's own use;
+    otherwise ``step(indices)`` over each group of tensors it can take, and
+    ``numpy_update(k, param, grad)`` for the others."""
+    size = 0
+    for p in params:
+        size += getattr(p, "size", 0)
+    if size >= ONE_THREAD_BELOW:
+        return _update_all(params, grads, states, plain, step, numpy_update)
+    cap = _core.swap_thread_cap(1)
+    try:
+        _update_all(params, grads, states, plain, step, numpy_update)
+    finally:
+        _core.swap_thread_cap(cap)
+
+
+def _update_all(params, grads, states, plain, step, numpy_update):
     if len(grads) == len(params) and params and plain(getattr(params[0], "dtype", None)):
         try:
-            step(everything)
+            step(None)
             return
         except (TypeError, ValueError):
             pass                        # refused before anything was written

@@ -233,6 +233,21 @@ def _arrays(rule, n, dtype, rng):
     return p, g, states
 
 
+def _placed(p, states):
+    """Copies of the parameter-shaped ``states`` placed relative to ``p`` as
+    the optimizer classes place their buffers (fastopt._core.placed_full:
+    apart within a 4 KiB page); other states as they are."""
+    out = []
+    for k, s in enumerate(states):
+        if s.shape != p.shape:
+            out.append(s)
+            continue
+        x = _core.placed_full(s.size, 0, s.dtype, p, k).reshape(s.shape)
+        x[...] = s
+        out.append(x)
+    return out
+
+
 def _check_exact(rule, p, g, states):
     """One step of the kernel and of the reference from the same state."""
     kp, ks = p.copy(), [s.copy() for s in states]
@@ -302,9 +317,11 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
     """Records for one rule, dtype and size, one per fastopt thread count."""
     p, g, states = _arrays(rule, n, dtype, rng)
     kp, ks = _check_exact(rule, p, g, states)
+    ks = _placed(kp, ks)
     # the floor moves the parameter-shaped arrays (a factored rule's row and
-    # column states are a vanishing part of its traffic)
-    floor_arrays = [p.copy(), g.copy()] + [s.copy() for s in states if s.shape == p.shape]
+    # column states are a vanishing part of its traffic), placed alike
+    fp = p.copy()
+    floor_arrays = [fp, g.copy()] + _placed(fp, [s for s in states if s.shape == p.shape])
     run_fastopt = rule.bind(rule.fastopt_fn, kp, g, ks)
     rp, rs = p.copy(), [s.copy() for s in states]
     run_numpy = rule.bind(rule.reference_fn, rp, g, rs)
