@@ -101,7 +101,7 @@ def _generate():
                            "def hash32(x: ArrayLike) -> Any: ...",
                            "def bf16_decode(bits: ArrayLike) -> Any: ...",
                            "def bf16_nearest(x: ArrayLike) -> Any: ...",
-                           "def bf16_round(x: ArrayLike, key: int, start: int = 0) -> Any: ...",
+                           "def bf16_round(x: ArrayLike, key: int, start: int = 0, low: bool = False) -> Any: ...",
                            "Q8_BLOCK: int",
                            "def q8_table(nonneg: bool) -> Any: ...",
                            "def q8_encode(x: ArrayLike, nonneg: bool, key: int = 0, start: int = 0) -> Any: ...",
