@@ -102,6 +102,12 @@ def _generate():
                            "def bf16_decode(bits: ArrayLike) -> Any: ...",
                            "def bf16_nearest(x: ArrayLike) -> Any: ...",
                            "def bf16_round(x: ArrayLike, key: int, start: int = 0, low: bool = False) -> Any: ...",
+                           "Q8_BLOCK: int",
+                           "def q8_table(nonneg: bool) -> Any: ...",
+                           "def q8_encode(x: ArrayLike, nonneg: bool, key: int = 0, start: int = 0) -> Any: ...",
+                           "def q8_decode(codes: ArrayLike, scales: ArrayLike, nonneg: bool) -> Any: ...",
+                           "def q8_step(name: str, key: int, param: Any, grad: Any, *states: Any,",
+                           "            **kwargs: Any) -> None: ...",
                            "def bf16_step(name: str, key: int, param: Any, grad: Any,",
                            "              *states: Any, **kwargs: Any) -> None: ...", ""]}
     for module in ("functional", "reference"):

@@ -6,6 +6,7 @@
  * (fo_sumsq_*) combines fixed blocks in index order so that it too is
  * independent of the split. */
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -199,15 +200,27 @@ static size_t total_elements(const fo_tensor *t, size_t count)
     return total;
 }
 
-/* Apply fn to the global element range [lo, hi) of the concatenated tensors. */
-static void run_range(fo_range_fn fn, const void *args, const fo_tensor *t,
-                      size_t count, size_t lo, size_t hi)
+/* A tensor-relative split point x of a tensor of n elements, moved down to
+ * a multiple of `block` (none when block is 0); n stays n */
+static size_t block_floor(size_t x, size_t n, size_t block)
+{
+    return block == 0 || x >= n ? x : x - x % block;
+}
+
+/* Apply fn to the global element range [lo, hi) of the concatenated
+ * tensors.  With block > 0 each tensor's part starts and ends on a multiple
+ * of block from the tensor's start (or its end): every thread moves the
+ * same tensor-relative points the same way, so the parts still cover each
+ * tensor exactly once. */
+static void run_range_blocks(fo_range_fn fn, const void *args,
+                             const fo_tensor *t, size_t count, size_t lo,
+                             size_t hi, size_t block)
 {
     size_t base = 0;
     for (size_t k = 0; k < count && base < hi; k++) {
         const size_t n = t[k].n;
-        const size_t a = lo > base ? lo - base : 0;
-        const size_t b = hi < base + n ? hi - base : n;
+        const size_t a = block_floor(lo > base ? lo - base : 0, n, block);
+        const size_t b = block_floor(hi < base + n ? hi - base : n, n, block);
         if (a < b) fn(args, &t[k], a, b);
         base += n;
     }
@@ -220,26 +233,55 @@ static size_t split_point(size_t total, int part, int parts)
     return x - x % FO_SPLIT_GRAIN;
 }
 
-static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
-                  size_t count)
+/* The largest piece of a blockwise (8-bit) step handed to a thread as it
+ * comes free: a few hundred per 10^7 elements */
+#define FO_BLOCK_PIECE ((size_t)1 << 15)
+
+static void drive_blocks(fo_range_fn fn, const void *args,
+                         const fo_tensor *t, size_t count, size_t block)
 {
     const size_t total = total_elements(t, count);
     if (total == 0) return;
 #ifdef _OPENMP
     if (total >= parallel_threshold) {
         const int nt = fo_num_threads_get();
+        if (nt > 1 && block > 0) {
+            /* Blockwise states are compute-bound (the codec): equal halves
+             * finish when the slower core does, and on a core shared with
+             * other work that is the one-thread time.  Pieces taken
+             * dynamically balance the work; each block is still coded by
+             * one thread, so the bits do not depend on the split. */
+            size_t piece = total / ((size_t)nt * 4);   /* at least 4 per thread */
+            piece = piece < FO_BLOCK_PIECE ? piece : FO_BLOCK_PIECE;
+            piece = (piece + block - 1) / block * block;
+            piece = piece > block ? piece : block;
+            const long long pieces = (long long)((total + piece - 1) / piece);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+            for (long long k = 0; k < pieces; k++) {
+                const size_t lo = (size_t)k * piece;
+                const size_t hi = total - lo < piece ? total : lo + piece;
+                run_range_blocks(fn, args, t, count, lo, hi, block);
+            }
+            return;
+        }
         if (nt > 1) {
 #pragma omp parallel num_threads(nt)
             {
                 const int id = omp_get_thread_num(), parts = omp_get_num_threads();
-                run_range(fn, args, t, count, split_point(total, id, parts),
-                          split_point(total, id + 1, parts));
+                run_range_blocks(fn, args, t, count, split_point(total, id, parts),
+                                 split_point(total, id + 1, parts), block);
             }
             return;
         }
     }
 #endif
-    run_range(fn, args, t, count, 0, total);
+    run_range_blocks(fn, args, t, count, 0, total, block);
+}
+
+static void drive(fo_range_fn fn, const void *args, const fo_tensor *t,
+                  size_t count)
+{
+    drive_blocks(fn, args, t, count, 0);
 }
 
 static void reduce_tensors(fo_reduce_fn fn, const void *args, fo_tensor *t,
@@ -306,6 +348,24 @@ void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
     active->bf16_encode(x, out, n, key, index0, low);
 }
 
+/* 8-bit blockwise states: the active level's codec (q8.h) */
+void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
+                  int nonneg, uint32_t key, size_t index0)
+{
+    active->q8_encode(x, codes, scales, n, nonneg, key, index0);
+}
+
+void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
+                  size_t n, int nonneg)
+{
+    active->q8_decode(codes, scales, out, n, nonneg);
+}
+
+/* 8-bit states are decoded into float32 scratch of this many elements
+ * each (a multiple of FO_Q8_BLOCK), small enough that a rule's states stay
+ * in L1 between the decode, the rule's loop and the requantization */
+#define FO_Q8_CHUNK 1024
+
 /* Scratch for one chunk's gradient */
 typedef union {
     float f[FO_FUSE_CHUNK];
@@ -346,23 +406,47 @@ static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
 }
 
 /* Elements [lo, hi) of one tensor, chunk by chunk: the mean gradient, the
- * rule's loop, the average (unless the loop moved it) */
+ * states decoded (8-bit), the rule's loop, the states requantized, the
+ * average (unless the loop moved it) */
 static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                         size_t hi)
 {
     const fo_fused_call *c = (const fo_fused_call *)args;
     const unsigned flags = c->f->flags;
-    const size_t state_size = (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
+    const int q8 = (flags & FO_FUSE_Q8) != 0;
+    const size_t state_size = q8 ? 1 : (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
+    const size_t chunk = q8 ? FO_Q8_CHUNK : FO_FUSE_CHUNK;
     fo_chunk tmp;
-    for (size_t at = lo; at < hi; at += FO_FUSE_CHUNK) {
-        const size_t n = hi - at < FO_FUSE_CHUNK ? hi - at : FO_FUSE_CHUNK;
+    float scratch[FO_MAX_STATES][FO_Q8_CHUNK];
+    for (size_t at = lo; at < hi; at += chunk) {
+        const size_t n = hi - at < chunk ? hi - at : chunk;
         fo_tensor s = part_of(t, at, n, c->dt, state_size);
         s.at = t->at + at;
         if (flags & FO_FUSE_MEAN) {
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
         }
-        c->fn(c->a, &s, 0, n);
+        if (q8) {
+            /* at is a multiple of FO_Q8_BLOCK: lo is, and so is the chunk */
+            fo_tensor w = s;
+            for (int k = 0; k < FO_MAX_STATES; k++) {
+                if (s.s[k] == NULL) continue;
+                active->q8_decode((const uint8_t *)s.s[k],
+                                  (const float *)t->scale[k] + at / FO_Q8_BLOCK,
+                                  scratch[k], n, (c->f->q8_nonneg >> k) & 1u);
+                w.s[k] = scratch[k];
+            }
+            c->fn(c->a, &w, 0, n);
+            for (int k = 0; k < FO_MAX_STATES; k++) {
+                if (s.s[k] == NULL) continue;
+                active->q8_encode(scratch[k], (uint8_t *)s.s[k],
+                                  (float *)t->scale[k] + at / FO_Q8_BLOCK, n,
+                                  (c->f->q8_nonneg >> k) & 1u,
+                                  fo_lowp_slot_key(t->key, k), s.at);
+            }
+        } else {
+            c->fn(c->a, &s, 0, n);
+        }
         if ((flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY)) && !c->ema_in_loop)
             active->ema[c->dt](&s, n, c->f->ema_weight,
                                (flags & FO_FUSE_EMA_COPY) != 0);
@@ -380,11 +464,15 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
     const fo_args *la;
     fo_args own;
     const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
-    if ((flags & FO_FUSE_MEAN) == 0 && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
+    /* 8-bit states always go through fused_range (decoded around the
+     * loop), in pieces of whole blocks */
+    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8)) == 0
+        && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
         drive(fn, la, t, count);
     } else {
         const fo_fused_call c = {fn, dt, la, f, in_loop};
-        drive(fused_range, &c, t, count);
+        drive_blocks(fused_range, &c, t, count,
+                     (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }
 }
 

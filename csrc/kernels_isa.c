@@ -20,6 +20,7 @@
 
 #define FO_LOWP(x) FO_CAT(FO_CAT(x, _lowp_), FO_ISA)
 #include "fastopt/lowp.h"
+#include "fastopt/q8.h"
 
 #define FO_T float
 #define FO_SQRT sqrtf
@@ -77,6 +78,8 @@ const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .ema = FO_PAIR(ema_chunk),
     .bf16_decode = FO_LOWP(bf16_decode),
     .bf16_encode = FO_LOWP(bf16_encode),
+    .q8_encode = FO_LOWP(q8_encode),
+    .q8_decode = FO_LOWP(q8_decode),
     .sumsq = FO_PAIR(sumsq_range),
     .allfinite = FO_PAIR(allfinite_range),
 };

@@ -58,6 +58,14 @@ def _cases():
         cases.append((f"{cls}-bfloat16", cls, {**extra, **bf16}, "float32", None))
     cases.append(("Adam-bfloat16-ema-acc-clip", "Adam",
                   {**bf16, "ema_decay": 0.9, "accumulation_steps": 2}, "float32", 1.0))
+    # 8-bit states: every parameter (here 21, 9000, 1 and 13 elements, none
+    # a multiple of 256) starts on a block boundary of the flat layout, so
+    # every part of a shard is whole blocks of its parameter
+    q8 = {"state_dtype": "8bit", "seed": 777}
+    cases.append(("Adam-8bit", "Adam", {**EXTRA["Adam"], **q8}, "float32", None))
+    cases.append(("SGD-8bit", "SGD", {**EXTRA["SGD"], **q8}, "float32", None))
+    cases.append(("Adam-8bit-ema-acc-clip", "Adam",
+                  {**q8, "ema_decay": 0.9, "accumulation_steps": 2}, "float32", 1.0))
     return cases
 
 
@@ -67,7 +75,8 @@ CASES = _cases()
 RESHARD_CASES = [c for c in CASES if c[0] in (
     "Adam-float32", "NAdam-float64", "ASGD-float32", "AdEMAMix-float64",
     "Rprop-float32", "SGD-clip-float64", "LAMB-float32", "Adam-ema-acc-float32",
-    "Adam-bfloat16", "Rprop-bfloat16", "Adam-bfloat16-ema-acc-clip")]
+    "Adam-bfloat16", "Rprop-bfloat16", "Adam-bfloat16-ema-acc-clip",
+    "Adam-8bit", "Adam-8bit-ema-acc-clip")]
 # Levels and threads are the kernels' business, checked at length by their
 # own tests; here a few cases per level.
 LEVEL_CASES = CASES[::5] + [c for c in CASES if c[0] == "LAMB-ema-acc-clip-float64"

@@ -306,6 +306,29 @@ class _OneRank:
         return [x]
 
 
+@pytest.mark.parametrize("saved, loaded", [("8bit", None), (None, "8bit"),
+                                           ("8bit", "bfloat16"), ("bfloat16", "8bit")])
+def test_sharded_checkpoint_between_layouts_is_refused(tmp_path, saved, loaded):
+    """8-bit states start every parameter on a block boundary of the flat
+    buffers, other state dtypes pack them: a checkpoint of one layout does
+    not load into the other, and the loading optimizer keeps its state."""
+    from fastopt.distributed import ShardedOptimizer
+
+    def make(state_dtype):
+        hyper = {} if state_dtype is None else {"state_dtype": state_dtype}
+        return ShardedOptimizer(fastopt.Adam, dict(zip(NAMES, start("float32"))),
+                                _OneRank(), **hyper)
+    g = dict(zip(NAMES, [np.ones(s, np.float32) for s in SHAPES]))
+    first = make(saved)
+    first.step(g)
+    first.save(tmp_path / "ckpt")
+    other = make(loaded)
+    with pytest.raises(ValueError) as e:
+        other.load(tmp_path / "ckpt")
+    assert "load it with the state_dtype it was saved with" in str(e.value)
+    assert other.optimizer.state_dict()["state"] == {}
+
+
 @pytest.mark.parametrize("bad, exc, message", [
     (lambda g: {**g, "big": None}, ValueError,
      "the grad of parameter(s) ['big'] is None on every rank"),

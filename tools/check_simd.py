@@ -17,7 +17,10 @@ bits) and reports the widest packed sqrt and division.  Exits 1 when a level
 lacks its width: AVX-512 must use zmm, AVX2 ymm, the baseline packed xmm, for
 the multiplies of every update rule of the table (src/fastopt/rules.py) and
 for sqrt and division wherever the rule has them; a function without packed
-arithmetic at its level's width fails.
+arithmetic at its level's width fails.  The 8-bit state codec (q8.h) is
+checked the same way at every level: q8_encode must have packed sqrt and
+multiplies at the level's width (v.4s on aarch64), q8_decode packed
+division and multiplies.
 """
 import collections
 import importlib.util
@@ -51,6 +54,9 @@ TABLE_RULES = list(TABLE)
 # (Muon) refuses bfloat16 states
 NO_BF16 = {name for name, rule in TABLE.items() if getattr(rule, "matrix", "")}
 RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
+# the 8-bit codec (q8.h, one copy per level, named <name>_lowp_<level>):
+# the packed operations each must have
+CODEC = {"q8_encode": ("sqrt", "mul"), "q8_decode": ("div", "mul")}
 
 
 def row_kinds(rule):
@@ -130,6 +136,15 @@ def check_aarch64(obj):
             failures += status != "ok"
             summary = ", ".join(f"{op}={n}" for op, n in sorted(count.items()))
             print(f"  {rule:9s} {dt}: {status:24s} {summary}")
+    for name, need in CODEC.items():
+        body = funcs.get(f"{name}_lowp_baseline", [])
+        count = collections.Counter(m.group(1) for line in body
+                                    for m in [ARM_ARITH.search(line)] if m)
+        missing = [op for op in need if not count[op]]
+        status = "ok" if body and not missing else f"MISSING {missing}"
+        failures += status != "ok"
+        summary = ", ".join(f"{op}={n}" for op, n in sorted(count.items()))
+        print(f"  {name:9s} f32: {status:24s} {summary}")
     bad = fused(funcs, "aarch64")
     for name, line in bad[:10]:
         print(f"  FUSED multiply-add in {name}: {line}")
@@ -179,6 +194,17 @@ def main():
                 status = "ok" if body and not missing else f"MISSING {reg} {missing}"
                 failures += status != "ok"
                 print(f"  {rule:9s} {dt}: {status:24s} {summary}")
+        for name, need in CODEC.items():
+            body = funcs.get(f"{name}_lowp_{level}", [])
+            count = collections.Counter((m.group(2), m.group(4)) for line in body
+                                        for m in [ARITH.search(line)] if m)
+            missing = [op for op in need if not count[(op, reg)]]
+            status = "ok" if body and not missing else f"MISSING {reg} {missing}"
+            failures += status != "ok"
+            summary = ", ".join(f"{op}:" + "/".join(f"{r}={count[(op, r)]}"
+                                for r in ("xmm", "ymm", "zmm") if count[(op, r)])
+                                for op in sorted({op for op, _ in count}))
+            print(f"  {name:9s} f32: {status:24s} {summary}")
     sys.exit(1 if failures else 0)
 
 

@@ -23,6 +23,12 @@ typedef void (*fo_ema_fn)(const fo_tensor *t, size_t n, double weight,
 typedef void (*fo_bf16_decode_fn)(const void *in, float *out, size_t n);
 typedef void (*fo_bf16_encode_fn)(const float *x, void *out, size_t n,
                                   uint32_t key, size_t index0, int low);
+/* 8-bit blockwise states (q8.h), float32 only */
+typedef void (*fo_q8_encode_fn)(const float *x, uint8_t *codes, float *scales,
+                                size_t n, int nonneg, uint32_t key,
+                                size_t index0);
+typedef void (*fo_q8_decode_fn)(const uint8_t *codes, const float *scales,
+                                float *out, size_t n, int nonneg);
 /* A factored rule's axis step over one tensor: its row and column states
  * from the sums of squares along the last two axes in t->scratch
  * (fo_axis_sumsq), and whatever per-batch numbers its passes need after
@@ -53,6 +59,8 @@ typedef struct {
     fo_ema_fn ema[2];
     fo_bf16_decode_fn bf16_decode;
     fo_bf16_encode_fn bf16_encode;
+    fo_q8_encode_fn q8_encode;
+    fo_q8_decode_fn q8_decode;
     fo_sumsq_fn sumsq[2];
     fo_allfinite_fn allfinite[2];
 } fo_isa_table;

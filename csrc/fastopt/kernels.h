@@ -44,6 +44,8 @@ typedef struct {
     void *ema;      /* averaged parameter (fo_run_fused, FO_FUSE_EMA*) */
     uint64_t key;   /* this step's random key (fo_run_fused, FO_FUSE_BF16) */
     size_t at;      /* the index of element 0 in the random bits (0) */
+    void *scale[FO_MAX_STATES]; /* 8-bit states: one float32 per block of
+                                   FO_Q8_BLOCK elements (FO_FUSE_Q8) */
     /* A factored rule's tensor (one with row and column states): the
      * parameter as (batch, rows, cols), rows and cols its last two
      * dimensions, and scratch, room for batch * (rows + cols + 1) doubles
@@ -117,6 +119,7 @@ void fo_run(int rule, int dt, const fo_args *a, fo_tensor *t, size_t count);
  *                     dt must be 0, and the rule one-pass. */
 typedef struct {
     unsigned flags;
+    unsigned q8_nonneg;  /* FO_FUSE_Q8: bit k set when state k is never negative */
     double count;
     double ema_weight;
 } fo_fuse;
@@ -124,6 +127,14 @@ typedef struct {
 #define FO_FUSE_EMA 2u
 #define FO_FUSE_EMA_COPY 4u
 #define FO_FUSE_BF16 8u
+/* FO_FUSE_Q8: the states of a float32 tensor are 8-bit codes (uint8, in
+ * s[k]) with one float32 scale per block of FO_Q8_BLOCK elements counted
+ * from the tensor's start (scale[k]).  Chunks and thread splits fall on
+ * block boundaries; each chunk's states are decoded into float32 scratch,
+ * the rule's float32 loop runs on it, and each block is requantized from
+ * that scratch (fo_q8_encode).  dt must be 0. */
+#define FO_FUSE_Q8 16u
+#define FO_Q8_BLOCK 256
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f);
 /* The random keys of stochastic rounding (lowp.h): a tensor's key for one
@@ -138,6 +149,21 @@ uint32_t fo_lowp_slot_key(uint64_t key, int slot) __attribute__((const));
 void fo_bf16_decode(const void *in, float *out, size_t n);
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
                     size_t index0, int low);
+/* 8-bit blockwise codec (dispatch.c).  A block's scale is the largest |x|
+ * of its values (NaN if any is NaN).  A state that is never negative
+ * (nonneg) is coded c = round(255 * (x / scale)^(1/4)) (two square roots)
+ * and decoded scale * ((c / 255)^2)^2; a signed one as bit 7 the sign and bits 0-6
+ * round(127 * sqrt(|x| / scale)), decoded +-scale * (c / 127)^2.  All in
+ * float32 with a per-block reciprocal; the code rounds stochastically,
+ * floor(y + u) with u = (hash32(key + index0 + i) >> 8) * 2^-24 (lowp.h's
+ * hash; key fo_lowp_slot_key of the tensor's step key), since rounding to
+ * nearest holds decaying averages off by a fifth; a block whose scale is
+ * not finite gets codes 0 and decodes to NaN.  n elements from a block
+ * start (the last block may be short). */
+void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
+                  int nonneg, uint32_t key, size_t index0);
+void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
+                  size_t n, int nonneg);
 /* acc += g over slot acc and g of each tensor (micro-batches) */
 void fo_accumulate(int dt, const fo_tensor *t, size_t count);
 

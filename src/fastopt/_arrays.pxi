@@ -157,6 +157,7 @@ cdef int _fill_tensor(fo_tensor *t, tuple slots, Py_ssize_t index,
     t.ema = NULL
     t.key = 0
     t.at = 0
+    memset(t.scale, 0, sizeof(t.scale))
     _fill_state(t, 0, s0, slots, index, labels, dt, n)
     _fill_state(t, 1, s1, slots, index, labels, dt, n)
     _fill_state(t, 2, s2, slots, index, labels, dt, n)

@@ -35,9 +35,9 @@ cdef int _run(int rule, const fo_args *a, fo_tensor *t, Py_ssize_t count,
     cdef Py_ssize_t i
     global _last_tensors
     # neither for bfloat16 states, whose random bits count elements from
-    # each tensor's start
+    # each tensor's start, nor for 8-bit ones, whose blocks do
     count = _merge_adjacent(t, count, ITEMSIZE[dt], merge and fo_reductions(rule) == 0
-                            and (f == NULL or not (f.flags & FO_FUSE_BF16)))
+                            and (f == NULL or not (f.flags & (FO_FUSE_BF16 | FO_FUSE_Q8))))
     _last_tensors = count
     for i in range(count):
         total += t[i].n

@@ -1,6 +1,6 @@
 # Declarations of csrc/fastopt/kernels.h and scalars.h, one to one.
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef extern from "fastopt/kernels.h" nogil:
     enum:
@@ -25,12 +25,14 @@ cdef extern from "fastopt/kernels.h" nogil:
         void *ema
         uint64_t key
         size_t at
+        void *scale[FO_MAX_STATES]
         size_t rows
         size_t cols
         double *scratch
 
     ctypedef struct fo_fuse:
         unsigned flags
+        unsigned q8_nonneg
         double count
         double ema_weight
 
@@ -39,9 +41,15 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_FUSE_EMA
         FO_FUSE_EMA_COPY
         FO_FUSE_BF16
+        FO_FUSE_Q8
+        FO_Q8_BLOCK
 
     uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step)
     uint32_t fo_lowp_slot_key(uint64_t key, int slot)
+    void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
+                      int nonneg, uint32_t key, size_t index0)
+    void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
+                      size_t n, int nonneg)
     void fo_bf16_decode(const void *inp, float *out, size_t n)
     void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
                         size_t index0, int low)

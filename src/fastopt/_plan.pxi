@@ -52,6 +52,43 @@ def bf16_decode(bits):
     return out.reshape(np.shape(bits))
 
 
+def q8_encode(x, nonneg, key=0, start=0):
+    """The C codec of 8-bit states (fastopt.reference.q8_encode): a flat
+    float32 array's uint8 codes and float32 scales per block of 256, the
+    codes rounded with the random bits of slot key ``key`` from element
+    ``start`` on."""
+    cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    cdef cnp.ndarray codes = np.empty(a.size, dtype=np.uint8)
+    cdef cnp.ndarray scales = np.empty((a.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK,
+                                       dtype=np.float32)
+    fo_q8_encode(<const float *>cnp.PyArray_DATA(a), <uint8_t *>cnp.PyArray_DATA(codes),
+                 <float *>cnp.PyArray_DATA(scales), <size_t>a.size, 1 if nonneg else 0,
+                 <uint32_t>key, <size_t>start)
+    return codes, scales
+
+
+def q8_decode(codes, scales, nonneg):
+    """float32 values of 8-bit codes and their block scales (flat)."""
+    cdef cnp.ndarray c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    cdef cnp.ndarray sc = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+    if sc.size != (c.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK:
+        raise ValueError(f"scales must have {(c.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK} "
+                         f"elements for {c.size} codes, got {sc.size}")
+    cdef cnp.ndarray out = np.empty(c.size, dtype=np.float32)
+    fo_q8_decode(<const uint8_t *>cnp.PyArray_DATA(c), <const float *>cnp.PyArray_DATA(sc),
+                 <float *>cnp.PyArray_DATA(out), <size_t>c.size, 1 if nonneg else 0)
+    return out
+
+
+cdef tuple _q8_constant(double value, unsigned nonneg):
+    """The code and scale of a block whose elements all equal value."""
+    cdef float x = <float>value, scale
+    cdef uint8_t code
+    # the block's largest element gets the largest code: no random bits
+    fo_q8_encode(&x, &code, &scale, 1, <int>nonneg, 0, 0)
+    return int(code), float(scale)
+
+
 cdef int _bf16_nearest(double value) noexcept:
     """The bfloat16 bits nearest to float32(value), ties to even (a NaN: the
     quiet NaN of its sign); fastopt.reference.bf16_nearest"""
@@ -166,6 +203,9 @@ cdef class Plan:
     cdef readonly str state_format  # "native" (the parameters' dtype) or "bfloat16"
     cdef uint64_t seed         # of the random keys of stochastic rounding
     cdef list positions        # per parameter: its index in those keys
+    cdef list scale_buffers    # 8-bit states, per slot: the blocks' scales, or None
+    cdef list scale_views      # per slot: a view per parameter, or None
+    cdef unsigned q8_nonneg    # 8-bit states: bit k set when state k is never negative
 
     def __cinit__(self, str rule, list params, dict group, labels=None,
                   names=None):
@@ -186,6 +226,8 @@ cdef class Plan:
         self.positions = list(range(n))
         self.buffers = [None] * FO_MAX_STATES
         self.views = [None] * FO_MAX_STATES
+        self.scale_buffers = [None] * FO_MAX_STATES
+        self.scale_views = [None] * FO_MAX_STATES
         self.steps = <long long *>PyMem_Calloc(n, sizeof(long long))
         self.sc = <double *>PyMem_Calloc(n * FO_MAX_SCALAR_STATES, sizeof(double))
         self.mark = <char *>PyMem_Malloc(n)
@@ -232,7 +274,8 @@ cdef class Plan:
             nb = self.base[i].n * ITEMSIZE[self.dt]
             self.nranges = _tensor_ranges(self.ranges, self.nranges, &self.base[i],
                                           nb, i, False,
-                                          self.base[i].n * 2 if self._bf16() else nb)
+                                          self.base[i].n * 2 if self._bf16() else
+                                          self.base[i].n if self._q8() else nb)
             self.nranges = _add_range(self.ranges, self.nranges, self.base[i].acc,
                                       nb, SLOT_ACC, i)
             self.nranges = _add_range(self.ranges, self.nranges, self.base[i].ema,
@@ -244,7 +287,10 @@ cdef class Plan:
     cdef inline bint _bf16(self) noexcept:
         return self.state_format == "bfloat16"
 
-    def set_state_format(self, str fmt, seed=0, positions=None, offsets=None):
+    cdef inline bint _q8(self) noexcept:
+        return self.state_format == "8bit"
+
+    def set_state_format(self, str fmt, seed=0, positions=None, offsets=None, nonneg=()):
         """Keep the states as ``fmt``: "native" (the parameters' dtype) or
         "bfloat16" (their uint16 bits, written with stochastic rounding
         whose random keys come from ``seed``, each parameter's entry of
@@ -252,24 +298,31 @@ cdef class Plan:
         ``offsets`` (default zeros): per parameter, the index its first
         element has in the random bits, for a parameter that is a part of
         a larger one (a shard) and must draw that one's bits.
-        Only before any state exists."""
+        "8bit" keeps each state as uint8 codes with one float32 scale per
+        block of 256 elements (fo_q8_encode); the slots in ``nonneg`` are
+        coded without a sign.  Only before any state exists."""
         if any(b is not None for b in self.buffers):
             raise RuntimeError("the state format is set before the first state exists")
-        if fmt not in ("native", "bfloat16"):
+        if fmt not in ("native", "bfloat16", "8bit"):
             raise ValueError(f"unknown state format {fmt!r}")
-        if fmt == "bfloat16":
+        cdef unsigned mask = 0
+        for k in nonneg:
+            if not (type(k) is int and 0 <= k < self.r.nstates):
+                raise ValueError(f"nonneg must hold state slots, got {k!r}")
+            mask |= 1u << <int>k
+        if fmt != "native":
             if self.dt != 0:
                 raise ValueError(
-                    f"state_dtype='bfloat16' needs float32 parameters; parameter "
+                    f"state_dtype={fmt!r} needs float32 parameters; parameter "
                     f"{self.labels[0]!r} is {_DTYPE_NAMES[self.dt]} (keep float64 "
                     f"parameters' states in float64)")
             if fo_reductions(self.r.id):
                 raise ValueError(
-                    f"state_dtype='bfloat16' is not available for {self.r.name}: "
+                    f"state_dtype={fmt!r} is not available for {self.r.name}: "
                     f"its first pass reads the states it writes")
             if self.r.entry.matrix:
                 raise ValueError(
-                    f"state_dtype='bfloat16' is not available for {self.r.name}: "
+                    f"state_dtype={fmt!r} is not available for {self.r.name}: "
                     f"its step has a matrix step between two passes")
         if not (type(seed) is int and 0 <= seed < 2 ** 64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -286,6 +339,7 @@ cdef class Plan:
         for i in range(self.count):
             self.base[i].at = <size_t>offsets[i]
         self.state_format = fmt
+        self.q8_nonneg = mask
         self.seed = seed
         self.positions = list(positions)
         self._index_ranges()
@@ -303,6 +357,24 @@ cdef class Plan:
             return _bf16_nearest(value)
         return value
 
+    def scales(self, int slot):
+        """8-bit states: the block scales of state ``slot`` (a float32 view
+        of ceil(n / 256) per parameter), None when the state was never
+        needed or is not 8-bit."""
+        if not 0 <= slot < self.r.nstates:
+            raise IndexError(slot)
+        return self.scale_views[slot]
+
+    def fill_state(self, int slot, Py_ssize_t i, double value):
+        """Set every element of parameter i's state ``slot`` to value, as
+        stored."""
+        if self._q8():
+            code, scale = _q8_constant(value, (self.q8_nonneg >> slot) & 1u)
+            self.views[slot][i].fill(code)
+            self.scale_views[slot][i].fill(scale)
+        else:
+            self.views[slot][i].fill(self._stored(value))
+
     def state(self, int slot):
         """The views of state ``slot`` (one per parameter), None when the
         state was never needed."""
@@ -319,9 +391,15 @@ cdef class Plan:
         if self.buffers[slot] is not None:
             return
         total = sum(self.base[i].n for i in range(self.count))
-        buf = _placed_full(total, self._stored(value),
-                           np.uint16 if self._bf16() else _DTYPE_NAMES[self.dt],
-                           self.params[0] if self.count else None, slot)
+        anchor = self.params[0] if self.count else None
+        if self._q8():
+            self._allocate_q8(slot, value)
+            buf = _placed_full(total, _q8_constant(value, (self.q8_nonneg >> slot) & 1u)[0],
+                               np.uint8, anchor, slot)
+        else:
+            buf = _placed_full(total, self._stored(value),
+                               np.uint16 if self._bf16() else _DTYPE_NAMES[self.dt],
+                               anchor, slot)
         views = []
         for i in range(self.count):
             views.append(buf[offset:offset + <Py_ssize_t>self.base[i].n]
@@ -331,6 +409,21 @@ cdef class Plan:
         self.buffers[slot] = buf
         self.views[slot] = views
         self._index_ranges()
+
+    cdef _allocate_q8(self, int slot, double value):
+        cdef Py_ssize_t i, offset = 0, nb
+        code, scale = _q8_constant(value, (self.q8_nonneg >> slot) & 1u)
+        counts = [(<Py_ssize_t>self.base[i].n + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK
+                  for i in range(self.count)]
+        buf = np.full(sum(counts), scale, dtype=np.float32)
+        views = []
+        for i in range(self.count):
+            nb = counts[i]
+            views.append(buf[offset:offset + nb])
+            self.base[i].scale[slot] = _data(views[i])
+            offset += nb
+        self.scale_buffers[slot] = buf
+        self.scale_views[slot] = views
 
     cdef list _views(self, object buf):
         cdef Py_ssize_t i, offset = 0
@@ -649,6 +742,9 @@ cdef class Plan:
             f.count = mean_count
         if self._bf16():
             f.flags |= FO_FUSE_BF16
+        if self._q8():
+            f.flags |= FO_FUSE_Q8
+            f.q8_nonneg = self.q8_nonneg
         if self.ema_buffer is not None:
             f.flags |= FO_FUSE_EMA if self.ema_ready[i] else FO_FUSE_EMA_COPY
             f.ema_weight = self.ema_weight
@@ -678,13 +774,16 @@ cdef class Plan:
                 # starts at the lr of that step)
                 for i in range(self.count):
                     if self.present[i] and self.steps[i] == 0:
-                        self.views[slot][i].fill(self._stored(self.init[slot]))
+                        self.fill_state(slot, i, self.init[slot])
         for i in range(self.count):
             for slot in range(FO_MAX_STATES):
                 self.work[i].s[slot] = (self.base[i].s[slot]
                                         if slot < r.nstates and r.needs(self.h, slot)
                                         else NULL)
-            if self._bf16():
+                self.work[i].scale[slot] = (self.base[i].scale[slot]
+                                            if slot < r.nstates and r.needs(self.h, slot)
+                                            else NULL)
+            if self._bf16() or self._q8():
                 self.work[i].key = fo_lowp_tensor_key(
                     self.seed, <uint64_t>self.positions[i], <uint64_t>(self.steps[i] + 1))
         if r.nscalars:

@@ -209,11 +209,13 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
     saved_dtype = sd.get("state_dtype")
     mine = getattr(optimizer, "state_dtype", None)
     bf16 = mine == "bfloat16"
-    if (saved_dtype == "bfloat16") != bf16:
+    q8 = mine == "8bit"
+    if saved_dtype != mine and (saved_dtype in ("bfloat16", "8bit")
+                                or mine in ("bfloat16", "8bit")):
         raise ValueError(f"state_dict holds states of state_dtype={saved_dtype!r}, "
                          f"the optimizer keeps state_dtype={mine!r}; convert it "
                          f"with fastopt.states.convert_state_dict")
-    if bf16:
+    if bf16 or q8:
         seed: Any = sd.get("seed")
         if not (_is_int(seed) and 0 <= seed < 2 ** 64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -247,6 +249,18 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
             if kind == "grad_accum" and "grad_accum" not in extra:
                 raise ValueError(f"{where} holds accumulated gradients but the "
                                  f"optimizer has accumulation_steps=1")
+            if q8 and kind.endswith(".scale") and kind[:-len(".scale")] in keys:
+                # 8-bit states: the float32 scale of each block of 256
+                nblocks = -(-param.size // 256)
+                if (not isinstance(value, np.ndarray) or value.shape != (nblocks,)
+                        or value.dtype != np.float32):
+                    desc = (f"{value.dtype} array of shape {value.shape}"
+                            if isinstance(value, np.ndarray) else type(value).__name__)
+                    raise ValueError(f"{where}[{kind!r}] must be a float32 array of "
+                                     f"shape ({nblocks},) (a scale per block of 256 "
+                                     f"elements of parameter {label!r}), got {desc}")
+                entries[pos][kind] = value
+                continue
             if kind not in keys and kind not in extra:
                 raise ValueError(f"{where} has an unknown state {kind!r}; "
                                  f"{type(optimizer).__name__} keeps "
@@ -258,7 +272,8 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                 raise ValueError(f"{where} has state {kind!r}, which a parameter "
                                  f"of {np.ndim(param)} dimensions does not have")
             shape = param.shape if spec is None else spec.shape_for(param.shape)
-            want = (np.dtype(np.uint16) if bf16 and kind in keys else param.dtype)
+            want = (np.dtype(np.uint16) if bf16 and kind in keys else
+                    np.dtype(np.uint8) if q8 and kind in keys else param.dtype)
             if (not isinstance(value, np.ndarray) or value.shape != shape
                     or value.dtype != want):
                 desc = (f"{value.dtype} array of shape {value.shape}"
@@ -272,8 +287,16 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                       if s.when is None and s.present(np.ndim(param))
                       and s.state_key not in entries[pos]]
             needed += [k for k in scalar_keys if k not in entries[pos]]
+            if q8:
+                needed += [s.state_key + ".scale" for s in optimizer.rule.states
+                           if s.when is None and s.state_key + ".scale" not in entries[pos]]
             if needed:
                 raise ValueError(f"{where} lacks states {needed}")
+        if q8:
+            for key in keys:
+                if (key in entries[pos]) != (key + ".scale" in entries[pos]):
+                    raise ValueError(f"{where}: 8-bit state {key!r} needs both its "
+                                     f"codes {key!r} and its scales {key + '.scale'!r}")
         steps[pos] = int(entry["step"])
     return hypers, steps, entries, int(skipped)
 

@@ -90,7 +90,14 @@ its place in the whole parameter (``Plan.set_state_format``'s ``positions``
 and ``offsets``); the result is one process's with the same seed, bit for
 bit.  Checkpoints hold the shard's states as one array either way (the
 bfloat16 bits as uint16), and :func:`consolidate` keeps ``state_dtype`` and
-``seed``.
+``seed``.  ``state_dtype="8bit"``: a state's blocks of 256 elements (one
+scale each) count from its parameter's first element, so the flat buffers
+start every parameter on a multiple of 256 (zeros between parameters, never
+copied back) and shards are whole blocks: each part of a shard is whole
+blocks of its parameter (or ends with it), stepped as a tensor of its own
+as for bfloat16, and the codes and scales are one process's.  Checkpoints
+hold the shard's codes and its scales (one per block); this layout is
+recorded in the manifest, and a checkpoint of the other layout is refused.
 
 Needs mpi4py (``pip install "fastopt[mpi]"`` installs mpi4py and MPICH);
 importing ``fastopt`` does not import this module.
@@ -118,6 +125,8 @@ _VERSION = 1
 # Shards are a multiple of this many elements (256 bytes of float32): every
 # shard starts on a cache line, and no two ranks write one line.
 _ALIGN = 64
+# Elements per scale of 8-bit states (FO_Q8_BLOCK, fastopt.reference.Q8_BLOCK)
+_Q8_BLOCK = 256
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -192,15 +201,24 @@ class ShardedOptimizer:
         self.dtype = self._user[0].dtype
         self.shapes = [a.shape for a in self._user]
         self.sizes = [int(a.size) for a in self._user]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.numel = int(self.offsets[-1])
+        # 8-bit states keep a scale per block of 256 elements counted from
+        # each parameter's first element: every parameter then starts on a
+        # block boundary of the flat buffers (zeros in the gaps, never
+        # copied back) and shards are whole blocks, so each part of a shard
+        # is whole blocks of its parameter (or ends where it does)
+        state_dtype = hyperparameters.get("state_dtype")
+        self._block = _Q8_BLOCK if state_dtype == "8bit" else 0
+        self.offsets, self._flat = _flat_layout(self.sizes, self._block)
+        self._ends = self.offsets[:-1] + np.asarray(self.sizes, dtype=np.int64)
+        self.numel = int(sum(self.sizes))
         self._check_across_ranks(dict(hyperparameters, ema_decay=ema_decay,
                                       accumulation_steps=self.accumulation_steps))
 
         P, r = self.size, self.rank
-        S = -(-max(self.numel, 1) // P)
-        self.shard_size = S = -(-S // _ALIGN) * _ALIGN
-        self.lo, self.hi = min(r * S, self.numel), min((r + 1) * S, self.numel)
+        S = -(-max(self._flat, 1) // P)
+        align = max(_ALIGN, self._block)
+        self.shard_size = S = -(-S // align) * align
+        self.lo, self.hi = min(r * S, self._flat), min((r + 1) * S, self._flat)
         self.param_buffer = np.zeros(P * S, dtype=self.dtype)
         self.grad_buffer = np.zeros(P * S, dtype=self.dtype)
         views = [self.param_buffer[o:o + n].reshape(s)
@@ -222,24 +240,26 @@ class ShardedOptimizer:
         self._segments = []
         for k in range(len(self.sizes)):
             lo = max(int(self.offsets[k]), r * S)
-            hi = min(int(self.offsets[k + 1]), (r + 1) * S)
+            hi = min(int(self._ends[k]), (r + 1) * S)
             if lo < hi:
                 self._segments.append((k, lo - r * S, hi - r * S))
         # the shard as one tensor of the class (its checks are the class's),
-        # or, for bfloat16 states, the parts as tensors of their own, each
-        # drawing the random bits of its place in its parameter; a shard of
-        # padding alone is one tensor whose bits matter to no one
+        # or, for bfloat16 and 8-bit states, the parts as tensors of their
+        # own, each drawing the random bits of its place in its parameter
+        # (and, 8-bit, its blocks); a shard of padding alone is one tensor
+        # whose bits matter to no one
         extra = {} if ema_decay is None else {"ema_decay": ema_decay}
         self._parts = None
-        if hyperparameters.get("state_dtype") == "bfloat16":
+        if state_dtype in ("bfloat16", "8bit"):
             self._parts = self._segments or [(0, 0, S)]
         shard_params = ([self._param_shard] if self._parts is None else
                         [self._param_shard[a:b] for _, a, b in self._parts])
         self.optimizer = optimizer_class(shard_params, **hyperparameters, **extra)
         if self._parts is not None:
             self.optimizer._plans[0].set_state_format(
-                "bfloat16", self.optimizer.seed, [k for k, _, _ in self._parts],
-                [r * S + a - int(self.offsets[k]) for k, a, _ in self._parts])
+                state_dtype, self.optimizer.seed, [k for k, _, _ in self._parts],
+                [r * S + a - int(self.offsets[k]) for k, a, _ in self._parts],
+                **({"nonneg": self.optimizer._nonneg_slots()} if self._block else {}))
             self._grad_parts = [self._grad_shard[a:b] for _, a, b in self._parts]
         # gradients accumulated on this rank since the window began (the
         # window's only communication is at its end), and the calls made
@@ -254,7 +274,7 @@ class ShardedOptimizer:
         self.skipped_steps = 0
         self.times = {"pack": 0.0, "reduce": 0.0, "update": 0.0, "gather": 0.0,
                       "unpack": 0.0}
-        self._blocks = _BlockLayout(self.offsets, S, P)
+        self._blocks = _BlockLayout(self.offsets[:-1], self._ends, S, P)
         # a rule with per-tensor sums (LAMB's and LARS's trust ratios): the
         # first pass over this shard's blocks, the sums put together across
         # ranks, then the update pass over each parameter's part of the shard
@@ -481,14 +501,20 @@ class ShardedOptimizer:
                 np.copyto(self.param_buffer, saved)
                 self._unpack()
 
-    def _joined(self, views, fill):
+    def _unit(self, key):
+        """Elements per entry of a state array: 256 for 8-bit scales (one
+        per block), else 1."""
+        return self._block if self._block and key.endswith(".scale") else 1
+
+    def _joined(self, views, fill, unit=1):
         """One array of the shard's length from the shard optimizer's views
-        (its own when it has one tensor; ``fill`` where no part lies)."""
+        (its own when it has one tensor; ``fill`` where no part lies), of
+        one entry per ``unit`` elements."""
         if self._parts is None:
             return views[0]
-        out = np.full(self.shard_size, fill, dtype=views[0].dtype)
+        out = np.full(self.shard_size // unit, fill, dtype=views[0].dtype)
         for (_, a, b), v in zip(self._parts, views):
-            out[a:b] = v
+            out[a // unit:a // unit + v.size] = v
         return out
 
     def _shard_state_dict(self):
@@ -504,7 +530,7 @@ class ShardedOptimizer:
             for key, v in entries[0].items():
                 if isinstance(v, np.ndarray) and v.ndim == 1:
                     v = self._joined([e[key] for e in entries],
-                                     self._initial_value(key))
+                                     self._initial_value(key), self._unit(key))
                 state[0][key] = v
         return {**sd, "state": state,
                 "param_groups": [dict(sd["param_groups"][0], params=[0])]}
@@ -519,8 +545,9 @@ class ShardedOptimizer:
         state = {}
         if entry is not None:
             for i, (_, a, b) in enumerate(self._parts):
-                state[i] = {key: v[a:b] if isinstance(v, np.ndarray) and v.ndim == 1
-                            else v for key, v in entry.items()}
+                state[i] = {key: v[a // u:-(-b // u)] if isinstance(v, np.ndarray)
+                            and v.ndim == 1 else v
+                            for key, v in entry.items() for u in [self._unit(key)]}
         groups = [dict(sd["param_groups"][0], params=list(range(len(self._parts))))]
         self.optimizer.load_state_dict({**sd, "state": state, "param_groups": groups})
 
@@ -670,7 +697,9 @@ class ShardedOptimizer:
                 "dtype": str(self.dtype),
                 "names": self._names,
                 "shapes": [list(s) for s in self.shapes],
-                "numel": self.numel}
+                "numel": self.numel,
+                # 8-bit states' layout (parameters on block boundaries)
+                **({"block": self._block} if self._block else {})}
 
     def save(self, path):
         """Write a sharded checkpoint into the folder ``path`` (created if
@@ -728,6 +757,12 @@ class ShardedOptimizer:
         try:
             manifest = _read_manifest(path)
             mine = self._layout()
+            if manifest.get("block", 0) != mine.get("block", 0):
+                raise ValueError(
+                    f"{path}: the checkpoint's flat layout is "
+                    f"{_layout_words(manifest)}, this optimizer's "
+                    f"{_layout_words(mine)}; load it with the state_dtype it "
+                    f"was saved with")
             for key in mine:
                 if manifest[key] != mine[key]:
                     raise ValueError(f"{path}: the checkpoint's {key} is "
@@ -757,12 +792,14 @@ class ShardedOptimizer:
             entry = entry or e
             if e["step"] != entry["step"]:
                 raise ValueError(f"{path}: shard files disagree on the step count")
-            a, b = max(lo, old[0]), min(hi, old[1], self.numel)
+            a, b = max(lo, old[0]), min(hi, old[1], self._flat)
             for key, v in e.items():
                 if isinstance(v, np.ndarray) and v.ndim == 1:
                     if key not in arrays:
                         arrays[key] = self._initial_state(key, v.dtype)
-                    arrays[key][a - lo:b - lo] = v[a - old[0]:b - old[0]]
+                    u = self._unit(key)     # all bounds are whole blocks
+                    arrays[key][(a - lo) // u:(b - lo) // u] = \
+                        v[(a - old[0]) // u:(b - old[0]) // u]
         if template is None:      # this rank's range lies wholly in padding
             template = checkpoint.read_state(os.path.join(path, manifest["files"][0]))
             entry = template["state"].get(0)
@@ -779,12 +816,13 @@ class ShardedOptimizer:
         return {**template, "state": state, "param_groups": groups, "skipped_steps": 0}
 
     def _initial_state(self, key, dtype):
-        return np.full(self.shard_size, self._initial_value(key), dtype=dtype)
+        return np.full(self.shard_size // self._unit(key), self._initial_value(key),
+                       dtype=dtype)
 
     def _initial_value(self, key):
         """A state element's start value as the shard's state stores it."""
         rule = self.optimizer.rule
-        if key not in rule.state_keys:      # the averages ("ema")
+        if key not in rule.state_keys:      # the averages ("ema"), 8-bit scales
             return 0
         slot = rule.state_keys.index(key)
         init = self.optimizer._initial(self.optimizer.param_groups[0], slot)
@@ -797,9 +835,11 @@ class ShardedOptimizer:
         sd = self._shard_state_dict()
         entry = sd["state"].get(0, {})
         full = {}
-        for key in list(self.optimizer.rule.state_keys) + ["ema"]:
+        keys = list(self.optimizer.rule.state_keys)
+        for key in keys + [k + ".scale" for k in keys] + ["ema"]:
             if key in entry:
-                buf = (np.empty(self.size * self.shard_size, dtype=entry[key].dtype)
+                buf = (np.empty(self.size * self.shard_size // self._unit(key),
+                                dtype=entry[key].dtype)
                        if self.rank == root else None)
                 if self.size > 1:
                     self.comm.Gather(entry[key], buf, root=root)
@@ -877,18 +917,20 @@ class _BlockLayout:
     on every rank from the pieces all ranks hold.  All block sums are then
     gathered, in order, on every rank, and added as in one process."""
 
-    def __init__(self, offsets, S, P):
+    def __init__(self, first, last, S, P):
+        """``first``, ``last``: each tensor's extent [first, last) in the
+        flat buffer (gaps between tensors are in no block)."""
         B = _core.SUMSQ_BLOCK
-        N = int(offsets[-1])
+        N = int(last[-1])
         starts, ends, tensor = [], [], []
-        for k in range(len(offsets) - 1):
-            a = np.arange(offsets[k], offsets[k + 1], B, dtype=np.int64)
+        for k in range(len(first)):
+            a = np.arange(first[k], last[k], B, dtype=np.int64)
             starts.append(a)
-            ends.append(np.minimum(a + B, offsets[k + 1]))
+            ends.append(np.minimum(a + B, last[k]))
             tensor.append(np.full(a.size, k, dtype=np.int64))
         self.starts, self.ends = np.concatenate(starts), np.concatenate(ends)
         self.tensor = np.concatenate(tensor)
-        self.ntensors = len(offsets) - 1
+        self.ntensors = len(first)
         owner_lo = self.starts // S
         owner_hi = (self.ends - 1) // S
         inside = owner_lo == owner_hi
@@ -1041,25 +1083,54 @@ def _read_manifest(path, missing_ok=False):
 def _overlapping(manifest, lo, hi):
     """(old rank, (start, end)) of the old shards overlapping [lo, hi) and
     the real elements."""
-    S, N = manifest["shard_size"], manifest["numel"]
-    hi = min(hi, N)
+    S = manifest["shard_size"]
+    hi = min(hi, _manifest_flat(manifest))
     for q in range(manifest["world_size"]):
         a, b = q * S, (q + 1) * S
         if a < hi and lo < b:
             yield q, (a, b)
 
 
+def _flat_layout(sizes, block):
+    """Each parameter's start in the flat buffers and their end (an array
+    of len(sizes) + 1): back to back, or each on a multiple of ``block``
+    (8-bit states) with every size rounded up to one."""
+    if block:
+        sizes = [-(-n // block) * block for n in sizes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return offsets, int(offsets[-1])
+
+
+def _layout_words(layout):
+    block = layout.get("block", 0)
+    return (f"8-bit states' (every parameter on a block of {block} elements)"
+            if block else "other state dtypes' (parameters back to back)")
+
+
+def _manifest_flat(manifest):
+    """The flat length of a checkpoint's parameters (padding excluded)."""
+    if not manifest.get("block"):
+        return manifest["numel"]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in manifest["shapes"]]
+    return _flat_layout(sizes, manifest["block"])[1]
+
+
 def _single_process(sd, entry, full, layout, skipped):
     """A single process's state_dict from a shard's and the full arrays."""
     shapes = layout["shapes"]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    block = layout.get("block", 0)
+    offsets, _ = _flat_layout(sizes, block)
     state = {}
     if entry:
         for i, shape in enumerate(shapes):
             e = {k: v for k, v in entry.items() if k not in full}
             for key, buf in full.items():
-                e[key] = buf[offsets[i]:offsets[i + 1]].reshape(shape).copy()
+                if block and key.endswith(".scale"):   # one per block
+                    a = int(offsets[i]) // block
+                    e[key] = buf[a:a - (-sizes[i] // block)].copy()
+                else:
+                    e[key] = buf[offsets[i]:offsets[i] + sizes[i]].reshape(shape).copy()
             state[i] = e
     group = {k: v for k, v in sd["param_groups"][0].items()
              if k not in ("params", "param_names")}
@@ -1082,7 +1153,8 @@ def consolidate(path, out=None):
     (``opt.load(out)`` then resumes in one process).  Needs no MPI."""
     path = os.fsdecode(path)
     manifest = _read_manifest(path)
-    S, N, P = manifest["shard_size"], manifest["numel"], manifest["world_size"]
+    S, P = manifest["shard_size"], manifest["world_size"]
+    block = manifest.get("block", 0)
     shards = [checkpoint.read_state(os.path.join(path, n)) for n in manifest["files"]]
     entries = [sd["state"].get(0) for sd in shards]
     full = {}
@@ -1091,12 +1163,13 @@ def consolidate(path, out=None):
         raise ValueError(f"{path}: shard files disagree on whether a step was taken")
     for key, v in entry.items():
         if isinstance(v, np.ndarray) and v.ndim == 1:
-            buf = np.empty(P * S, dtype=v.dtype)
+            u = block if block and key.endswith(".scale") else 1
+            buf = np.empty(P * S // u, dtype=v.dtype)
             for q, e in enumerate(entries):
                 if e["step"] != entry["step"]:
                     raise ValueError(f"{path}: shard files disagree on the step count")
-                buf[q * S:(q + 1) * S] = e[key]
-            full[key] = buf[:N]
+                buf[q * S // u:(q + 1) * S // u] = e[key]
+            full[key] = buf
     sd = _single_process(shards[0], entry, full, manifest, manifest["skipped_steps"])
     if out is not None:
         checkpoint.write_state(out, sd)

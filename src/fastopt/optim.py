@@ -34,7 +34,7 @@ __all__ = ["Optimizer"] + [name for rule in RULES.values()
                            for name, *_ in rule.classes()]
 
 
-STATE_DTYPES = (None, "float32", "float64", "bfloat16")
+STATE_DTYPES = (None, "float32", "float64", "bfloat16", "8bit")
 
 
 def _check_state_dtype(state_dtype, seed):
@@ -113,6 +113,21 @@ class Optimizer:
       reads a parameter's states as float32; :mod:`fastopt.states` converts
       states and state_dicts between dtypes.  Not for rules with a first
       pass over the states (LAMB, LARS).
+    - ``state_dtype="8bit"`` (float32 parameters): every array state is
+      kept as uint8 codes with one float32 scale per block of 256 elements
+      of each parameter (the largest |value| of the block), about 1 byte an
+      element.  Codes are companded so that small values keep their
+      relative precision: a state that is never negative (Adam's v,
+      Adagrad's sum, RMSprop's square_avg, ...) as round(255 *
+      (v / scale)^(1/4)), decoded scale * (c / 255)^4; a signed one as a
+      sign bit and round(127 * sqrt(|x| / scale)).  Each block is decoded, updated by the rule's
+      float32 loop and requantized by one thread from L1, so results are the
+      same bits for every thread count and instruction set and are
+      reproduced by :func:`fastopt.reference.q8_step`.  A block holding a
+      NaN or infinity keeps a non-finite scale and decodes to NaN.  The
+      state_dict holds the codes under each state's key (uint8, the
+      parameter's shape) and the scales under ``key + ".scale"`` (float32,
+      one per block).
     - ``seed``: an int in [0, 2**64) (default 0), the seed of stochastic
       rounding; kept in the state_dict.
     """
@@ -125,8 +140,8 @@ class Optimizer:
         _check_state_dtype(state_dtype, seed)
         ema_decay, accumulation_steps = check_averaging(ema_decay, accumulation_steps)
         self._check_group(defaults)
-        if state_dtype == "bfloat16" and self.rule.reductions:
-            raise ValueError(f"state_dtype='bfloat16' is not available for "
+        if state_dtype in ("bfloat16", "8bit") and self.rule.reductions:
+            raise ValueError(f"state_dtype={state_dtype!r} is not available for "
                              f"{type(self).__name__}: its first pass reads the "
                              f"states its update pass then writes")
         if state_dtype == "bfloat16" and self.rule.matrix:
@@ -180,6 +195,8 @@ class Optimizer:
                                  f"follow their parameter's dtype, or are 'bfloat16'")
             if state_dtype == "bfloat16":
                 plan.set_state_format("bfloat16", self.seed, idx)
+            elif state_dtype == "8bit":
+                plan.set_state_format("8bit", self.seed, idx, nonneg=self._nonneg_slots())
         for plan in self._plans:
             if ema_decay is not None:
                 plan.enable_ema(1.0 - ema_decay)
@@ -383,6 +400,11 @@ class Optimizer:
                         for key, v in zip(keys, views):
                             if v is not None:
                                 entry[key] = v[j].copy()
+                        if self._q8:
+                            for slot, key in enumerate(keys):
+                                sv = plan.scales(slot)
+                                if sv is not None:
+                                    entry[key + ".scale"] = sv[j].copy()
                         for key, value in zip(self.rule.scalar_keys, scalars[j]):
                             entry[key] = np.array(value)
                     if ema is not None and ema_ready[j]:
@@ -404,7 +426,7 @@ class Optimizer:
                   "state": dict(sorted(state.items())),
                   "param_groups": groups,
                   "skipped_steps": self.skipped_steps}
-            if self._bf16:
+            if self._bf16 or self._q8:
                 sd["state_dtype"] = self.state_dtype
                 sd["seed"] = self.seed
             if self.accumulation_steps > 1:
@@ -443,12 +465,15 @@ class Optimizer:
                     views = plan.state(slot)
                     if views is None:
                         continue
-                    init = self._stored(self._initial(plan.group, slot))
-                    for i, view in zip(idx, views):
+                    init = self._initial(plan.group, slot)
+                    scales = plan.scales(slot)
+                    for j, (i, view) in enumerate(zip(idx, views)):
                         if key in entries[i]:
                             np.copyto(view, entries[i][key])
+                            if scales is not None:
+                                np.copyto(scales[j], entries[i][key + ".scale"])
                         else:
-                            view.fill(init)
+                            plan.fill_state(slot, j, init)
                 for flag, key, views in (("ema", "ema", plan.ema()),
                                          ("seen", "grad_accum", plan.accumulated())):
                     if views is None:
@@ -461,7 +486,7 @@ class Optimizer:
                             view.fill(0)
             self.skipped_steps = skipped
             self._micro, self._window_nonfinite = micro, nonfinite
-            if self._bf16:
+            if self._bf16 or self._q8:
                 self.seed = int(state_dict["seed"])
                 for plan in self._plans:
                     plan.set_seed(self.seed)
@@ -476,9 +501,9 @@ class Optimizer:
         if key not in keys:
             raise ValueError(f"{type(self).__name__} has no array state {key!r}; "
                              f"its states are {list(keys)}")
-        if self._bf16:
-            raise ValueError("swap() needs states in the parameters' dtype: with "
-                             "state_dtype='bfloat16' a parameter could not get its "
+        if self._bf16 or self._q8:
+            raise ValueError(f"swap() needs states in the parameters' dtype: with "
+                             f"state_dtype={self.state_dtype!r} a parameter could not get its "
                              "own bits back; read the average with state_float32(p)")
         slot = keys.index(key)
         with self._lock:
@@ -525,6 +550,24 @@ class Optimizer:
     def _bf16(self):
         return self.state_dtype == "bfloat16"
 
+    @property
+    def _q8(self):
+        return self.state_dtype == "8bit"
+
+    def _nonneg_slots(self):
+        """The slots of the states that are never negative (coded without a
+        sign in 8 bits)."""
+        return [k for k, st in enumerate(self.rule.states) if st.sign == "nonneg"]
+
+    def _decoded(self, plan, slot, j, view):
+        """Parameter j's state ``slot`` of ``plan`` (its view) in float32."""
+        if self._bf16:
+            return reference.bf16_decode(view).reshape(view.shape)
+        if self._q8:
+            nonneg = self.rule.states[slot].sign == "nonneg"
+            return reference.q8_decode(view, plan.scales(slot)[j], nonneg).reshape(view.shape)
+        return view.copy()
+
     def _stored(self, value):
         """A state element's start value as the states store it."""
         return int(reference.bf16_nearest(value)) if self._bf16 else value
@@ -544,9 +587,7 @@ class Optimizer:
                         for slot, key in enumerate(self.rule.state_keys):
                             views = plan.state(slot)
                             if views is not None:
-                                v = views[j]
-                                out[key] = (reference.bf16_decode(v).reshape(v.shape)
-                                            if self._bf16 else v.copy())
+                                out[key] = self._decoded(plan, slot, j, views[j])
                         return out
         raise ValueError("param is not one of the optimizer's parameter arrays")
 
@@ -630,10 +671,10 @@ class ScheduleFree(Optimizer):
                     continue
                 beta = float(self._beta(plan.group))
                 weight = 1.0 - beta if to_train else 1.0 - 1.0 / beta
-                for p, z, t in zip(plan.params, views, plan.get_steps()):
+                for j, (p, z, t) in enumerate(zip(plan.params, views, plan.get_steps())):
                     if t:
-                        if self._bf16:
-                            z = reference.bf16_decode(z).reshape(z.shape)
+                        if self._bf16 or self._q8:
+                            z = self._decoded(plan, slot, j, z)
                         _lerp(p, z, weight)
             self.train_mode = to_train
 

@@ -637,6 +637,121 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
                                    low=bool(slot & 1))
 
 
+# ---------------------------------------------------------------------------
+# 8-bit blockwise states (csrc/dispatch.c, fo_q8_encode)
+#
+# Each state of a float32 tensor is kept as uint8 codes with one float32
+# scale per block of 256 elements counted from the tensor's start: the
+# block's largest |x|.  The code maps are companded, so that small values
+# keep relative precision: a state that is never negative (Adam's v) as
+# c = round(255 * (x / scale)^(1/4)), decoded scale * ((c/255)^2)^2, which
+# spans 255^4 (about 4e9) in x: with a square root alone, v of a block's
+# low-curvature elements rounded to 0 and their steps blew up; a signed
+# one (m) as bit 7 its sign and bits 0-6 round(127 * sqrt(|x| / scale)).
+# Codes round stochastically, floor(y + u) with u 24 random bits of
+# hash32(key + element index) in [0, 1), except the block's largest
+# element, which gets the largest code (exact): rounding to nearest left
+# v a fifth low 300 steps after gradients shrank 100x.  Everything is
+# float32 with a per-block reciprocal.  The scale is the float whose bits
+# are the largest of the block's bits with the sign cleared (max |x|, as an
+# integer max, which the kernels vectorise): a NaN anywhere gives a NaN
+# scale, the one of the largest payload (np.max(np.abs(x)) would give the
+# first NaN's; finite scales are the same either way).  A block whose scale
+# is not finite keeps that scale, gets codes 0 and decodes to NaN; one whose
+# scale is below 2^-128 (1 / scale overflows) gets codes 0 but for its
+# largest element.
+
+Q8_BLOCK = 256
+
+
+def q8_table(nonneg):
+    """The decoded magnitude (float32) of each of the 256 codes."""
+    c = np.arange(256, dtype=np.uint32)
+    if nonneg:
+        u = c.astype(np.float32) / np.float32(255)
+        u2 = u * u
+        return u2 * u2
+    u = (c & np.uint32(127)).astype(np.float32) / np.float32(127)
+    return u * u
+
+
+def q8_encode(x, nonneg, key=0, start=0):
+    """The uint8 codes (flat) and float32 block scales of float32 ``x``
+    (flattened; its blocks of 256 from the start, the last one possibly
+    shorter), rounded with the random bits of slot key ``key`` from element
+    ``start`` on."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    n = x.size
+    nb = -(-n // Q8_BLOCK)
+    pad = np.zeros(nb * Q8_BLOCK, dtype=np.float32)
+    pad[:n] = x
+    blocks = pad.reshape(nb, Q8_BLOCK)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # the largest |x| as the largest of the bits with the sign cleared
+        # (IEEE bit patterns of |x| order like unsigned integers): any NaN
+        # gives a NaN scale, the one with the largest payload
+        scales = ((blocks.view(np.uint32) & np.uint32(0x7FFFFFFF)).max(axis=1)
+                  .view(np.float32) if nb else np.zeros(0, np.float32))
+        finite = np.isfinite(scales)
+        safe = np.where(finite, scales, np.float32(0))
+        inv = np.where(safe > 0, np.float32(1) / np.where(safe > 0, safe, np.float32(1)),
+                       np.float32(0)).astype(np.float32)
+        # a scale below 2^-128 has no float32 reciprocal: codes 0 but for
+        # the block's largest element
+        inv = np.where(np.isfinite(inv), inv, np.float32(0))
+        levels = np.float32(255 if nonneg else 127)
+        a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
+        a = np.where(finite[:, None], a, np.float32(0))
+        root = np.sqrt(a * inv[:, None])
+        if nonneg:
+            root = np.sqrt(root)
+        i = (np.arange(nb * Q8_BLOCK, dtype=np.uint64) + np.uint64(start)).astype(np.uint32)
+        u = ((hash32(i + np.uint32(key & 0xFFFFFFFF)) >> np.uint32(8)).astype(np.float32)
+             * np.float32(2.0 ** -24)).reshape(nb, Q8_BLOCK)
+        r = np.floor(root * levels + u)
+        top = (a == safe[:, None]) & (safe[:, None] > 0)
+        c = np.where(top | (r > levels), levels, r).astype(np.uint8)
+    if not nonneg:
+        c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
+    return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
+
+
+def q8_decode(codes, scales, nonneg):
+    """float32 values (flat) of uint8 ``codes`` and their block scales."""
+    codes = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    scales = np.asarray(scales, dtype=np.float32).reshape(-1)
+    if scales.size != -(-codes.size // Q8_BLOCK):
+        raise ValueError(f"scales must have {-(-codes.size // Q8_BLOCK)} elements "
+                         f"for {codes.size} codes, got {scales.size}")
+    idx = np.arange(codes.size) // Q8_BLOCK
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = scales[idx] * q8_table(nonneg)[codes]
+    if not nonneg:
+        v = np.where(codes & np.uint8(0x80), -v, v)
+    return v.astype(np.float32)
+
+
+def q8_step(name, key, param, grad, *states, **kwargs):
+    """One step of rule ``name`` under the tensor key ``key``
+    (lowp_tensor_key) with its array states kept in 8 bits: each
+    given positionally in the rule's state order as a (codes, scales) pair
+    of arrays (None where unused; any per-tensor scalar states follow),
+    updated in place: decoded, the rule's reference run on them in float32,
+    each requantized with q8_encode under lowp_slot_key(key, slot)."""
+    rule = RULES[name]
+    n = len(rule.states)
+    arrays, rest = list(states[:n]), states[n:]
+    decoded = [None if s is None else
+               q8_decode(s[0], s[1], st.sign == "nonneg").reshape(np.shape(s[0]))
+               for s, st in zip(arrays, rule.states)]
+    globals()[name](param, grad, *decoded, *rest, **kwargs)
+    for slot, (pair, value, st) in enumerate(zip(arrays, decoded, rule.states)):
+        if pair is not None:
+            codes, scales = q8_encode(value, st.sign == "nonneg", lowp_slot_key(key, slot))
+            pair[0][...] = codes.reshape(np.shape(pair[0]))
+            pair[1][...] = scales
+
+
 # Factored rules (rules.FACTORED_RULES): states of other shapes than the
 # parameter's, and sums along an axis.
 

@@ -76,7 +76,9 @@ class State:
     name: the functional argument; key: torch's state key (name if empty);
     when: the hyperparameter whose nonzero (or true) value makes the state
     needed, None when always needed; initial: its start value, a number or
-    the name of a class-only hyperparameter.  shape: "full", the
+    the name of a class-only hyperparameter; sign: "nonneg" for a state
+    that is never negative (a sum or average of squares, a step size), which
+    8-bit states code without a sign bit, else "".  shape: "full", the
     parameter's shape (every rule of RULES); for a factored rule (of
     FACTORED_RULES), "row" (the parameter's shape with the last dimension
     set to 1) or "col" (the second-to-last set to 1), present for
@@ -86,6 +88,7 @@ class State:
     key: str = ""
     when: Optional[str] = None
     initial: object = 0.0
+    sign: str = ""
     shape: str = "full"
 
     def present(self, ndim):
@@ -305,7 +308,7 @@ RULES = {r.name: r for r in (
                 Hyper("centered", False, "normalise by the variance estimate",
                       check="flag"),
                 MAXIMIZE),
-        states=(State("square_avg"),
+        states=(State("square_avg", sign="nonneg"),
                 State("grad_avg", when="centered"),
                 State("momentum_buffer", when="momentum")),
         coefficients=("lr", "alpha", "one_minus_alpha", "eps", "momentum", "l2"),
@@ -323,8 +326,8 @@ RULES = {r.name: r for r in (
                 Hyper("decoupled_weight_decay", False,
                       "decay the parameter instead of adding to the gradient",
                       check="flag", keyword_only=True)),
-        states=(State("exp_avg"), State("exp_avg_sq"),
-                State("max_exp_avg_sq", when="amsgrad")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg"),
+                State("max_exp_avg_sq", when="amsgrad", sign="nonneg")),
         coefficients=("step_size", "inv_sqrt_bc2", "beta1", "one_minus_beta1",
                       "beta2", "one_minus_beta2", "eps", "l2", "decay"),
         options=("amsgrad",),
@@ -346,7 +349,7 @@ RULES = {r.name: r for r in (
                       label="initial_accumulator_value value", kernel=False),
                 _eps(1e-10),
                 MAXIMIZE),
-        states=(State("state_sum", key="sum", initial="initial_accumulator_value"),),
+        states=(State("state_sum", key="sum", initial="initial_accumulator_value", sign="nonneg"),),
         coefficients=("clr", "eps", "l2")),
     Rule(
         name="lion", cls="Lion", torch="",
@@ -380,7 +383,7 @@ RULES = {r.name: r for r in (
                       label="epsilon value"),
                 _weight_decay(),
                 MAXIMIZE),
-        states=(State("square_avg"), State("acc_delta")),
+        states=(State("square_avg", sign="nonneg"), State("acc_delta", sign="nonneg")),
         coefficients=("lr", "rho", "one_minus_rho", "eps", "l2"),
         step=None),
     Rule(
@@ -404,7 +407,7 @@ RULES = {r.name: r for r in (
                       "(min, max): the bounds of every step size",
                       check="pair", label="step size"),
                 MAXIMIZE),
-        states=(State("prev"), State("step_size", initial="lr")),
+        states=(State("prev"), State("step_size", initial="lr", sign="nonneg")),
         coefficients=("etaminus", "etaplus", "step_size_min", "step_size_max"),
         step=None,
         # the bench starts step_size at 0.1; torch must start there too
@@ -419,7 +422,7 @@ RULES = {r.name: r for r in (
                 Hyper("eps", 1e-8, "added to |g| inside the maximum",
                       label="epsilon value"),
                 _weight_decay(), MAXIMIZE),
-        states=(State("exp_avg"), State("exp_inf")),
+        states=(State("exp_avg"), State("exp_inf", sign="nonneg")),
         coefficients=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "l2")),
     Rule(
         name="radam", cls="RAdam", torch="torch.optim.RAdam",
@@ -434,7 +437,7 @@ RULES = {r.name: r for r in (
                       "decay the parameter instead of adding to the gradient",
                       check="flag"),
                 MAXIMIZE),
-        states=(State("exp_avg"), State("exp_avg_sq")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         coefficients=("step_size", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "eps", "l2", "decay"),
         options=("rectified",)),
@@ -454,7 +457,7 @@ RULES = {r.name: r for r in (
                       "decay the parameter instead of adding to the gradient",
                       check="flag"),
                 MAXIMIZE),
-        states=(State("exp_avg"), State("exp_avg_sq")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         scalar_states=(Scalar("mu_product", initial=1.0),),
         coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
                       "bc2", "eps", "grad_coef", "exp_avg_coef", "l2", "decay")),
@@ -511,7 +514,7 @@ RULES = {r.name: r for r in (
                       label="weight_decay value"),
                 MAXIMIZE),
         states=(State("exp_avg_fast"), State("exp_avg_slow"),
-                State("exp_avg_sq")),
+                State("exp_avg_sq", sign="nonneg")),
         coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
                       "beta3", "one_minus_beta3", "inv_sqrt_bc2", "eps",
                       "fast_coef", "slow_coef", "decay")),
@@ -545,7 +548,7 @@ RULES = {r.name: r for r in (
                       "decay the parameter instead of adding to the gradient",
                       check="flag"),
                 MAXIMIZE),
-        states=(State("exp_avg"), State("exp_avg_sq")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "eps", "clip_value", "l2", "decay"),
         options=("first_step", "clip")),
@@ -571,7 +574,7 @@ RULES = {r.name: r for r in (
                       label="weight_decay value"),
                 TRUST_RATIO,
                 MAXIMIZE),
-        states=(State("exp_avg"), State("exp_avg_sq")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         coefficients=("lr", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "inv_bc1", "inv_sqrt_bc2", "eps",
                       "weight_decay", "trust_ratio"),
@@ -625,7 +628,7 @@ RULES = {r.name: r for r in (
             "parameters round once, as NumPy does for AdamOptimizer.  "
             "fastopt.sklearn runs scikit-learn's training on it.",
         hypers=(_lr(1e-3), BETAS, _eps(1e-8), MAXIMIZE),
-        states=(State("exp_avg"), State("exp_avg_sq")),
+        states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         coefficients=("neg_step_size", "beta1", "one_minus_beta1", "beta2",
                       "one_minus_beta2", "eps")),
     Rule(
@@ -684,7 +687,7 @@ RULES = {r.name: r for r in (
                 Hyper("weight_lr_power", 2.0, "power of lr_max in the "
                       "averaging weights", label="weight_lr_power value"),
                 MAXIMIZE),
-        states=(State("z"), State("exp_avg_sq")),
+        states=(State("z"), State("exp_avg_sq", sign="nonneg")),
         scalar_states=(Scalar("lr_max", initial=-1.0),
                        Scalar("weight_sum", initial=0.0)),
         coefficients=("beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps",

@@ -15,6 +15,10 @@ array([1.        , 0.10009766], dtype=float32)
 depend on a seed, and a checkpoint converted twice gives the same bits.
 The optimizers' own state writes round stochastically
 (:func:`fastopt.reference.bf16_round`).
+
+With ``state_dtype="8bit"`` each state is uint8 codes plus a float32 scale
+per block of 256 elements; ``to_8bit``/``from_8bit`` convert one array
+(``nonneg=True`` for states that are never negative, coded without a sign).
 """
 import copy
 
@@ -23,7 +27,8 @@ import numpy as np
 from fastopt import reference
 from fastopt.rules import RULES
 
-__all__ = ["to_bfloat16", "from_bfloat16", "convert_state_dict"]
+__all__ = ["to_bfloat16", "from_bfloat16", "to_8bit", "from_8bit",
+           "convert_state_dict"]
 
 
 def to_bfloat16(x):
@@ -44,6 +49,34 @@ def from_bfloat16(bits):
     return reference.bf16_decode(bits).reshape(bits.shape)
 
 
+def to_8bit(x, nonneg=False):
+    """The 8-bit form of float32 array ``x``: (codes, scales), a uint8
+    array of x's shape and a float32 array of one scale per block of 256
+    elements of x flattened (fastopt.reference.q8_encode).  ``nonneg``: x
+    is never negative (e.g. Adam's exp_avg_sq), coded without a sign."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be a float32 array, got {x.dtype}")
+    if not isinstance(nonneg, (bool, np.bool_)):
+        raise TypeError(f"nonneg must be a bool, got {type(nonneg).__name__}")
+    codes, scales = reference.q8_encode(x, bool(nonneg))
+    return codes.reshape(x.shape), scales
+
+
+def from_8bit(codes, scales, nonneg=False):
+    """The float32 values (a new array of codes' shape) of 8-bit ``codes``
+    (uint8) and their block ``scales`` (float32, one per 256 elements)."""
+    codes, scales = np.asarray(codes), np.asarray(scales)
+    if codes.dtype != np.uint8:
+        raise TypeError(f"codes must be a uint8 array, got {codes.dtype}")
+    if scales.dtype != np.float32 or scales.ndim != 1:
+        raise TypeError(f"scales must be a 1-D float32 array, got {scales.dtype} "
+                        f"of shape {scales.shape}")
+    if not isinstance(nonneg, (bool, np.bool_)):
+        raise TypeError(f"nonneg must be a bool, got {type(nonneg).__name__}")
+    return reference.q8_decode(codes, scales, bool(nonneg)).reshape(codes.shape)
+
+
 def _rule_of(class_name):
     for rule in RULES.values():
         if any(name == class_name for name, *_ in rule.classes()):
@@ -54,14 +87,19 @@ def _rule_of(class_name):
 def convert_state_dict(state_dict, state_dtype, seed=0):
     """A copy of an optimizer's ``state_dict()`` whose array states are in
     ``state_dtype``: ``"bfloat16"`` (from float32 states, rounded to
-    nearest; ``seed`` becomes the stochastic rounding's seed) or None
-    (bfloat16 states decoded to float32).  Averages (``"ema"``) and
+    nearest; ``seed`` becomes the stochastic rounding's seed), ``"8bit"``
+    (codes under each state's key, scales under ``key + ".scale"``) or None
+    (decoded to float32); between the two low-precision forms through
+    float32.  Averages (``"ema"``) and
     accumulated gradients stay in the parameters' dtype."""
     if not isinstance(state_dict, dict) or "state" not in state_dict:
         raise ValueError("state_dict must be an optimizer's state_dict()")
-    if state_dtype not in (None, "bfloat16"):
-        raise ValueError(f"state_dtype must be None or 'bfloat16', got {state_dtype!r}")
-    keys = set(_rule_of(state_dict.get("optimizer")).state_keys)
+    if state_dtype not in (None, "bfloat16", "8bit"):
+        raise ValueError(f"state_dtype must be None, 'bfloat16' or '8bit', got "
+                         f"{state_dtype!r}")
+    rule = _rule_of(state_dict.get("optimizer"))
+    nonneg = {st.state_key: st.sign == "nonneg" for st in rule.states}
+    keys = set(rule.state_keys)
     current = state_dict.get("state_dtype")
     out = copy.deepcopy(state_dict)
     if current == state_dtype:
@@ -69,15 +107,21 @@ def convert_state_dict(state_dict, state_dtype, seed=0):
     for index, entry in out["state"].items():
         for key in keys & set(entry):
             value = entry[key]
+            if current == "bfloat16":
+                value = from_bfloat16(value)
+            elif current == "8bit":
+                value = from_8bit(value, entry.pop(key + ".scale"), nonneg[key])
+            if state_dtype is not None and value.dtype != np.float32:
+                raise ValueError(f"state[{index!r}][{key!r}] is {value.dtype}: "
+                                 f"{state_dtype} states are for float32 parameters")
             if state_dtype == "bfloat16":
-                if value.dtype != np.float32:
-                    raise ValueError(f"state[{index!r}][{key!r}] is {value.dtype}: "
-                                     f"bfloat16 states are for float32 parameters")
                 entry[key] = to_bfloat16(value)
+            elif state_dtype == "8bit":
+                entry[key], entry[key + ".scale"] = to_8bit(value, nonneg[key])
             else:
-                entry[key] = from_bfloat16(value)
-    if state_dtype == "bfloat16":
-        out["state_dtype"] = "bfloat16"
+                entry[key] = value
+    if state_dtype is not None:
+        out["state_dtype"] = state_dtype
         out["seed"] = seed
     else:
         out.pop("state_dtype", None)

@@ -7,11 +7,19 @@ Rows per size and thread count (median ms per step, timed interleaved):
   float32     fastopt.AdamW, states in float32: 28 bytes an element
               (p read and written, g read, m and v read and written)
   bfloat16    fastopt.AdamW(state_dtype="bfloat16"): 20 bytes an element
+  8bit        fastopt.AdamW(state_dtype="8bit"): 16 bytes an element (p read
+              and written, g read, two uint8 codes read and written) plus
+              a float32 scale per 256 elements and state
   floor_28    fastopt's traffic kernel over p, g and two float32 states
   floor_20    the same over p, g and one float32 state: 20 bytes an element,
               the bytes of a step with two 2-byte states
+  floor_16    the same (p, g, one float32 state: 20 bytes an element) over
+              0.8 n elements: 16 n bytes, those of a step with two 1-byte
+              states (the traffic kernel moves 4-byte elements only)
   torch       torch.optim.AdamW(fused=True) on float32, at the same thread
               count (when torch is installed)
+  bnb         bitsandbytes.optim.AdamW8bit on CPU tensors, when bitsandbytes
+              is installed and runs on CPU (skipped with a message if not)
 
 Ratios are to torch's fused step and to the floor of each row's bytes.
 """
@@ -23,13 +31,13 @@ import numpy as np
 import fastopt
 from fastopt import _core
 
-STATE_DTYPES = ("float32", "bfloat16")
+STATE_DTYPES = ("float32", "bfloat16", "8bit")
 DEFAULT_SIZES = [10**5, 10**6, 10**7, 5 * 10**7]
 
 
 def add_arguments(parser):
     parser.add_argument("--state-dtypes", action="store_true",
-                        help="AdamW with float32 and bfloat16 states against torch's "
+                        help="AdamW with float32, bfloat16 and 8-bit states against torch's "
                              "fused AdamW and the byte floors (--sizes, --threads, "
                              "--plot apply)")
 
@@ -38,6 +46,26 @@ def _median_ms(calls, budget, min_reps=5, max_reps=200):
     from fastopt.harness.bench import interleaved
     return {k: v * 1e3 for k, v in
             interleaved(calls, budget, min_reps=min_reps, max_reps=max_reps).items()}
+
+
+def _bnb_step(torch, p0, g):
+    """bitsandbytes' AdamW8bit step on CPU tensors, or None (with a message
+    on stderr) when it is not installed or does not run on CPU."""
+    try:
+        import bitsandbytes  # type: ignore[import-not-found, unused-ignore]
+    except Exception as e:  # ImportError, or a failure of its own import
+        print(f"  bitsandbytes skipped: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+    try:
+        bp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+        bp.grad = torch.from_numpy(g.copy())
+        bopt = bitsandbytes.optim.AdamW8bit([bp], lr=1e-3, min_8bit_size=0)
+        bopt.step()
+        return bopt.step
+    except Exception as e:
+        print(f"  bitsandbytes AdamW8bit skipped on CPU: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return None
 
 
 def measure(n, threads, budget, torch, rng):
@@ -55,12 +83,18 @@ def measure(n, threads, budget, torch, rng):
     arrays = [p0.copy(), g.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)]
     calls["floor_28"] = lambda: _core.traffic(*arrays)
     calls["floor_20"] = lambda: _core.traffic(*arrays[:3])
+    m16 = n * 4 // 5
+    a16 = [a[:m16] for a in arrays[:3]]
+    calls["floor_16"] = lambda: _core.traffic(*a16)
     if torch is not None:
         tp = torch.from_numpy(p0.copy())
         tp.grad = torch.from_numpy(g.copy())
         topt = torch.optim.AdamW([tp], lr=1e-3, fused=True)
         topt.step()
         calls["torch"] = topt.step
+        bnb = _bnb_step(torch, p0, g)
+        if bnb is not None:
+            calls["bnb"] = bnb
     out = {}
     for t in threads:
         fastopt.set_num_threads(t)
@@ -72,21 +106,29 @@ def measure(n, threads, budget, torch, rng):
 
 
 def print_table(results, file=sys.stdout):
-    print("| elements | threads | float32 ms | bfloat16 ms | torch fused ms | "
-          "float32 / torch | bfloat16 / torch | 20 B floor / torch | "
-          "float32 % of 28 B floor | bfloat16 % of 20 B floor |", file=file)
-    print("|---|---|---|---|---|---|---|---|---|---|", file=file)
+    print("| elements | threads | float32 ms | bfloat16 ms | 8bit ms | torch fused ms | "
+          "float32 / torch | bfloat16 / torch | 8bit / torch | 20 B floor / torch | "
+          "16 B floor / torch | float32 % of 28 B floor | bfloat16 % of 20 B floor | "
+          "8bit % of 16 B floor | bnb AdamW8bit ms | bnb / 8bit |", file=file)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", file=file)
     for n, per in results.items():
         for t, m in per.items():
             tt = m.get("torch")
 
             def ratio(k):
                 return f"{m[k] / tt:.2f}" if tt else "-"
+            bnb = m.get("bnb")
+            q8 = m["8bit"]
             print(f"| {n:.0e} | {t} | {m['float32']:.2f} | {m['bfloat16']:.2f} | "
+                  f"{q8:.2f} | "
                   f"{f'{tt:.2f}' if tt else '-'} | {ratio('float32')} | "
-                  f"{ratio('bfloat16')} | {ratio('floor_20')} | "
+                  f"{ratio('bfloat16')} | {ratio('8bit')} | {ratio('floor_20')} | "
+                  f"{ratio('floor_16')} | "
                   f"{100 * m['floor_28'] / m['float32']:.0f}% | "
-                  f"{100 * m['floor_20'] / m['bfloat16']:.0f}% |", file=file)
+                  f"{100 * m['floor_20'] / m['bfloat16']:.0f}% | "
+                  f"{100 * m['floor_16'] / q8:.0f}% | "
+                  f"{f'{bnb:.2f}' if bnb else '-'} | "
+                  f"{f'{bnb / q8:.0f}' if bnb else '-'} |", file=file)
 
 
 def plot(results, path):
@@ -101,8 +143,10 @@ def plot(results, path):
     fig, axes = plt.subplots(1, len(threads), figsize=(5 * len(threads), 3.8), squeeze=False)
     sizes = list(results)
     labels = [("float32", "fastopt, float32 states"), ("bfloat16", "fastopt, bfloat16 states"),
-              ("torch", "torch fused AdamW (float32)"), ("floor_28", "28 B traffic floor"),
-              ("floor_20", "20 B traffic floor")]
+              ("8bit", "fastopt, 8-bit states"),
+              ("torch", "torch fused AdamW (float32)"), ("bnb", "bitsandbytes AdamW8bit"),
+              ("floor_28", "28 B traffic floor"),
+              ("floor_20", "20 B traffic floor"), ("floor_16", "16 B traffic floor")]
     for ax, t in zip(axes[0], threads):
         for key, label in labels:
             if all(key in results[n][t] for n in sizes):

@@ -1,0 +1,344 @@
+"""state_dtype="8bit": states kept as uint8 codes with a float32 scale per
+block of 256 elements, against fastopt.reference.q8_step bit for bit on
+every level and thread count; the codec's edge cases, checkpoints,
+conversions, bad input, and accuracy on the noisy quadratic of
+test_state_dtype against a float64 run."""
+import copy
+import inspect
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _core, reference
+from test_state_dtype import CLASSES, TWO_PASS, _hypers, _train
+
+
+class Model:
+    """Per parameter: 8-bit states (codes, scales) at their start values,
+    scalar states, a step count; a step is reference.q8_step."""
+
+    def __init__(self, rule, params, h, seed):
+        self.rule, self.params, self.h, self.seed = rule, params, h, seed
+        self.steps = [0] * len(params)
+        self.states = [None] * len(params)
+        self.kernel = {k.name: h[k.name] for k in rule.kernel_hypers}
+
+    def _start(self, p):
+        out = []
+        for s in self.rule.states:
+            if s.when is not None and not self.h[s.when]:
+                out.append(None)
+                continue
+            v = float(self.h[s.initial]) if isinstance(s.initial, str) else float(s.initial)
+            codes, scales = reference.q8_encode(np.full(p.size, v, np.float32),
+                                                s.sign == "nonneg")
+            out.append((codes.reshape(p.shape), scales))
+        scal = [np.array([float(self.h[s.initial]) if isinstance(s.initial, str)
+                          else float(s.initial)]) for s in self.rule.scalar_states]
+        return out, scal
+
+    def step(self, grads):
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            if self.states[i] is None:
+                self.states[i] = self._start(p)
+            self.steps[i] += 1
+            arrays, scal = self.states[i]
+            step = {} if self.rule.step is None else {"step": self.steps[i]}
+            key = reference.lowp_tensor_key(self.seed, i, self.steps[i])
+            reference.q8_step(self.rule.name, key, p, g, *arrays, *scal, **step,
+                              **self.kernel)
+
+
+def _check(opt, params, model):
+    for i, (p, q) in enumerate(zip(params, model.params)):
+        assert p.tobytes() == q.tobytes(), f"parameter {i}"
+    state = opt.state_dict()["state"]
+    for i in range(len(params)):
+        if not model.steps[i]:
+            continue
+        arrays, _ = model.states[i]
+        for s, pair in zip(model.rule.states, arrays):
+            if pair is not None:
+                codes = state[i][s.state_key]
+                scales = state[i][s.state_key + ".scale"]
+                assert codes.dtype == np.uint8 and scales.dtype == np.float32
+                assert codes.tobytes() == pair[0].tobytes(), f"{s.state_key} of {i}"
+                assert scales.tobytes() == pair[1].tobytes(), f"{s.state_key}.scale of {i}"
+
+
+@pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
+def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
+    """Every class with array states, every level and 1 and 2 threads:
+    sizes below a block, not a multiple of 256 and above a chunk (1,024), so
+    thread splits fall inside tensors and are moved to block boundaries; a
+    None gradient."""
+    h = _hypers(rule, name)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (3, 300, 2500)]
+    ref = [p.copy() for p in params]
+    cls = getattr(fastopt, name)
+    ctor = {k: v for k, v in h.items() if k in inspect.signature(cls).parameters}
+    opt = cls(params, **ctor, state_dtype="8bit", seed=7)
+    model = Model(rule, ref, h, 7)
+    for t in range(4):
+        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+        if t == 2:
+            grads[1] = None
+        opt.step(grads)
+        model.step([None if g is None else g.copy() for g in grads])
+    _check(opt, params, model)
+
+
+def _special():
+    return np.array([0.0, -0.0, 1e-45, -1e-38, 3.4e38, -3.4e38, 1.0, -1.0, 0.5,
+                     1e-20, 7.0], np.float32)
+
+
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_codec_is_the_reference(nonneg, simd_level, rng):
+    """The codec at every instruction-set level (q8.h, vectorised), against
+    the reference bit for bit; a NaN scale is the largest NaN's bits."""
+    x = np.concatenate([_special(), rng.standard_normal(1000).astype(np.float32),
+                        rng.standard_normal(300).astype(np.float32) * 1e-30])
+    if nonneg:
+        x = np.abs(x)
+    for key, start in ((0, 0), (0x9E3779B9, 5), (0xFFFFFFFF, 2 ** 32 - 3)):
+        codes, scales = _core.q8_encode(x, nonneg, key, start)
+        rc, rs = reference.q8_encode(x, nonneg, key, start)
+        assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
+    assert scales.size == 6
+    # NaNs of several payloads and signs, and an infinity, in one block: the
+    # scale is the NaN whose bits without the sign are the largest
+    y = x[:512].copy()
+    y[[3, 40, 41, 100]] = np.array([0x7FC00001, 0xFFC00005, 0x7F800000, 0x7FA00002],
+                                   np.uint32).view(np.float32)
+    yc, ys = _core.q8_encode(y, nonneg, 3)
+    rc, rs = reference.q8_encode(y, nonneg, 3)
+    assert yc.tobytes() == rc.tobytes() and ys.tobytes() == rs.tobytes()
+    assert ys[:1].view(np.uint32)[0] == 0x7FC00005 and np.isfinite(ys[1])
+    # a block whose scale has no float32 reciprocal (below 2^-128): codes 0
+    # but the largest element's
+    t = np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45] * 60)
+    tc, ts = _core.q8_encode(t, nonneg, 5)
+    rc, rs = reference.q8_encode(t, nonneg, 5)
+    assert tc.tobytes() == rc.tobytes() and ts.tobytes() == rs.tobytes()
+    a = np.maximum(t[:256], 0) if nonneg else np.abs(t[:256])
+    assert np.count_nonzero(tc[:256] & (0xFF if nonneg else 0x7F)) == np.count_nonzero(a == ts[0])
+    got = _core.q8_decode(codes, scales, nonneg)
+    assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
+    # the decoded values are close in relative terms to the block's scale,
+    # and the largest element of each block is exact
+    assert np.all(np.abs(got - x) <= np.repeat(scales, 256)[:x.size] * 0.02)
+    for b in range(scales.size):
+        blk = np.abs(x[b * 256:(b + 1) * 256])
+        k = int(np.argmax(blk))
+        assert abs(got[b * 256 + k]) == blk[k]
+
+
+def test_codec_edge_cases():
+    # a block of zeros: scale 0, codes 0, decodes to zeros; signs kept
+    x = np.zeros(600, np.float32)
+    x[300] = -2.0
+    x[301] = 1e-3
+    codes, scales = _core.q8_encode(x, False)
+    assert scales[0] == 0 and scales[2] == 0 and scales[1] == 2.0
+    assert np.all(codes[:256] == 0)
+    back = _core.q8_decode(codes, scales, False)
+    assert back[300] == -2.0 and np.all(back[:256] == 0)
+    # companding: 1e-3 of the scale is coded as 0 or the next code up
+    assert 0 <= back[301] < 2e-3
+    # a value 1e-8 of its block's largest is kept by the map of states that
+    # are never negative (a square root alone would code it as 0)
+    codes, scales = _core.q8_encode(np.float32([1.0, 1e-8] + [0.0] * 10), True, 1)
+    assert codes[1] > 0
+    # a NaN or an infinity makes the block's scale non-finite and every one
+    # of its elements NaN; the other blocks are untouched
+    for bad in (np.nan, np.inf, -np.inf):
+        y = np.ones(512, np.float32)
+        y[10] = bad
+        for nonneg in (True, False):
+            codes, scales = _core.q8_encode(y, nonneg)
+            rc, rs = reference.q8_encode(y, nonneg)
+            assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
+            assert not np.isfinite(scales[0]) and scales[1] == 1.0
+            back = _core.q8_decode(codes, scales, nonneg)
+            assert np.all(np.isnan(back[:256])) and np.all(back[256:] == 1.0)
+    # a state kept without a sign codes a negative value as 0
+    codes, scales = _core.q8_encode(np.float32([-1.0, 4.0]), True)
+    assert list(codes) == [0, 255] and scales[0] == 4.0
+    # empty arrays
+    codes, scales = _core.q8_encode(np.zeros(0, np.float32), True)
+    assert codes.size == 0 and scales.size == 0
+
+
+def test_state_dict_round_trip_resumes_bit_for_bit(tmp_path, rng):
+    sizes = (700, 3)
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(6)]
+    p0 = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    whole = [p.copy() for p in p0]
+    opt = fastopt.AdamW(whole, state_dtype="8bit")
+    for g in grads:
+        opt.step(g)
+    half = [p.copy() for p in p0]
+    first = fastopt.AdamW(half, state_dtype="8bit")
+    for g in grads[:3]:
+        first.step(g)
+    first.save(tmp_path / "ck")
+    sd = first.state_dict()
+    assert sd["state_dtype"] == "8bit"
+    assert sd["state"][0]["exp_avg"].dtype == np.uint8
+    assert sd["state"][0]["exp_avg.scale"].shape == (3,)
+    second = fastopt.AdamW(half, state_dtype="8bit")
+    second.load(tmp_path / "ck")
+    for g in grads[3:]:
+        second.step(g)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(whole, half))
+    for key in ("exp_avg_sq", "exp_avg_sq.scale"):
+        assert second.state_dict()["state"][0][key].tobytes() == \
+            opt.state_dict()["state"][0][key].tobytes()
+
+
+def test_conversions_and_state_float32(rng):
+    p = rng.standard_normal(300).astype(np.float32)
+    f32 = fastopt.Adam([p.copy()])
+    f32.step([p.copy()])
+    q8 = fastopt.Adam([p.copy()], state_dtype="8bit")
+    with pytest.raises(ValueError, match="convert_state_dict"):
+        q8.load_state_dict(f32.state_dict())
+    converted = fastopt.states.convert_state_dict(f32.state_dict(), "8bit")
+    q8.load_state_dict(converted)
+    for key, nonneg in (("exp_avg", False), ("exp_avg_sq", True)):
+        v = f32.state_float32(f32.param_groups[0]["params"][0])[key]
+        got = q8.state_float32(q8.param_groups[0]["params"][0])[key]
+        codes, scales = fastopt.states.to_8bit(v, nonneg)
+        assert got.dtype == np.float32
+        assert got.tobytes() == fastopt.states.from_8bit(codes, scales, nonneg).tobytes()
+    back = fastopt.states.convert_state_dict(q8.state_dict(), None)
+    assert "exp_avg.scale" not in back["state"][0]
+    f32.load_state_dict(back)
+    bf = fastopt.states.convert_state_dict(q8.state_dict(), "bfloat16")
+    fastopt.Adam([p.copy()], state_dtype="bfloat16").load_state_dict(bf)
+    with pytest.raises(TypeError, match="x"):
+        fastopt.states.to_8bit(np.ones(3))
+    with pytest.raises(TypeError, match="codes"):
+        fastopt.states.from_8bit(np.ones(3, np.uint16), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="scales"):
+        fastopt.states.from_8bit(np.ones(300, np.uint8), np.ones(1, np.float32))
+
+
+def test_state_dict_is_validated_before_anything_changes(rng):
+    p = rng.standard_normal(300).astype(np.float32)
+    opt = fastopt.Adam([p], state_dtype="8bit")
+    opt.step([rng.standard_normal(300).astype(np.float32)])
+    good = opt.state_dict()
+    cases = []
+    sd = copy.deepcopy(good)
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].astype(np.float32)
+    cases.append((sd, "uint8"))
+    sd = copy.deepcopy(good)
+    sd["state"][0]["exp_avg.scale"] = sd["state"][0]["exp_avg.scale"][:1].copy()
+    cases.append((sd, r"shape \(2,\)"))
+    sd = copy.deepcopy(good)
+    sd["state"][0]["exp_avg.scale"] = sd["state"][0]["exp_avg.scale"].astype(np.float64)
+    cases.append((sd, "float32"))
+    sd = copy.deepcopy(good)
+    del sd["state"][0]["exp_avg_sq.scale"]
+    cases.append((sd, "exp_avg_sq.scale"))
+    sd = copy.deepcopy(good)
+    sd["state"][0]["exp_avg_sqq.scale"] = good["state"][0]["exp_avg.scale"]
+    cases.append((sd, "unknown state"))
+    sd = copy.deepcopy(good)
+    sd["state_dtype"] = "bfloat16"
+    cases.append((sd, "convert_state_dict"))
+    for sd, match in cases:
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = opt.state_dict()
+        for key in ("exp_avg", "exp_avg.scale", "exp_avg_sq", "exp_avg_sq.scale"):
+            assert now["state"][0][key].tobytes() == good["state"][0][key].tobytes()
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="float32 parameters.*'w'"):
+        fastopt.Adam({"w": np.ones(3)}, state_dtype="8bit")
+    for name in TWO_PASS:
+        with pytest.raises(ValueError, match=name):
+            getattr(fastopt, name)([np.ones(3, np.float32)], state_dtype="8bit")
+    p = np.ones(3, np.float32)
+    opt = fastopt.ASGD([p], state_dtype="8bit")
+    opt.step([np.ones(3, np.float32)])
+    with pytest.raises(ValueError, match="state_float32"):
+        opt.swap("ax")
+
+
+def test_adagrad_start_value_and_schedule_free_eval(rng):
+    p = rng.standard_normal(300).astype(np.float32)
+    opt = fastopt.Adagrad([p], initial_accumulator_value=0.25, state_dtype="8bit")
+    opt.step([np.zeros(300, np.float32)])
+    assert np.all(opt.state_float32(p)["sum"] == np.float32(0.25))
+    q = rng.standard_normal(300).astype(np.float32)
+    sf = fastopt.AdamWScheduleFree([q], state_dtype="8bit")
+    for _ in range(3):
+        sf.step([rng.standard_normal(300).astype(np.float32)])
+    y, z = q.copy(), sf.state_float32(q)["z"]
+    sf.eval()
+    fastopt.optim._lerp(y, z, 1.0 - 1.0 / 0.9)
+    assert q.tobytes() == y.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Accuracy against float64 (the noisy diagonal quadratic of test_state_dtype)
+
+def test_8bit_adamw_accuracy_on_a_noisy_quadratic():
+    """After 1,000 AdamW steps: parameters within 0.2 (relative) of a
+    float64 run, loss within 1e-3."""
+    x64, loss64, _ = _train(np.float64, None)
+    x8, loss8, _ = _train(np.float32, "8bit")
+    rel = np.linalg.norm(x8 - x64) / np.linalg.norm(x64)
+    assert rel <= 0.2, rel
+    assert abs(loss8 - loss64) <= 1e-3, (loss8, loss64)
+
+
+def test_8bit_v_decays_after_gradients_shrink():
+    """Large gradients, then 100x smaller: v follows float64's within 10%:
+    the block's float32 scale decays with its values, so rounding the
+    codes to nearest does not hold v up."""
+    n = 20_000
+    _, _, o64 = _train(np.float64, None, steps=600, n=n, shrink_at=300)
+    _, _, o8 = _train(np.float32, "8bit", steps=600, n=n, shrink_at=300)
+    v64 = o64.state_float32(o64.param_groups[0]["params"][0])["exp_avg_sq"]
+    v8 = o8.state_float32(o8.param_groups[0]["params"][0])["exp_avg_sq"]
+    ratio = float(np.median(v8 / v64))
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.3])
+def test_ema_leaves_the_8bit_step_alone_and_averages_its_parameters(decay, exec_env, rng):
+    """ema_decay with 8-bit states: the parameters and states are those of
+    the optimizer without an average, bit for bit, and the average is
+    lerp(ema, p, 1 - decay) of them in torch.lerp's two forms (in the
+    rule's loop for weights below 0.5, after it otherwise)."""
+    params = [rng.standard_normal(n).astype(np.float32) for n in (300, 2500)]
+    plain = [p.copy() for p in params]
+    opt = fastopt.AdamW(params, lr=1e-2, state_dtype="8bit", seed=3, ema_decay=decay)
+    ref = fastopt.AdamW(plain, lr=1e-2, state_dtype="8bit", seed=3)
+    w = np.float32(1.0 - decay)
+    ema = None
+    for _ in range(3):
+        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+        if ema is None:
+            ema = [p.copy() for p in plain]
+        elif w < 0.5:
+            ema = [e + w * (p - e) for e, p in zip(ema, plain)]
+        else:
+            ema = [p - (p - e) * (np.float32(1) - w) for e, p in zip(ema, plain)]
+    got, want = opt.state_dict()["state"], ref.state_dict()["state"]
+    for i in range(2):
+        assert params[i].tobytes() == plain[i].tobytes()
+        for key, value in want[i].items():
+            assert np.asarray(got[i][key]).tobytes() == np.asarray(value).tobytes(), key
+        assert got[i]["ema"].tobytes() == ema[i].tobytes()
