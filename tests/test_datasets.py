@@ -86,6 +86,8 @@ def test_columns_layout_and_dtype():
         ({"n_samples": (1, 2, 3)}, ValueError, "n_samples"),
         ({"n_samples": (1, -2)}, ValueError, "n_samples"),
         ({"n_samples": "ten"}, ValueError, "n_samples"),
+        ({"n_samples": (0, 2 ** 63)}, ValueError, "n_samples"),
+        ({"n_samples": 2 ** 70}, ValueError, "n_samples"),
         ({"layout": "rowz"}, ValueError, "layout"),
         ({"dtype": np.int64}, ValueError, "dtype"),
         ({"random_state": "seed"}, TypeError, "random_state"),

@@ -139,7 +139,19 @@ def course_moons(*, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     return make_moons(300, noise=0.2, random_state=3, dtype=dtype, layout="columns")
 
 
+# the most points whose (n, 2) float64 array NumPy could address
+_MAX_SAMPLES = np.iinfo(np.intp).max // 16
+
+
 def _split_samples(n_samples) -> tuple[int, int]:
+    n_outer, n_inner = _counts(n_samples)
+    if n_outer + n_inner > _MAX_SAMPLES:
+        raise ValueError(f"n_samples must total at most {_MAX_SAMPLES} points, "
+                         f"got {n_samples!r}")
+    return n_outer, n_inner
+
+
+def _counts(n_samples) -> tuple[int, int]:
     if isinstance(n_samples, numbers.Integral) and not isinstance(n_samples, bool):
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
