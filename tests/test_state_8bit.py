@@ -11,62 +11,27 @@ import pytest
 
 import fastopt
 from fastopt import _core, reference
-from test_state_dtype import CLASSES, TWO_PASS, _hypers, _train
+from test_state_dtype import CLASSES, _check, _hypers, _train, run_against_model
+from test_state_dtype import Model as BF16Model
 
 
-class Model:
+class Model(BF16Model):
     """Per parameter: 8-bit states (codes, scales) at their start values,
     scalar states, a step count; a step is reference.q8_step."""
 
-    def __init__(self, rule, params, h, seed):
-        self.rule, self.params, self.h, self.seed = rule, params, h, seed
-        self.steps = [0] * len(params)
-        self.states = [None] * len(params)
-        self.kernel = {k.name: h[k.name] for k in rule.kernel_hypers}
+    STEP = staticmethod(reference.q8_step)
 
-    def _start(self, p):
-        out = []
-        for s in self.rule.states:
-            if s.when is not None and not self.h[s.when]:
-                out.append(None)
-                continue
-            v = float(self.h[s.initial]) if isinstance(s.initial, str) else float(s.initial)
-            codes, scales = reference.q8_encode(np.full(p.size, v, np.float32),
-                                                s.sign == "nonneg")
-            out.append((codes.reshape(p.shape), scales))
-        scal = [np.array([float(self.h[s.initial]) if isinstance(s.initial, str)
-                          else float(s.initial)]) for s in self.rule.scalar_states]
-        return out, scal
+    def stored(self, spec, p, value):
+        codes, scales = reference.q8_encode(np.full(p.size, value, np.float32),
+                                            spec.sign == "nonneg")
+        return codes.reshape(p.shape), scales
 
-    def step(self, grads):
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            if g is None:
-                continue
-            if self.states[i] is None:
-                self.states[i] = self._start(p)
-            self.steps[i] += 1
-            arrays, scal = self.states[i]
-            step = {} if self.rule.step is None else {"step": self.steps[i]}
-            key = reference.lowp_tensor_key(self.seed, i, self.steps[i])
-            reference.q8_step(self.rule.name, key, p, g, *arrays, *scal, **step,
-                              **self.kernel)
-
-
-def _check(opt, params, model):
-    for i, (p, q) in enumerate(zip(params, model.params)):
-        assert p.tobytes() == q.tobytes(), f"parameter {i}"
-    state = opt.state_dict()["state"]
-    for i in range(len(params)):
-        if not model.steps[i]:
-            continue
-        arrays, _ = model.states[i]
-        for s, pair in zip(model.rule.states, arrays):
-            if pair is not None:
-                codes = state[i][s.state_key]
-                scales = state[i][s.state_key + ".scale"]
-                assert codes.dtype == np.uint8 and scales.dtype == np.float32
-                assert codes.tobytes() == pair[0].tobytes(), f"{s.state_key} of {i}"
-                assert scales.tobytes() == pair[1].tobytes(), f"{s.state_key}.scale of {i}"
+    @staticmethod
+    def check_state(entry, key, pair, i):
+        codes, scales = entry[key], entry[key + ".scale"]
+        assert codes.dtype == np.uint8 and scales.dtype == np.float32
+        assert codes.tobytes() == pair[0].tobytes(), f"{key} of {i}"
+        assert scales.tobytes() == pair[1].tobytes(), f"{key}.scale of {i}"
 
 
 @pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
@@ -75,20 +40,7 @@ def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
     sizes below a block, not a multiple of 256 and above a chunk (1,024), so
     thread splits fall inside tensors and are moved to block boundaries; a
     None gradient."""
-    h = _hypers(rule, name)
-    params = [rng.standard_normal(n).astype(np.float32) for n in (3, 300, 2500)]
-    ref = [p.copy() for p in params]
-    cls = getattr(fastopt, name)
-    ctor = {k: v for k, v in h.items() if k in inspect.signature(cls).parameters}
-    opt = cls(params, **ctor, state_dtype="8bit", seed=7)
-    model = Model(rule, ref, h, 7)
-    for t in range(4):
-        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
-        if t == 2:
-            grads[1] = None
-        opt.step(grads)
-        model.step([None if g is None else g.copy() for g in grads])
-    _check(opt, params, model)
+    _check(*run_against_model(name, rule, rng, "8bit", Model, (3, 300, 2500), 4, 7))
 
 
 def _special():
@@ -260,17 +212,9 @@ def test_state_dict_is_validated_before_anything_changes(rng):
             assert now["state"][0][key].tobytes() == good["state"][0][key].tobytes()
 
 
-def test_refusals():
+def test_float64_parameters_are_refused():
     with pytest.raises(ValueError, match="float32 parameters.*'w'"):
         fastopt.Adam({"w": np.ones(3)}, state_dtype="8bit")
-    for name in TWO_PASS:
-        with pytest.raises(ValueError, match=name):
-            getattr(fastopt, name)([np.ones(3, np.float32)], state_dtype="8bit")
-    p = np.ones(3, np.float32)
-    opt = fastopt.ASGD([p], state_dtype="8bit")
-    opt.step([np.ones(3, np.float32)])
-    with pytest.raises(ValueError, match="state_float32"):
-        opt.swap("ax")
 
 
 def test_adagrad_start_value_and_schedule_free_eval(rng):

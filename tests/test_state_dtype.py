@@ -38,13 +38,27 @@ def _hypers(rule, name):
 
 class Model:
     """Per parameter: bfloat16 states at their start values, scalar states,
-    a step count; a step is reference.bf16_step under the parameter's key."""
+    a step count; a step is reference.bf16_step under the parameter's key.
+    Subclasses for other stored forms override ``stored`` and ``STEP``."""
+
+    STEP = staticmethod(reference.bf16_step)
 
     def __init__(self, rule, params, h, seed):
         self.rule, self.params, self.h, self.seed = rule, params, h, seed
         self.steps = [0] * len(params)
         self.states = [None] * len(params)
         self.kernel = {k.name: h[k.name] for k in rule.kernel_hypers}
+
+    def stored(self, spec, p, value):
+        """State ``spec`` of parameter ``p`` at ``value``, in stored form."""
+        return np.full(p.shape, reference.bf16_nearest(value), np.uint16)
+
+    @staticmethod
+    def check_state(entry, key, bits, i):
+        """``entry`` (a state_dict entry) holds state ``key`` as ``bits``."""
+        got = entry[key]
+        assert got.dtype == np.uint16
+        assert got.tobytes() == bits.tobytes(), f"{key} of parameter {i}"
 
     def _start(self, p):
         out = []
@@ -53,7 +67,7 @@ class Model:
                 out.append(None)
                 continue
             v = float(self.h[s.initial]) if isinstance(s.initial, str) else float(s.initial)
-            out.append(np.full(p.shape, reference.bf16_nearest(v), np.uint16))
+            out.append(self.stored(s, p, v))
         scal = [np.array([float(self.h[s.initial]) if isinstance(s.initial, str)
                           else float(s.initial)]) for s in self.rule.scalar_states]
         return out, scal
@@ -68,8 +82,7 @@ class Model:
             arrays, scal = self.states[i]
             key = reference.lowp_tensor_key(self.seed, i, self.steps[i])
             step = {} if self.rule.step is None else {"step": self.steps[i]}
-            reference.bf16_step(self.rule.name, key, p, g, *arrays, *scal,
-                                **step, **self.kernel)
+            self.STEP(self.rule.name, key, p, g, *arrays, *scal, **step, **self.kernel)
 
 
 def _check(opt, params, model):
@@ -80,35 +93,41 @@ def _check(opt, params, model):
         if not model.steps[i]:
             continue
         arrays, _ = model.states[i]
-        for s, bits in zip(model.rule.states, arrays):
-            if bits is not None:
-                got = state[i][s.state_key]
-                assert got.dtype == np.uint16
-                assert got.tobytes() == bits.tobytes(), f"{s.state_key} of parameter {i}"
+        for s, stored in zip(model.rule.states, arrays):
+            if stored is not None:
+                model.check_state(state[i], s.state_key, stored, i)
 
 
 def _problem(rng, sizes=(1, 1500, 4097)):
     return [rng.standard_normal(n).astype(np.float32) for n in sizes]
 
 
-@pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
-def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
-    """Every class with array states, every level and 1 and 2 threads
-    (thread splits and chunk edges inside the tensors), a None gradient."""
+def run_against_model(name, rule, rng, state_dtype, model_cls, sizes, steps, seed):
+    """``steps`` steps of class ``name`` with ``state_dtype`` states and of
+    its NumPy model from the same parameters (a None gradient for the
+    second tensor at step 3); returns (optimizer, parameters, model)."""
     h = _hypers(rule, name)
-    params = _problem(rng)
+    params = _problem(rng, sizes)
     ref = [p.copy() for p in params]
     cls = getattr(fastopt, name)
     ctor = {k: v for k, v in h.items() if k in inspect.signature(cls).parameters}
-    opt = cls(params, **ctor, state_dtype="bfloat16", seed=11)
-    model = Model(rule, ref, h, 11)
-    for t in range(5):
+    opt = cls(params, **ctor, state_dtype=state_dtype, seed=seed)
+    model = model_cls(rule, ref, h, seed)
+    for t in range(steps):
         grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
         if t == 2:
             grads[1] = None
         opt.step(grads)
         model.step([None if g is None else g.copy() for g in grads])
-    _check(opt, params, model)
+    return opt, params, model
+
+
+@pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
+def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
+    """Every class with array states, every level and 1 and 2 threads
+    (thread splits and chunk edges inside the tensors), a None gradient."""
+    _check(*run_against_model(name, rule, rng, "bfloat16", Model,
+                              (1, 1500, 4097), 5, 11))
 
 
 def test_keys_are_the_references():
@@ -290,15 +309,17 @@ def test_float64_parameters_with_bfloat16_states_are_refused():
     fastopt.Adam([np.ones(3)], state_dtype="float64")
 
 
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
 @pytest.mark.parametrize("name", TWO_PASS)
-def test_two_pass_rules_refuse_bfloat16(name):
+def test_two_pass_rules_refuse_low_precision_states(name, state_dtype):
     with pytest.raises(ValueError, match=name):
-        getattr(fastopt, name)([np.ones(3, np.float32)], state_dtype="bfloat16")
+        getattr(fastopt, name)([np.ones(3, np.float32)], state_dtype=state_dtype)
 
 
-def test_swap_is_refused_with_bfloat16_states():
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
+def test_swap_is_refused_with_low_precision_states(state_dtype):
     p = np.ones(3, np.float32)
-    opt = fastopt.ASGD([p], state_dtype="bfloat16")
+    opt = fastopt.ASGD([p], state_dtype=state_dtype)
     opt.step([np.ones(3, np.float32)])
     with pytest.raises(ValueError, match="state_float32"):
         opt.swap("ax")

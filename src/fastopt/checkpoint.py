@@ -254,8 +254,7 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                 nblocks = -(-param.size // 256)
                 if (not isinstance(value, np.ndarray) or value.shape != (nblocks,)
                         or value.dtype != np.float32):
-                    desc = (f"{value.dtype} array of shape {value.shape}"
-                            if isinstance(value, np.ndarray) else type(value).__name__)
+                    desc = _describe(value)
                     raise ValueError(f"{where}[{kind!r}] must be a float32 array of "
                                      f"shape ({nblocks},) (a scale per block of 256 "
                                      f"elements of parameter {label!r}), got {desc}")
@@ -276,8 +275,7 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                     np.dtype(np.uint8) if q8 and kind in keys else param.dtype)
             if (not isinstance(value, np.ndarray) or value.shape != shape
                     or value.dtype != want):
-                desc = (f"{value.dtype} array of shape {value.shape}"
-                        if isinstance(value, np.ndarray) else type(value).__name__)
+                desc = _describe(value)
                 raise ValueError(f"{where}[{kind!r}] must be a {want} array "
                                  f"of shape {shape} like parameter "
                                  f"{label!r}, got {desc}")
@@ -475,3 +473,10 @@ def read_state(path: PathArg) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
     return meta
+
+
+def _describe(value):
+    """A state value as messages name it."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__
