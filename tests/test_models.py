@@ -307,7 +307,11 @@ def test_bad_calls():
         model.forward(X.T)
     with pytest.raises(ValueError, match="m >= 1"):
         model.forward(np.empty((2, 0)))
+    with pytest.raises(TypeError, match="X must be real"):
+        model.forward(X + 1j)
     model.forward(X)
+    with pytest.raises(TypeError, match="Y must be real"):
+        model.backward(Y.astype(complex))
     with pytest.raises(ValueError, match=r"Y must have shape \(1, 5\)"):
         model.backward(Y[:, :4])
     bad = dict(model.grads, dW1=np.zeros((3, 2), dtype=np.float32))

@@ -368,6 +368,8 @@ def _check_layer_dims(layer_dims) -> tuple[int, ...]:
 
 
 def _as_array(x, dtype: np.dtype, name: str) -> np.ndarray:
+    if np.iscomplexobj(x):         # NumPy would drop the imaginary part
+        raise TypeError(f"{name} must be real, got complex values")
     try:
         return np.asarray(x, dtype=dtype)
     except OverflowError as e:     # Python ints beyond the float range
