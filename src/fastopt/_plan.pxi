@@ -119,7 +119,7 @@ cdef object _placed_full(Py_ssize_t total, object value, object dtype,
     cdef size_t base, want, start
     if nbytes < _PLACED_MIN_BYTES or anchor is None:
         return np.full(total, value, dtype=dt)
-    raw = np.empty(nbytes + 4096 + 64, np.uint8)
+    raw = np.empty(nbytes + 4096, np.uint8)
     base = <size_t>_data(raw)
     want = (<size_t>_data(anchor) + 512 * <size_t>(k + 1)) & 4095 & ~(<size_t>dt.itemsize - 1)
     start = (want - base) & 4095
@@ -385,27 +385,21 @@ cdef class Plan:
     def allocate(self, int slot, double value):
         """Give state ``slot`` its buffer, filled with ``value``; keep it if
         it has one (then fill nothing)."""
-        cdef Py_ssize_t i, offset = 0
+        cdef Py_ssize_t i
         if not 0 <= slot < self.r.nstates:
             raise IndexError(slot)
         if self.buffers[slot] is not None:
             return
-        total = sum(self.base[i].n for i in range(self.count))
-        anchor = self.params[0] if self.count else None
         if self._q8():
             self._allocate_q8(slot, value)
-            buf = _placed_full(total, _q8_constant(value, (self.q8_nonneg >> slot) & 1u)[0],
-                               np.uint8, anchor, slot)
+            buf = self._buffer(_q8_constant(value, (self.q8_nonneg >> slot) & 1u)[0],
+                               np.uint8, slot)
         else:
-            buf = _placed_full(total, self._stored(value),
-                               np.uint16 if self._bf16() else _DTYPE_NAMES[self.dt],
-                               anchor, slot)
-        views = []
+            buf = self._buffer(self._stored(value),
+                               np.uint16 if self._bf16() else _DTYPE_NAMES[self.dt], slot)
+        views = self._views(buf)
         for i in range(self.count):
-            views.append(buf[offset:offset + <Py_ssize_t>self.base[i].n]
-                         .reshape(np.shape(self.params[i])))
             self.base[i].s[slot] = _data(views[i])
-            offset += self.base[i].n
         self.buffers[slot] = buf
         self.views[slot] = views
         self._index_ranges()
@@ -424,6 +418,15 @@ cdef class Plan:
             offset += nb
         self.scale_buffers[slot] = buf
         self.scale_views[slot] = views
+
+    cdef object _buffer(self, object value, object dtype, int k):
+        """One buffer for every parameter's elements, filled with value,
+        the plan's k-th (placed by _placed_full against the first
+        parameter)."""
+        cdef Py_ssize_t i
+        total = sum(self.base[i].n for i in range(self.count))
+        return _placed_full(total, value, dtype,
+                            self.params[0] if self.count else None, k)
 
     cdef list _views(self, object buf):
         cdef Py_ssize_t i, offset = 0
@@ -444,10 +447,7 @@ cdef class Plan:
         self.ema_weight = weight
         if self.ema_buffer is not None:
             return
-        total = sum(self.base[i].n for i in range(self.count))
-        self.ema_buffer = _placed_full(total, 0, _DTYPE_NAMES[self.dt],
-                                       self.params[0] if self.count else None,
-                                       FO_MAX_STATES)
+        self.ema_buffer = self._buffer(0, _DTYPE_NAMES[self.dt], FO_MAX_STATES)
         self.ema_views = self._views(self.ema_buffer)
         for i in range(self.count):
             self.base[i].ema = _data(self.ema_views[i])
@@ -458,10 +458,7 @@ cdef class Plan:
         cdef Py_ssize_t i
         if self.acc_buffer is not None:
             return
-        total = sum(self.base[i].n for i in range(self.count))
-        self.acc_buffer = _placed_full(total, 0, _DTYPE_NAMES[self.dt],
-                                       self.params[0] if self.count else None,
-                                       FO_MAX_STATES + 1)
+        self.acc_buffer = self._buffer(0, _DTYPE_NAMES[self.dt], FO_MAX_STATES + 1)
         self.acc_views = self._views(self.acc_buffer)
         for i in range(self.count):
             self.base[i].acc = _data(self.acc_views[i])
