@@ -70,14 +70,19 @@ def test_codec_is_the_reference(nonneg, simd_level, rng):
     rc, rs = reference.q8_encode(y, nonneg, 3)
     assert yc.tobytes() == rc.tobytes() and ys.tobytes() == rs.tobytes()
     assert ys[:1].view(np.uint32)[0] == 0x7FC00005 and np.isfinite(ys[1])
-    # a block whose scale has no float32 reciprocal (below 2^-128): codes 0
-    # but the largest element's
+    # a block whose scale has no float32 reciprocal (below 2^-128) is coded
+    # from its values times 2^64: the codes of the scaled block, which is
+    # coded like any other, and the largest element exact
     t = np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45] * 60)
+    if nonneg:
+        t = np.abs(t)
     tc, ts = _core.q8_encode(t, nonneg, 5)
     rc, rs = reference.q8_encode(t, nonneg, 5)
     assert tc.tobytes() == rc.tobytes() and ts.tobytes() == rs.tobytes()
-    a = np.maximum(t[:256], 0) if nonneg else np.abs(t[:256])
-    assert np.count_nonzero(tc[:256] & (0xFF if nonneg else 0x7F)) == np.count_nonzero(a == ts[0])
+    big_c, big_s = _core.q8_encode(t * np.float32(2.0 ** 64), nonneg, 5)
+    assert tc.tobytes() == big_c.tobytes() and np.array_equal(ts * np.float32(2.0 ** 64), big_s)
+    top = _core.q8_decode(tc, ts, nonneg)[np.argmax(np.abs(t[:256]))]
+    assert abs(top) == ts[0] and ts[0] == np.float32(2e-40)
     got = _core.q8_decode(codes, scales, nonneg)
     assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
     # the decoded values are close in relative terms to the block's scale,

@@ -149,17 +149,19 @@ uint32_t fo_lowp_slot_key(uint64_t key, int slot) __attribute__((const));
 void fo_bf16_decode(const void *in, float *out, size_t n);
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
                     size_t index0, int low);
-/* 8-bit blockwise codec (dispatch.c).  A block's scale is the largest |x|
- * of its values (NaN if any is NaN).  A state that is never negative
- * (nonneg) is coded c = round(255 * (x / scale)^(1/4)) (two square roots)
- * and decoded scale * ((c / 255)^2)^2; a signed one as bit 7 the sign and bits 0-6
- * round(127 * sqrt(|x| / scale)), decoded +-scale * (c / 127)^2.  All in
- * float32 with a per-block reciprocal; the code rounds stochastically,
- * floor(y + u) with u = (hash32(key + index0 + i) >> 8) * 2^-24 (lowp.h's
- * hash; key fo_lowp_slot_key of the tensor's step key), since rounding to
- * nearest holds decaying averages off by a fifth; a block whose scale is
- * not finite gets codes 0 and decodes to NaN.  n elements from a block
- * start (the last block may be short). */
+/* 8-bit blockwise codec (dispatch.c, q8.h).  A block's scale is the
+ * largest |x| of its values (NaN if any is NaN).  A state that is never
+ * negative (nonneg) is coded c = 255 * (x / scale)^(1/4) (two square
+ * roots) and decoded scale * ((c / 255)^2)^2; a signed one as bit 7 the
+ * sign and bits 0-6 127 * sqrt(|x| / scale), decoded +-scale * (c / 127)^2.
+ * All in float32 with a per-block reciprocal, rounded up so that the
+ * largest element gets the top code (the scale exactly); the code rounds
+ * stochastically, floor(y + (2r + 1) / 512) for a random byte r of
+ * lowp.h's hash (key fo_lowp_slot_key of the tensor's step key; one hash
+ * serves four elements, q8.h), since rounding to nearest holds decaying
+ * averages off by a fifth; a block whose scale is not finite gets codes 0
+ * and decodes to NaN.  n elements from a block start (the last block may be
+ * short). */
 void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
                   int nonneg, uint32_t key, size_t index0);
 void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,

@@ -10,15 +10,20 @@
  *     elements' bits with the sign cleared: for |x| the IEEE bit patterns
  *     order like unsigned integers, so that is max |x| as an integer max
  *     reduction, and any NaN gives a NaN scale (the largest payload's);
- *   - the code is (int32_t)(y + u) clamped with an integer min (y + u >= 0
- *     and below 2^31: truncation is floor), the largest element's code the
- *     top one (or-ed in as a mask: a select there makes gcc branch around
- *     the code's computation, and the loop is not vectorised), the sign
- *     from the float's bits; the random bits are lowp.h's hash in uint32
- *     arithmetic;
- *   - decoding computes the magnitude from the code, u = c / 255,
- *     (u * u) * (u * u) or s = (c & 127) / 127, s * s, times the scale;
- *     the sign of a signed code is xor-ed into the bits.
+ *   - the block's reciprocal is rounded up when needed so that scale * inv
+ *     >= 1: the largest element maps to 1 and gets the top code, whose
+ *     value is the scale exactly, with no special case in the loop; a
+ *     block whose scale has no float32 reciprocal (below 2^-128) is coded
+ *     from a copy scaled by 2^64, an exact power of two;
+ *   - the code is (int32_t)(y + t) clamped with an integer min (y + t >= 0
+ *     and below 2^31: truncation is floor), t = (2r + 1) / 512 for a random
+ *     byte r, the sign from the float's bits; one hash (lowp.h, uint32
+ *     arithmetic) gives the bytes of four elements 64 apart, so a whole
+ *     block is a loop over 64 hashes;
+ *   - decoding computes the magnitude from the code, u = c * (1/255),
+ *     (u * u) * (u * u) or s = (c & 127) * (1/127), s * s, times the scale
+ *     (255 * (1/255) and 127 * (1/127) are 1 in float32); the sign of a
+ *     signed code is xor-ed into the bits.
  * The choice between the two maps (nonneg or signed) is made once per
  * block, outside the element loops.
  */
@@ -50,64 +55,96 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_absmax_bits)(
     return (uint32_t)m;
 }
 
-/* One block of n <= FO_Q8_BLOCK elements; k: the random counter of its
- * first element */
+/* The code of a magnitude a >= 0 of a block with reciprocal inv, by the
+ * map of states that are never negative (c = 255 * (a * inv)^(1/4)) or
+ * the signed one's magnitude (c = 127 * sqrt(a * inv)), with random byte r */
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
+    float a, float inv, uint32_t r, int nonneg)
+{
+    const float t = (float)(int32_t)(2u * r + 1u) * 0x1p-9f;
+    if (nonneg) {
+        const int32_t c = (int32_t)(sqrtf(sqrtf(a * inv)) * 255.0f + t);
+        return (uint32_t)(c < 255 ? c : 255);
+    }
+    const int32_t c = (int32_t)(sqrtf(a * inv) * 127.0f + t);
+    return (uint32_t)(c < 127 ? c : 127);
+}
+
+/* The code of element x: never negative states code max(x, 0), signed ones
+ * |x| and the sign bit */
+static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
+    float x, float inv, uint32_t r, int nonneg)
+{
+    if (nonneg)
+        return (uint8_t)FO_LOWP(q8_code)(x > 0.0f ? x : 0.0f, inv, r, 1);
+    const uint32_t bits = FO_LOWP(q8_bits)(x);
+    const float a = FO_LOWP(q8_float)(bits & 0x7fffffffu);
+    return (uint8_t)(FO_LOWP(q8_code)(a, inv, r, 0) | ((bits >> 24) & 0x80u));
+}
+
+/* The element loop of a block with its reciprocal; the random byte of
+ * element i is byte i >> 6 of hash32(kb + (i & 63)) */
+static inline __attribute__((always_inline)) void FO_LOWP(q8_block_codes)(
+    const float *restrict x, uint8_t *restrict codes, size_t n, float inv,
+    int nonneg, uint32_t kb)
+{
+    if (n == FO_Q8_BLOCK) {
+        for (uint32_t j = 0; j < 64; j++) {
+            const uint32_t h = FO_LOWP(hash32)(kb + j);
+            for (uint32_t q = 0; q < 4; q++)
+                codes[j + 64 * q] = FO_LOWP(q8_element)(x[j + 64 * q], inv,
+                                                        (h >> (8 * q)) & 255u, nonneg);
+        }
+        return;
+    }
+    const uint32_t m = (uint32_t)n;
+    for (uint32_t i = 0; i < m; i++) {
+        const uint32_t r = (FO_LOWP(hash32)(kb + (i & 63u)) >> (8 * (i >> 6))) & 255u;
+        codes[i] = FO_LOWP(q8_element)(x[i], inv, r, nonneg);
+    }
+}
+
+/* One block of n <= FO_Q8_BLOCK elements; kb: its random counter */
 static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
     const float *restrict x, uint8_t *restrict codes, float *scale, size_t n,
-    int nonneg, uint32_t k)
+    int nonneg, uint32_t kb)
 {
     const uint32_t mbits = FO_LOWP(q8_absmax_bits)(x, n);
-    const float absmax = FO_LOWP(q8_float)(mbits);
+    float absmax = FO_LOWP(q8_float)(mbits);
     *scale = absmax;
     if (mbits >= 0x7f800000u) {   /* infinite or NaN */
         memset(codes, 0, n);
         return;
     }
     float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
-    /* absmax below 2^-128: 1 / absmax overflows, and a * inf would make
-     * codes of infinities and NaNs; such a block keeps codes 0 but for its
-     * largest element (the values are below 3e-39) */
-    inv = inv <= FLT_MAX ? inv : 0.0f;
-    /* the largest element gets the top code; none matches -1 (absmax 0) */
-    const float top = absmax > 0.0f ? absmax : -1.0f;
-    if (nonneg) {
-        for (size_t i = 0; i < n; i++) {
-            const float xi = x[i];
-            const float a = xi > 0.0f ? xi : 0.0f;
-            const float root = sqrtf(sqrtf(a * inv));
-            const uint32_t h = FO_LOWP(hash32)(k + (uint32_t)i);
-            const float u = (float)(int32_t)(h >> 8) * 0x1p-24f;
-            int32_t c = (int32_t)(root * 255.0f + u);
-            c = c < 255 ? c : 255;
-            c |= -(int32_t)(a == top) & 255;   /* c <= 255: the top code */
-            codes[i] = (uint8_t)c;
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            const uint32_t bits = FO_LOWP(q8_bits)(x[i]);
-            const float a = FO_LOWP(q8_float)(bits & 0x7fffffffu);
-            const float root = sqrtf(a * inv);
-            const uint32_t h = FO_LOWP(hash32)(k + (uint32_t)i);
-            const float u = (float)(int32_t)(h >> 8) * 0x1p-24f;
-            int32_t c = (int32_t)(root * 127.0f + u);
-            c = c < 127 ? c : 127;
-            c |= -(int32_t)(a == top) & 127;   /* c <= 127: the top code */
-            codes[i] = (uint8_t)((uint32_t)c | ((bits >> 24) & 0x80u));
-        }
+    float scaled[FO_Q8_BLOCK];
+    if (!(inv <= FLT_MAX)) {
+        /* 1 / absmax overflows: the block times 2^64 (exact) */
+        for (size_t i = 0; i < n; i++) scaled[i] = x[i] * 0x1p64f;
+        x = scaled;
+        absmax *= 0x1p64f;
+        inv = 1.0f / absmax;
     }
+    if (absmax * inv < 1.0f && absmax > 0.0f)
+        inv = nextafterf(inv, INFINITY);
+    if (nonneg)
+        FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, kb);
+    else
+        FO_LOWP(q8_block_codes)(x, codes, n, inv, 0, kb);
 }
 
-/* n elements of x from a block start: codes, and a scale per block; element
- * i draws the random bits of counter key + index0 + i */
+/* n elements of x from a block start: codes, and a scale per block.  The
+ * random byte of element i (counted from x) is byte (i >> 6) & 3 of
+ * hash32(key + index0 / 4 + (i >> 8) * 64 + (i & 63)) */
 static void FO_LOWP(q8_encode)(const float *x, uint8_t *codes, float *scales,
                                size_t n, int nonneg, uint32_t key, size_t index0)
 {
-    const uint32_t k = key + (uint32_t)index0;
+    const uint32_t k = key + (uint32_t)(index0 >> 2);
     for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
         const size_t at = b * FO_Q8_BLOCK;
         const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
         FO_LOWP(q8_block_encode)(x + at, codes + at, scales + b, m, nonneg,
-                                 k + (uint32_t)at);
+                                 k + (uint32_t)(b * 64));
     }
 }
 
@@ -118,20 +155,20 @@ static void FO_LOWP(q8_decode)(const uint8_t *codes, const float *scales,
 {
     for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
         const size_t at = b * FO_Q8_BLOCK;
-        const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
+        const uint32_t m = (uint32_t)(n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK);
         const uint8_t *restrict c = codes + at;
         float *restrict o = out + at;
         const float scale = scales[b];
         if (nonneg) {
-            for (size_t i = 0; i < m; i++) {
-                const float u = (float)(int32_t)c[i] / 255.0f;
+            for (uint32_t i = 0; i < m; i++) {
+                const float u = (float)(int32_t)c[i] * (1.0f / 255.0f);
                 const float u2 = u * u;
                 o[i] = scale * (u2 * u2);
             }
         } else {
-            for (size_t i = 0; i < m; i++) {
+            for (uint32_t i = 0; i < m; i++) {
                 const uint32_t ci = c[i];
-                const float s = (float)(int32_t)(ci & 127u) / 127.0f;
+                const float s = (float)(int32_t)(ci & 127u) * (1.0f / 127.0f);
                 const float v = scale * (s * s);
                 o[i] = FO_LOWP(q8_float)(FO_LOWP(q8_bits)(v) ^ ((ci & 0x80u) << 24));
             }

@@ -644,22 +644,23 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 # scale per block of 256 elements counted from the tensor's start: the
 # block's largest |x|.  The code maps are companded, so that small values
 # keep relative precision: a state that is never negative (Adam's v) as
-# c = round(255 * (x / scale)^(1/4)), decoded scale * ((c/255)^2)^2, which
+# c = 255 * (x / scale)^(1/4) rounded, decoded scale * ((c/255)^2)^2, which
 # spans 255^4 (about 4e9) in x: with a square root alone, v of a block's
 # low-curvature elements rounded to 0 and their steps blew up; a signed
-# one (m) as bit 7 its sign and bits 0-6 round(127 * sqrt(|x| / scale)).
-# Codes round stochastically, floor(y + u) with u 24 random bits of
-# hash32(key + element index) in [0, 1), except the block's largest
-# element, which gets the largest code (exact): rounding to nearest left
-# v a fifth low 300 steps after gradients shrank 100x.  Everything is
-# float32 with a per-block reciprocal.  The scale is the float whose bits
-# are the largest of the block's bits with the sign cleared (max |x|, as an
-# integer max, which the kernels vectorise): a NaN anywhere gives a NaN
-# scale, the one of the largest payload (np.max(np.abs(x)) would give the
-# first NaN's; finite scales are the same either way).  A block whose scale
-# is not finite keeps that scale, gets codes 0 and decodes to NaN; one whose
-# scale is below 2^-128 (1 / scale overflows) gets codes 0 but for its
-# largest element.
+# one (m) as bit 7 its sign and bits 0-6 127 * sqrt(|x| / scale) rounded.
+# Codes round stochastically, floor(y + t) with t = (2r + 1) / 512 for a
+# random byte r: rounding to nearest left v a fifth low 300 steps after
+# gradients shrank 100x.  One 32-bit hash gives the bytes of four elements
+# 64 apart in a block.  Everything is float32 with a per-block reciprocal,
+# rounded up where needed so that scale * inv >= 1: the block's largest
+# element gets the top code, which decodes to the scale exactly (a block
+# whose scale has no float32 reciprocal, below 2^-128, is coded from its
+# values times 2^64).  The scale is the float whose bits are the largest of
+# the block's bits with the sign cleared (max |x|, as an integer max, which
+# the kernels vectorise): a NaN anywhere gives a NaN scale, the one of the
+# largest payload (np.max(np.abs(x)) would give the first NaN's; finite
+# scales are the same either way).  A block whose scale is not finite keeps
+# that scale, gets codes 0 and decodes to NaN.
 
 Q8_BLOCK = 256
 
@@ -668,18 +669,29 @@ def q8_table(nonneg):
     """The decoded magnitude (float32) of each of the 256 codes."""
     c = np.arange(256, dtype=np.uint32)
     if nonneg:
-        u = c.astype(np.float32) / np.float32(255)
+        u = c.astype(np.float32) * (np.float32(1) / np.float32(255))
         u2 = u * u
         return u2 * u2
-    u = (c & np.uint32(127)).astype(np.float32) / np.float32(127)
+    u = (c & np.uint32(127)).astype(np.float32) * (np.float32(1) / np.float32(127))
     return u * u
+
+
+def q8_random_bytes(n, key=0, start=0):
+    """The random bytes of the first n elements of an array coded from
+    element ``start`` of its tensor under slot key ``key``: element i's is
+    byte (i >> 6) & 3 of hash32(key + start // 4 + (i >> 8) * 64 + (i & 63))."""
+    i = np.arange(n, dtype=np.uint64)
+    counter = ((i >> np.uint64(8)) * np.uint64(64) + (i & np.uint64(63))
+               + np.uint64(start // 4) + np.uint64(key & 0xFFFFFFFF)).astype(np.uint32)
+    shift = (((i >> np.uint64(6)) & np.uint64(3)) * np.uint64(8)).astype(np.uint32)
+    return (hash32(counter) >> shift) & np.uint32(255)
 
 
 def q8_encode(x, nonneg, key=0, start=0):
     """The uint8 codes (flat) and float32 block scales of float32 ``x``
     (flattened; its blocks of 256 from the start, the last one possibly
-    shorter), rounded with the random bits of slot key ``key`` from element
-    ``start`` on."""
+    shorter), rounded with the random bytes of slot key ``key`` from element
+    ``start`` on (q8_random_bytes)."""
     x = np.asarray(x, dtype=np.float32).reshape(-1)
     n = x.size
     nb = -(-n // Q8_BLOCK)
@@ -696,21 +708,24 @@ def q8_encode(x, nonneg, key=0, start=0):
         safe = np.where(finite, scales, np.float32(0))
         inv = np.where(safe > 0, np.float32(1) / np.where(safe > 0, safe, np.float32(1)),
                        np.float32(0)).astype(np.float32)
-        # a scale below 2^-128 has no float32 reciprocal: codes 0 but for
-        # the block's largest element
-        inv = np.where(np.isfinite(inv), inv, np.float32(0))
+        # no float32 reciprocal: the block times 2^64 (exact)
+        tiny = ~np.isfinite(inv)
+        pre = np.where(tiny, np.float32(2.0 ** 64), np.float32(1))
+        safe = safe * pre
+        blocks = blocks * pre[:, None]
+        inv = np.where(tiny, np.float32(1) / np.where(tiny, safe, np.float32(1)), inv)
+        # scale * inv >= 1: the largest element gets the top code
+        inv = np.where((safe * inv < 1) & (safe > 0),
+                       np.nextafter(inv, np.float32(np.inf)), inv).astype(np.float32)
         levels = np.float32(255 if nonneg else 127)
         a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
         a = np.where(finite[:, None], a, np.float32(0))
         root = np.sqrt(a * inv[:, None])
         if nonneg:
             root = np.sqrt(root)
-        i = (np.arange(nb * Q8_BLOCK, dtype=np.uint64) + np.uint64(start)).astype(np.uint32)
-        u = ((hash32(i + np.uint32(key & 0xFFFFFFFF)) >> np.uint32(8)).astype(np.float32)
-             * np.float32(2.0 ** -24)).reshape(nb, Q8_BLOCK)
-        r = np.floor(root * levels + u)
-        top = (a == safe[:, None]) & (safe[:, None] > 0)
-        c = np.where(top | (r > levels), levels, r).astype(np.uint8)
+        r = q8_random_bytes(nb * Q8_BLOCK, key, start).reshape(nb, Q8_BLOCK)
+        t = (r * np.uint32(2) + np.uint32(1)).astype(np.float32) * np.float32(2.0 ** -9)
+        c = np.minimum(np.floor(root * levels + t), levels).astype(np.uint8)
     if not nonneg:
         c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
     return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
