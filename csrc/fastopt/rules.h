@@ -63,6 +63,26 @@
 #define FO_ST(x, i, v) (x[i] = (v))
 #endif
 
+/* A state a loop writes without reading it (ASGD's ax before t0): each
+ * store misses the cache and waits for its line to be read in (a read for
+ * ownership), which costs more than a loop that reads the state itself.
+ * Such loops run in sub-blocks of FO_WO_BLOCK elements and prefetch the
+ * state's lines FO_WO_AHEAD bytes ahead of each; a prefetch changes no
+ * value, so every level still computes the same bits. */
+#ifndef FO_WO_BLOCK
+#define FO_WO_BLOCK 256
+#define FO_WO_AHEAD 4096
+/* Prefetches, for writing, the lines of bytes [from, to) of x, where to
+ * stays within x's end (a prefetch past it would compute an address
+ * outside the array) */
+FO_INLINE void fo_prefetch_w(const void *x, size_t from, size_t to)
+{
+    const char *b = (const char *)x;
+    for (size_t k = from; k < to; k += 64)
+        __builtin_prefetch(b + k, 1, 3);
+}
+#endif
+
 /* max that propagates NaN from either side, as numpy.maximum does */
 FO_INLINE FO_T FO_NAME(maxnan)(FO_T a, FO_T b)
 {
@@ -552,11 +572,28 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
     const FO_T decay = FO_C(ASGD, DECAY), eta = FO_C(ASGD, ETA);
     const FO_T mu = FO_C(ASGD, MU), l2 = FO_C(ASGD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
-        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
-        const FO_T pi = p[i] * decay - eta * gi;
-        FO_SETP(p, i, pi);
-        FO_ST(ax, i, average ? FO_LD(ax, i) + (pi - FO_LD(ax, i)) * mu : pi);
+    if (average) {
+        for (size_t i = lo; i < hi; i++) {
+            const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+            const FO_T pi = p[i] * decay - eta * gi;
+            FO_SETP(p, i, pi);
+            FO_ST(ax, i, FO_LD(ax, i) + (pi - FO_LD(ax, i)) * mu);
+        }
+        return;
+    }
+    /* before t0 ax is a copy of the parameter, written without being read */
+    const size_t size = sizeof ax[0], end = hi * size;
+    for (size_t j = lo; j < hi; j += FO_WO_BLOCK) {
+        const size_t e = hi - j < FO_WO_BLOCK ? hi : j + FO_WO_BLOCK;
+        const size_t ahead = e * size + FO_WO_AHEAD;
+        fo_prefetch_w(ax, j * size + FO_WO_AHEAD < end ? j * size + FO_WO_AHEAD : end,
+                      ahead < end ? ahead : end);
+        for (size_t i = j; i < e; i++) {
+            const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
+            const FO_T pi = p[i] * decay - eta * gi;
+            FO_SETP(p, i, pi);
+            FO_ST(ax, i, pi);
+        }
     }
 }
 
