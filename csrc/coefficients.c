@@ -239,7 +239,7 @@ static const char *nadam(const double *h, long long step, fo_args *a)
     C(NADAM, ONE_MINUS_BETA1) = 1.0 - beta1;
     C(NADAM, BETA2) = beta2;
     C(NADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
-    C(NADAM, BC2) = fo_bias_correction(beta2, step);
+    C(NADAM, INV_SQRT_BC2) = fo_adam_inv_sqrt_bc2(beta2, step);
     C(NADAM, EPS) = H(NADAM, EPS);
     C(NADAM, GRAD_COEF) = -lr * (1.0 - mu) / (1.0 - product);
     C(NADAM, EXP_AVG_COEF) = (-lr * mu_next) / (1.0 - product_next);

@@ -370,8 +370,7 @@ FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = rho * FO_LD(s, i) + one_minus_rho * (gi * gi);
         FO_ST(s, i, si);
-        const FO_T std = FO_SQRT(si + eps);
-        const FO_T di = FO_SQRT(FO_LD(acc, i) + eps) / std * gi;
+        const FO_T di = FO_SQRT((FO_LD(acc, i) + eps) / (si + eps)) * gi;
         FO_ST(acc, i, rho * FO_LD(acc, i) + one_minus_rho * (di * di));
         FO_SETP(p, i, p[i] - lr * di);
     }
@@ -531,7 +530,7 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T one_minus_beta1 = FO_C(NADAM, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(NADAM, BETA2);
     const FO_T one_minus_beta2 = FO_C(NADAM, ONE_MINUS_BETA2);
-    const FO_T bc2 = FO_C(NADAM, BC2), eps = FO_C(NADAM, EPS);
+    const FO_T inv_sqrt_bc2 = FO_C(NADAM, INV_SQRT_BC2), eps = FO_C(NADAM, EPS);
     const FO_T grad_coef = FO_C(NADAM, GRAD_COEF);
     const FO_T exp_avg_coef = FO_C(NADAM, EXP_AVG_COEF);
     const FO_T decay = FO_C(NADAM, DECAY), l2 = FO_C(NADAM, L2);
@@ -541,7 +540,7 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
         const FO_T pi = p[i] * decay;
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
         const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
-        const FO_T denom = FO_SQRT(vi / bc2) + eps;
+        const FO_T denom = FO_SQRT(vi) * inv_sqrt_bc2 + eps;
         FO_ST(m, i, mi);
         FO_ST(v, i, vi);
         FO_SETP(p, i, pi + (grad_coef * gi + exp_avg_coef * mi) / denom);

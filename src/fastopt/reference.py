@@ -184,17 +184,18 @@ def lion(param, grad, exp_avg, c):
 @_rule
 def adadelta(param, grad, square_avg, acc_delta, c):
     """Adadelta, eps inside both roots; acc_delta takes the new delta after
-    the step has used the old one::
+    the step has used the old one.  torch's sqrt(acc_delta + eps) /
+    sqrt(v + eps) is taken as one square root of the ratio (two roundings
+    instead of three; within an ulp)::
 
         v = rho * v + one_minus_rho * (g * g)
-        delta = sqrt(acc_delta + eps) / sqrt(v + eps) * g
+        delta = sqrt((acc_delta + eps) / (v + eps)) * g
         acc_delta = rho * acc_delta + one_minus_rho * (delta * delta)
         param = param - lr * delta
     """
     g = _start(param, grad, c)
     square_avg[...] = c.rho * square_avg + c.one_minus_rho * (g * g)
-    std = np.sqrt(square_avg + c.eps)
-    delta = np.sqrt(acc_delta + c.eps) / std * g
+    delta = np.sqrt((acc_delta + c.eps) / (square_avg + c.eps)) * g
     acc_delta[...] = c.rho * acc_delta + c.one_minus_rho * (delta * delta)
     param[...] = param - c.lr * delta
 
@@ -272,19 +273,21 @@ def nadam(param, grad, exp_avg, exp_avg_sq, c):
     """NAdam; decoupled decay as in adam (decay = 1 - lr * wd, l2 = 0).
     mu_t = beta1 (1 - 0.5 * 0.96^(t psi)); with prod_t = mu_product * mu_t
     (the state's next value), grad_coef = -lr (1 - mu_t) / (1 - prod_t) and
-    exp_avg_coef = -lr mu_{t+1} / (1 - prod_t mu_{t+1})::
+    exp_avg_coef = -lr mu_{t+1} / (1 - prod_t mu_{t+1}); torch's sqrt(v / bc2)
+    is taken as sqrt(v) * inv_sqrt_bc2, inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t),
+    as adam does (a multiplication where torch divides, within an ulp)::
 
         p = param * decay
         m = beta1 * m + one_minus_beta1 * g
         v = beta2 * v + one_minus_beta2 * (g * g)
-        denom = sqrt(v / bc2) + eps                       (bc2 = 1 - beta2^t)
+        denom = sqrt(v) * inv_sqrt_bc2 + eps
         param = p + (grad_coef * g + exp_avg_coef * m) / denom
     """
     g = _start(param, grad, c)
     p = param * c.decay
     exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
-    denom = np.sqrt(exp_avg_sq / c.bc2) + c.eps
+    denom = np.sqrt(exp_avg_sq) * c.inv_sqrt_bc2 + c.eps
     param[...] = p + (c.grad_coef * g + c.exp_avg_coef * exp_avg) / denom
 
 

@@ -460,7 +460,7 @@ RULES = {r.name: r for r in (
         states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         scalar_states=(Scalar("mu_product", initial=1.0),),
         coefficients=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
-                      "bc2", "eps", "grad_coef", "exp_avg_coef", "l2", "decay")),
+                      "inv_sqrt_bc2", "eps", "grad_coef", "exp_avg_coef", "l2", "decay")),
     Rule(
         name="asgd", cls="ASGD", torch="torch.optim.ASGD",
         source="Polyak & Juditsky, Acceleration of Stochastic Approximation "
