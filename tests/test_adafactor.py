@@ -474,3 +474,142 @@ def test_sharded_optimizer_refuses_it():
     from fastopt.distributed import ShardedOptimizer
     with pytest.raises(ValueError, match="element-wise rules only"):
         ShardedOptimizer(fastopt.Adafactor, [np.zeros((3, 4))])
+
+
+# ---------------------------------------------------------------------------
+# ema_decay and accumulation_steps: the averages and mean gradients of
+# test_ema_accumulation's model around Adafactor's own steps
+
+EMA_SHAPES = [(5, 6), (7,), (2, 3, 4), ()]
+
+
+def _lerp_model(ema, p, w):
+    """torch.lerp(ema, p, w) in its two forms"""
+    return ema + w * (p - ema) if w < 0.5 else p - (p - ema) * (1.0 - w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("decay", [0.9, 0.3])
+def test_ema_is_lerp_of_the_plain_steps(rng, dtype, decay):
+    params = [rng.standard_normal(s).astype(dtype) for s in EMA_SHAPES]
+    plain = [p.copy() for p in params]
+    opt = fastopt.Adafactor(params, lr=0.05, ema_decay=decay)
+    ref = fastopt.Adafactor(plain, lr=0.05)
+    ema = [None] * len(params)
+    for t in range(6):
+        grads = [rng.standard_normal(s).astype(dtype) for s in EMA_SHAPES]
+        if t % 3 == 1:
+            grads[1] = None           # parameter 1 skips this step
+        opt.step(grads)
+        ref.step(grads)
+        for i, g in enumerate(grads):
+            if g is not None:
+                ema[i] = plain[i].copy() if ema[i] is None else _lerp_model(
+                    ema[i], plain[i], 1.0 - decay)
+    state = opt.state_dict()["state"]
+    for i in range(len(params)):
+        assert params[i].tobytes() == plain[i].tobytes()
+        assert state[i]["ema"].dtype == dtype
+        assert state[i]["ema"].tobytes() == ema[i].tobytes(), i
+    # evaluating with the averages swaps them in and back, bit for bit
+    with opt.ema_weights():
+        assert all(p.tobytes() == e.tobytes() for p, e in zip(params, ema))
+        with pytest.raises(RuntimeError, match="inside ema_weights"):
+            opt.step([np.zeros(s, dtype) for s in EMA_SHAPES])
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(params, plain))
+
+
+def _mean(window, i, k, dtype):
+    """((0 + g_1) + ... + g_k) / k over the gradients parameter i got"""
+    got = [gs[i] for gs in window if gs[i] is not None]
+    if not got:
+        return None
+    acc = np.zeros_like(got[0])
+    for g in got:
+        acc = acc + g
+    return np.array(acc / dtype(k), dtype=dtype)   # 0-d stays an array
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_accumulation_steps_on_the_mean(rng, dtype):
+    k = 3
+    params = [rng.standard_normal(s).astype(dtype) for s in EMA_SHAPES]
+    plain = [p.copy() for p in params]
+    opt = fastopt.Adafactor(params, accumulation_steps=k, ema_decay=0.8)
+    ref = fastopt.Adafactor(plain, ema_decay=0.8)
+    window = []
+    for t in range(12):
+        grads = [rng.standard_normal(s).astype(dtype) for s in EMA_SHAPES]
+        if t % 4 == 0:
+            grads[0] = None
+        if t in (6, 7, 8):
+            grads[2] = None           # parameter 2 gets nothing this window
+        window.append(grads)
+        stepped = opt.step(grads)
+        assert stepped is (len(window) == k)
+        if stepped:
+            ref.step([_mean(window, i, k, dtype) for i in range(len(params))])
+            window = []
+        for p, q in zip(params, plain):
+            assert p.tobytes() == q.tobytes()
+    mine, theirs = opt.state_dict(), ref.state_dict()
+    assert mine["accumulation"] == {"steps": k, "count": 0, "nonfinite": False}
+    for i in range(len(params)):
+        for key, value in theirs["state"][i].items():
+            got = mine["state"][i][key]
+            assert got == value if key == "step" else got.tobytes() == value.tobytes()
+        assert "grad_accum" not in mine["state"][i]
+
+
+def test_accumulation_with_a_nonfinite_micro_batch_skips_the_window(rng):
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt = fastopt.Adafactor(params, accumulation_steps=2, skip_nonfinite=True)
+    before = [p.copy() for p in params]
+    bad = rng.standard_normal(5)
+    bad[1] = np.inf
+    assert opt.step([rng.standard_normal((3, 4)), bad]) is False
+    assert opt.state_dict()["accumulation"]["nonfinite"] is True
+    assert opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)]) is False
+    assert opt.skipped_steps == 1
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(params, before))
+    sd = opt.state_dict()
+    assert sd["accumulation"] == {"steps": 2, "count": 0, "nonfinite": False}
+    assert sd["state"] == {}
+    # the next window steps
+    opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)])
+    assert opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)]) is True
+    assert not np.array_equal(params[0], before[0])
+
+
+def test_checkpoint_inside_a_window_resumes_bit_exactly(tmp_path, rng):
+    shapes = [(4, 6), (7,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes]
+             for _ in range(11)]
+    kw = dict(accumulation_steps=3, ema_decay=0.5)
+    a = [p.copy() for p in params]
+    whole = fastopt.Adafactor(a, **kw)
+    for gs in grads:
+        whole.step(gs)
+    b = [p.copy() for p in params]
+    first = fastopt.Adafactor(b, **kw)
+    for gs in grads[:7]:              # two windows and one call of the third
+        first.step(gs)
+    sd = first.state_dict()
+    assert sd["accumulation"]["count"] == 1 and "grad_accum" in sd["state"][0]
+    first.save(tmp_path / "ckpt")
+    c = [p.copy() for p in b]
+    resumed = fastopt.Adafactor(c, **kw)
+    resumed.load(tmp_path / "ckpt")
+    for gs in grads[7:]:
+        resumed.step(gs)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, c))
+    for i in range(2):
+        assert (whole.state_dict()["state"][i]["ema"].tobytes()
+                == resumed.state_dict()["state"][i]["ema"].tobytes())
+    # a state_dict with an average does not load into an optimizer without
+    plain = fastopt.Adafactor([p.copy() for p in params], accumulation_steps=3)
+    with pytest.raises(ValueError, match="ema_decay=None"):
+        plain.load_state_dict(sd)
+    with pytest.raises(ValueError, match="ema_decay"):
+        fastopt.Adafactor([p.copy() for p in params], ema_decay=1.5)

@@ -6,9 +6,12 @@ depends on its number of dimensions, so these classes do not step through
 the Plan of :mod:`fastopt.optim`, which keeps parameter-shaped states in
 one buffer: each parameter is stepped with its own call of the rule's
 functional door (one C call: the axis pass and the rule's passes).  Groups,
-None gradients, ``skip_nonfinite``, ``state_dict``, checkpoints and
-schedules behave as in :class:`fastopt.optim.Optimizer`; ``ema_decay`` and
-``accumulation_steps`` are not offered.
+None gradients, ``skip_nonfinite``, ``ema_decay`` and ``ema_weights()``,
+``accumulation_steps``, ``state_dict``, checkpoints and schedules behave as
+in :class:`fastopt.optim.Optimizer`, bit for bit the same averages and mean
+gradients; here the average and the mean are NumPy passes of their own
+beside the rule's C call (a step of Adafactor reads the gradient three
+times already).
 
 Everything a step could reject is checked before the first array is
 written: an error leaves parameters, states and step counts as they were.
@@ -17,7 +20,7 @@ import numpy as np
 
 from fastopt import _core, checkpoint
 from fastopt.checkpoint import FORMAT, VERSION
-from fastopt.optim import Optimizer
+from fastopt.optim import Optimizer, _lerp
 from fastopt.rules import FACTORED_RULES
 
 __all__ = ["Adafactor"]
@@ -47,24 +50,33 @@ class Adafactor(Optimizer):
             one fused C call per parameter)
         maximize: ascend instead of descend
         skip_nonfinite: skip a step whose gradients hold a NaN or an infinity
+        ema_decay, accumulation_steps: a weight average and gradient
+            accumulation, as :class:`fastopt.optim.Optimizer` describes them
 
     States (per parameter, torch's keys): step; row_var (shape with the last
     dimension 1) and col_var (the second-to-last 1) for parameters of 2 or
     more dimensions; variance (the parameter's shape) for the others.  The
-    step count is an int, as in every fastopt state_dict.
+    step count is an int, as in every fastopt state_dict.  With
+    ``ema_decay``: ema (the parameter's shape); with ``accumulation_steps``
+    > 1: grad_accum and ``state_dict()["accumulation"]``.
     """
 
     rule = FACTORED_RULES["adafactor"]
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3),
                  d=1.0, weight_decay=0.0, *, foreach=None, maximize=False,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, ema_decay=None, accumulation_steps=1):
         Optimizer.__init__(self, params, dict(
             lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
             weight_decay=weight_decay, foreach=foreach, maximize=maximize),
-            skip_nonfinite=skip_nonfinite)
+            skip_nonfinite=skip_nonfinite, ema_decay=ema_decay,
+            accumulation_steps=accumulation_steps)
         self._steps = [0] * len(self._params)
         self._states = [{} for _ in self._params]
+        # per parameter: its average (None before its first step) and its
+        # accumulated gradients (None when it got none in this window)
+        self._ema = [None] * len(self._params)
+        self._acc = [None] * len(self._params)
 
     def _check_group(self, group):
         foreach = group.get("foreach")
@@ -101,8 +113,13 @@ class Adafactor(Optimizer):
     def step(self, grads):
         """Apply one update with ``grads`` (a list in the parameters' order,
         or a dict by name); a None gradient leaves its parameter, state and
-        step count alone.  Returns False if ``skip_nonfinite`` skipped it."""
+        step count alone.  Returns False if ``skip_nonfinite`` skipped it,
+        or, with ``accumulation_steps`` k > 1, on the calls that only
+        accumulate."""
         with self._lock:
+            if self._ema_swapped:
+                raise RuntimeError("step() inside ema_weights(): the parameters "
+                                   "hold their averages; step after the with block")
             ordered = self._ordered(grads)
             hypers, start = [], 0
             for group in self.param_groups:
@@ -132,11 +149,52 @@ class Adafactor(Optimizer):
                 for key, value in state.items():
                     arrays.append(value)
                     names.append(f"state {key!r} of parameter {self._labels[i]!r}")
+            for key, buffers in (("ema", self._ema), ("grad_accum", self._acc)):
+                for i, value in enumerate(buffers):
+                    if value is not None:
+                        arrays.append(value)
+                        names.append(f"state {key!r} of parameter {self._labels[i]!r}")
             _core.check_disjoint(arrays, names)
-            if self.skip_nonfinite and not all(
-                    g is None or bool(np.isfinite(g).all()) for g in ordered):
+            finite = not self.skip_nonfinite or all(
+                g is None or bool(np.isfinite(g).all()) for g in ordered)
+            k = self.accumulation_steps
+            if k > 1:
+                if self._micro + 1 < k:
+                    # not the window's last call: accumulate (a non-finite
+                    # gradient marks the window, whose step is then skipped)
+                    if finite:
+                        for i, g in enumerate(ordered):
+                            if g is not None:
+                                if self._acc[i] is None:
+                                    self._acc[i] = np.zeros_like(self._params[i])
+                                np.add(self._acc[i], g, out=self._acc[i])
+                    else:
+                        self._window_nonfinite = True
+                    self._micro += 1
+                    return False
+                self._micro = 0
+                if self.skip_nonfinite:
+                    finite = finite and not self._window_nonfinite and all(
+                        a is None or bool(np.isfinite(a).all()) for a in self._acc)
+                self._window_nonfinite = False
+                if finite:
+                    # the mean (acc + g) / k in the accumulation buffers,
+                    # which start at 0 (0 + g, as the fused step adds)
+                    for i, g in enumerate(ordered):
+                        if g is not None and self._acc[i] is None:
+                            self._acc[i] = np.zeros_like(self._params[i])
+                        a = self._acc[i]
+                        if a is None:
+                            continue
+                        if g is not None:
+                            np.add(a, g, out=a)
+                        np.divide(a, a.dtype.type(k), out=a)
+                    ordered = self._acc
+                self._acc = [None] * len(self._params)
+            if not finite:
                 self.skipped_steps += 1
                 return False
+            w = None if self.ema_decay is None else 1.0 - self.ema_decay
             for i, (p, g) in enumerate(zip(self._params, ordered)):
                 if g is None:
                     continue
@@ -147,6 +205,11 @@ class Adafactor(Optimizer):
                                 s.get("variance"), step=self._steps[i] + 1,
                                 **hypers[i])
                 self._steps[i] += 1
+                if w is not None:
+                    if self._ema[i] is None:
+                        self._ema[i] = p.copy()
+                    else:
+                        _lerp(self._ema[i], p, w)
             return True
 
     def state_dict(self):
@@ -157,8 +220,13 @@ class Adafactor(Optimizer):
         with self._lock:
             state = {}
             for i, (t, s) in enumerate(zip(self._steps, self._states)):
-                if t:
-                    state[i] = {"step": t, **{k: v.copy() for k, v in s.items()}}
+                entry = {"step": t, **{k: v.copy() for k, v in s.items()}} if t else {"step": 0}
+                if self._ema[i] is not None:
+                    entry["ema"] = self._ema[i].copy()
+                if self._acc[i] is not None:
+                    entry["grad_accum"] = self._acc[i].copy()
+                if len(entry) > 1 or t:
+                    state[i] = entry
             groups, start = [], 0
             for group in self.param_groups:
                 n = len(group["params"])
@@ -167,23 +235,43 @@ class Adafactor(Optimizer):
                     saved["param_names"] = list(group["param_names"])
                 groups.append(saved)
                 start += n
-            return {"format": FORMAT, "version": VERSION,
-                    "optimizer": type(self).__name__, "state": state,
-                    "param_groups": groups, "skipped_steps": self.skipped_steps}
+            sd = {"format": FORMAT, "version": VERSION,
+                  "optimizer": type(self).__name__, "state": state,
+                  "param_groups": groups, "skipped_steps": self.skipped_steps}
+            if self.accumulation_steps > 1:
+                sd["accumulation"] = {"steps": self.accumulation_steps,
+                                      "count": self._micro,
+                                      "nonfinite": self._window_nonfinite}
+            return sd
 
     def load_state_dict(self, state_dict):
         """Restore a state from :meth:`state_dict`, copying its arrays; every
         mismatch raises ValueError and changes nothing."""
         with self._lock:
+            if self._ema_swapped:
+                raise RuntimeError("load_state_dict() inside ema_weights()")
             groups, steps, entries, skipped = checkpoint.check_state_dict(self, state_dict)
+            micro, nonfinite = checkpoint.check_accumulation(self, state_dict)
             for group, hyper in zip(self.param_groups, groups):
                 kept = {k: group[k] for k in ("params", "param_names") if k in group}
                 group.clear()
                 group.update(kept)
                 group.update(hyper)
+            extra = ("ema", "grad_accum")
             for i, p in enumerate(self._params):
                 self._steps[i] = steps[i]
                 self._states[i] = ({k: np.array(v, dtype=p.dtype, copy=True)
-                                    for k, v in entries[i].items()}
+                                    for k, v in entries[i].items() if k not in extra}
                                    if steps[i] else {})
+                self._ema[i], self._acc[i] = (
+                    np.array(entries[i][k], dtype=p.dtype, copy=True)
+                    if k in entries[i] else None for k in extra)
             self.skipped_steps = skipped
+            self._micro, self._window_nonfinite = micro, nonfinite
+
+    def _swap_ema(self):
+        for p, e in zip(self._params, self._ema):
+            if e is not None:
+                tmp = p.copy()
+                np.copyto(p, e)
+                np.copyto(e, tmp)
