@@ -18,9 +18,8 @@ lacks its width: AVX-512 must use zmm, AVX2 ymm, the baseline packed xmm, for
 the multiplies of every update rule of the table (src/fastopt/rules.py) and
 for sqrt and division wherever the rule has them; a function without packed
 arithmetic at its level's width fails.  The 8-bit state codec (q8.h) is
-checked the same way at every level: q8_encode must have packed sqrt and
-multiplies at the level's width (v.4s on aarch64), q8_decode packed
-multiplies.
+checked the same way at every level: q8_encode and q8_decode must have
+packed multiplies at the level's width (v.4s on aarch64).
 """
 import collections
 import importlib.util
@@ -56,7 +55,7 @@ NO_BF16 = {name for name, rule in TABLE.items() if getattr(rule, "matrix", "")}
 RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 # the 8-bit codec (q8.h, one copy per level, named <name>_lowp_<level>):
 # the packed operations each must have
-CODEC = {"q8_encode": ("sqrt", "mul"), "q8_decode": ("mul",)}
+CODEC = {"q8_encode": ("mul",), "q8_decode": ("mul",)}
 
 
 def row_kinds(rule):

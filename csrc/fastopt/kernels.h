@@ -150,18 +150,17 @@ void fo_bf16_decode(const void *in, float *out, size_t n);
 void fo_bf16_encode(const float *x, void *out, size_t n, uint32_t key,
                     size_t index0, int low);
 /* 8-bit blockwise codec (dispatch.c, q8.h).  A block's scale is the
- * largest |x| of its values (NaN if any is NaN).  A state that is never
- * negative (nonneg) is coded c = 255 * (x / scale)^(1/4) (two square
- * roots) and decoded scale * ((c / 255)^2)^2; a signed one as bit 7 the
- * sign and bits 0-6 127 * sqrt(|x| / scale), decoded +-scale * (c / 127)^2.
+ * largest |x| of its values (NaN if any is NaN).  A code's magnitude (8
+ * bits for a state that is never negative, 7 and a sign bit for the
+ * others) is a float with 3 mantissa bits relative to the scale, 0 for
+ * code 0 and the scale for the top code; no square root, no division.
  * All in float32 with a per-block reciprocal, rounded up so that the
- * largest element gets the top code (the scale exactly); the code rounds
- * stochastically, floor(y + (2r + 1) / 512) for a random byte r of
- * lowp.h's hash (key fo_lowp_slot_key of the tensor's step key; one hash
- * serves four elements, q8.h), since rounding to nearest holds decaying
- * averages off by a fifth; a block whose scale is not finite gets codes 0
- * and decodes to NaN.  n elements from a block start (the last block may be
- * short). */
+ * largest element gets the top code; codes round stochastically and
+ * without bias with a random byte of lowp.h's hash (key fo_lowp_slot_key
+ * of the tensor's step key; one hash serves four elements, q8.h), since
+ * rounding to nearest holds decaying averages off by a fifth; a block
+ * whose scale is not finite gets codes 0 and decodes to NaN.  n elements
+ * from a block start (the last block may be short). */
 void fo_q8_encode(const float *x, uint8_t *codes, float *scales, size_t n,
                   int nonneg, uint32_t key, size_t index0);
 void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,

@@ -15,15 +15,20 @@
  *     value is the scale exactly, with no special case in the loop; a
  *     block whose scale has no float32 reciprocal (below 2^-128) is coded
  *     from a copy scaled by 2^64, an exact power of two;
- *   - the code is (int32_t)(y + t) clamped with an integer min (y + t >= 0
- *     and below 2^31: truncation is floor), t = (2r + 1) / 512 for a random
- *     byte r, the sign from the float's bits; one hash (lowp.h, uint32
- *     arithmetic) gives the bytes of four elements 64 apart, so a whole
- *     block is a loop over 64 hashes;
- *   - decoding computes the magnitude from the code, u = c * (1/255),
- *     (u * u) * (u * u) or s = (c & 127) * (1/127), s * s, times the scale
- *     (255 * (1/255) and 127 * (1/127) are 1 in float32); the sign of a
- *     signed code is xor-ed into the bits.
+ *   - a code's magnitude c > 0 stands for the float32 whose bits are
+ *     (c + K) << 20: a float with 3 mantissa bits, K putting the top code
+ *     at 1.0 (the block's scale); c = 0 stands for 0.  Values y = |x| * inv
+ *     from V(1) up are coded by rounding their bits stochastically at bit
+ *     20, ((bits(y) + R) >> 20) - K with R = (2r + 1) << 11 for a random
+ *     byte r, clamped to the top code with an integer min; below V(1) the
+ *     code is 0 or 1, (int32_t)(y * (1 / V(1)) + (2r + 1) / 512).  Both
+ *     round without bias (within a binade the value is linear in the
+ *     bits), and none takes a square root or a division;
+ *   - one hash (lowp.h, uint32 arithmetic) gives the random bytes of four
+ *     elements 64 apart, so a whole block is a loop over 64 hashes;
+ *   - decoding makes the float from the code's bits (0 for code 0) and
+ *     multiplies it by the scale; the sign of a signed code is xor-ed into
+ *     the bits.
  * The choice between the two maps (nonneg or signed) is made once per
  * block, outside the element loops.
  */
@@ -55,21 +60,32 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_absmax_bits)(
     return (uint32_t)m;
 }
 
-/* The code of a magnitude a >= 0 of a block with reciprocal inv, by the
- * map of states that are never negative (c = 255 * (a * inv)^(1/4)) or
- * the signed one's magnitude (c = 127 * sqrt(a * inv)), with random byte r */
+/* The two maps: magnitude codes 1..FO_Q8_TOP(nonneg) stand for the floats
+ * of bits (c + K) << FO_Q8_DROP, the top one 1.0; V(1) is the smallest */
+#ifndef FO_Q8_DROP
+#define FO_Q8_DROP 20   /* 23 mantissa bits less the 3 a code keeps */
+#define FO_Q8_TOP(nonneg) ((nonneg) ? 255u : 127u)
+#define FO_Q8_K(nonneg) ((0x3f800000u >> FO_Q8_DROP) - FO_Q8_TOP(nonneg))
+#endif
+
+/* The code of a magnitude a >= 0 of a block with reciprocal inv, with
+ * random byte r */
 static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
     float a, float inv, uint32_t r, int nonneg)
 {
+    const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
+    const float v1 = FO_LOWP(q8_float)((k + 1u) << FO_Q8_DROP);
+    const float inv_v1 = 1.0f / v1;
+    const float y = a * inv;
+    const uint32_t up = (FO_LOWP(q8_bits)(y) + ((2u * r + 1u) << 11)) >> FO_Q8_DROP;
+    uint32_t c = up - k;
+    c = c < top ? c : top;
     const float t = (float)(int32_t)(2u * r + 1u) * 0x1p-9f;
-    if (nonneg) {
-        const int32_t c = (int32_t)(sqrtf(sqrtf(a * inv)) * 255.0f + t);
-        return (uint32_t)(c < 255 ? c : 255);
-    }
-    const int32_t c = (int32_t)(sqrtf(a * inv) * 127.0f + t);
-    return (uint32_t)(c < 127 ? c : 127);
+    const uint32_t low = (uint32_t)(int32_t)(y * inv_v1 + t);
+    /* a select as masks: gcc does not vectorise the conditional here */
+    const uint32_t high = -(uint32_t)(y >= v1);
+    return (c & high) | (low & ~high);
 }
-
 /* The code of element x: never negative states code max(x, 0), signed ones
  * |x| and the sign bit */
 static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
@@ -148,6 +164,14 @@ static void FO_LOWP(q8_encode)(const float *x, uint8_t *codes, float *scales,
     }
 }
 
+/* The magnitude of code c (its bits 0-6 if signed): 0, or the float of
+ * bits (c + K) << FO_Q8_DROP */
+static inline __attribute__((always_inline)) float FO_LOWP(q8_value)(uint32_t c, int nonneg)
+{
+    const float v = FO_LOWP(q8_float)((c + FO_Q8_K(nonneg)) << FO_Q8_DROP);
+    return c != 0u ? v : 0.0f;
+}
+
 /* out[i] = the value of code codes[i] in its block, i < n, from a block
  * start */
 static void FO_LOWP(q8_decode)(const uint8_t *codes, const float *scales,
@@ -160,16 +184,12 @@ static void FO_LOWP(q8_decode)(const uint8_t *codes, const float *scales,
         float *restrict o = out + at;
         const float scale = scales[b];
         if (nonneg) {
-            for (uint32_t i = 0; i < m; i++) {
-                const float u = (float)(int32_t)c[i] * (1.0f / 255.0f);
-                const float u2 = u * u;
-                o[i] = scale * (u2 * u2);
-            }
+            for (uint32_t i = 0; i < m; i++)
+                o[i] = scale * FO_LOWP(q8_value)(c[i], 1);
         } else {
             for (uint32_t i = 0; i < m; i++) {
                 const uint32_t ci = c[i];
-                const float s = (float)(int32_t)(ci & 127u) * (1.0f / 127.0f);
-                const float v = scale * (s * s);
+                const float v = scale * FO_LOWP(q8_value)(ci & 127u, 0);
                 o[i] = FO_LOWP(q8_float)(FO_LOWP(q8_bits)(v) ^ ((ci & 0x80u) << 24));
             }
         }

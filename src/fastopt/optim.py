@@ -116,11 +116,13 @@ class Optimizer:
     - ``state_dtype="8bit"`` (float32 parameters): every array state is
       kept as uint8 codes with one float32 scale per block of 256 elements
       of each parameter (the largest |value| of the block), about 1 byte an
-      element.  Codes are companded so that small values keep their
-      relative precision: a state that is never negative (Adam's v,
-      Adagrad's sum, RMSprop's square_avg, ...) as round(255 *
-      (v / scale)^(1/4)), decoded scale * (c / 255)^4; a signed one as a
-      sign bit and round(127 * sqrt(|x| / scale)).  Each block is decoded, updated by the rule's
+      element.  A code is a tiny float relative to the block's scale, so
+      that small values keep their relative precision: three mantissa
+      bits and an exponent, over 32 binades for a state that is never
+      negative (Adam's v, Adagrad's sum, RMSprop's square_avg, ...; 8 bits)
+      and 16 for a signed one (a sign bit and 7 bits), code 0 being 0 and
+      the top code the scale itself; codes round stochastically and
+      without bias.  Each block is decoded, updated by the rule's
       float32 loop and requantized by one thread from L1, so results are the
       same bits for every thread count and instruction set and are
       reproduced by :func:`fastopt.reference.q8_step`.  A block holding a

@@ -645,38 +645,49 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 #
 # Each state of a float32 tensor is kept as uint8 codes with one float32
 # scale per block of 256 elements counted from the tensor's start: the
-# block's largest |x|.  The code maps are companded, so that small values
-# keep relative precision: a state that is never negative (Adam's v) as
-# c = 255 * (x / scale)^(1/4) rounded, decoded scale * ((c/255)^2)^2, which
-# spans 255^4 (about 4e9) in x: with a square root alone, v of a block's
-# low-curvature elements rounded to 0 and their steps blew up; a signed
-# one (m) as bit 7 its sign and bits 0-6 127 * sqrt(|x| / scale) rounded.
-# Codes round stochastically, floor(y + t) with t = (2r + 1) / 512 for a
-# random byte r: rounding to nearest left v a fifth low 300 steps after
-# gradients shrank 100x.  One 32-bit hash gives the bytes of four elements
-# 64 apart in a block.  Everything is float32 with a per-block reciprocal,
-# rounded up where needed so that scale * inv >= 1: the block's largest
-# element gets the top code, which decodes to the scale exactly (a block
-# whose scale has no float32 reciprocal, below 2^-128, is coded from its
-# values times 2^64).  The scale is the float whose bits are the largest of
-# the block's bits with the sign cleared (max |x|, as an integer max, which
-# the kernels vectorise): a NaN anywhere gives a NaN scale, the one of the
-# largest payload (np.max(np.abs(x)) would give the first NaN's; finite
-# scales are the same either way).  A block whose scale is not finite keeps
-# that scale, gets codes 0 and decodes to NaN.
+# block's largest |x|.  A code's magnitude c (all 8 bits for a state that is
+# never negative, such as Adam's v; bits 0-6 and a sign bit for the others)
+# stands for a small float relative to the scale: 0 for c = 0, else the
+# float32 whose bits are (c + K) << 20, three mantissa bits and an exponent,
+# K putting the top code (255 or 127) at 1.0.  So v keeps 1/8 relative
+# precision over 32 binades (down to about 3e-10 of its block's largest,
+# where a square-root map stopped at 1.5e-5 and low-curvature elements' v
+# rounded to 0 and their steps blew up) and m over 16.  Values round
+# stochastically and without bias, by their bits: ((bits(y) + R) >> 20) - K
+# with R = (2r + 1) << 11 for a random byte r (within a binade the value is
+# linear in the bits), and below the smallest code V(1) to 0 or V(1), as
+# floor(y * (1 / V(1)) + (2r + 1) / 512): rounding to nearest left v a fifth
+# low 300 steps after gradients shrank 100x.  No square root, no division.
+# One 32-bit hash gives the bytes of four elements 64 apart in a block.
+# Everything is float32 with a per-block reciprocal, rounded up where
+# needed so that scale * inv >= 1: the block's largest element gets the
+# top code, which decodes to the scale exactly (a block whose scale has no
+# float32 reciprocal, below 2^-128, is coded from its values times 2^64).
+# The scale is the float whose bits are the largest of the block's bits with
+# the sign cleared (max |x|, as an integer max, which the kernels
+# vectorise): a NaN anywhere gives a NaN scale, the one of the largest
+# payload (np.max(np.abs(x)) would give the first NaN's; finite scales are
+# the same either way).  A block whose scale is not finite keeps that
+# scale, gets codes 0 and decodes to NaN.
 
 Q8_BLOCK = 256
 
 
+Q8_DROP = 20                 # float32 mantissa bits a code drops (keeps 3)
+
+
+def _q8_top_k(nonneg):
+    top = 255 if nonneg else 127
+    return top, (0x3F800000 >> Q8_DROP) - top
+
+
 def q8_table(nonneg):
-    """The decoded magnitude (float32) of each of the 256 codes."""
-    c = np.arange(256, dtype=np.uint32)
-    if nonneg:
-        u = c.astype(np.float32) * (np.float32(1) / np.float32(255))
-        u2 = u * u
-        return u2 * u2
-    u = (c & np.uint32(127)).astype(np.float32) * (np.float32(1) / np.float32(127))
-    return u * u
+    """The decoded magnitude (float32) of each of the 256 codes (of bits 0-6
+    for a signed state)."""
+    top, k = _q8_top_k(nonneg)
+    c = np.arange(256, dtype=np.uint32) & np.uint32(top)
+    v = ((c + np.uint32(k)) << np.uint32(Q8_DROP)).view(np.float32)
+    return np.where(c != 0, v, np.float32(0))
 
 
 def q8_random_bytes(n, key=0, start=0):
@@ -720,15 +731,20 @@ def q8_encode(x, nonneg, key=0, start=0):
         # scale * inv >= 1: the largest element gets the top code
         inv = np.where((safe * inv < 1) & (safe > 0),
                        np.nextafter(inv, np.float32(np.inf)), inv).astype(np.float32)
-        levels = np.float32(255 if nonneg else 127)
+        top, k = _q8_top_k(nonneg)
+        v1 = np.uint32((k + 1) << Q8_DROP).view(np.float32)
         a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
         a = np.where(finite[:, None], a, np.float32(0))
-        root = np.sqrt(a * inv[:, None])
-        if nonneg:
-            root = np.sqrt(root)
+        y = (a * inv[:, None]).astype(np.float32)
         r = q8_random_bytes(nb * Q8_BLOCK, key, start).reshape(nb, Q8_BLOCK)
+        # from V(1) up: the bits rounded stochastically at bit 20
+        up = (y.view(np.uint32) + ((r * np.uint32(2) + np.uint32(1)) << np.uint32(11))
+              ) >> np.uint32(Q8_DROP)
+        high = np.minimum(up.astype(np.int64) - k, top)
+        # below: 0 or V(1)
         t = (r * np.uint32(2) + np.uint32(1)).astype(np.float32) * np.float32(2.0 ** -9)
-        c = np.minimum(np.floor(root * levels + t), levels).astype(np.uint8)
+        low = np.floor(y * (np.float32(1) / v1) + t)
+        c = np.where(y >= v1, high, low).astype(np.uint8)
     if not nonneg:
         c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
     return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
