@@ -21,7 +21,7 @@
  *     from V(1) up are coded by rounding their bits stochastically at bit
  *     20, ((bits(y) + R) >> 20) - K with R = (2r + 1) << 11 for a random
  *     byte r, clamped to the top code with an integer min; below V(1) the
- *     code is 0 or 1, (int32_t)(y * (1 / V(1)) + (2r + 1) / 512).  Both
+ *     code is 0 or 1, ((int32_t)(y * (2^20 / V(1))) + R) >> 20.  Both
  *     round without bias (within a binade the value is linear in the
  *     bits), and none takes a square root or a division;
  *   - one hash (lowp.h, uint32 arithmetic) gives the random bytes of four
@@ -75,13 +75,13 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
 {
     const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
     const float v1 = FO_LOWP(q8_float)((k + 1u) << FO_Q8_DROP);
-    const float inv_v1 = 1.0f / v1;
+    const float to_fixed = 0x1p20f / v1;
     const float y = a * inv;
-    const uint32_t up = (FO_LOWP(q8_bits)(y) + ((2u * r + 1u) << 11)) >> FO_Q8_DROP;
-    uint32_t c = up - k;
+    const uint32_t rr = (2u * r + 1u) << 11;
+    uint32_t c = ((FO_LOWP(q8_bits)(y) + rr) >> FO_Q8_DROP) - k;
     c = c < top ? c : top;
-    const float t = (float)(int32_t)(2u * r + 1u) * 0x1p-9f;
-    const uint32_t low = (uint32_t)(int32_t)(y * inv_v1 + t);
+    /* below V(1): y / V(1) in 20-bit fixed point, rounded at bit 20 */
+    const uint32_t low = ((uint32_t)(int32_t)(y * to_fixed) + rr) >> FO_Q8_DROP;
     /* a select as masks: gcc does not vectorise the conditional here */
     const uint32_t high = -(uint32_t)(y >= v1);
     return (c & high) | (low & ~high);

@@ -656,7 +656,7 @@ def bf16_step(name, key, param, grad, *states, **kwargs):
 # stochastically and without bias, by their bits: ((bits(y) + R) >> 20) - K
 # with R = (2r + 1) << 11 for a random byte r (within a binade the value is
 # linear in the bits), and below the smallest code V(1) to 0 or V(1), as
-# floor(y * (1 / V(1)) + (2r + 1) / 512): rounding to nearest left v a fifth
+# (int(y * (2^20 / V(1))) + R) >> 20: rounding to nearest left v a fifth
 # low 300 steps after gradients shrank 100x.  No square root, no division.
 # One 32-bit hash gives the bytes of four elements 64 apart in a block.
 # Everything is float32 with a per-block reciprocal, rounded up where
@@ -741,9 +741,11 @@ def q8_encode(x, nonneg, key=0, start=0):
         up = (y.view(np.uint32) + ((r * np.uint32(2) + np.uint32(1)) << np.uint32(11))
               ) >> np.uint32(Q8_DROP)
         high = np.minimum(up.astype(np.int64) - k, top)
-        # below: 0 or V(1)
-        t = (r * np.uint32(2) + np.uint32(1)).astype(np.float32) * np.float32(2.0 ** -9)
-        low = np.floor(y * (np.float32(1) / v1) + t)
+        # below: 0 or V(1), y / V(1) in 20-bit fixed point rounded at bit 20
+        # (computed where y < V(1) only: above, it leaves int32's range)
+        fixed = (np.minimum(y, v1) * (np.float32(2 ** 20) / v1)).astype(np.int32)
+        low = (fixed.astype(np.uint32) + ((r * np.uint32(2) + np.uint32(1)) << np.uint32(11))
+               ) >> np.uint32(Q8_DROP)
         c = np.where(y >= v1, high, low).astype(np.uint8)
     if not nonneg:
         c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
