@@ -80,12 +80,15 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
     const uint32_t rr = (2u * r + 1u) << 11;
     uint32_t c = ((FO_LOWP(q8_bits)(y) + rr) >> FO_Q8_DROP) - k;
     c = c < top ? c : top;
-    /* below V(1): y / V(1) in 20-bit fixed point, rounded at bit 20 */
-    const uint32_t low = ((uint32_t)(int32_t)(y * to_fixed) + rr) >> FO_Q8_DROP;
+    /* below V(1): y / V(1) in 20-bit fixed point, rounded at bit 20 (y
+     * capped at V(1) first, so the conversion stays within int32) */
+    const float y_low = y < v1 ? y : v1;
+    const uint32_t low = ((uint32_t)(int32_t)(y_low * to_fixed) + rr) >> FO_Q8_DROP;
     /* a select as masks: gcc does not vectorise the conditional here */
     const uint32_t high = -(uint32_t)(y >= v1);
     return (c & high) | (low & ~high);
 }
+
 /* The code of element x: never negative states code max(x, 0), signed ones
  * |x| and the sign bit */
 static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
