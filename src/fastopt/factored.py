@@ -73,10 +73,12 @@ class Adafactor(Optimizer):
             accumulation_steps=accumulation_steps)
         self._steps = [0] * len(self._params)
         self._states = [{} for _ in self._params]
-        # per parameter: its average (None before its first step) and its
-        # accumulated gradients (None when it got none in this window)
+        # per parameter: its average (None before its first step), its
+        # accumulation buffer (made at its first gradient, kept) and whether
+        # the buffer holds gradients of this window
         self._ema = [None] * len(self._params)
         self._acc = [None] * len(self._params)
+        self._seen = [False] * len(self._params)
 
     def _check_group(self, group):
         foreach = group.get("foreach")
@@ -165,9 +167,7 @@ class Adafactor(Optimizer):
                     if finite:
                         for i, g in enumerate(ordered):
                             if g is not None:
-                                if self._acc[i] is None:
-                                    self._acc[i] = np.zeros_like(self._params[i])
-                                np.add(self._acc[i], g, out=self._acc[i])
+                                self._accumulate(i, g)
                     else:
                         self._window_nonfinite = True
                     self._micro += 1
@@ -175,22 +175,20 @@ class Adafactor(Optimizer):
                 self._micro = 0
                 if self.skip_nonfinite:
                     finite = finite and not self._window_nonfinite and all(
-                        a is None or bool(np.isfinite(a).all()) for a in self._acc)
+                        bool(np.isfinite(a).all())
+                        for a, seen in zip(self._acc, self._seen) if seen)
                 self._window_nonfinite = False
                 if finite:
-                    # the mean (acc + g) / k in the accumulation buffers,
-                    # which start at 0 (0 + g, as the fused step adds)
+                    # the mean (acc + g) / k, in the accumulation buffers
                     for i, g in enumerate(ordered):
-                        if g is not None and self._acc[i] is None:
-                            self._acc[i] = np.zeros_like(self._params[i])
-                        a = self._acc[i]
-                        if a is None:
-                            continue
                         if g is not None:
-                            np.add(a, g, out=a)
-                        np.divide(a, a.dtype.type(k), out=a)
-                    ordered = self._acc
-                self._acc = [None] * len(self._params)
+                            self._accumulate(i, g)
+                        if self._seen[i]:
+                            np.divide(self._acc[i], self._acc[i].dtype.type(k),
+                                      out=self._acc[i])
+                    ordered = [a if seen else None
+                               for a, seen in zip(self._acc, self._seen)]
+                self._seen = [False] * len(self._params)
             if not finite:
                 self.skipped_steps += 1
                 return False
@@ -212,6 +210,19 @@ class Adafactor(Optimizer):
                         _lerp(self._ema[i], p, w)
             return True
 
+    def _accumulate(self, i, g):
+        """Add g into parameter i's buffer: 0 + g for its first gradient of
+        the window (as the fused step adds into a cleared buffer: -0 becomes
+        +0), acc + g after it."""
+        a = self._acc[i]
+        if a is None:
+            a = self._acc[i] = np.empty_like(self._params[i])
+        if self._seen[i]:
+            np.add(a, g, out=a)
+        else:
+            np.add(g, a.dtype.type(0), out=a)
+            self._seen[i] = True
+
     def state_dict(self):
         """As :meth:`fastopt.optim.Optimizer.state_dict`: ``{"format",
         "version", "optimizer", "state": {index: {"step": int, "row_var",
@@ -223,7 +234,7 @@ class Adafactor(Optimizer):
                 entry = {"step": t, **{k: v.copy() for k, v in s.items()}} if t else {"step": 0}
                 if self._ema[i] is not None:
                     entry["ema"] = self._ema[i].copy()
-                if self._acc[i] is not None:
+                if self._seen[i]:
                     entry["grad_accum"] = self._acc[i].copy()
                 if len(entry) > 1 or t:
                     state[i] = entry
@@ -266,6 +277,7 @@ class Adafactor(Optimizer):
                 self._ema[i], self._acc[i] = (
                     np.array(entries[i][k], dtype=p.dtype, copy=True)
                     if k in entries[i] else None for k in extra)
+                self._seen[i] = "grad_accum" in entries[i]
             self.skipped_steps = skipped
             self._micro, self._window_nonfinite = micro, nonfinite
 
