@@ -68,37 +68,53 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_absmax_bits)(
 #define FO_Q8_K(nonneg) ((0x3f800000u >> FO_Q8_DROP) - FO_Q8_TOP(nonneg))
 #endif
 
-/* The code of a magnitude a >= 0 of a block with reciprocal inv, with
- * random byte r */
-static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
-    float a, float inv, uint32_t r, int nonneg)
+/* The rounding addend of a random byte: (2r + 1) << 11, from byte q of
+ * hash h */
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_round_bits)(
+    uint32_t h, uint32_t q)
 {
-    const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
-    const float v1 = FO_LOWP(q8_float)((k + 1u) << FO_Q8_DROP);
-    const float to_fixed = 0x1p20f / v1;
-    const float y = a * inv;
-    const uint32_t rr = (2u * r + 1u) << 11;
-    uint32_t c = ((FO_LOWP(q8_bits)(y) + rr) >> FO_Q8_DROP) - k;
-    c = c < top ? c : top;
-    /* below V(1): y / V(1) in 20-bit fixed point, rounded at bit 20 (y
-     * capped at V(1) first, so the conversion stays within int32) */
-    const float y_low = y < v1 ? y : v1;
-    const uint32_t low = ((uint32_t)(int32_t)(y_low * to_fixed) + rr) >> FO_Q8_DROP;
-    /* a select as masks: gcc does not vectorise the conditional here */
-    const uint32_t high = -(uint32_t)(y >= v1);
-    return (c & high) | (low & ~high);
+    return (((h >> (8 * q)) & 255u) << 12) | 0x800u;
 }
 
-/* The code of element x: never negative states code max(x, 0), signed ones
- * |x| and the sign bit */
-static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
-    float x, float inv, uint32_t r, int nonneg)
+/* The code of a magnitude a >= 0 of a block with reciprocal inv, with
+ * rounding addend rr */
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
+    float a, float inv, uint32_t rr, int nonneg)
 {
-    if (nonneg)
-        return (uint8_t)FO_LOWP(q8_code)(x > 0.0f ? x : 0.0f, inv, r, 1);
+    const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
+    const uint32_t v1b = (k + 1u) << FO_Q8_DROP;
+    const float to_fixed = 0x1p20f / FO_LOWP(q8_float)(v1b);
+    const float y = a * inv;
+    /* y >= 0, so its bits order like y, and the comparisons are integer
+     * ones (a float comparison or conversion under a condition keeps gcc
+     * from vectorising the loop at levels without masked operations) */
+    const uint32_t yb = FO_LOWP(q8_bits)(y);
+    /* from V(1) up: c = ((bits + rr) >> 20) - K, which is hi - (K + 1) + 1;
+     * below V(1), hi is K + 1 at most and max makes it that */
+    uint32_t hi = (yb + rr) >> FO_Q8_DROP;
+    hi = hi > k + 1u ? hi : k + 1u;
+    /* below V(1): y / V(1) in 20-bit fixed point, rounded at bit 20, 0 or
+     * 1; from V(1) up (y capped at V(1), so the conversion stays within
+     * int32, and gives 2^20 within rounding) always 1 */
+    const float y_low = FO_LOWP(q8_float)(yb < v1b ? yb : v1b);
+    const uint32_t low = ((uint32_t)(int32_t)(y_low * to_fixed) + rr) >> FO_Q8_DROP;
+    const uint32_t c = hi - (k + 1u) + low;
+    return c < top ? c : top;
+}
+
+/* The code of element x: never negative states code max(x, 0) (as an
+ * integer maximum of its bits; the block has no NaN), signed ones |x| and
+ * the sign bit */
+static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
+    float x, float inv, uint32_t rr, int nonneg)
+{
     const uint32_t bits = FO_LOWP(q8_bits)(x);
+    if (nonneg) {
+        const int32_t b = (int32_t)bits;
+        return (uint8_t)FO_LOWP(q8_code)(FO_LOWP(q8_float)((uint32_t)(b > 0 ? b : 0)), inv, rr, 1);
+    }
     const float a = FO_LOWP(q8_float)(bits & 0x7fffffffu);
-    return (uint8_t)(FO_LOWP(q8_code)(a, inv, r, 0) | ((bits >> 24) & 0x80u));
+    return (uint8_t)(FO_LOWP(q8_code)(a, inv, rr, 0) | ((bits >> 24) & 0x80u));
 }
 
 /* The element loop of a block with its reciprocal; the random byte of
@@ -112,14 +128,14 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_codes)(
             const uint32_t h = FO_LOWP(hash32)(kb + j);
             for (uint32_t q = 0; q < 4; q++)
                 codes[j + 64 * q] = FO_LOWP(q8_element)(x[j + 64 * q], inv,
-                                                        (h >> (8 * q)) & 255u, nonneg);
+                                                        FO_LOWP(q8_round_bits)(h, q), nonneg);
         }
         return;
     }
     const uint32_t m = (uint32_t)n;
     for (uint32_t i = 0; i < m; i++) {
-        const uint32_t r = (FO_LOWP(hash32)(kb + (i & 63u)) >> (8 * (i >> 6))) & 255u;
-        codes[i] = FO_LOWP(q8_element)(x[i], inv, r, nonneg);
+        const uint32_t rr = FO_LOWP(q8_round_bits)(FO_LOWP(hash32)(kb + (i & 63u)), i >> 6);
+        codes[i] = FO_LOWP(q8_element)(x[i], inv, rr, nonneg);
     }
 }
 
