@@ -19,7 +19,10 @@ the multiplies of every update rule of the table (src/fastopt/rules.py) and
 for sqrt and division wherever the rule has them; a function without packed
 arithmetic at its level's width fails.  The 8-bit state codec (q8.h) is
 checked the same way at every level: q8_encode and q8_decode must have
-packed multiplies at the level's width (v.4s on aarch64).
+packed multiplies at the level's width (v.4s on aarch64), and q8_encode
+packed float-to-int conversions (cvttps2dq, fcvtzs), which only its
+element loop has: a loop that is not vectorised (gcc keeps one scalar when
+it cannot if-convert a trapping operation) converts with cvttss2si.
 """
 import collections
 import importlib.util
@@ -55,7 +58,31 @@ NO_BF16 = {name for name, rule in TABLE.items() if getattr(rule, "matrix", "")}
 RULES = TABLE_RULES + ["scale", "clamp", "sumsq"]
 # the 8-bit codec (q8.h, one copy per level, named <name>_lowp_<level>):
 # the packed operations each must have
-CODEC = {"q8_encode": ("mul",), "q8_decode": ("mul",)}
+CODEC = {"q8_encode": ("mul", "cvt"), "q8_decode": ("mul",)}
+# packed float32-to-int32 conversions (destination register last)
+CVT = {"x86": re.compile(r"\bv?cvttps2dq\b.*%([xyz]mm)"),
+       "aarch64": re.compile(r"\bfcvtzs\s+v\d+\.4s\b")}
+
+
+def codec_count(body, arch):
+    """Counter of the packed operations of a codec function: (op, register
+    width) on x86, op on aarch64; conversions count as "cvt"."""
+    count = collections.Counter()
+    for line in body:
+        if arch == "x86":
+            m = ARITH.search(line)
+            if m:
+                count[(m.group(2), m.group(4))] += 1
+            m = CVT["x86"].search(line)
+            if m:
+                count[("cvt", m.group(1))] += 1
+        else:
+            m = ARM_ARITH.search(line)
+            if m:
+                count[m.group(1)] += 1
+            if CVT["aarch64"].search(line):
+                count["cvt"] += 1
+    return count
 
 
 def row_kinds(rule):
@@ -137,8 +164,7 @@ def check_aarch64(obj):
             print(f"  {rule:9s} {dt}: {status:24s} {summary}")
     for name, need in CODEC.items():
         body = funcs.get(f"{name}_lowp_baseline", [])
-        count = collections.Counter(m.group(1) for line in body
-                                    for m in [ARM_ARITH.search(line)] if m)
+        count = codec_count(body, "aarch64")
         missing = [op for op in need if not count[op]]
         status = "ok" if body and not missing else f"MISSING {missing}"
         failures += status != "ok"
@@ -195,8 +221,7 @@ def main():
                 print(f"  {rule:9s} {dt}: {status:24s} {summary}")
         for name, need in CODEC.items():
             body = funcs.get(f"{name}_lowp_{level}", [])
-            count = collections.Counter((m.group(2), m.group(4)) for line in body
-                                        for m in [ARITH.search(line)] if m)
+            count = codec_count(body, "x86")
             missing = [op for op in need if not count[(op, reg)]]
             status = "ok" if body and not missing else f"MISSING {reg} {missing}"
             failures += status != "ok"
