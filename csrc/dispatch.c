@@ -465,9 +465,11 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
     fo_args own;
     const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     /* 8-bit states always go through fused_range (decoded around the
-     * loop), in pieces of whole blocks */
-    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8)) == 0
-        && (in_loop || (flags & ~FO_FUSE_BF16) == 0)) {
+     * loop), in pieces of whole blocks; bfloat16 states too, in chunks of
+     * FO_FUSE_CHUNK elements, which their loops' 32-bit index needs
+     * (rules.h, FO_FOR) */
+    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8 | FO_FUSE_BF16)) == 0
+        && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {
         const fo_fused_call c = {fn, dt, la, f, in_loop};

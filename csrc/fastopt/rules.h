@@ -48,7 +48,14 @@
 #define FO_SETP(p, i, v) (p[i] = (v))
 #endif
 
+/* A rule's element loop.  With bfloat16 states the index is a uint32: the
+ * random counter of each store is 32-bit arithmetic on it, and a size_t
+ * index would make gcc build that counter from 64-bit lanes and narrow it
+ * (a shuffle chain per vector at the levels without vpmovqd).  Those loops
+ * only ever run on chunks of at most FO_FUSE_CHUNK elements (dispatch.c,
+ * fused_range), so lo and hi fit. */
 #ifdef FO_BF16
+#define FO_FOR(i) for (uint32_t i = (uint32_t)lo; i < (uint32_t)hi; i++)
 #define FO_STATE(x, slot) \
     fo_bf16 *restrict x = (fo_bf16 *)t->s[slot]; \
     const uint32_t x##_key = fo_lowp_slot_key(t->key, (slot) & ~1) + (uint32_t)t->at; \
@@ -58,6 +65,7 @@
 #define FO_ST(x, i, v) (x[i] = FO_LOWP(bf16_store)((v), \
     FO_LOWP(bf16_bits)(FO_LOWP(hash32)(x##_key + (uint32_t)(i)), x##_low)))
 #else
+#define FO_FOR(i) for (size_t i = lo; i < hi; i++)
 #define FO_STATE(x, slot) FO_T *restrict x = (FO_T *)t->s[slot]
 #define FO_LD(x, i) (x[i])
 #define FO_ST(x, i, v) (x[i] = (v))
@@ -120,7 +128,7 @@ FO_INLINE void FO_NAME(sgd_body)(const fo_args *a, const fo_tensor *t,
     const FO_T lr = FO_C(SGD, LR), mu = FO_C(SGD, MOMENTUM);
     const FO_T damp = FO_C(SGD, ONE_MINUS_DAMPENING), l2 = FO_C(SGD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         if (has_momentum) {
             const FO_T bi = first ? gi : mu * FO_LD(b, i) + damp * gi;
@@ -167,7 +175,7 @@ FO_INLINE void FO_NAME(momentum_body)(const fo_args *a, const fo_tensor *t,
     const FO_T one_minus_beta = FO_C(MOMENTUM, ONE_MINUS_BETA);
     const FO_T l2 = FO_C(MOMENTUM, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T vi = beta * FO_LD(v, i) + one_minus_beta * gi;
         FO_ST(v, i, vi);
@@ -200,7 +208,7 @@ FO_INLINE void FO_NAME(rmsprop_body)(const fo_args *a, const fo_tensor *t,
     const FO_T eps = FO_C(RMSPROP, EPS), mu = FO_C(RMSPROP, MOMENTUM);
     const FO_T l2 = FO_C(RMSPROP, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = alpha * FO_LD(s, i) + one_minus_alpha * (gi * gi);
         FO_ST(s, i, si);
@@ -261,7 +269,7 @@ FO_INLINE void FO_NAME(adam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T eps = FO_C(ADAM, EPS), decay = FO_C(ADAM, DECAY);
     const FO_T l2 = FO_C(ADAM, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
@@ -304,7 +312,7 @@ FO_INLINE void FO_NAME(adagrad_body)(const fo_args *a, const fo_tensor *t,
     const FO_T clr = FO_C(ADAGRAD, CLR), eps = FO_C(ADAGRAD, EPS);
     const FO_T l2 = FO_C(ADAGRAD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = FO_LD(sum, i) + gi * gi;
         FO_ST(sum, i, si);
@@ -342,7 +350,7 @@ static void FO_NAME(lion_range)(const void *args, const fo_tensor *t,
     const FO_T beta1 = FO_C(LION, BETA1), one_minus_beta1 = FO_C(LION, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(LION, BETA2), one_minus_beta2 = FO_C(LION, ONE_MINUS_BETA2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T pi = p[i] * decay;
         const FO_T ui = FO_NAME(sign)(beta1 * FO_LD(m, i) + one_minus_beta1 * gi);
@@ -366,7 +374,7 @@ FO_INLINE void FO_NAME(adadelta_body)(const fo_args *a, const fo_tensor *t,
     const FO_T one_minus_rho = FO_C(ADADELTA, ONE_MINUS_RHO);
     const FO_T eps = FO_C(ADADELTA, EPS), l2 = FO_C(ADADELTA, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T si = rho * FO_LD(s, i) + one_minus_rho * (gi * gi);
         FO_ST(s, i, si);
@@ -403,7 +411,7 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
     const FO_T size_min = FO_C(RPROP, STEP_SIZE_MIN);
     const FO_T size_max = FO_C(RPROP, STEP_SIZE_MAX);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T d = gi * FO_LD(prev, i);
         const FO_T eta = d > 0 ? etaplus : (d < 0 ? etaminus : (FO_T)1);
@@ -438,7 +446,7 @@ FO_INLINE void FO_NAME(adamax_body)(const fo_args *a, const fo_tensor *t,
     const FO_T one_minus_beta1 = FO_C(ADAMAX, ONE_MINUS_BETA1);
     const FO_T beta2 = FO_C(ADAMAX, BETA2), l2 = FO_C(ADAMAX, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
         const FO_T decayed = beta2 * FO_LD(u, i), norm = FO_NAME(abs)(gi) + eps;
@@ -483,7 +491,7 @@ FO_INLINE void FO_NAME(radam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T eps = FO_C(RADAM, EPS), decay = FO_C(RADAM, DECAY);
     const FO_T l2 = FO_C(RADAM, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
@@ -535,7 +543,7 @@ FO_INLINE void FO_NAME(nadam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T exp_avg_coef = FO_C(NADAM, EXP_AVG_COEF);
     const FO_T decay = FO_C(NADAM, DECAY), l2 = FO_C(NADAM, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T pi = p[i] * decay;
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
@@ -572,7 +580,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
     const FO_T mu = FO_C(ASGD, MU), l2 = FO_C(ASGD, L2);
     const int negate = a->opts & FO_MAXIMIZE;
     if (average) {
-        for (size_t i = lo; i < hi; i++) {
+        FO_FOR(i) {
             const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
             const FO_T pi = p[i] * decay - eta * gi;
             FO_SETP(p, i, pi);
@@ -737,7 +745,7 @@ FO_INLINE void FO_NAME(ademamix_body)(const fo_args *a, const fo_tensor *t,
     const FO_T slow_coef = FO_C(ADEMAMIX, SLOW_COEF);
     const FO_T decay = FO_C(ADEMAMIX, DECAY);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T pi = p[i] * decay;
         const FO_T fi = beta1 * FO_LD(m1, i) + one_minus_beta1 * gi;
@@ -779,7 +787,7 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
     const FO_T eps = FO_C(ADOPT, EPS), c = FO_C(ADOPT, CLIP_VALUE), neg_c = -c;
     const FO_T decay = FO_C(ADOPT, DECAY), l2 = FO_C(ADOPT, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         if (first) {
             FO_ST(v, i, FO_LD(v, i) + gi * gi);
@@ -943,7 +951,7 @@ static void FO_NAME(lamb_range)(const void *args, const fo_tensor *t,
     FO_STATE(v, FO_LAMB_S_EXP_AVG_SQ);
     const FO_T k = (FO_T)t->r[0];
     FO_LAMB_LOCALS;
-    for (size_t i = lo; i < hi; i++)
+    FO_FOR(i)
         FO_SETP(p, i, p[i] - k * FO_LAMB_UPDATE(FO_LD(m, i), FO_LD(v, i), p[i]));
 }
 
@@ -994,7 +1002,7 @@ FO_INLINE void FO_NAME(lars_body)(const fo_args *a, const fo_tensor *t,
     FO_STATE(b, FO_LARS_S_MOMENTUM_BUFFER);
     const FO_T k = (FO_T)t->r[0], mu = FO_C(LARS, MOMENTUM);
     const FO_T wd = FO_C(LARS, WEIGHT_DECAY);
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T d = k * FO_LARS_UPDATE(g[i], p[i]);
         const FO_T bi = d + mu * FO_LD(b, i);
         FO_ST(b, i, bi);
@@ -1040,7 +1048,7 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T one_minus_beta2 = FO_C(SKLEARN_ADAM, ONE_MINUS_BETA2);
     const FO_T eps = FO_C(SKLEARN_ADAM, EPS);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
         const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
@@ -1069,7 +1077,7 @@ FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
     FO_STATE(u, FO_SKLEARN_SGD_S_VELOCITY);
     const FO_T lr = FO_C(SKLEARN_SGD, LR), mu = FO_C(SKLEARN_SGD, MOMENTUM);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
         const FO_T ui = mu * FO_LD(u, i) - lr * gi;
         FO_ST(u, i, ui);
@@ -1113,7 +1121,7 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
     const FO_T y_coef = FO_C(ADAMW_SCHEDULEFREE, Y_COEF);
     const FO_T lr = FO_C(ADAMW_SCHEDULEFREE, LR);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, 0);
         const FO_T yi = p[i];
         const FO_T zi = first ? yi : FO_LD(z, i);
@@ -1160,7 +1168,7 @@ FO_INLINE void FO_NAME(sgd_schedulefree_body)(
     const FO_T y_coef = FO_C(SGD_SCHEDULEFREE, Y_COEF);
     const FO_T lr = FO_C(SGD_SCHEDULEFREE, LR), l2 = FO_C(SGD_SCHEDULEFREE, L2);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, has_l2, l2);
         const FO_T yi = p[i];
         const FO_T zi = first ? yi : FO_LD(z, i);
@@ -1212,7 +1220,7 @@ FO_INLINE void FO_NAME(muon_body)(const fo_args *a, const fo_tensor *t,
     FO_T *restrict b = (FO_T *)t->s[FO_MUON_S_MOMENTUM_BUFFER];
     const FO_T bw = FO_C(MUON, BUF_W), nw = FO_C(MUON, NEST_W);
     const int negate = a->opts & FO_MAXIMIZE;
-    for (size_t i = lo; i < hi; i++) {
+    FO_FOR(i) {
         const FO_T gi = negate ? -g[i] : g[i];
         const FO_T bo = b[i];
         const FO_T bi = (buf_from_grad ? gi : bo) + bw * (gi - bo);
@@ -1232,7 +1240,7 @@ FO_INLINE void FO_NAME(muon_post)(const fo_args *a, const fo_tensor *t,
     const FO_T *restrict d = (const FO_T *)t->g;
     const FO_T decay = FO_C(MUON, DECAY);
     const FO_T k = (FO_T)(a->c[FO_MUON_C_LR] * t->r[0]);
-    for (size_t i = lo; i < hi; i++)
+    FO_FOR(i)
         FO_SETP(p, i, p[i] * decay - k * d[i]);
 }
 
@@ -1460,6 +1468,7 @@ static void FO_NAME(adafactor_range)(const void *args, const fo_tensor *t,
 
 #undef FO_C
 #undef FO_INLINE
+#undef FO_FOR
 #undef FO_STATE
 #undef FO_LD
 #undef FO_ST
