@@ -153,8 +153,9 @@ def plot(results, path):
                 ax.plot(sizes, [results[n][t][key] / n * 1e6 for n in sizes], marker="o",
                         label=label, ls="--" if key.startswith("floor") else "-")
         ax.set_xscale("log")
+        ax.set_yscale("log")   # bitsandbytes is 10-30x the rest
         ax.set_xlabel("elements")
-        ax.set_ylabel("ns per element")
+        ax.set_ylabel("ns per element (log)")
         ax.set_title(f"AdamW float32 parameters, {t} thread(s)")
         ax.legend(fontsize=7)
     fig.tight_layout()
