@@ -468,7 +468,18 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
      * loop), in pieces of whole blocks; bfloat16 states too, in chunks of
      * FO_FUSE_CHUNK elements, which their loops' 32-bit index needs
      * (rules.h, FO_FOR) */
-    if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8 | FO_FUSE_BF16)) == 0
+    if ((flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY)) && !in_loop
+        && active->axes[rule][dt] != NULL) {
+        /* a factored rule's loop finds an element's row and column states
+         * from its place in the tensor, so it runs on whole tensors, never
+         * on fused_range's chunks; the average follows, over each tensor
+         * (the first average, a copy, or a weight >= 0.5; smaller weights
+         * move it in the loop) */
+        drive(fn, la, t, count);
+        for (size_t k = 0; k < count; k++)
+            active->ema[dt](&t[k], t[k].n, f->ema_weight,
+                            (flags & FO_FUSE_EMA_COPY) != 0);
+    } else if ((flags & (FO_FUSE_MEAN | FO_FUSE_Q8 | FO_FUSE_BF16)) == 0
         && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {

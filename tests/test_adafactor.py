@@ -519,6 +519,61 @@ def test_ema_is_lerp_of_the_plain_steps(rng, dtype, decay):
     assert all(p.tobytes() == q.tobytes() for p, q in zip(params, plain))
 
 
+@pytest.mark.parametrize("decay", [0.999, 0.3])
+def test_ema_in_the_step_on_every_level_and_thread_count(restore_config, rng, decay):
+    """The average moves in Adafactor's C call (in its loop for weights
+    below 0.5, after it otherwise): the model's lerp of the plain steps, the
+    same bits at every level and thread split, for a matrix, a batch of
+    matrices and a vector large enough to split."""
+    from conftest import AVAILABLE_LEVELS
+    shapes = [(300, 70), (2, 40, 30), (5000,)]
+    for dtype in DTYPES:
+        start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        steps = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+        plain = [p.copy() for p in start]
+        ref = fastopt.Adafactor(plain, lr=0.05)
+        ema = [None] * len(shapes)
+        for grads in steps:
+            ref.step(grads)
+            ema = [q.copy() if e is None else _lerp_model(e, q, 1.0 - decay)
+                   for e, q in zip(ema, plain)]
+        for level, threads in itertools.product(AVAILABLE_LEVELS, (1, 2)):
+            fastopt.set_simd_level(level)
+            fastopt.set_num_threads(threads)
+            _core.set_parallel_threshold(1 if threads > 1 else 1 << 15)
+            params = [p.copy() for p in start]
+            opt = fastopt.Adafactor(params, lr=0.05, ema_decay=decay)
+            for grads in steps:
+                opt.step(grads)
+            state = opt.state_dict()["state"]
+            for i in range(len(shapes)):
+                assert params[i].tobytes() == plain[i].tobytes(), (level, threads, i)
+                assert state[i]["ema"].tobytes() == ema[i].tobytes(), (level, threads, i)
+
+
+def test_functional_ema_is_checked_before_anything_is_written(rng):
+    p = rng.standard_normal((4, 5))
+    g = rng.standard_normal((4, 5))
+    row, col = np.zeros((4, 1)), np.zeros((1, 5))
+    before = [x.copy() for x in (p, row, col)]
+    bad = [(np.zeros((4, 5), np.float32), TypeError, "ema must have dtype"),
+           (np.zeros((5, 4)), ValueError, "ema must have shape"),
+           (np.zeros((4, 10))[:, ::2], ValueError, "ema must be C-contiguous"),
+           (p, ValueError, "shares memory"),
+           ([[0.0] * 5] * 4, TypeError, "ema must be a numpy.ndarray")]
+    for ema, err, msg in bad:
+        with pytest.raises(err, match=msg):
+            functional.adafactor(p, g, row, col, None, step=1, ema=ema, ema_weight=0.1)
+    e = np.zeros((4, 5))
+    for w, msg in ((0.0, "ema_weight"), (1.5, "ema_weight"), (float("nan"), "ema_weight")):
+        with pytest.raises(ValueError, match=msg):
+            functional.adafactor(p, g, row, col, None, step=1, ema=e, ema_weight=w)
+    with pytest.raises(ValueError, match="ema_weight needs ema"):
+        functional.adafactor(p, g, row, col, None, step=1, ema_weight=0.1)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip((p, row, col), before))
+    assert not e.any()
+
+
 def _mean(window, i, k, dtype):
     """((0 + g_1) + ... + g_k) / k over the gradients parameter i got"""
     got = [gs[i] for gs in window if gs[i] is not None]

@@ -1447,7 +1447,7 @@ static void FO_NAME(adafactor_range)(const void *args, const fo_tensor *t,
                                      size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    FO_T *restrict p = (FO_T *)t->p;
+    FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     const FO_T *restrict v = (const FO_T *)t->s[FO_ADAFACTOR_S_VARIANCE];
     const FO_T *restrict row = (const FO_T *)t->s[FO_ADAFACTOR_S_ROW_VAR];
@@ -1455,7 +1455,7 @@ static void FO_NAME(adafactor_range)(const void *args, const fo_tensor *t,
     const int negate = a->opts & FO_MAXIMIZE;
     const FO_T decay = FO_C(ADAFACTOR, DECAY), k = (FO_T)t->r[0];
     FO_ADAFACTOR_EPS;
-#define FO_ADAFACTOR_STEP(i, u) (p[i] = p[i] * decay - k * (u))
+#define FO_ADAFACTOR_STEP(i, u) FO_SETP(p, i, p[i] * decay - k * (u))
     FO_ADAFACTOR_EACH(FO_ADAFACTOR_STEP);
 #undef FO_ADAFACTOR_STEP
 }

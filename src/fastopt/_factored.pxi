@@ -72,7 +72,7 @@ def adafactor_coefficients(step, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3),
 @cython.wraparound(True)
 def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
               beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
-              maximize=False):
+              maximize=False, ema=None, ema_weight=None):
     """Adafactor (torch.optim.Adafactor): one step on one tensor, in place.
 
     A parameter of 2 or more dimensions (the leading ones batch) has the
@@ -94,10 +94,16 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
         d: clipping threshold of the update's RMS (>= 1)
         weight_decay: decoupled decay, param * (1 - lr * weight_decay)
         maximize: ascend instead of descend
+        ema: an average of the parameter (its dtype and shape), moved after
+            the update: ema = lerp(ema, param, ema_weight) in torch.lerp's
+            two forms, in the update's loop for weights below 0.5; with
+            ema_weight None, ema = param (the first average)
     """
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args a
     cdef fo_tensor t
+    cdef fo_fuse f
+    cdef const fo_fuse *fp = NULL
     cdef long long st = _check_step(step)
     cdef int k, dt
     cdef Py_ssize_t B, R, C
@@ -128,6 +134,20 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
                              f"dimensions needs it")
         _factored_array(variance, "variance", param.dtype, param.shape, True)
         arrays.append((variance, "variance"))
+    if ema is not None:
+        _factored_array(ema, "ema", param.dtype, param.shape, True)
+        arrays.append((ema, "ema"))
+        memset(&f, 0, sizeof(fo_fuse))
+        f.flags = FO_FUSE_EMA_COPY
+        if ema_weight is not None:
+            w = check_real(ema_weight, "ema_weight", 0.0, 1.0)
+            if not 0.0 < w <= 1.0:
+                raise ValueError(f"ema_weight must be in (0, 1], got {ema_weight!r}")
+            f.flags = FO_FUSE_EMA
+            f.ema_weight = w
+        fp = &f
+    elif ema_weight is not None:
+        raise ValueError("ema_weight needs ema")
     for i in range(len(arrays)):
         for j in range(i):
             if np.may_share_memory(arrays[i][0], arrays[j][0]):
@@ -151,7 +171,9 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
             raise MemoryError()
     else:
         t.s[2] = _data(variance)
+    if ema is not None:
+        t.ema = _data(ema)
     try:
-        _run(FO_RULE_ADAFACTOR, &a, &t, 1, dt)
+        _run(FO_RULE_ADAFACTOR, &a, &t, 1, dt, fp)
     finally:
         PyMem_Free(t.scratch)

@@ -9,9 +9,10 @@ functional door (one C call: the axis pass and the rule's passes).  Groups,
 None gradients, ``skip_nonfinite``, ``ema_decay`` and ``ema_weights()``,
 ``accumulation_steps``, ``state_dict``, checkpoints and schedules behave as
 in :class:`fastopt.optim.Optimizer`, bit for bit the same averages and mean
-gradients; here the average and the mean are NumPy passes of their own
-beside the rule's C call (a step of Adafactor reads the gradient three
-times already).
+gradients.  The average moves in the rule's C call (in its update loop for
+weights below 0.5, else in a pass over the tensor after it); the mean
+gradient is a NumPy pass of its own before the call, since a step of
+Adafactor reads the gradient in its first pass already.
 
 Everything a step could reject is checked before the first array is
 written: an error leaves parameters, states and step counts as they were.
@@ -20,7 +21,7 @@ import numpy as np
 
 from fastopt import _core, checkpoint
 from fastopt.checkpoint import FORMAT, VERSION
-from fastopt.optim import Optimizer, _lerp
+from fastopt.optim import Optimizer
 from fastopt.rules import FACTORED_RULES
 
 __all__ = ["Adafactor"]
@@ -199,15 +200,20 @@ class Adafactor(Optimizer):
                 if self._steps[i] == 0:
                     self._states[i] = self._new_states(p)
                 s = self._states[i]
+                ema = ema_weight = None
+                if w is not None:
+                    # the average moves in the step's own pass; the first
+                    # one is a copy of the stepped parameter
+                    if self._ema[i] is None:
+                        ema = np.empty_like(p)
+                    else:
+                        ema, ema_weight = self._ema[i], w
                 _core.adafactor(p, g, s.get("row_var"), s.get("col_var"),
                                 s.get("variance"), step=self._steps[i] + 1,
-                                **hypers[i])
+                                ema=ema, ema_weight=ema_weight, **hypers[i])
                 self._steps[i] += 1
-                if w is not None:
-                    if self._ema[i] is None:
-                        self._ema[i] = p.copy()
-                    else:
-                        _lerp(self._ema[i], p, w)
+                if ema is not None:
+                    self._ema[i] = ema
             return True
 
     def _accumulate(self, i, g):
