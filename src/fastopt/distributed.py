@@ -133,7 +133,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _mpi():
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # type: ignore[import-not-found, unused-ignore]
     except ImportError as e:
         raise ImportError("fastopt.distributed needs mpi4py: pip install "
                           "\"fastopt[mpi]\" (mpi4py and MPICH)") from e

@@ -190,7 +190,7 @@ def _torch():
     if os.environ.get("FASTOPT_BENCH_NO_TORCH"):
         return None
     try:
-        import torch
+        import torch  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return torch
@@ -413,7 +413,7 @@ def _torch_matrix_step(torch, rule, work, hyper):
     function (Muon's bfloat16 Newton-Schulz), else None."""
     if rule.torch_cls != "Muon":
         return None
-    from torch.optim import _muon
+    from torch.optim import _muon  # type: ignore[import-not-found, unused-ignore]
     tw = torch.from_numpy(work.copy())
     coefficients = tuple(hyper["ns_coefficients"])
     return lambda: _muon._zeropower_via_newtonschulz(
