@@ -299,6 +299,12 @@ void fo_accumulate(int dt, const fo_tensor *t, size_t c) { drive(active->accumul
 static const size_t itemsize[2] = {sizeof(float), sizeof(double)};
 
 #define FO_FUSE_CHUNK FO_SUMSQ_BLOCK
+/* bfloat16 states with nothing else to do chunk by chunk (no mean
+ * gradient, no average after the loop) take longer chunks: out of cache
+ * the step then comes closer to its traffic floor (AdamW, 5 * 10^7
+ * elements: 81-84 % of it against 75-79 % in chunks of FO_FUSE_CHUNK), in
+ * cache it is the same.  The loops' 32-bit index needs chunks below 2^32. */
+#define FO_BF16_CHUNK ((size_t)1 << 16)
 
 /* The part [lo, lo + n) of tensor t, as a tensor of its own; its states
  * have elements of state_size bytes (the parameter's, or 2 for bfloat16) */
@@ -415,7 +421,9 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     const unsigned flags = c->f->flags;
     const int q8 = (flags & FO_FUSE_Q8) != 0;
     const size_t state_size = q8 ? 1 : (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
-    const size_t chunk = q8 ? FO_Q8_CHUNK : FO_FUSE_CHUNK;
+    const size_t chunk = q8 ? FO_Q8_CHUNK
+        : (flags & FO_FUSE_BF16) && !(flags & (FO_FUSE_MEAN | FO_FUSE_EMA | FO_FUSE_EMA_COPY))
+        ? FO_BF16_CHUNK : FO_FUSE_CHUNK;
     fo_chunk tmp;
     float scratch[FO_MAX_STATES][FO_Q8_CHUNK];
     for (size_t at = lo; at < hi; at += chunk) {
@@ -465,9 +473,9 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
     fo_args own;
     const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
     /* 8-bit states always go through fused_range (decoded around the
-     * loop), in pieces of whole blocks; bfloat16 states too, in chunks of
-     * FO_FUSE_CHUNK elements, which their loops' 32-bit index needs
-     * (rules.h, FO_FOR) */
+     * loop), in pieces of whole blocks; bfloat16 states too, in chunks
+     * (FO_BF16_CHUNK or FO_FUSE_CHUNK elements), which their loops' 32-bit
+     * index needs (rules.h, FO_FOR) */
     if ((flags & (FO_FUSE_EMA | FO_FUSE_EMA_COPY)) && !in_loop
         && active->axes[rule][dt] != NULL) {
         /* a factored rule's loop finds an element's row and column states

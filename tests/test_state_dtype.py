@@ -131,6 +131,18 @@ def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
                               (1, 1500, 4097), 5, 11))
 
 
+LONG = [(name, rule) for name, rule in CLASSES if name in ("AdamW", "SGD", "AdEMAMix")]
+
+
+@pytest.mark.parametrize("name,rule", LONG, ids=[c for c, _ in LONG])
+def test_long_tensors_are_the_reference_bit_for_bit(name, rule, exec_env, rng):
+    """A tensor of several of the step's longer bfloat16 chunks (2^16
+    elements) and a part of one, split between threads: every chunk's
+    random counters and element indices as in the reference."""
+    _check(*run_against_model(name, rule, rng, "bfloat16", Model,
+                              (2 * 2 ** 16 + 4099, 300), 3, 5))
+
+
 def test_keys_are_the_references():
     for seed, index, step in [(0, 0, 1), (2 ** 64 - 1, 3, 2 ** 62), (12345, 2 ** 40, 7)]:
         key = _core.lowp_tensor_key(seed, index, step)

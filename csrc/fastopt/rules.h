@@ -52,7 +52,7 @@
  * random counter of each store is 32-bit arithmetic on it, and a size_t
  * index would make gcc build that counter from 64-bit lanes and narrow it
  * (a shuffle chain per vector at the levels without vpmovqd).  Those loops
- * only ever run on chunks of at most FO_FUSE_CHUNK elements (dispatch.c,
+ * only ever run on chunks of at most FO_BF16_CHUNK elements (dispatch.c,
  * fused_range), so lo and hi fit. */
 #ifdef FO_BF16
 #define FO_FOR(i) for (uint32_t i = (uint32_t)lo; i < (uint32_t)hi; i++)
