@@ -24,6 +24,10 @@
  *     code is 0 or 1, ((int32_t)(y * (2^20 / V(1))) + R) >> 20.  Both
  *     round without bias (within a binade the value is linear in the
  *     bits), and none takes a square root or a division;
+ *   - a block with nothing to code below V(1) (its smallest nonzero
+ *     magnitude, found with the scale, times inv is V(1) or more: the
+ *     usual case) skips the second branch, which would give every element
+ *     the same code;
  *   - one hash (lowp.h, uint32 arithmetic) gives the random bytes of four
  *     elements 64 apart, so a whole block is a loop over 64 hashes;
  *   - decoding makes the float from the code's bits (0 for code 0) and
@@ -48,15 +52,24 @@ static inline __attribute__((always_inline)) float FO_LOWP(q8_float)(uint32_t u)
 }
 
 /* The bits of a block's scale: max over i < n of bits(x[i]) & 0x7fffffff
- * (signed int32 arithmetic: the values are below 2^31) */
-static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_absmax_bits)(
-    const float *restrict x, size_t n)
+ * (signed int32 arithmetic: the values are below 2^31); and in *low the
+ * bits of the smallest nonzero magnitude the block codes (|x|, or max(x, 0)
+ * for a never negative state) less one, 0xffffffff if there is none (an
+ * unsigned minimum of bits - 1, where 0 wraps to the largest) */
+static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_range_bits)(
+    const float *restrict x, size_t n, int nonneg, uint32_t *low)
 {
     int32_t m = 0;
+    uint32_t lo = 0xffffffffu;
     for (size_t i = 0; i < n; i++) {
-        const int32_t b = (int32_t)(FO_LOWP(q8_bits)(x[i]) & 0x7fffffffu);
+        const uint32_t u = FO_LOWP(q8_bits)(x[i]);
+        const int32_t b = (int32_t)(u & 0x7fffffffu);
         m = b > m ? b : m;
+        const uint32_t a = nonneg ? (uint32_t)((int32_t)u > 0 ? (int32_t)u : 0) : (uint32_t)b;
+        const uint32_t a1 = a - 1u;
+        lo = a1 < lo ? a1 : lo;
     }
+    *low = lo;
     return (uint32_t)m;
 }
 
@@ -77,9 +90,13 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_round_bits)(
 }
 
 /* The code of a magnitude a >= 0 of a block with reciprocal inv, with
- * rounding addend rr */
+ * rounding addend rr.  With full = 0 the caller knows that y = a * inv is
+ * 0 or at least V(1) (q8_block_encode), and the code is the first branch
+ * alone: max(((bits + rr) >> 20) - K, 0) as a signed integer, which is 0
+ * for y = 0 (rr < 2^20) and, from V(1) up, the code below (where low is
+ * always 1) */
 static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
-    float a, float inv, uint32_t rr, int nonneg)
+    float a, float inv, uint32_t rr, int nonneg, int full)
 {
     const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
     const uint32_t v1b = (k + 1u) << FO_Q8_DROP;
@@ -89,6 +106,11 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
      * ones (a float comparison or conversion under a condition keeps gcc
      * from vectorising the loop at levels without masked operations) */
     const uint32_t yb = FO_LOWP(q8_bits)(y);
+    if (!full) {
+        int32_t c = (int32_t)((yb + rr) >> FO_Q8_DROP) - (int32_t)k;
+        c = c > 0 ? c : 0;
+        return (uint32_t)c < top ? (uint32_t)c : top;
+    }
     /* from V(1) up: c = ((bits + rr) >> 20) - K, which is hi - (K + 1) + 1;
      * below V(1), hi is K + 1 at most and max makes it that */
     uint32_t hi = (yb + rr) >> FO_Q8_DROP;
@@ -106,36 +128,36 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
  * integer maximum of its bits; the block has no NaN), signed ones |x| and
  * the sign bit */
 static inline __attribute__((always_inline)) uint8_t FO_LOWP(q8_element)(
-    float x, float inv, uint32_t rr, int nonneg)
+    float x, float inv, uint32_t rr, int nonneg, int full)
 {
     const uint32_t bits = FO_LOWP(q8_bits)(x);
     if (nonneg) {
         const int32_t b = (int32_t)bits;
-        return (uint8_t)FO_LOWP(q8_code)(FO_LOWP(q8_float)((uint32_t)(b > 0 ? b : 0)), inv, rr, 1);
+        return (uint8_t)FO_LOWP(q8_code)(FO_LOWP(q8_float)((uint32_t)(b > 0 ? b : 0)), inv, rr, 1, full);
     }
     const float a = FO_LOWP(q8_float)(bits & 0x7fffffffu);
-    return (uint8_t)(FO_LOWP(q8_code)(a, inv, rr, 0) | ((bits >> 24) & 0x80u));
+    return (uint8_t)(FO_LOWP(q8_code)(a, inv, rr, 0, full) | ((bits >> 24) & 0x80u));
 }
 
 /* The element loop of a block with its reciprocal; the random byte of
  * element i is byte i >> 6 of hash32(kb + (i & 63)) */
 static inline __attribute__((always_inline)) void FO_LOWP(q8_block_codes)(
     const float *restrict x, uint8_t *restrict codes, size_t n, float inv,
-    int nonneg, uint32_t kb)
+    int nonneg, int full, uint32_t kb)
 {
     if (n == FO_Q8_BLOCK) {
         for (uint32_t j = 0; j < 64; j++) {
             const uint32_t h = FO_LOWP(hash32)(kb + j);
             for (uint32_t q = 0; q < 4; q++)
                 codes[j + 64 * q] = FO_LOWP(q8_element)(x[j + 64 * q], inv,
-                                                        FO_LOWP(q8_round_bits)(h, q), nonneg);
+                                                        FO_LOWP(q8_round_bits)(h, q), nonneg, full);
         }
         return;
     }
     const uint32_t m = (uint32_t)n;
     for (uint32_t i = 0; i < m; i++) {
         const uint32_t rr = FO_LOWP(q8_round_bits)(FO_LOWP(hash32)(kb + (i & 63u)), i >> 6);
-        codes[i] = FO_LOWP(q8_element)(x[i], inv, rr, nonneg);
+        codes[i] = FO_LOWP(q8_element)(x[i], inv, rr, nonneg, full);
     }
 }
 
@@ -144,13 +166,16 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
     const float *restrict x, uint8_t *restrict codes, float *scale, size_t n,
     int nonneg, uint32_t kb)
 {
-    const uint32_t mbits = FO_LOWP(q8_absmax_bits)(x, n);
+    uint32_t low;
+    const uint32_t mbits = FO_LOWP(q8_range_bits)(x, n, nonneg, &low);
     float absmax = FO_LOWP(q8_float)(mbits);
     *scale = absmax;
     if (mbits >= 0x7f800000u) {   /* infinite or NaN */
         memset(codes, 0, n);
         return;
     }
+    /* the smallest nonzero magnitude to code (0 if there is none) */
+    float amin = low == 0xffffffffu ? 0.0f : FO_LOWP(q8_float)(low + 1u);
     float inv = absmax > 0.0f ? 1.0f / absmax : 0.0f;
     float scaled[FO_Q8_BLOCK];
     if (!(inv <= FLT_MAX)) {
@@ -158,14 +183,24 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
         for (size_t i = 0; i < n; i++) scaled[i] = x[i] * 0x1p64f;
         x = scaled;
         absmax *= 0x1p64f;
+        amin *= 0x1p64f;
         inv = 1.0f / absmax;
     }
     if (absmax * inv < 1.0f && absmax > 0.0f)
         inv = nextafterf(inv, INFINITY);
-    if (nonneg)
-        FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, kb);
-    else
-        FO_LOWP(q8_block_codes)(x, codes, n, inv, 0, kb);
+    /* float rounding is monotonic, so every nonzero y = a * inv is at
+     * least amin * inv: when that is V(1) or more, nothing in the block is
+     * coded from below V(1) and the short form of the code gives the same
+     * codes */
+    const uint32_t v1b = (FO_Q8_K(nonneg) + 1u) << FO_Q8_DROP;
+    const int full = (amin > 0.0f && FO_LOWP(q8_bits)(amin * inv) < v1b);
+    if (nonneg) {
+        if (full) FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, 1, kb);
+        else FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, 0, kb);
+    } else {
+        if (full) FO_LOWP(q8_block_codes)(x, codes, n, inv, 0, 1, kb);
+        else FO_LOWP(q8_block_codes)(x, codes, n, inv, 0, 0, kb);
+    }
 }
 
 /* n elements of x from a block start: codes, and a scale per block.  The
