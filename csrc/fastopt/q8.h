@@ -79,6 +79,7 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_range_bits)(
 #define FO_Q8_DROP 20   /* 23 mantissa bits less the 3 a code keeps */
 #define FO_Q8_TOP(nonneg) ((nonneg) ? 255u : 127u)
 #define FO_Q8_K(nonneg) ((0x3f800000u >> FO_Q8_DROP) - FO_Q8_TOP(nonneg))
+#define FO_Q8_V1_BITS(nonneg) ((FO_Q8_K(nonneg) + 1u) << FO_Q8_DROP)
 #endif
 
 /* The rounding addend of a random byte: (2r + 1) << 11, from byte q of
@@ -99,7 +100,7 @@ static inline __attribute__((always_inline)) uint32_t FO_LOWP(q8_code)(
     float a, float inv, uint32_t rr, int nonneg, int full)
 {
     const uint32_t k = FO_Q8_K(nonneg), top = FO_Q8_TOP(nonneg);
-    const uint32_t v1b = (k + 1u) << FO_Q8_DROP;
+    const uint32_t v1b = FO_Q8_V1_BITS(nonneg);
     const float to_fixed = 0x1p20f / FO_LOWP(q8_float)(v1b);
     const float y = a * inv;
     /* y >= 0, so its bits order like y, and the comparisons are integer
@@ -192,8 +193,7 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
      * least amin * inv: when that is V(1) or more, nothing in the block is
      * coded from below V(1) and the short form of the code gives the same
      * codes */
-    const uint32_t v1b = (FO_Q8_K(nonneg) + 1u) << FO_Q8_DROP;
-    const int full = (amin > 0.0f && FO_LOWP(q8_bits)(amin * inv) < v1b);
+    const int full = amin > 0.0f && FO_LOWP(q8_bits)(amin * inv) < FO_Q8_V1_BITS(nonneg);
     if (nonneg) {
         if (full) FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, 1, kb);
         else FO_LOWP(q8_block_codes)(x, codes, n, inv, 1, 0, kb);

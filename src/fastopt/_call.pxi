@@ -408,6 +408,21 @@ def reduce_ranges(str rule, list params, list grads, states=None, ranges=None, *
     return results
 
 
+cdef int _ema_fuse(fo_fuse *f, object ema_weight) except -1:
+    """f for a call that moves the averages after its update: their first
+    value (a copy of the stepped parameter) without a weight, else
+    lerp(ema, param, ema_weight) with ema_weight in (0, 1]."""
+    memset(f, 0, sizeof(fo_fuse))
+    f.flags = FO_FUSE_EMA_COPY
+    if ema_weight is not None:
+        w = check_real(ema_weight, "ema_weight", 0.0, 1.0)
+        if not 0.0 < w <= 1.0:
+            raise ValueError(f"ema_weight must be in (0, 1], got {ema_weight!r}")
+        f.flags = FO_FUSE_EMA
+        f.ema_weight = w
+    return 0
+
+
 def step_given_sums(str rule, list params, list grads, states=None, sums=None, *,
                     step=None, labels=None, ema=None, ema_weight=None, **hyper):
     """The update pass of a two-pass rule: tensor k's per-tensor sums are
@@ -435,15 +450,7 @@ def step_given_sums(str rule, list params, list grads, states=None, sums=None, *
                         f"got {s.dtype} of shape {s.shape}")
     if ema is not None:
         ema = _as_list(ema, "ema", n)
-        f.flags = FO_FUSE_EMA_COPY
-        f.count = 0.0
-        f.ema_weight = 0.0
-        if ema_weight is not None:
-            w = check_real(ema_weight, "ema_weight", 0.0, 1.0)
-            if not 0.0 < w <= 1.0:
-                raise ValueError(f"ema_weight must be in (0, 1], got {ema_weight!r}")
-            f.flags = FO_FUSE_EMA
-            f.ema_weight = w
+        _ema_fuse(&f, ema_weight)
         for i in range(n):
             e = ema[i]
             if not (isinstance(e, np.ndarray) and e.dtype == _DTYPE_NAMES[ts.dt]

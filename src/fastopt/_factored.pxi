@@ -137,14 +137,7 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
     if ema is not None:
         _factored_array(ema, "ema", param.dtype, param.shape, True)
         arrays.append((ema, "ema"))
-        memset(&f, 0, sizeof(fo_fuse))
-        f.flags = FO_FUSE_EMA_COPY
-        if ema_weight is not None:
-            w = check_real(ema_weight, "ema_weight", 0.0, 1.0)
-            if not 0.0 < w <= 1.0:
-                raise ValueError(f"ema_weight must be in (0, 1], got {ema_weight!r}")
-            f.flags = FO_FUSE_EMA
-            f.ema_weight = w
+        _ema_fuse(&f, ema_weight)
         fp = &f
     elif ema_weight is not None:
         raise ValueError("ema_weight needs ema")
