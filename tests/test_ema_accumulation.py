@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import reference
+from fastopt import _core, reference
 from fastopt.flat import FlatParams
 from fastopt.rules import RULES
 
@@ -388,3 +388,21 @@ def test_every_class_moves_its_average_in_its_loop(cls, dtype, rng):
         opt.step(gs)
         model.step(gs)
     _check(opt, ps, model)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ema_beside_a_streamed_state(dtype, exec_env, rng):
+    """ASGD before t0 stores ax around the cache from _core.STREAM_MIN_BYTES
+    up; the average moved in the same loop stays the model's."""
+    n = _core.STREAM_MIN_BYTES // np.dtype(dtype).itemsize + 1003
+    params = [rng.standard_normal(n).astype(dtype), rng.standard_normal(5).astype(dtype)]
+    ps = [p.copy() for p in params]
+    opt = fastopt.ASGD(ps, lr=1e-2, ema_decay=0.9)
+    model = Model("ASGD", params, dict(lr=1e-2), ema_decay=0.9)
+    for _ in range(3):
+        gs = [(rng.standard_normal(p.shape) * 0.1).astype(dtype) for p in params]
+        opt.step(gs)
+        model.step(gs)
+    _check(opt, ps, model)
+    ax = opt.state_dict()["state"][0]["ax"]
+    _same(ax, model.states[0][0], "ax")

@@ -135,6 +135,10 @@ typedef struct {
  * that scratch (fo_q8_encode).  dt must be 0. */
 #define FO_FUSE_Q8 16u
 #define FO_Q8_BLOCK 256
+/* A state that a rule writes without reading it (ASGD's ax before t0) is
+ * stored around the cache from this many bytes up (rules.h), where x86 has
+ * such stores; smaller ones through it */
+#define FO_STREAM_MIN ((size_t)32 << 20)
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
                   size_t count, const fo_fuse *f);
 /* The random keys of stochastic rounding (lowp.h): a tensor's key for one

@@ -43,6 +43,7 @@ cdef extern from "fastopt/kernels.h" nogil:
         FO_FUSE_BF16
         FO_FUSE_Q8
         FO_Q8_BLOCK
+        FO_STREAM_MIN
 
     uint64_t fo_lowp_tensor_key(uint64_t seed, uint64_t index, uint64_t step)
     uint32_t fo_lowp_slot_key(uint64_t key, int slot)

@@ -4,6 +4,9 @@
 # architecture one, its baseline (on aarch64 NEON)
 ARCH = fo_arch_name().decode()
 LEVELS = ("baseline", "avx2", "avx512")[:fo_level_count()]
+# a state written without being read is stored around the cache (where the
+# architecture can) from this many bytes up: tests size their arrays by it
+STREAM_MIN_BYTES = FO_STREAM_MIN
 
 
 def simd_levels():
