@@ -502,10 +502,16 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
  * lines of the sums. */
 #define FO_COL_GRAIN 64
 
-void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
+/* fo_axis_sumsq; with mean_count > 0, of the mean gradient
+ * (acc + g) / mean_count (acc / mean_count where g is NULL), which the row
+ * pass makes into acc, row by row, just before it sums the row, and the
+ * column pass then reads there */
+static void axis_sumsq(int dt, const fo_tensor *t, double *out,
+                       double mean_count)
 {
     const size_t R = t->rows, C = t->cols;
     if (R == 0 || C == 0 || t->n == 0) return;
+    const void *src = mean_count > 0 ? t->acc : t->g;
     const size_t B = t->n / (R * C), pieces = (C + FO_COL_GRAIN - 1) / FO_COL_GRAIN;
     const fo_rowsq_fn rowsq = active->rowsq[dt];
     const fo_colsq_fn colsq = active->colsq[dt];
@@ -521,18 +527,42 @@ void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (long long r = 0; r < nrows; r++)
-            rowsq(t->g, C, (size_t)r, (size_t)r + 1, out);
+        for (long long r = 0; r < nrows; r++) {
+            if (mean_count > 0) {
+                const fo_tensor row = part_of(t, (size_t)r * C, C, dt, itemsize[dt]);
+                active->mean[dt](&row, C, NULL, mean_count, 0);
+            }
+            rowsq(src, C, (size_t)r, (size_t)r + 1, out);
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (long long k = 0; k < ncols; k++) {
             const size_t b = (size_t)k / pieces, lo = ((size_t)k % pieces) * FO_COL_GRAIN;
             const size_t hi = lo + FO_COL_GRAIN < C ? lo + FO_COL_GRAIN : C;
-            colsq((const char *)t->g + b * R * C * itemsize[dt], R, C, lo, hi,
+            colsq((const char *)src + b * R * C * itemsize[dt], R, C, lo, hi,
                   out + B * R + b * C);
         }
     }
+}
+
+void fo_axis_sumsq(int dt, const fo_tensor *t, double *out)
+{
+    axis_sumsq(dt, t, out, 0.0);
+}
+
+/* acc = (acc + g) / count over tensor elements [lo, hi) (args: fo_in_place_mean) */
+typedef struct {
+    int dt;
+    double count;
+} fo_in_place_mean;
+
+static void mean_in_place_range(const void *args, const fo_tensor *t,
+                                size_t lo, size_t hi)
+{
+    const fo_in_place_mean *m = (const fo_in_place_mean *)args;
+    const fo_tensor s = part_of(t, lo, hi - lo, m->dt, itemsize[m->dt]);
+    active->mean[m->dt](&s, hi - lo, NULL, m->count, 0);
 }
 
 void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
@@ -540,14 +570,29 @@ void fo_run_fused(int rule, int dt, const fo_args *a, fo_tensor *t,
 {
     const fo_reduce_fn reduce = active->reduce[rule][dt];
     const fo_axes_fn axes = active->axes[rule][dt];
+    fo_fuse without_mean;
     if (axes != NULL) {
         /* a factored rule: the sums along the last two axes, then its
-         * states from them, before the reduction pass (never fused with
-         * accumulation: the caller gives the gradient) */
+         * states from them, before the reduction pass.  With a mean
+         * gradient its first pass makes it into acc (a matrix's row pass;
+         * a vector's own pass), and the later passes read it from there:
+         * the rule's passes read the gradient more than once, so it is
+         * made once rather than chunk by chunk in each */
+        const int mean = f != NULL && (f->flags & FO_FUSE_MEAN);
         for (size_t k = 0; k < count; k++) {
-            if (t[k].cols == 0 || t[k].n == 0) continue;
-            fo_axis_sumsq(dt, &t[k], t[k].scratch);
-            axes(a, &t[k]);
+            if (t[k].n != 0 && t[k].cols != 0) {
+                axis_sumsq(dt, &t[k], t[k].scratch, mean ? f->count : 0.0);
+                axes(a, &t[k]);
+            } else if (mean && t[k].n != 0) {
+                const fo_in_place_mean m = {dt, f->count};
+                drive(mean_in_place_range, &m, &t[k], 1);
+            }
+            if (mean) t[k].g = t[k].acc;
+        }
+        if (mean) {
+            without_mean = *f;
+            without_mean.flags &= ~FO_FUSE_MEAN;
+            f = &without_mean;
         }
     }
     if (reduce != NULL) {

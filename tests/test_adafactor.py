@@ -574,6 +574,59 @@ def test_functional_ema_is_checked_before_anything_is_written(rng):
     assert not e.any()
 
 
+@pytest.mark.parametrize("shape", [(40, 70), (2, 30, 20), (3000,), ()])
+def test_functional_mean_gradient_is_made_in_the_step(rng, shape, exec_env):
+    """With grad_accum the step runs on (grad_accum + grad) / mean_count
+    (grad_accum / mean_count without grad), made in its first pass and left
+    in grad_accum: the same bits as the step on the mean made by NumPy."""
+    for dtype, with_grad in itertools.product(DTYPES, (True, False)):
+        p0 = rng.standard_normal(shape).astype(dtype)
+        acc0 = rng.standard_normal(shape).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype) if with_grad else None
+        mean = np.asarray((acc0 + g if with_grad else acc0) / dtype(3), dtype=dtype)
+        states = _fresh_states(p0)
+        want, want_states = p0.copy(), _fresh_states(p0)
+        for step in (1, 2):
+            p, acc = p0.copy() if step == 1 else p, acc0.copy()
+            functional.adafactor(p, g, *states, step=step, grad_accum=acc, mean_count=3)
+            functional.adafactor(want, mean.copy(), *want_states, step=step)
+            assert acc.tobytes() == mean.tobytes()
+            assert p.tobytes() == want.tobytes(), (dtype, with_grad, step)
+            for x, y in zip(states, want_states):
+                assert x is None or x.tobytes() == y.tobytes()
+
+
+def _fresh_states(p):
+    if p.ndim >= 2:
+        return (np.zeros(p.shape[:-1] + (1,), p.dtype),
+                np.zeros(p.shape[:-2] + (1,) + p.shape[-1:], p.dtype), None)
+    return None, None, np.zeros(p.shape, p.dtype)
+
+
+def test_functional_grad_accum_is_checked_before_anything_is_written(rng):
+    p = rng.standard_normal((4, 5))
+    g = rng.standard_normal((4, 5))
+    row, col = np.zeros((4, 1)), np.zeros((1, 5))
+    acc = rng.standard_normal((4, 5))
+    before = [x.copy() for x in (p, row, col, acc)]
+    bad = [(dict(grad_accum=acc), ValueError, "grad_accum needs mean_count"),
+           (dict(mean_count=2), ValueError, "mean_count needs grad_accum"),
+           (dict(grad_accum=acc, mean_count=0.5), ValueError, "mean_count"),
+           (dict(grad_accum=acc, mean_count=float("nan")), ValueError, "mean_count"),
+           (dict(grad_accum=acc, mean_count=True), TypeError, "mean_count"),
+           (dict(grad_accum=acc.astype(np.float32), mean_count=2), TypeError,
+            "grad_accum must have dtype"),
+           (dict(grad_accum=np.zeros((5, 4)), mean_count=2), ValueError,
+            "grad_accum must have shape"),
+           (dict(grad_accum=g, mean_count=2), ValueError, "shares memory")]
+    for kw, err, msg in bad:
+        with pytest.raises(err, match=msg):
+            functional.adafactor(p, g, row, col, None, step=1, **kw)
+    with pytest.raises(TypeError, match="grad must be a numpy.ndarray"):
+        functional.adafactor(p, None, row, col, None, step=1)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip((p, row, col, acc), before))
+
+
 def _mean(window, i, k, dtype):
     """((0 + g_1) + ... + g_k) / k over the gradients parameter i got"""
     got = [gs[i] for gs in window if gs[i] is not None]
@@ -586,7 +639,7 @@ def _mean(window, i, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-def test_accumulation_steps_on_the_mean(rng, dtype):
+def test_accumulation_steps_on_the_mean(rng, dtype, exec_env):
     k = 3
     params = [rng.standard_normal(s).astype(dtype) for s in EMA_SHAPES]
     plain = [p.copy() for p in params]
@@ -599,6 +652,8 @@ def test_accumulation_steps_on_the_mean(rng, dtype):
             grads[0] = None
         if t in (6, 7, 8):
             grads[2] = None           # parameter 2 gets nothing this window
+        if t in (9, 10):
+            grads[1] = None           # parameter 1's first gradient: the last call
         window.append(grads)
         stepped = opt.step(grads)
         assert stepped is (len(window) == k)

@@ -893,14 +893,22 @@ static void FO_NAME(accumulate_range)(const void *args, const fo_tensor *t,
     for (size_t i = lo; i < hi; i++) acc[i] = acc[i] + g[i];
 }
 
-/* out = (acc + g) / count, or acc / count without g; then acc = 0 */
+/* out = (acc + g) / count, or acc / count without g; then acc = 0.
+ * out NULL: the mean into acc itself (clear is then ignored). */
 static void FO_NAME(mean_chunk)(const fo_tensor *t, size_t n, void *out,
                                 double count, int clear)
 {
     FO_T *restrict acc = (FO_T *)t->acc;
     const FO_T *restrict g = (const FO_T *)t->g;
-    FO_T *restrict o = (FO_T *)out;
     const FO_T k = (FO_T)count;
+    if (out == NULL) {
+        if (g != NULL)
+            for (size_t i = 0; i < n; i++) acc[i] = (acc[i] + g[i]) / k;
+        else
+            for (size_t i = 0; i < n; i++) acc[i] = acc[i] / k;
+        return;
+    }
+    FO_T *restrict o = (FO_T *)out;
     if (g != NULL)
         for (size_t i = 0; i < n; i++) o[i] = (acc[i] + g[i]) / k;
     else

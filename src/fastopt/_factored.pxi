@@ -72,7 +72,8 @@ def adafactor_coefficients(step, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3),
 @cython.wraparound(True)
 def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
               beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
-              maximize=False, ema=None, ema_weight=None):
+              maximize=False, ema=None, ema_weight=None, grad_accum=None,
+              mean_count=None):
     """Adafactor (torch.optim.Adafactor): one step on one tensor, in place.
 
     A parameter of 2 or more dimensions (the leading ones batch) has the
@@ -98,6 +99,10 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
             the update: ema = lerp(ema, param, ema_weight) in torch.lerp's
             two forms, in the update's loop for weights below 0.5; with
             ema_weight None, ema = param (the first average)
+        grad_accum, mean_count: gradient accumulation: the step runs on
+            the mean (grad_accum + grad) / mean_count (grad_accum /
+            mean_count with grad None), which its first pass makes into
+            grad_accum and leaves there; mean_count >= 1
     """
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args a
@@ -109,9 +114,20 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
     cdef Py_ssize_t B, R, C
     for k, v in enumerate(_adafactor_hypers(lr, beta2_decay, eps, d, weight_decay, maximize)):
         h[k] = v
+    cdef double count = 0.0
     _factored_array(param, "param", None, None, True)
-    _factored_array(grad, "grad", param.dtype, param.shape, False)
-    arrays = [(param, "param"), (grad, "grad")]
+    arrays = [(param, "param")]
+    if grad is not None or grad_accum is None:
+        _factored_array(grad, "grad", param.dtype, param.shape, False)
+        arrays.append((grad, "grad"))
+    if grad_accum is not None:
+        _factored_array(grad_accum, "grad_accum", param.dtype, param.shape, True)
+        arrays.append((grad_accum, "grad_accum"))
+        if mean_count is None:
+            raise ValueError("grad_accum needs mean_count")
+        count = check_real(mean_count, "mean_count", 1.0)
+    elif mean_count is not None:
+        raise ValueError("mean_count needs grad_accum")
     if param.ndim >= 2:
         if variance is not None:
             raise ValueError(f"variance must be None for a parameter of "
@@ -134,6 +150,7 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
                              f"dimensions needs it")
         _factored_array(variance, "variance", param.dtype, param.shape, True)
         arrays.append((variance, "variance"))
+    memset(&f, 0, sizeof(fo_fuse))
     if ema is not None:
         _factored_array(ema, "ema", param.dtype, param.shape, True)
         arrays.append((ema, "ema"))
@@ -141,6 +158,10 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
         fp = &f
     elif ema_weight is not None:
         raise ValueError("ema_weight needs ema")
+    if grad_accum is not None:
+        f.flags |= FO_FUSE_MEAN
+        f.count = count
+        fp = &f
     for i in range(len(arrays)):
         for j in range(i):
             if np.may_share_memory(arrays[i][0], arrays[j][0]):
@@ -151,8 +172,10 @@ def adafactor(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
     dt = 0 if param.dtype == np.float32 else 1
     memset(&t, 0, sizeof(fo_tensor))
     t.p = _data(param)
-    t.g = _data(grad)
+    t.g = _data(grad) if grad is not None else NULL
     t.n = <size_t>param.size
+    if grad_accum is not None:
+        t.acc = _data(grad_accum)
     if param.ndim >= 2:
         R, C = param.shape[-2], param.shape[-1]
         B = param.size // (R * C) if R * C else 0

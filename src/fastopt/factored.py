@@ -180,22 +180,29 @@ class Adafactor(Optimizer):
                         for a, seen in zip(self._acc, self._seen) if seen)
                 self._window_nonfinite = False
                 if finite:
-                    # the mean (acc + g) / k, in the accumulation buffers
+                    # the step makes the mean (acc + g) / k in its first
+                    # pass; a window's first gradient in its last call is
+                    # added to a cleared buffer (0 + g, as _accumulate)
+                    means = []
                     for i, g in enumerate(ordered):
-                        if g is not None:
-                            self._accumulate(i, g)
-                        if self._seen[i]:
-                            np.divide(self._acc[i], self._acc[i].dtype.type(k),
-                                      out=self._acc[i])
-                    ordered = [a if seen else None
-                               for a, seen in zip(self._acc, self._seen)]
+                        if g is not None and not self._seen[i]:
+                            a = self._acc[i]
+                            if a is None:
+                                a = self._acc[i] = np.empty_like(self._params[i])
+                            a.fill(0)
+                        means.append(g is not None or self._seen[i])
                 self._seen = [False] * len(self._params)
             if not finite:
                 self.skipped_steps += 1
                 return False
             w = None if self.ema_decay is None else 1.0 - self.ema_decay
             for i, (p, g) in enumerate(zip(self._params, ordered)):
-                if g is None:
+                acc = None
+                if k > 1:
+                    if not means[i]:
+                        continue
+                    acc = self._acc[i]
+                elif g is None:
                     continue
                 if self._steps[i] == 0:
                     self._states[i] = self._new_states(p)
@@ -210,7 +217,8 @@ class Adafactor(Optimizer):
                         ema, ema_weight = self._ema[i], w
                 _core.adafactor(p, g, s.get("row_var"), s.get("col_var"),
                                 s.get("variance"), step=self._steps[i] + 1,
-                                ema=ema, ema_weight=ema_weight, **hypers[i])
+                                ema=ema, ema_weight=ema_weight, grad_accum=acc,
+                                mean_count=None if acc is None else k, **hypers[i])
                 self._steps[i] += 1
                 if ema is not None:
                     self._ema[i] = ema
