@@ -33,7 +33,7 @@ from fastopt import _core, functional, reference
 # 0-D, 1-D, 2-D and 3-D parameters (3-D: a batch of matrices); (3, 4099):
 # rows longer than a block of the sums; (64, 70): enough rows and columns
 # for two threads to split the axis pass
-SHAPES = [(), (7,), (5, 6), (3, 4, 9), (1, 1), (3, 4099), (2, 64, 70)]
+SHAPES = [(), (7,), (4099,), (5, 6), (3, 4, 9), (1, 1), (3, 4099), (2, 64, 70)]
 DTYPES = [np.float32, np.float64]
 
 # Every option: the defaults, maximize, decoupled weight decay, a given eps1,

@@ -1482,7 +1482,24 @@ static void FO_NAME(adafactor_reduce)(const void *args, const fo_tensor *t,
         for (j = 0; i < end; i++, j++) \
             FO_LANES_ADD(ap, au, j, p[i], U(i)); \
     } while (0)
-    if (t->cols == 0) {
+    if (t->cols == 0 && sizeof(FO_T) == sizeof(float)) {
+        /* float32, as the rows of a matrix below: in pieces through u.
+         * Only u * u is summed, the same for g and -g (a product's sign
+         * is the operands' exactly), so maximize is left out here. */
+        enum { PIECE = 256 };
+        FO_T u[PIECE];
+        size_t i = lo;
+        while (i < hi) {
+            const size_t end = hi - i > PIECE ? i + PIECE : hi;
+            const size_t n = end - i, start = i;
+            const FO_T *restrict vp = v + i, *restrict gp = g + i;
+            for (size_t m = 0; m < n; m++)
+                u[m] = FO_ADAFACTOR_U(vp[m], gp[m]);
+#define FO_ADAFACTOR_VU(i) u[(i) - start]
+            FO_ADAFACTOR_LANES(FO_ADAFACTOR_VU);
+#undef FO_ADAFACTOR_VU
+        }
+    } else if (t->cols == 0) {
         size_t i = lo;
         const size_t end = hi;
 #define FO_ADAFACTOR_VU(i) FO_ADAFACTOR_U(v[i], FO_NAME(grad)(g[i], 0, negate, 0, 0))
@@ -1492,16 +1509,41 @@ static void FO_NAME(adafactor_reduce)(const void *args, const fo_tensor *t,
         const size_t R = t->rows, C = t->cols, B = t->n / (R * C);
         const double *den = t->scratch + B * (R + C);
         size_t i = lo;
-        while (i < hi) {
-            const size_t rg = i / C, b = rg / R;
-            const size_t end = (rg + 1) * C < hi ? (rg + 1) * C : hi;
-            const FO_T rv = row[rg], dn = (FO_T)den[b];
-            const FO_T *restrict cv = col + b * C;
-            const size_t base = rg * C;
+        if (sizeof(FO_T) == sizeof(float)) {
+            /* float32: a row's elements in pieces, their updates into u
+             * first (a plain loop that vectorises), then into the lanes
+             * from there.  One loop that does both stays scalar (gcc 12):
+             * 48 against 25 ms a step for a 3200 x 3125 matrix, one
+             * thread.  float64 vectorises as one loop, and the pieces
+             * made it slower (58 against 66 ms). */
+            enum { PIECE = 256 };
+            FO_T u[PIECE];
+            while (i < hi) {
+                const size_t rg = i / C, b = rg / R;
+                const size_t row_end = (rg + 1) * C < hi ? (rg + 1) * C : hi;
+                const size_t end = row_end - i > PIECE ? i + PIECE : row_end;
+                const size_t n = end - i, start = i;
+                const FO_T rv = row[rg], dn = (FO_T)den[b];
+                const FO_T *restrict cv = col + b * C + (i - rg * C);
+                const FO_T *restrict gp = g + i;
+                for (size_t m = 0; m < n; m++)
+                    u[m] = FO_ADAFACTOR_U(rv * cv[m] / dn, gp[m]);
+#define FO_ADAFACTOR_FU(i) u[(i) - start]
+                FO_ADAFACTOR_LANES(FO_ADAFACTOR_FU);
+#undef FO_ADAFACTOR_FU
+            }
+        } else {
+            while (i < hi) {
+                const size_t rg = i / C, b = rg / R;
+                const size_t end = (rg + 1) * C < hi ? (rg + 1) * C : hi;
+                const FO_T rv = row[rg], dn = (FO_T)den[b];
+                const FO_T *restrict cv = col + b * C;
+                const size_t base = rg * C;
 #define FO_ADAFACTOR_FU(i) \
     FO_ADAFACTOR_U(rv * cv[(i) - base] / dn, FO_NAME(grad)(g[i], 0, negate, 0, 0))
-            FO_ADAFACTOR_LANES(FO_ADAFACTOR_FU);
+                FO_ADAFACTOR_LANES(FO_ADAFACTOR_FU);
 #undef FO_ADAFACTOR_FU
+            }
         }
     }
 #undef FO_ADAFACTOR_LANES
