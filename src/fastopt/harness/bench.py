@@ -14,8 +14,9 @@ For every rule, dtype, size and thread count, one run measures:
 
 and reports median nanoseconds per element, effective GB/s over the minimal
 bytes (each array read once, each updated array written once), the share of
-the floor's bandwidth reached, and speedups.  Methods are timed interleaved
-(one call of each in turn) so drifts of a shared machine hit all alike.
+the floor's bandwidth reached, and speedups.  The floor and the kernel are
+timed interleaved (one call of each in turn) so drifts of a shared machine
+hit both alike; NumPy and the torch paths in rounds of their own.
 Each kernel's result is checked against the reference before it is timed.
 
 It also measures the fixed cost of small calls, a model of 200 tensors of
@@ -374,12 +375,14 @@ def measure_size(rule, dtype, n, threads_list, budget, torch, rng,
         threads_list = [1]
     for threads in threads_list:
         fastopt.set_num_threads(threads)
-        calls = {"floor": run_floor, "fastopt": run_fastopt}
+        # the floor and the kernel alternate on their own, so that a slow
+        # NumPy reference does not leave them a handful of samples (at 10^7
+        # elements it takes 10-30 times as long); NumPy's time is its own
+        # median, taken once
+        med = interleaved({"floor": run_floor, "fastopt": run_fastopt}, budget,
+                          batch=batch)
         if numpy_time is None:
-            calls["numpy"] = run_numpy
-        med = interleaved(calls, budget, batch=batch)
-        if numpy_time is None:
-            numpy_time = med["numpy"]
+            numpy_time = interleaved({"numpy": run_numpy}, budget, batch=batch)["numpy"]
         if torch_calls and not torch_times:
             for tthreads in sorted({torch_threads_default, 1}, reverse=True):
                 torch.set_num_threads(tthreads)
