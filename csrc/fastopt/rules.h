@@ -855,7 +855,7 @@ FO_INLINE void FO_NAME(adopt_body)(const fo_args *a, const fo_tensor *t,
             const FO_T ci = clip ? (ni < neg_c ? neg_c : (ni > c ? c : ni)) : ni;
             const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * ci;
             /* stored v, m, then the parameter: in the order m, p, v the
-             * step took 4-12 % longer than its floor out of cache */
+             * step took up to 12 % longer than its floor out of cache */
             FO_ST(v, i, beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi));
             FO_ST(m, i, mi);
             FO_SETP(p, i, pi - lr * mi);
