@@ -408,6 +408,25 @@ static void lars_tensor(const fo_args *a, fo_tensor *t)
     t->r[0] = C(LARS, LR) * ratio;
 }
 
+/* The finishing of a raw gradient sum by the scikit-learn rules: the
+ * options, and the coefficient the loop scales by.  g / d and g * (1 / d)
+ * round the same exact number when d is a power of two whose reciprocal is
+ * a normal float32 and float64, so such a divisor becomes a multiplication
+ * (a float64 division takes about as long as a step of the rule). */
+static unsigned sklearn_finish(double divisor, unsigned finish, unsigned reciprocal,
+                               double *scale)
+{
+    int e;
+    *scale = divisor;
+    if (divisor == 0.0)
+        return 0u;
+    if (frexp(divisor, &e) == 0.5 && e >= -100 && e <= 100) {
+        *scale = 1.0 / divisor;
+        return finish | reciprocal;
+    }
+    return finish;
+}
+
 /* Adam as scikit-learn's AdamOptimizer has it (sklearn/neural_network/
  * _stochastic_optimizers.py): its learning_rate is
  * lr * sqrt(1 - beta2^t) / (1 - beta1^t), evaluated left to right in double
@@ -429,19 +448,26 @@ static const char *sklearn_adam(const double *h, long long step, fo_args *a)
     C(SKLEARN_ADAM, BETA2) = beta2;
     C(SKLEARN_ADAM, ONE_MINUS_BETA2) = 1.0 - beta2;
     C(SKLEARN_ADAM, EPS) = H(SKLEARN_ADAM, EPS);
-    a->opts = common(H(SKLEARN_ADAM, MAXIMIZE), 0.0);
+    C(SKLEARN_ADAM, ALPHA) = H(SKLEARN_ADAM, ALPHA);
+    a->opts = common(H(SKLEARN_ADAM, MAXIMIZE), 0.0)
+              | sklearn_finish(H(SKLEARN_ADAM, DIVISOR), FO_SKLEARN_ADAM_O_FINISH,
+                               FO_SKLEARN_ADAM_O_RECIPROCAL, &C(SKLEARN_ADAM, SCALE));
     return NULL;
 }
 
 /* SGD as scikit-learn's SGDOptimizer has it: lr is its current
- * learning_rate, which its schedules set between calls. */
+ * learning_rate, which its schedules set between calls.  Both scikit-learn
+ * rules finish a raw gradient sum in the loop when divisor is nonzero. */
 static const char *sklearn_sgd(const double *h, long long step, fo_args *a)
 {
     (void)step;
     C(SKLEARN_SGD, LR) = H(SKLEARN_SGD, LR);
     C(SKLEARN_SGD, MOMENTUM) = H(SKLEARN_SGD, MOMENTUM);
+    C(SKLEARN_SGD, ALPHA) = H(SKLEARN_SGD, ALPHA);
     a->opts = common(H(SKLEARN_SGD, MAXIMIZE), 0.0)
-              | (H(SKLEARN_SGD, NESTEROV) != 0.0 ? FO_SKLEARN_SGD_O_NESTEROV : 0u);
+              | (H(SKLEARN_SGD, NESTEROV) != 0.0 ? FO_SKLEARN_SGD_O_NESTEROV : 0u)
+              | sklearn_finish(H(SKLEARN_SGD, DIVISOR), FO_SKLEARN_SGD_O_FINISH,
+                               FO_SKLEARN_SGD_O_RECIPROCAL, &C(SKLEARN_SGD, SCALE));
     return NULL;
 }
 

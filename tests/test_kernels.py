@@ -82,6 +82,14 @@ CONFIGS = (
                maximize=mx, initial_accumulator_value=init)
        for lrd in (0.0, 0.01) for wd in (0.0, 0.01) for mx in (False, True)
        for init in (0.0, 0.1)]
+    # scikit-learn's rules, with given gradients and with raw sums they
+    # finish (a power-of-two divisor is a multiplication in the loop)
+    + [_config("sklearn_sgd", lr=0.05, momentum=0.9, nesterov=nest, maximize=mx,
+               alpha=alpha, divisor=div)
+       for nest in (False, True) for mx in (False, True)
+       for alpha, div in ((0.0, 0.0), (1e-4, 32.0), (0.01, 200.0))]
+    + [_config("sklearn_adam", lr=0.01, maximize=mx, alpha=alpha, divisor=div)
+       for mx in (False, True) for alpha, div in ((0.0, 0.0), (1e-4, 32.0), (0.01, 200.0))]
 )
 
 

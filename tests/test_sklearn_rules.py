@@ -127,3 +127,101 @@ def test_classes_from_the_table():
         opt.step(g)
         ref.update_params(stock, g)
     _assert_same(opt.param_groups[0]["params"], stock)
+
+
+# -- the finishing of raw coefficient gradients (alpha, divisor) -------------
+#
+# scikit-learn's _compute_loss_grad makes a layer's gradient from its raw
+# sum as ``grad += alpha * coef; grad /= divisor`` (the batch's sample count,
+# or with sample weights their sum).  With divisor > 0 the rules do that in
+# their loop; a power-of-two divisor is a multiplication by its reciprocal
+# there, which must give the division's bits.
+
+def _raw_problem(dtype, seed=5):
+    """Raw sums over every binade, zeros of both signs, subnormals,
+    infinities and NaN; parameters likewise (alpha * coef)."""
+    rng = np.random.default_rng(seed)
+    n = 4099
+    info = np.finfo(dtype)
+
+    def values():
+        x = rng.standard_normal(n) * np.exp2(rng.integers(-160, 120, n).astype(float))
+        x = x.astype(dtype)
+        x[:8] = [0.0, -0.0, info.tiny / 3, -info.tiny * 5, np.inf, -np.inf,
+                 np.nan, info.max]
+        return x
+    return values(), values()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("divisor", [32, 200, 1, 0.375, 2.0 ** -20, 7.0e3, 4096])
+@pytest.mark.parametrize("alpha", [1e-4, 0.0, 3.0])
+def test_finish_equals_compute_loss_grad(dtype, divisor, alpha, exec_env):
+    """The finished gradient, through SGD with lr=1 and momentum=0 (the
+    parameter moves by exactly -g), against NumPy's in-place lines with
+    the same Python scalars."""
+    coef, raw = _raw_problem(dtype)
+    finished = raw.copy()
+    with np.errstate(all="ignore"):
+        finished += alpha * coef
+        finished /= divisor
+        expected = coef + (0.0 * np.zeros_like(coef) - 1.0 * finished)
+        p = coef.copy()
+        fastopt.functional.sklearn_sgd(p, raw.copy(), np.zeros_like(p), lr=1.0,
+                                       momentum=0.0, nesterov=False,
+                                       alpha=alpha, divisor=divisor)
+    _assert_same([p], [expected])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("divisor", [32, 200])
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_raw_gradients_equal_the_optimizer_on_finished_ones(dtype, divisor, rule,
+                                                            exec_env):
+    """Coefficients given raw (first=) and biases given finished, one call,
+    against scikit-learn's optimizer on gradients finished by its lines."""
+    params, grads = _problem(dtype)
+    # scikit-learn's order: coefs_ + intercepts_
+    order = [0, 2, 1, 3]
+    params = [params[k] for k in order]
+    alpha = 1e-4
+    stock = [p.copy() for p in params]
+    mine = [p.copy() for p in params]
+    if rule == "adam":
+        opt = sk_opt.AdamOptimizer(stock, 1e-3, 0.9, 0.999, 1e-8)
+        states = [[np.zeros_like(p) for p in params] for _ in range(2)]
+    else:
+        opt = sk_opt.SGDOptimizer(stock, 0.05, "constant", 0.9, True)
+        states = [[np.zeros_like(p) for p in params]]
+    for t, g in enumerate(grads, 1):
+        g = [g[k] for k in order]
+        finished = [x.copy() for x in g]
+        for k in (0, 1):
+            finished[k] += alpha * stock[k]
+            finished[k] /= divisor
+        opt.update_params(stock, finished)
+        hyper = dict(step=t, lr=1e-3) if rule == "adam" else dict(lr=0.05, momentum=0.9)
+        _core.step_many("sklearn_" + rule, mine, g, states,
+                        first=(2, {"alpha": alpha, "divisor": divisor}), **hyper)
+        _assert_same(mine, stock)
+
+
+def test_first_is_checked_before_any_write(rules):
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(5) for _ in range(2)]
+    before = [p.copy() for p in params]
+    grads = [np.ones(5), np.ones(5)]
+    vel = [np.zeros(5), np.zeros(5)]
+    bad = [((3, {"alpha": 0.0, "divisor": 2.0}), ValueError, "first's count"),
+           ((1.0, {"divisor": 2.0}), TypeError, "first's count must be an int"),
+           ([1, {"divisor": 2.0}], TypeError, "first must be a pair"),
+           ((1, {"divisor": -2.0}), ValueError, "divisor"),
+           ((1, {"lr_x": 2.0}), TypeError, "no hyperparameter 'lr_x'"),
+           ((1, {"lr": 2.0}), TypeError, "lr is given twice")]
+    for first, error, message in bad:
+        with pytest.raises(error, match=message):
+            _core.step_many("sklearn_sgd", params, grads, [vel], first=first, lr=0.1)
+        _assert_same(params, before)
+    with pytest.raises(ValueError, match="steps one by one|takes no first"):
+        _core.step_many("nadam", params, grads, [vel, [np.zeros(5)] * 2],
+                        first=(1, {}), step=1)

@@ -1102,8 +1102,27 @@ static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
  * -learning_rate * m / denom is formed in double and added to the parameter
  * in double, and only the sum is rounded to FO_T (param += update with a
  * float64 update).  For double arrays the casts are no-ops. */
+/* The gradient of the scikit-learn rules: with finish (1, or 2 with a
+ * power-of-two divisor), g is a layer's raw sum, finished as
+ * scikit-learn's _compute_loss_grad does it in place, g += alpha * coef,
+ * then g /= divisor, each rounded to FO_T (alpha and divisor reach NumPy as
+ * Python scalars, which take the arrays' dtype).  scale is the divisor, or
+ * with finish 2 its reciprocal, a multiplication that gives the same bits
+ * (coefficients.c). */
+FO_INLINE FO_T FO_NAME(sklearn_grad)(FO_T g, FO_T p, int negate, int finish,
+                                     FO_T alpha, FO_T scale)
+{
+    const FO_T sum = g + alpha * p;
+    const FO_T gi = finish == 2 ? sum * scale : finish ? sum / scale : g;
+    return negate ? -gi : gi;
+}
+
+/* The finish argument of sklearn_grad for options o of rule R */
+#define FO_SKLEARN_FINISH(R, o) \
+    ((o) & FO_##R##_O_RECIPROCAL ? 2 : (o) & FO_##R##_O_FINISH ? 1 : 0)
+
 FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
-                                          size_t lo, size_t hi)
+                                          size_t lo, size_t hi, const int finish)
 {
     FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
@@ -1115,9 +1134,11 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
     const FO_T beta2 = FO_C(SKLEARN_ADAM, BETA2);
     const FO_T one_minus_beta2 = FO_C(SKLEARN_ADAM, ONE_MINUS_BETA2);
     const FO_T eps = FO_C(SKLEARN_ADAM, EPS);
+    const FO_T alpha = FO_C(SKLEARN_ADAM, ALPHA);
+    const FO_T scale = FO_C(SKLEARN_ADAM, SCALE);
     const int negate = a->opts & FO_MAXIMIZE;
     FO_FOR(i) {
-        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
+        const FO_T gi = FO_NAME(sklearn_grad)(g[i], p[i], negate, finish, alpha, scale);
         const FO_T mi = beta1 * FO_LD(m, i) + one_minus_beta1 * gi;
         const FO_T vi = beta2 * FO_LD(v, i) + one_minus_beta2 * (gi * gi);
         FO_ST(m, i, mi);
@@ -1130,7 +1151,12 @@ FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
 static void FO_NAME(sklearn_adam_range)(const void *args, const fo_tensor *t,
                                         size_t lo, size_t hi)
 {
-    FO_NAME(sklearn_adam_body)((const fo_args *)args, t, lo, hi);
+    const fo_args *a = (const fo_args *)args;
+    switch (FO_SKLEARN_FINISH(SKLEARN_ADAM, a->opts)) {
+    case 0: FO_NAME(sklearn_adam_body)(a, t, lo, hi, 0); break;
+    case 1: FO_NAME(sklearn_adam_body)(a, t, lo, hi, 1); break;
+    default: FO_NAME(sklearn_adam_body)(a, t, lo, hi, 2); break;
+    }
 }
 
 /* ---- scikit-learn's MLP SGD (SGDOptimizer) --------------------------- */
@@ -1138,15 +1164,18 @@ static void FO_NAME(sklearn_adam_range)(const void *args, const fo_tensor *t,
 /* u = momentum * u - lr * g becomes the velocity; the parameter gets
  * momentum * u - lr * g once more with Nesterov, else u. */
 FO_INLINE void FO_NAME(sklearn_sgd_body)(const fo_args *a, const fo_tensor *t,
-                                         size_t lo, size_t hi, const int nesterov)
+                                         size_t lo, size_t hi, const int nesterov,
+                                         const int finish)
 {
     FO_PARAM(p);
     const FO_T *restrict g = (const FO_T *)t->g;
     FO_STATE(u, FO_SKLEARN_SGD_S_VELOCITY);
     const FO_T lr = FO_C(SKLEARN_SGD, LR), mu = FO_C(SKLEARN_SGD, MOMENTUM);
+    const FO_T alpha = FO_C(SKLEARN_SGD, ALPHA);
+    const FO_T scale = FO_C(SKLEARN_SGD, SCALE);
     const int negate = a->opts & FO_MAXIMIZE;
     FO_FOR(i) {
-        const FO_T gi = FO_NAME(grad)(g[i], p[i], negate, 0, (FO_T)0);
+        const FO_T gi = FO_NAME(sklearn_grad)(g[i], p[i], negate, finish, alpha, scale);
         const FO_T ui = mu * FO_LD(u, i) - lr * gi;
         FO_ST(u, i, ui);
         FO_SETP(p, i, p[i] + (nesterov ? mu * ui - lr * gi : ui));
@@ -1157,10 +1186,15 @@ static void FO_NAME(sklearn_sgd_range)(const void *args, const fo_tensor *t,
                                        size_t lo, size_t hi)
 {
     const fo_args *a = (const fo_args *)args;
-    if (a->opts & FO_SKLEARN_SGD_O_NESTEROV)
-        FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 1);
-    else
-        FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0);
+    switch ((a->opts & FO_SKLEARN_SGD_O_NESTEROV ? 3 : 0)
+            + FO_SKLEARN_FINISH(SKLEARN_SGD, a->opts)) {
+    case 0: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0, 0); break;
+    case 1: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0, 1); break;
+    case 2: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 0, 2); break;
+    case 3: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 1, 0); break;
+    case 4: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 1, 1); break;
+    default: FO_NAME(sklearn_sgd_body)(a, t, lo, hi, 1, 2); break;
+    }
 }
 
 /* ---- schedule-free AdamW and SGD (the schedulefree package) ----------- */

@@ -182,27 +182,47 @@ cdef class _Tensors:
 
 
 def step_many(str rule, list params, list grads, states=None, *, step=None,
-              labels=None, **hyper):
+              labels=None, first=None, **hyper):
     """One step of ``rule`` over many tensors of one dtype, in one kernel call.
 
     ``states`` lists, per state slot of the rule, a list of arrays (one per
     parameter) or None for a slot the options do not use, then per
     per-tensor scalar state a list of float64 arrays of one element;
     hyperparameters are those of ``fastopt.functional.<rule>`` (defaults
-    from the table), ``labels`` names the tensors in messages.  Checked like
-    a single call.  A rule with scalar states steps each tensor with its
-    own coefficients (one kernel call per tensor)."""
+    from the table), ``labels`` names the tensors in messages.  ``first``,
+    a pair (count, {name: value}), gives the first ``count`` tensors those
+    hyperparameters over the call's (a second kernel call; scikit-learn's
+    raw coefficient gradients before its finished intercept gradients).
+    Checked like a single call.  A rule with scalar states steps each tensor
+    with its own coefficients (one kernel call per tensor)."""
     cdef _Rule r = _rule(rule)
     cdef _Hyper x
     cdef double h[FO_MAX_SCALARS]
-    cdef fo_args a
+    cdef fo_args a, a_first
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
-    cdef Py_ssize_t i, n = len(params)
+    cdef Py_ssize_t i, n = len(params), n_first = 0
     cdef int k
     known = [x.name for x in r.kernel_hypers]
     for name in hyper:
         if name not in known:
             raise TypeError(f"{rule} has no hyperparameter {name!r}")
+    if first is not None:
+        if (not isinstance(first, tuple) or len(first) != 2
+                or not isinstance(first[1], dict)):
+            raise TypeError(f"first must be a pair (count, {{name: value}}), got {first!r}")
+        n_first = _count_arg(first[0], "first's count", n)
+        for name in first[1]:
+            if name not in known:
+                raise TypeError(f"{rule} has no hyperparameter {name!r}")
+            if name in hyper:
+                raise TypeError(f"{name} is given twice, in first and as a keyword")
+        if n_first and (r.entry.matrix or r.nscalars):
+            raise ValueError(f"{rule} takes no first: its tensors step one by one")
+        for x in r.kernel_hypers:
+            x.convert(first[1][x.name] if x.name in first[1] else
+                      hyper[x.name] if x.name in hyper else
+                      r.entry.hyper(x.name).default, h)
+        r.coefficients(h, r.step_count(step, h), &a_first)
     for x in r.kernel_hypers:
         x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
     r.coefficients(h, r.step_count(step, h), &a)
@@ -240,7 +260,19 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
                      r.scalar_names[k], n) for k in range(r.nscalars)], labels)
     elif n:
         _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
-        _run(r.id, &a, ts.t, n, ts.dt)
+        if n_first:
+            _run(r.id, &a_first, ts.t, n_first, ts.dt)
+        if n > n_first:
+            _run(r.id, &a, ts.t + n_first, n - n_first, ts.dt)
+
+
+cdef Py_ssize_t _count_arg(object x, str name, Py_ssize_t n) except -1:
+    """x as an int in [0, n]."""
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got {x!r}")
+    if not 0 <= x <= n:
+        raise ValueError(f"{name} must be in [0, {n}], got {x}")
+    return x
 
 
 cdef int _step_each(_Rule r, const double *h, object step, _Tensors ts,

@@ -436,6 +436,23 @@ def lars(param, grad, momentum_buffer, c):
                           else momentum_buffer)
 
 
+def _sklearn_grad(param, grad, c):
+    """The gradient of the scikit-learn rules: with c.finish, grad is a
+    layer's raw sum, finished as scikit-learn's _compute_loss_grad does::
+
+        g = (grad + alpha * param) / divisor
+
+    where scale is the divisor, or with c.reciprocal (a power-of-two
+    divisor) its reciprocal, by which the kernel multiplies: the same bits.
+    alpha and scale are Python floats, so NumPy rounds them to the arrays'
+    dtype and computes in it."""
+    g = grad
+    if c.finish:
+        g = grad + c.alpha * param
+        g = g * c.scale if c.reciprocal else g / c.scale
+    return -g if c.maximize else g
+
+
 @_rule
 def sklearn_adam(param, grad, exp_avg, exp_avg_sq, c):
     """Adam as scikit-learn's AdamOptimizer computes it, eps on the raw
@@ -450,7 +467,7 @@ def sklearn_adam(param, grad, exp_avg, exp_avg_sq, c):
         denom = sqrt(v) + eps
         param = param + neg_step_size * m / denom          (in float64)
     """
-    g = _start(param, grad, c)
+    g = _sklearn_grad(param, grad, c)
     exp_avg[...] = c.beta1 * exp_avg + c.one_minus_beta1 * g
     exp_avg_sq[...] = c.beta2 * exp_avg_sq + c.one_minus_beta2 * (g * g)
     denom = np.sqrt(exp_avg_sq) + c.eps
@@ -466,7 +483,7 @@ def sklearn_sgd(param, grad, velocity, c):
         u = momentum * u - lr * g;  velocity = u
         param = param + (momentum * u - lr * g if nesterov else u)
     """
-    g = _start(param, grad, c)
+    g = _sklearn_grad(param, grad, c)
     velocity[...] = c.momentum * velocity - c.lr * g
     if c.nesterov:
         param[...] = param + (c.momentum * velocity - c.lr * g)

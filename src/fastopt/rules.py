@@ -253,6 +253,19 @@ def _eps(default):
 
 MAXIMIZE = Hyper("maximize", False, "ascend instead of descend", check="flag",
                  keyword_only=True)
+# scikit-learn's MLP hands its optimizer finished gradients: its backprop
+# (_compute_loss_grad) adds alpha * coef to a layer's summed gradient and
+# divides by the batch's sample count or weight sum.  With divisor > 0 the
+# loop does those two operations on the raw sum, in their order and dtype;
+# by a power of two (batch_size=32) it multiplies by the reciprocal, which
+# is the same number: both round the same exact quotient.
+SKLEARN_FINISH = (
+    Hyper("alpha", 0.0, "L2 penalty: alpha * param is added to the raw "
+          "gradient before the division (scikit-learn's alpha)",
+          label="alpha value", keyword_only=True),
+    Hyper("divisor", 0.0, "0: the gradient is used as given; > 0: it is a "
+          "raw sum, finished as (grad + alpha * param) / divisor",
+          label="divisor value", keyword_only=True))
 TRUST_RATIO = Hyper("trust_ratio", True, "scale by the trust ratio; False "
                     "for the parameters optax's mask leaves out",
                     check="flag", keyword_only=True)
@@ -626,11 +639,14 @@ RULES = {r.name: r for r in (
             "step size lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed in "
             "double; the update is formed and added in double, so float32 "
             "parameters round once, as NumPy does for AdamOptimizer.  "
+            "With divisor > 0 the gradient is the layer's raw sum, finished "
+            "in the loop as scikit-learn's backprop does.  "
             "fastopt.sklearn runs scikit-learn's training on it.",
-        hypers=(_lr(1e-3), BETAS, _eps(1e-8), MAXIMIZE),
+        hypers=(_lr(1e-3), BETAS, _eps(1e-8), MAXIMIZE) + SKLEARN_FINISH,
         states=(State("exp_avg"), State("exp_avg_sq", sign="nonneg")),
         coefficients=("neg_step_size", "beta1", "one_minus_beta1", "beta2",
-                      "one_minus_beta2", "eps")),
+                      "one_minus_beta2", "eps", "alpha", "scale"),
+        options=("finish", "reciprocal")),
     Rule(
         name="sklearn_sgd", cls="SklearnSGD", torch="",
         conformance="scikit-learn's own SGDOptimizer (the installed "
@@ -643,16 +659,18 @@ RULES = {r.name: r for r in (
             "u = momentum * u - lr * g, then with nesterov the step "
             "momentum * u - lr * g, else u, added to the parameter; lr is "
             "the current rate of scikit-learn's schedule.  "
+            "With divisor > 0 the gradient is the layer's raw sum, finished "
+            "in the loop as scikit-learn's backprop does.  "
             "fastopt.sklearn runs scikit-learn's training on it.",
         hypers=(Hyper("lr", 0.1, "learning rate (scikit-learn's "
                       "learning_rate_init, or its schedule's current rate)",
                       label="learning rate"),
                 Hyper("momentum", 0.9, "momentum factor", label="momentum value"),
                 Hyper("nesterov", True, "Nesterov's step", check="flag"),
-                MAXIMIZE),
+                MAXIMIZE) + SKLEARN_FINISH,
         states=(State("velocity"),),
-        coefficients=("lr", "momentum"),
-        options=("nesterov",),
+        coefficients=("lr", "momentum", "alpha", "scale"),
+        options=("nesterov", "finish", "reciprocal"),
         step=None),
     Rule(
         name="adamw_schedulefree", cls="AdamWScheduleFree", torch="",
