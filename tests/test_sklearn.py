@@ -242,11 +242,55 @@ def test_numpy_hyperparameters_that_change_numpys_arithmetic_fall_back():
     X, y = _data("binary", np.float32)
     for kw in (dict(solver="sgd", momentum=np.float64(0.7)),
                dict(solver="adam", beta_1=np.float64(0.8)),
-               dict(solver="adam", epsilon=np.float32(1e-7))):
+               dict(solver="adam", epsilon=np.float32(1e-7)),
+               # alpha * coef in float64, then added to a float32 gradient
+               dict(solver="sgd", alpha=np.float64(1e-3)),
+               # a float32 alpha is the same number in float32 arithmetic
+               dict(solver="adam", alpha=np.float32(1e-3))):
         stock, mine = _estimators("binary", **kw)
         stock.fit(X, y)
         mine.fit(X, y)
         assert_same_model(mine, stock)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_backprop_leaves_coefficient_gradients_to_the_update(monkeypatch, solver):
+    """During fit each batch's coefficient gradients reach the update raw,
+    in one call with the biases', finished there with alpha and the batch's
+    sample count (the last batch of 240 at batch 32 has 16)."""
+    calls = []
+    step_many = fsk._core.step_many
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("first"))
+        return step_many(*args, **kwargs)
+    monkeypatch.setattr(fsk._core, "step_many", spy)
+    X, y = _data("binary", np.float32)
+    stock, mine = _estimators("binary", solver=solver, alpha=3e-3, max_iter=2)
+    mine.fit(X, y)
+    stock.fit(X, y)
+    assert_same_model(mine, stock)
+    assert calls == [(3, {"alpha": 3e-3, "divisor": 32.0})] * 7 + [
+        (3, {"alpha": 3e-3, "divisor": 16.0})] + [
+        (3, {"alpha": 3e-3, "divisor": 32.0})] * 7 + [
+        (3, {"alpha": 3e-3, "divisor": 16.0})]
+
+
+@pytest.mark.parametrize("weights", ["float64", "dtype", "integral"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_sample_weights(fused_only, solver, dtype, weights):
+    """Weighted batches divide by their weight sum (scikit-learn 1.7 on), a
+    NumPy scalar of the weights' dtype: finished in the loop when NumPy's
+    arithmetic with it is the arrays' own, else by scikit-learn's lines."""
+    import inspect
+    if "sample_weight" not in inspect.signature(StockClassifier.fit).parameters:
+        pytest.skip("this scikit-learn's MLP takes no sample weights")
+    X, y = _data("multiclass", dtype)
+    w = np.random.default_rng(0).uniform(0.1, 3.0, len(y))
+    w = {"float64": w, "dtype": w.astype(dtype), "integral": np.round(w * 4)}[weights]
+    _fit_both(fused_only, "multiclass", dtype, solver=solver,
+              fit=lambda est: est.fit(X, y, sample_weight=w))
 
 
 def test_unusable_arrays_fall_back():

@@ -4,8 +4,10 @@
 estimators (same constructor, attributes, ``fit``, ``partial_fit``,
 ``predict``, pickling, ``warm_start``, early stopping and learning-rate
 schedules): scikit-learn trains, and only the optimizer's
-``update_params`` changes.  Where scikit-learn builds its ``AdamOptimizer``
-or ``SGDOptimizer`` for ``solver="adam"`` or ``"sgd"``, these estimators
+``update_params`` changes, with the last two operations of each layer's
+coefficient gradient (``_compute_loss_grad``'s ``+= alpha * coef`` and
+``/= n``), which the update does in its loop.  Where scikit-learn builds
+its ``AdamOptimizer`` or ``SGDOptimizer`` for ``solver="adam"`` or ``"sgd"``, these estimators
 keep a :class:`FusedAdamOptimizer` or :class:`FusedSGDOptimizer` instead:
 subclasses of scikit-learn's classes, with its attributes and schedules,
 whose update is one in-place fastopt call over all weights and biases
@@ -15,7 +17,8 @@ scikit-learn's formulas in its operation order).  ``coefs_``,
 stock scikit-learn's.  ``solver="lbfgs"`` is scikit-learn's, unchanged.
 
 scikit-learn has no public hook for its optimizers: the estimators rely on
-its private ``_optimizer`` attribute and on the optimizers' attributes
+its private ``_optimizer`` attribute, ``_fit_stochastic`` and
+``_compute_loss_grad``, and on the optimizers' attributes
 (``ms``, ``vs``, ``t``, ``velocities``, ``learning_rate``, ...).  That is
 pinned to the versions in :data:`SUPPORTED_VERSIONS` (the extra
 ``fastopt[sklearn]``); on another version the estimators train exactly as
@@ -42,6 +45,8 @@ from sklearn.neural_network import (  # type: ignore
     MLPClassifier as _MLPClassifier, MLPRegressor as _MLPRegressor)
 from sklearn.neural_network._stochastic_optimizers import (  # type: ignore
     AdamOptimizer, SGDOptimizer)
+
+from sklearn.utils.extmath import safe_sparse_dot  # type: ignore
 
 from fastopt import _core
 
@@ -80,6 +85,9 @@ def supported(version=None):
 
 
 _SUPPORTED = supported()
+# the bias gradient of _compute_loss_grad: a mean before 1.7, where sample
+# weights came in; a sum divided by the batch's weight sum from then on
+_INTERCEPT_MEAN = _minor(sklearn.__version__) < (1, 7)
 
 
 def _fallback_warning():
@@ -97,6 +105,31 @@ def _plain(value, dtype):
     arrays."""
     kind = type(value)
     return kind is float or kind is int or (kind is np.float64 and dtype == np.float64)
+
+
+def _finishable(alpha, divisor, dtype):
+    """Whether the kernel can finish a raw coefficient gradient of ``dtype``
+    exactly as _compute_loss_grad does, ``grad += alpha * coef`` then
+    ``grad /= divisor``: both Python numbers or NumPy scalars that NumPy
+    computes with at the arrays' precision (a float32 is exact in float64
+    arithmetic too), finite, and a positive divisor."""
+    for value in (alpha, divisor):
+        kind = type(value)
+        if not (kind is float or kind is int or kind is np.float32
+                or (kind is np.float64 and dtype == np.float64)):
+            return False
+    return 0.0 <= float(alpha) < np.inf and 0.0 < float(divisor) < np.inf
+
+
+def _finish(params, grads, raw):
+    """scikit-learn's own two lines for the raw gradients ``raw`` names,
+    in place, for a step the kernel did not take with them (alpha and
+    divisor as Python floats: NumPy computes with them as with the values
+    ``_finishable`` accepted)."""
+    finish, layers = raw
+    for k in sorted(layers):
+        grads[k] += finish["alpha"] * params[k]
+        grads[k] /= finish["divisor"]
 
 
 def _groups(params, grads, states, plain):
@@ -121,7 +154,7 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _pick(arrays, indices):
-    return arrays if indices is None else [arrays[k] for k in indices]
+    return [arrays[k] for k in indices]
 
 
 # Networks below this many parameters step on one thread.  Right after
@@ -133,35 +166,51 @@ def _pick(arrays, indices):
 ONE_THREAD_BELOW = 1 << 19
 
 
-def _update(params, grads, states, plain, step, numpy_update):
-    """One optimizer step, on one thread for a small network: ``step(None)``
-    (one fastopt call over all tensors, which checks everything before it
-    writes) when it takes them, as it does in scikit-learn's own use;
-    otherwise ``step(indices)`` over each group of tensors it can take, and
-    ``numpy_update(k, param, grad)`` for the others."""
+def _update(rule, params, grads, states, hyper, plain, numpy_update, raw):
+    """One optimizer step of ``rule`` (its hyperparameters ``hyper``), on
+    one thread for a small network.  ``raw`` ({"alpha": alpha, "divisor":
+    divisor}, {layer, ...}), or None, names the coefficient gradients that
+    scikit-learn's backprop left raw.  When it names every coefficient (the first half of ``params``,
+    scikit-learn's ``coefs_ + intercepts_``) one fastopt call finishes them
+    in its loop and steps all tensors; otherwise they are finished in NumPy
+    first.  A call checks everything before it writes; tensors it refuses
+    are stepped by dtype group, and those no call takes by
+    ``numpy_update(k, param, grad)``."""
     size = 0
     for p in params:
         size += getattr(p, "size", 0)
-    if size >= ONE_THREAD_BELOW:
-        return _update_all(params, grads, states, plain, step, numpy_update)
-    cap = _core.swap_thread_cap(1)
+    cap = _core.swap_thread_cap(1) if size < ONE_THREAD_BELOW else None
     try:
-        _update_all(params, grads, states, plain, step, numpy_update)
+        if raw:
+            finish, layers = raw
+            count = len(layers)
+            if 2 * count == len(params) == len(grads) and plain(params[0].dtype):
+                try:
+                    _core.step_many(rule, params, grads, list(states),
+                                    first=(count, finish), **hyper)
+                    return
+                except (TypeError, ValueError):
+                    pass                # refused before anything was written
+            _finish(params, grads, raw)
+        _update_rest(rule, params, grads, states, hyper, plain, numpy_update)
     finally:
-        _core.swap_thread_cap(cap)
+        if cap is not None:
+            _core.swap_thread_cap(cap)
 
 
-def _update_all(params, grads, states, plain, step, numpy_update):
+def _update_rest(rule, params, grads, states, hyper, plain, numpy_update):
+    """The step of finished gradients."""
     if len(grads) == len(params) and params and plain(getattr(params[0], "dtype", None)):
         try:
-            step(None)
+            _core.step_many(rule, params, grads, list(states), **hyper)
             return
         except (TypeError, ValueError):
             pass                        # refused before anything was written
     fused, rest = _groups(params, grads, states, plain)
     for indices in fused.values():
         try:
-            step(indices)
+            _core.step_many(rule, _pick(params, indices), _pick(grads, indices),
+                            [_pick(s, indices) for s in states], **hyper)
         except (TypeError, ValueError):
             rest += indices             # refused before anything was written
     for k in sorted(rest):
@@ -178,7 +227,8 @@ class FusedAdamOptimizer(AdamOptimizer):
         if not _SUPPORTED:
             _fallback_warning()
             return super().update_params(params, grads)
-        params, grads = list(params), list(grads)
+        if type(params) is not list or type(grads) is not list:
+            params, grads = list(params), list(grads)
         self.t += 1
         self.learning_rate = (self.learning_rate_init
                               * np.sqrt(1 - self.beta_2 ** self.t)
@@ -190,14 +240,10 @@ class FusedAdamOptimizer(AdamOptimizer):
                     and all(_plain(x, dtype) for x in (self.beta_1, self.beta_2,
                                                        self.epsilon)))
 
-        def step(indices):
-            _core.step_many("sklearn_adam", _pick(params, indices),
-                            _pick(grads, indices),
-                            [_pick(self.ms, indices), _pick(self.vs, indices)],
-                            step=self.t, lr=float(lr),
-                            betas=(float(self.beta_1), float(self.beta_2)),
-                            eps=float(self.epsilon))
-        _update(params, grads, (self.ms, self.vs), plain, step, self._numpy_update)
+        _update("sklearn_adam", params, grads, (self.ms, self.vs),
+                {"step": self.t, "lr": lr, "betas": (self.beta_1, self.beta_2),
+                 "eps": self.epsilon},
+                plain, self._numpy_update, self.__dict__.pop("_raw", None))
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions (and
@@ -218,18 +264,16 @@ class FusedSGDOptimizer(SGDOptimizer):
         if not _SUPPORTED:
             _fallback_warning()
             return super().update_params(params, grads)
-        params, grads = list(params), list(grads)
+        if type(params) is not list or type(grads) is not list:
+            params, grads = list(params), list(grads)
 
         def plain(dtype):
             return _plain(self.learning_rate, dtype) and _plain(self.momentum, dtype)
 
-        def step(indices):
-            _core.step_many("sklearn_sgd", _pick(params, indices),
-                            _pick(grads, indices), [_pick(self.velocities, indices)],
-                            lr=float(self.learning_rate),
-                            momentum=float(self.momentum),
-                            nesterov=bool(self.nesterov))
-        _update(params, grads, (self.velocities,), plain, step, self._numpy_update)
+        _update("sklearn_sgd", params, grads, (self.velocities,),
+                {"lr": self.learning_rate, "momentum": self.momentum,
+                 "nesterov": bool(self.nesterov)},
+                plain, self._numpy_update, self.__dict__.pop("_raw", None))
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions."""
@@ -259,12 +303,52 @@ def _fused(optimizer):
 
 class _Fused:
     """Swaps the optimizer scikit-learn's ``_fit_stochastic`` assigns to
-    ``self._optimizer`` for its fused twin."""
+    ``self._optimizer`` for its fused twin.  While ``_fit_stochastic`` runs,
+    the backprop leaves each layer's coefficient gradient raw (the product
+    of activations and deltas) and the fused update finishes it in its
+    loop: ``_compute_loss_grad``'s ``grad += alpha * coef`` and
+    ``grad /= n`` (or the batch's weight sum) are two NumPy passes over
+    every weight per batch otherwise."""
 
     def __setattr__(self, name, value):
         if name == "_optimizer":
             value = _fused(value)
         super().__setattr__(name, value)
+
+    def _fit_stochastic(self, *args, **kwargs):
+        self.__dict__["_defer_finish"] = True
+        try:
+            return super()._fit_stochastic(*args, **kwargs)
+        finally:
+            del self.__dict__["_defer_finish"]
+            optimizer = self.__dict__.get("_optimizer")
+            if optimizer is not None:
+                optimizer.__dict__.pop("_raw", None)
+
+    def _compute_loss_grad(self, layer, sw_sum, activations, deltas, coef_grads,
+                           intercept_grads):
+        optimizer = self.__dict__.get("_optimizer")
+        coef = self.coefs_[layer]
+        if not (self.__dict__.get("_defer_finish")
+                and isinstance(optimizer, (FusedAdamOptimizer, FusedSGDOptimizer))
+                and _finishable(self.alpha, sw_sum, coef.dtype)):
+            return super()._compute_loss_grad(layer, sw_sum, activations, deltas,
+                                              coef_grads, intercept_grads)
+        grad = safe_sparse_dot(activations[layer].T, deltas[layer])
+        coef_grads[layer] = grad
+        if type(grad) is np.ndarray and grad.dtype == coef.dtype:
+            raw = optimizer.__dict__.get("_raw")
+            if raw is None:
+                raw = optimizer.__dict__["_raw"] = (
+                    {"alpha": float(self.alpha), "divisor": float(sw_sum)}, set())
+            raw[1].add(layer)
+        else:
+            grad += self.alpha * coef
+            grad /= sw_sum
+        if _INTERCEPT_MEAN:
+            intercept_grads[layer] = np.mean(deltas[layer], 0)
+        else:
+            intercept_grads[layer] = np.sum(deltas[layer], axis=0) / sw_sum
 
 
 class MLPClassifier(_Fused, _MLPClassifier):
