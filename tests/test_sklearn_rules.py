@@ -222,6 +222,10 @@ def test_first_is_checked_before_any_write(rules):
         with pytest.raises(error, match=message):
             _core.step_many("sklearn_sgd", params, grads, [vel], first=first, lr=0.1)
         _assert_same(params, before)
+    with pytest.raises(ValueError, match="need other states than the call's"):
+        _core.step_many("sgd", params, grads, [None], first=(1, {"momentum": 0.9}),
+                        lr=0.1)
+    _assert_same(params, before)
     with pytest.raises(ValueError, match="steps one by one|takes no first"):
         _core.step_many("nadam", params, grads, [vel, [np.zeros(5)] * 2],
                         first=(1, {}), step=1)

@@ -198,34 +198,37 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
     cdef _Rule r = _rule(rule)
     cdef _Hyper x
     cdef double h[FO_MAX_SCALARS]
+    cdef double h_first[FO_MAX_SCALARS]
     cdef fo_args a, a_first
     cdef _Tensors ts = _Tensors.__new__(_Tensors)
     cdef Py_ssize_t i, n = len(params), n_first = 0
     cdef int k
-    known = [x.name for x in r.kernel_hypers]
     for name in hyper:
-        if name not in known:
+        if name not in r.kernel_by_name:
             raise TypeError(f"{rule} has no hyperparameter {name!r}")
+    for x in r.kernel_hypers:
+        x.convert(hyper.get(x.name, x.default), h)
+    r.coefficients(h, r.step_count(step, h), &a)
     if first is not None:
         if (not isinstance(first, tuple) or len(first) != 2
                 or not isinstance(first[1], dict)):
             raise TypeError(f"first must be a pair (count, {{name: value}}), got {first!r}")
         n_first = _count_arg(first[0], "first's count", n)
         for name in first[1]:
-            if name not in known:
+            if name not in r.kernel_by_name:
                 raise TypeError(f"{rule} has no hyperparameter {name!r}")
             if name in hyper:
                 raise TypeError(f"{name} is given twice, in first and as a keyword")
         if n_first and (r.entry.matrix or r.nscalars):
             raise ValueError(f"{rule} takes no first: its tensors step one by one")
-        for x in r.kernel_hypers:
-            x.convert(first[1][x.name] if x.name in first[1] else
-                      hyper[x.name] if x.name in hyper else
-                      r.entry.hyper(x.name).default, h)
-        r.coefficients(h, r.step_count(step, h), &a_first)
-    for x in r.kernel_hypers:
-        x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
-    r.coefficients(h, r.step_count(step, h), &a)
+        memcpy(h_first, h, sizeof(h))
+        for name, value in first[1].items():
+            (<_Hyper>r.kernel_by_name[name]).convert(value, h_first)
+        for k in range(r.nstates):
+            if r.needs(h, k) != r.needs(h_first, k):
+                raise ValueError(f"first's hyperparameters need other states than "
+                                 f"the call's ({r.slots[S0 + k]})")
+        r.coefficients(h_first, r.step_count(step, h_first), &a_first)
     if states is None:
         states = []
     if not isinstance(states, (list, tuple)) or len(states) > r.nstates + r.nscalars:
@@ -238,22 +241,14 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
     _check_labels(labels, n)
     _as_list(grads, "grad", n)
     ts.reserve(n)
-    for i in range(n):
-        s = [None if slot is None else slot[i] for slot in per_slot]
-        for k in range(r.nstates):
-            if per_slot[k] is not None and s[k] is None:
-                raise ValueError(f"{_slot_name(r.slots, S0 + k, i, labels)} is "
-                                 f"None; every tensor needs this state")
-        ts.dt = _fill_tensor(&ts.t[i], r.slots, i, labels, params[i], grads[i],
-                             s[0], s[1], s[2], s[3], ts.dt)
+    _fill_tensors(r, ts, params, grads, per_slot, labels)
     if r.entry.matrix:
         for i in range(n):
             _check_matrix(r, params[i], labels[i] if labels is not None else i)
         if n:
             _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
         _run_matrix(r, &a, ts.t, n, ts.dt, [np.shape(params[i]) for i in range(n)],
-                    {x.name: hyper.get(x.name, r.entry.hyper(x.name).default)
-                     for x in r.kernel_hypers})
+                    {x.name: hyper.get(x.name, x.default) for x in r.kernel_hypers})
     elif r.nscalars:
         _step_each(r, h, step, ts, [
             _as_list(states[r.nstates + k] if r.nstates + k < len(states) else None,
@@ -264,6 +259,28 @@ def step_many(str rule, list params, list grads, states=None, *, step=None,
             _run(r.id, &a_first, ts.t, n_first, ts.dt)
         if n > n_first:
             _run(r.id, &a, ts.t + n_first, n - n_first, ts.dt)
+
+
+cdef int _fill_tensors(_Rule r, _Tensors ts, list params, list grads, list per_slot,
+                       object labels) except -1:
+    """ts's tensors from the checked lists (per_slot: one list of arrays, or
+    None, per state slot)."""
+    cdef Py_ssize_t i
+    cdef int k
+    cdef list l0 = per_slot[0], l1 = per_slot[1], l2 = per_slot[2], l3 = per_slot[3]
+    for i in range(ts.count):
+        s0 = None if l0 is None else l0[i]
+        s1 = None if l1 is None else l1[i]
+        s2 = None if l2 is None else l2[i]
+        s3 = None if l3 is None else l3[i]
+        for k in range(r.nstates):
+            if per_slot[k] is not None and (s0 if k == 0 else s1 if k == 1 else
+                                            s2 if k == 2 else s3) is None:
+                raise ValueError(f"{_slot_name(r.slots, S0 + k, i, labels)} is "
+                                 f"None; every tensor needs this state")
+        ts.dt = _fill_tensor(&ts.t[i], r.slots, i, labels, params[i], grads[i],
+                             s0, s1, s2, s3, ts.dt)
+    return 0
 
 
 cdef Py_ssize_t _count_arg(object x, str name, Py_ssize_t n) except -1:
@@ -345,12 +362,11 @@ cdef _Rule _two_pass_tensors(str rule, list params, list grads, object states,
     if r.nscalars:
         raise ValueError(f"{rule} has per-tensor scalar states, which the two "
                          f"halves of a step do not take")
-    known = [x.name for x in r.kernel_hypers]
     for name in hyper:
-        if name not in known:
+        if name not in r.kernel_by_name:
             raise TypeError(f"{rule} has no hyperparameter {name!r}")
     for x in r.kernel_hypers:
-        x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
+        x.convert(hyper.get(x.name, x.default), h)
     r.coefficients(h, r.step_count(step, h), a)
     if states is None:
         states = []
@@ -364,14 +380,7 @@ cdef _Rule _two_pass_tensors(str rule, list params, list grads, object states,
     _check_labels(labels, n)
     _as_list(grads, "grad", n)
     ts.reserve(n)
-    for i in range(n):
-        s = [None if slot is None else slot[i] for slot in per_slot]
-        for k in range(r.nstates):
-            if per_slot[k] is not None and s[k] is None:
-                raise ValueError(f"{_slot_name(r.slots, S0 + k, i, labels)} is "
-                                 f"None; every tensor needs this state")
-        ts.dt = _fill_tensor(&ts.t[i], r.slots, i, labels, params[i], grads[i],
-                             s[0], s[1], s[2], s[3], ts.dt)
+    _fill_tensors(r, ts, params, grads, per_slot, labels)
     if n:
         _check_overlap(ts.t, n, ITEMSIZE[ts.dt], r.slots, labels, False)
     return r

@@ -163,6 +163,7 @@ cdef class _Hyper:
     """A hyperparameter of the table, ready for checking: where its doubles
     go in the kernel's array (index, -1 for a class-only one)."""
     cdef readonly str name
+    cdef readonly object default        # the table's default
     cdef str label
     cdef int kind
     cdef int index
@@ -224,6 +225,7 @@ cdef class _Rule:
     cdef readonly tuple slots           # ("param", "grad", state names...)
     cdef tuple hypers                   # _Hyper, every hyperparameter
     cdef tuple kernel_hypers            # _Hyper, those the kernel takes
+    cdef dict kernel_by_name            # their names: _Hyper
     cdef int nstates
     cdef int when[FO_MAX_STATES]        # h index making state k needed, -1: always
     cdef bint init_from_group[FO_MAX_STATES]  # state k starts at a hyperparameter
@@ -325,6 +327,7 @@ cdef _Rule _make_rule(int rid, object entry):
     for spec in entry.hypers:
         x = _Hyper.__new__(_Hyper)
         x.name = spec.name
+        x.default = spec.default
         x.label = spec.label
         x.kind = {"real": K_REAL, "flag": K_FLAG, "pair": K_TUPLE,
                   "tuple": K_TUPLE, "count": K_COUNT, "int": K_INT,
@@ -346,6 +349,7 @@ cdef _Rule _make_rule(int rid, object entry):
         if x.index >= 0:
             kernel.append(x)
     r.kernel_hypers = tuple(kernel)
+    r.kernel_by_name = {x.name: x for x in kernel}
     r.nstates = len(entry.states)
     r.when_text = tuple(None if s.when is None else _when_text(entry, s.when)
                         for s in entry.states)
