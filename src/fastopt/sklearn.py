@@ -166,33 +166,32 @@ def _pick(arrays, indices):
 ONE_THREAD_BELOW = 1 << 19
 
 
-def _update(rule, params, grads, states, hyper, plain, numpy_update, raw):
+def _update(optimizer, rule, params, grads, states, hyper, plain, raw):
     """One optimizer step of ``rule`` (its hyperparameters ``hyper``), on
     one thread for a small network.  ``raw`` ({"alpha": alpha, "divisor":
     divisor}, {layer, ...}), or None, names the coefficient gradients that
-    scikit-learn's backprop left raw.  When it names every coefficient (the first half of ``params``,
-    scikit-learn's ``coefs_ + intercepts_``) one fastopt call finishes them
-    in its loop and steps all tensors; otherwise they are finished in NumPy
-    first.  A call checks everything before it writes; tensors it refuses
-    are stepped by dtype group, and those no call takes by
-    ``numpy_update(k, param, grad)``."""
+    scikit-learn's backprop left raw.  When it names every coefficient (the
+    first half of ``params``, scikit-learn's ``coefs_ + intercepts_``) one
+    fastopt call finishes them in its loop and steps all tensors; otherwise
+    they are finished in NumPy first.  A call checks everything before it
+    writes; tensors it refuses are stepped by dtype group, and those no call
+    takes by the optimizer's ``_numpy_update(k, param, grad)``."""
     size = 0
     for p in params:
         size += getattr(p, "size", 0)
     cap = _core.swap_thread_cap(1) if size < ONE_THREAD_BELOW else None
     try:
-        if raw:
-            finish, layers = raw
-            count = len(layers)
+        if raw is not None:
+            count = len(raw[1])
             if 2 * count == len(params) == len(grads) and plain(params[0].dtype):
                 try:
                     _core.step_many(rule, params, grads, list(states),
-                                    first=(count, finish), **hyper)
+                                    first=(count, raw[0]), **hyper)
                     return
                 except (TypeError, ValueError):
                     pass                # refused before anything was written
             _finish(params, grads, raw)
-        _update_rest(rule, params, grads, states, hyper, plain, numpy_update)
+        _update_rest(rule, params, grads, states, hyper, plain, optimizer._numpy_update)
     finally:
         if cap is not None:
             _core.swap_thread_cap(cap)
@@ -240,10 +239,10 @@ class FusedAdamOptimizer(AdamOptimizer):
                     and all(_plain(x, dtype) for x in (self.beta_1, self.beta_2,
                                                        self.epsilon)))
 
-        _update("sklearn_adam", params, grads, (self.ms, self.vs),
+        _update(self, "sklearn_adam", params, grads, (self.ms, self.vs),
                 {"step": self.t, "lr": lr, "betas": (self.beta_1, self.beta_2),
                  "eps": self.epsilon},
-                plain, self._numpy_update, self.__dict__.pop("_raw", None))
+                plain, self.__dict__.pop("_raw", None))
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions (and
@@ -270,10 +269,10 @@ class FusedSGDOptimizer(SGDOptimizer):
         def plain(dtype):
             return _plain(self.learning_rate, dtype) and _plain(self.momentum, dtype)
 
-        _update("sklearn_sgd", params, grads, (self.velocities,),
+        _update(self, "sklearn_sgd", params, grads, (self.velocities,),
                 {"lr": self.learning_rate, "momentum": self.momentum,
                  "nesterov": bool(self.nesterov)},
-                plain, self._numpy_update, self.__dict__.pop("_raw", None))
+                plain, self.__dict__.pop("_raw", None))
 
     def _numpy_update(self, k, param, grad):
         """One tensor's step in NumPy, with scikit-learn's expressions."""

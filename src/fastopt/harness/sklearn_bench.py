@@ -6,7 +6,9 @@ hidden-layer shape, batch size, dtype and solver one fit of each estimator
 in turn (the order alternating from one repeat to the next, so drifts of a
 shared machine hit both alike), the same random_state and data.  Reported:
 median fit() seconds, the speedup, and the share of fit() spent in the
-optimizer's update_params (timed around each call in the same runs).
+optimizer's update_params (timed around each call in the same runs;
+fastopt's also finishes the coefficient gradients, the two passes stock
+scikit-learn makes in its backprop before the update).
 Before anything is timed, one pair of fits is checked to give identical
 weights.
 """
