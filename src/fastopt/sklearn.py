@@ -7,8 +7,9 @@ schedules): scikit-learn trains, and only the optimizer's
 ``update_params`` changes, with the last two operations of each layer's
 coefficient gradient (``_compute_loss_grad``'s ``+= alpha * coef`` and
 ``/= n``), which the update does in its loop.  Where scikit-learn builds
-its ``AdamOptimizer`` or ``SGDOptimizer`` for ``solver="adam"`` or ``"sgd"``, these estimators
-keep a :class:`FusedAdamOptimizer` or :class:`FusedSGDOptimizer` instead:
+its ``AdamOptimizer`` or ``SGDOptimizer`` for ``solver="adam"`` or
+``"sgd"``, these estimators keep a :class:`FusedAdamOptimizer` or
+:class:`FusedSGDOptimizer` instead:
 subclasses of scikit-learn's classes, with its attributes and schedules,
 whose update is one in-place fastopt call over all weights and biases
 (the rules ``sklearn_adam`` and ``sklearn_sgd`` of :mod:`fastopt.rules`,
@@ -45,7 +46,6 @@ from sklearn.neural_network import (  # type: ignore
     MLPClassifier as _MLPClassifier, MLPRegressor as _MLPRegressor)
 from sklearn.neural_network._stochastic_optimizers import (  # type: ignore
     AdamOptimizer, SGDOptimizer)
-
 from sklearn.utils.extmath import safe_sparse_dot  # type: ignore
 
 from fastopt import _core
