@@ -293,6 +293,18 @@ def test_sample_weights(fused_only, solver, dtype, weights):
               fit=lambda est: est.fit(X, y, sample_weight=w))
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_sparse_input(fused_only, solver):
+    """A CSR X: the first layer's gradient is scikit-learn's sparse product,
+    still finished in the update."""
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = _data("multiclass", np.float64)
+    X[np.abs(X) < 0.8] = 0.0
+    X = sparse.csr_matrix(X)
+    _fit_both(fused_only, "multiclass", np.float64, solver=solver,
+              fit=lambda est: est.fit(X, y))
+
+
 def test_unusable_arrays_fall_back():
     """Hand-made Fortran-ordered weights: scikit-learn updates them in place
     where the kernel would refuse them; the result is still scikit-learn's."""

@@ -333,7 +333,11 @@ class _Fused:
                 and _finishable(self.alpha, sw_sum, coef.dtype)):
             return super()._compute_loss_grad(layer, sw_sum, activations, deltas,
                                               coef_grads, intercept_grads)
-        grad = safe_sparse_dot(activations[layer].T, deltas[layer])
+        inputs, delta = activations[layer], deltas[layer]
+        if type(inputs) is np.ndarray and type(delta) is np.ndarray:
+            grad = inputs.T @ delta     # safe_sparse_dot's product of two arrays
+        else:
+            grad = safe_sparse_dot(inputs.T, delta)
         coef_grads[layer] = grad
         if type(grad) is np.ndarray and grad.dtype == coef.dtype:
             raw = optimizer.__dict__.get("_raw")
@@ -344,10 +348,13 @@ class _Fused:
         else:
             grad += self.alpha * coef
             grad /= sw_sum
-        if _INTERCEPT_MEAN:
-            intercept_grads[layer] = np.mean(deltas[layer], 0)
+        if type(delta) is np.ndarray:   # np.mean, np.sum: an array's own methods
+            bias = delta.mean(0) if _INTERCEPT_MEAN else delta.sum(axis=0) / sw_sum
+        elif _INTERCEPT_MEAN:
+            bias = np.mean(delta, 0)
         else:
-            intercept_grads[layer] = np.sum(deltas[layer], axis=0) / sw_sum
+            bias = np.sum(delta, axis=0) / sw_sum
+        intercept_grads[layer] = bias
 
 
 class MLPClassifier(_Fused, _MLPClassifier):
