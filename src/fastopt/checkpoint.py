@@ -198,6 +198,9 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
                                  f"indices, got {i!r}")
             position[i] = offset + j
         hyper = {k: v for k, v in saved.items() if k not in ("params", "param_names")}
+        for spec in optimizer.rule.hypers:
+            if spec.late and spec.name in optimizer.defaults and spec.name not in hyper:
+                hyper[spec.name] = spec.default
         missing = [name for name in optimizer.defaults if name not in hyper]
         if missing:
             raise ValueError(f"{where} lacks hyperparameters {missing}")

@@ -37,7 +37,9 @@ class Hyper:
     label: torch's words for it in "Invalid <label>: x".
     kernel: False for a class-only hyperparameter (e.g. the initial value of
     a state), which the kernel never sees.  keyword_only: after ``*`` in the
-    class signature, as torch has it."""
+    class signature, as torch has it.  late: added to the rule after its
+    classes could save checkpoints; a state_dict without it loads with the
+    default (as torch sets its later options with setdefault)."""
     name: str
     default: object
     doc: str
@@ -50,6 +52,7 @@ class Hyper:
     keyword_only: bool = False
     size: int = 0
     choices: tuple = ()
+    late: bool = False
 
     @property
     def length(self):
@@ -262,10 +265,10 @@ MAXIMIZE = Hyper("maximize", False, "ascend instead of descend", check="flag",
 SKLEARN_FINISH = (
     Hyper("alpha", 0.0, "L2 penalty: alpha * param is added to the raw "
           "gradient before the division (scikit-learn's alpha)",
-          label="alpha value", keyword_only=True),
+          label="alpha value", keyword_only=True, late=True),
     Hyper("divisor", 0.0, "0: the gradient is used as given; > 0: it is a "
           "raw sum, finished as (grad + alpha * param) / divisor",
-          label="divisor value", keyword_only=True))
+          label="divisor value", keyword_only=True, late=True))
 TRUST_RATIO = Hyper("trust_ratio", True, "scale by the trust ratio; False "
                     "for the parameters optax's mask leaves out",
                     check="flag", keyword_only=True)
