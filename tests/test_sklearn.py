@@ -6,6 +6,7 @@ loss_curve_, n_iter_ (and what early stopping records) must be identical bit
 for bit, and every step of the fastopt run must have gone through the fused
 update (scikit-learn's own update_params is made to fail during it).  Small
 data and few epochs keep this cheap."""
+import inspect
 import io
 import pickle
 import subprocess
@@ -283,7 +284,6 @@ def test_sample_weights(fused_only, solver, dtype, weights):
     """Weighted batches divide by their weight sum (scikit-learn 1.7 on), a
     NumPy scalar of the weights' dtype: finished in the loop when NumPy's
     arithmetic with it is the arrays' own, else by scikit-learn's lines."""
-    import inspect
     if "sample_weight" not in inspect.signature(StockClassifier.fit).parameters:
         pytest.skip("this scikit-learn's MLP takes no sample weights")
     X, y = _data("multiclass", dtype)

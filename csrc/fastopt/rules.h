@@ -1095,13 +1095,6 @@ static void FO_NAME(lars_range)(const void *args, const fo_tensor *t,
 
 /* ---- scikit-learn's MLP Adam (AdamOptimizer) ------------------------- */
 
-/* The moments are FO_T arithmetic with the coefficients rounded to FO_T, as
- * NumPy computes beta_1 * m + (1 - beta_1) * grad with Python floats; the
- * denominator sqrt(v) + eps too.  The step size is a NumPy float64 scalar in
- * scikit-learn, which NumPy 2 does not round to float32: the update
- * -learning_rate * m / denom is formed in double and added to the parameter
- * in double, and only the sum is rounded to FO_T (param += update with a
- * float64 update).  For double arrays the casts are no-ops. */
 /* The gradient of the scikit-learn rules: with finish (1, or 2 with a
  * power-of-two divisor), g is a layer's raw sum, finished as
  * scikit-learn's _compute_loss_grad does it in place, g += alpha * coef,
@@ -1121,6 +1114,13 @@ FO_INLINE FO_T FO_NAME(sklearn_grad)(FO_T g, FO_T p, int negate, int finish,
 #define FO_SKLEARN_FINISH(R, o) \
     ((o) & FO_##R##_O_RECIPROCAL ? 2 : (o) & FO_##R##_O_FINISH ? 1 : 0)
 
+/* The moments are FO_T arithmetic with the coefficients rounded to FO_T, as
+ * NumPy computes beta_1 * m + (1 - beta_1) * grad with Python floats; the
+ * denominator sqrt(v) + eps too.  The step size is a NumPy float64 scalar in
+ * scikit-learn, which NumPy 2 does not round to float32: the update
+ * -learning_rate * m / denom is formed in double and added to the parameter
+ * in double, and only the sum is rounded to FO_T (param += update with a
+ * float64 update).  For double arrays the casts are no-ops. */
 FO_INLINE void FO_NAME(sklearn_adam_body)(const fo_args *a, const fo_tensor *t,
                                           size_t lo, size_t hi, const int finish)
 {

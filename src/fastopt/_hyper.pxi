@@ -450,10 +450,10 @@ def coefficients(str rule, step=None, scalars=None, **hyper):
     cdef long long t
     cdef int k
     for x in r.kernel_hypers:
-        x.convert(hyper[x.name] if x.name in hyper else r.entry.hyper(x.name).default, h)
+        x.convert(hyper.get(x.name, x.default), h)
     t = r.step_count(step, h)
     if scalars is None:
-        group = {x.name: hyper.get(x.name, r.entry.hyper(x.name).default)
+        group = {x.name: hyper.get(x.name, x.default)
                  for x in r.hypers}
         scalars = [r.scalar_initial(k, group) for k in range(r.nscalars)]
     if len(scalars) != r.nscalars:

@@ -114,9 +114,7 @@ def _finishable(alpha, divisor, dtype):
     computes with at the arrays' precision (a float32 is exact in float64
     arithmetic too), finite, and a positive divisor."""
     for value in (alpha, divisor):
-        kind = type(value)
-        if not (kind is float or kind is int or kind is np.float32
-                or (kind is np.float64 and dtype == np.float64)):
+        if not (_plain(value, dtype) or type(value) is np.float32):
             return False
     return 0.0 <= float(alpha) < np.inf and 0.0 < float(divisor) < np.inf
 
