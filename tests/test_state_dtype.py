@@ -155,7 +155,9 @@ def _special():
     bits = np.array([0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x7F7FFFFF,
                      0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000,
                      0x7F800001, 0xFF80FFFF, 0x3F800000, 0x3F80FFFF, 0x3F808000,
-                     0x00010000, 0x0000FFFF], np.uint32)
+                     0x00010000, 0x0000FFFF,
+                     # NaNs whose rounding would carry into the sign
+                     0x7FFFFFFF, 0xFFFFFFFF, 0x7FFF8001], np.uint32)
     return bits.view(np.float32)
 
 
@@ -205,6 +207,27 @@ def test_rounding_is_unbiased():
     # and the two halves are not correlated: 1/64 of elements round up in both
     both = np.mean((low > 1) & (out > 1))
     assert abs(both - 0.125 ** 2) < 4 * np.sqrt(0.125 ** 2 * (1 - 0.125 ** 2) / n)
+
+
+def test_each_elements_bits_are_drawn_afresh_every_step():
+    """The rounding bits of one element over the steps of a run (the slot
+    keys the optimizer draws): uniform, not correlated from one step to the
+    next, and those of the two states of a slot pair not correlated with
+    each other.  A hash whose counter advanced with the step alone, or a
+    key reused between steps, fails."""
+    steps = 4000
+    for seed, index, element in [(0, 0, 0), (7, 3, 1), (2 ** 63, 1, 123456)]:
+        keys = np.array([reference.lowp_slot_key(reference.lowp_tensor_key(seed, index, t), 0)
+                         for t in range(1, steps + 1)], np.uint64)
+        h = reference.hash32(((keys + element) & 0xFFFFFFFF).astype(np.uint32))
+        for r in (h >> np.uint32(16), h & np.uint32(0xFFFF)):
+            u = (r.astype(np.float64) + 0.5) / 65536
+            assert abs(u.mean() - 0.5) < 4 * np.sqrt(1 / 12 / steps)
+            lag = np.corrcoef(u[:-1], u[1:])[0, 1]
+            assert abs(lag) < 4 / np.sqrt(steps)
+        hi = (h >> np.uint32(16)).astype(np.float64)
+        lo = (h & np.uint32(0xFFFF)).astype(np.float64)
+        assert abs(np.corrcoef(hi, lo)[0, 1]) < 4 / np.sqrt(steps)
 
 
 def test_seed_changes_the_bits_and_the_same_seed_repeats_them(rng):

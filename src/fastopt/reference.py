@@ -598,12 +598,9 @@ def lowp_slot_key(key, slot):
 
 
 def hash32(x):
-    """Chris Wellons' lowbias32 of a uint32 array."""
-    x = np.asarray(x, dtype=np.uint32)
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
+    """The random bits of a uint32 counter array (lowp.h): x * 0x846CA68B,
+    then x ^ (x >> 16), in uint32 arithmetic."""
+    x = np.asarray(x, dtype=np.uint32) * np.uint32(0x846CA68B)
     return x ^ (x >> np.uint32(16))
 
 
