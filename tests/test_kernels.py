@@ -249,9 +249,10 @@ def test_parity_unaligned(cfg, dtype, offset, exec_env, rules, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_parity_streamed_state(dtype, exec_env, rules, rng):
     """ASGD's ax before t0 is written without being read; from
-    _core.STREAM_MIN_BYTES up it is stored around the cache, 16 bytes at a
-    time after an unaligned head.  ax starts 3 elements into its buffer and
-    the size is odd, so head, tail and the thread split are all partial."""
+    _core.STREAM_MIN_BYTES up it is stored around the cache, 16, 32 or 64
+    bytes at a time (by level) after an unaligned head.  ax starts 3
+    elements into its buffer and the size is odd, so head, tail and the
+    thread split are all partial."""
     n = _core.STREAM_MIN_BYTES // np.dtype(dtype).itemsize + 1003
     run_parity(rules["asgd"], {"weight_decay": 0.01}, n, dtype, rng, 2,
                {"ax": 3, "param": 1})
