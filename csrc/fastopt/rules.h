@@ -98,8 +98,8 @@ FO_INLINE void fo_prefetch_w(const void *x, size_t from, size_t to)
 #define FO_CAN_STREAM 1
 /* the widest store around the cache at this level: with AVX-512 one store
  * writes a whole cache line (ASGD float64 at 10^7 elements: its copy of
- * the parameter ran at 91-93 % of the traffic floor in 16-byte stores, at
- * 101-109 % in whole lines) */
+ * the parameter ran at 90-93 % of the traffic floor in 16-byte stores, at
+ * 123-128 % in whole lines) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define FO_STREAM_BYTES 64
