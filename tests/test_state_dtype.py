@@ -480,3 +480,65 @@ def test_parts_of_a_parameter_draw_the_whole_parameters_bits(rng):
     sa, sb = a.state_dict()["state"], b.state_dict()["state"]
     assert sa[0]["exp_avg_sq"].tobytes() == np.concatenate(
         [sb[0]["exp_avg_sq"], sb[1]["exp_avg_sq"]]).tobytes()
+
+
+# ---------------------------------------------------------------------------
+# ml_dtypes (optional): views of the stored bits, and its conversions as the
+# reference for to_bfloat16/from_bfloat16
+
+def test_bfloat16_conversions_match_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    # decoding: every one of the 65536 patterns, byte for byte (NaNs too)
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    assert (fastopt.states.from_bfloat16(bits).tobytes()
+            == bits.view(bf16).astype(np.float32).tobytes())
+    # encoding: float32 patterns drawn uniformly over all 2^32, with the
+    # ties (low 16 bits 0x8000) and their neighbours of each draw, rounded
+    # to nearest even as ml_dtypes rounds
+    rng = np.random.default_rng(5)
+    u = rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    hi = u & np.uint32(0xFFFF0000)
+    u = np.concatenate([u, hi | np.uint32(0x8000), hi | np.uint32(0x7FFF),
+                        hi | np.uint32(0x8001), hi])
+    x = u.view(np.float32)
+    mine = fastopt.states.to_bfloat16(x)
+    with np.errstate(invalid="ignore"):
+        theirs = x.astype(bf16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(mine[~nan], theirs[~nan])
+    # a NaN stays a NaN of the same sign; ml_dtypes drops the payload
+    m, t = fastopt.states.from_bfloat16(mine[nan]), fastopt.states.from_bfloat16(theirs[nan])
+    assert np.isnan(m).all() and np.isnan(t).all()
+    assert np.array_equal(np.signbit(m), np.signbit(t))
+
+
+def test_as_bfloat16_views_the_stored_states():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((3, 70)).astype(np.float32)
+    opt = fastopt.AdamW([w], lr=1e-2, state_dtype="bfloat16", seed=1)
+    for _ in range(3):
+        opt.step([rng.standard_normal(w.shape).astype(np.float32)])
+    sd = opt.state_dict()
+    for key, value in opt.state_float32(w).items():
+        bits = sd["state"][0][key]
+        view = fastopt.states.as_bfloat16(bits)
+        assert view.dtype == ml_dtypes.bfloat16 and view.shape == w.shape
+        assert np.shares_memory(view, bits)
+        assert view.astype(np.float32).tobytes() == value.tobytes()
+        # from_bfloat16 takes the view as it takes the bits
+        assert fastopt.states.from_bfloat16(view).tobytes() == value.tobytes()
+    # a strided view of a view: still the same memory
+    bits = sd["state"][0]["exp_avg"]
+    assert np.shares_memory(fastopt.states.as_bfloat16(bits[:, ::2]), bits)
+
+
+def test_as_bfloat16_refuses_other_arrays_and_names_the_extra(monkeypatch):
+    for bad in (np.zeros(3, np.float32), np.zeros(3, np.int16), [1, 2], 3):
+        with pytest.raises(TypeError, match="bits must be a uint16 array"):
+            fastopt.states.as_bfloat16(bad)
+    import sys
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)   # as if not installed
+    with pytest.raises(ImportError, match=r'pip install "fastopt\[bfloat16\]"'):
+        fastopt.states.as_bfloat16(np.zeros(3, np.uint16))

@@ -14,7 +14,12 @@ array([1.        , 0.10009766], dtype=float32)
 ``to_bfloat16`` rounds to nearest (ties to even): a conversion should not
 depend on a seed, and a checkpoint converted twice gives the same bits.
 The optimizers' own state writes round stochastically
-(:func:`fastopt.reference.bf16_round`).
+(:func:`fastopt.reference.bf16_round`).  With the optional package
+ml_dtypes (``pip install "fastopt[bfloat16]"``), ``as_bfloat16`` views the
+bits as an ``ml_dtypes.bfloat16`` array without a copy, and
+``from_bfloat16`` takes such arrays too; ``to_bfloat16`` gives the bits
+ml_dtypes' own conversion gives (NaNs aside: both keep a NaN a NaN of the
+same sign, ml_dtypes without its payload).
 
 With ``state_dtype="8bit"`` each state is uint8 codes plus a float32 scale
 per block of 256 elements; ``to_8bit``/``from_8bit`` convert one array
@@ -27,8 +32,8 @@ import numpy as np
 from fastopt import reference
 from fastopt.rules import RULES
 
-__all__ = ["to_bfloat16", "from_bfloat16", "to_8bit", "from_8bit",
-           "convert_state_dict"]
+__all__ = ["to_bfloat16", "from_bfloat16", "as_bfloat16", "to_8bit",
+           "from_8bit", "convert_state_dict"]
 
 
 def to_bfloat16(x):
@@ -42,11 +47,29 @@ def to_bfloat16(x):
 
 def from_bfloat16(bits):
     """The float32 values (a new array of bits' shape) of bfloat16 bits, a
-    uint16 array; exact."""
+    uint16 array or an ``ml_dtypes.bfloat16`` array; exact."""
     bits = np.asarray(bits)
+    if bits.dtype.name == "bfloat16" and bits.dtype.itemsize == 2:
+        bits = bits.view(np.uint16)
     if bits.dtype != np.uint16:
         raise TypeError(f"bits must be a uint16 array of bfloat16 bits, got {bits.dtype}")
     return reference.bf16_decode(bits).reshape(bits.shape)
+
+
+def as_bfloat16(bits):
+    """bfloat16 bits (a uint16 array, as ``state_dict()`` holds the states
+    of ``state_dtype="bfloat16"``) seen as an ``ml_dtypes.bfloat16`` array:
+    a view of the same memory, no copy.  Needs the optional package
+    ml_dtypes (``pip install "fastopt[bfloat16]"``)."""
+    if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
+        got = bits.dtype if isinstance(bits, np.ndarray) else type(bits).__name__
+        raise TypeError(f"bits must be a uint16 array of bfloat16 bits, got {got}")
+    try:
+        import ml_dtypes  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise ImportError('as_bfloat16 needs the optional package ml_dtypes: '
+                          'pip install "fastopt[bfloat16]"') from exc
+    return bits.view(ml_dtypes.bfloat16)
 
 
 def to_8bit(x, nonneg=False):
