@@ -405,10 +405,15 @@ def check_hyperparameters(str rule, dict group):
     cdef _Hyper x
     cdef double h[FO_MAX_SCALARS]
     cdef fo_args a
+    cdef int k
     for x in r.hypers:
         if x.name not in group:
             raise ValueError(f"{x.name} is missing")
         x.convert(group[x.name], h)
+    # the per-tensor scalar states at their start values, as at a first
+    # step (the schedule-free rules' coefficients read them)
+    for k in range(r.nscalars):
+        a.sc[k] = r.scalar_initial(k, group)
     r.coefficients(h, 1, &a)
 
 
