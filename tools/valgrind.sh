@@ -19,7 +19,8 @@ status=0
 PYTHONMALLOC=malloc FASTOPT_SIMD="${FASTOPT_SIMD:-avx2}" \
   valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite --error-exitcode=3 \
   --num-callers=40 --log-file="$log" \
-  python valgrind_workload.py || status=$?
+  python valgrind_workload.py > "$log.out" || status=$?
+cat "$log.out"
 echo "valgrind log: $log (workload exit status $status)"
 echo "--- totals, all code:"
 grep -E "ERROR SUMMARY|definitely lost:" "$log" || true
@@ -39,4 +40,7 @@ ours_all=$(printf '%s\n' "$records" | grep -c . || true)
 echo "--- in fastopt: $ours_all records; invalid read/write: $ours_invalid; definitely lost: $ours_lost bytes"
 if [ -n "$records" ]; then printf '%s\n' "$records" | sort | uniq -c; fi
 [ "$status" -eq 0 ] || [ "$status" -eq 3 ] || { echo "workload failed"; exit "$status"; }
+# valgrind's exit status is 3 whenever the interpreter reports anything, so
+# the workload's own verdict is its last line
+grep -qx "workload done" "$log.out" || { echo "workload did not finish cleanly"; exit 1; }
 [ "$ours_all" -eq 0 ]
