@@ -772,6 +772,62 @@ def test_schedule_function(fn, data):
 
 
 # ---------------------------------------------------------------------------
+# State precision conversions (fastopt.states)
+
+try:
+    import ml_dtypes as _ml_dtypes  # type: ignore[import-not-found, unused-ignore]
+except ImportError:
+    _ml_dtypes = None
+
+STATE_CONVERSIONS = ["to_bfloat16", "from_bfloat16", "as_bfloat16", "to_8bit", "from_8bit"]
+
+
+@pytest.mark.parametrize("name", STATE_CONVERSIONS)
+@FUZZ
+@given(data=st.data())
+def test_state_conversions(name, data):
+    pool = Pool(data)
+    shape = data.draw(SHAPES)
+    n = int(np.prod(shape))
+    wanted = {"to_bfloat16": np.float32, "from_bfloat16": np.uint16,
+              "as_bfloat16": np.uint16, "to_8bit": np.float32,
+              "from_8bit": np.uint8}[name]
+    dtype = data.draw(st.sampled_from([wanted] * 3 + [np.uint16, np.uint8, np.int16]
+                                      + FLOATS))
+    x = pool.array(shape, dtype)
+    args = [x]
+    if name == "from_8bit":
+        blocks = -(-n // 256)
+        m = data.draw(st.sampled_from([blocks, blocks, blocks + 1, max(blocks - 1, 0)]))
+        args.append(pool.array((m,), np.float32))
+    kw = {}
+    if name in ("to_8bit", "from_8bit") and data.draw(st.booleans()):
+        kw["nonneg"] = data.draw(st.one_of(st.booleans(), JUNK))
+    allowed = (TypeError, ValueError) + ((ImportError,) if name == "as_bfloat16"
+                                         and _ml_dtypes is None else ())
+    out = []
+    if not check_call(pool, lambda: out.append(getattr(fastopt.states, name)(*args, **kw)),
+                      allowed=allowed):
+        return
+    r = out[0]
+    if name == "to_bfloat16":
+        assert r.dtype == np.uint16 and r.shape == x.shape
+        assert fastopt.states.from_bfloat16(r).shape == x.shape
+    elif name == "from_bfloat16":
+        assert r.dtype == np.float32 and r.shape == np.shape(x)
+    elif name == "as_bfloat16":
+        # a view: the same memory (of an empty array, the same pointer)
+        assert r.shape == x.shape and r.strides == x.strides
+        assert r.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+    elif name == "to_8bit":
+        codes, scales = r
+        assert codes.dtype == np.uint8 and codes.shape == x.shape
+        assert scales.dtype == np.float32 and scales.shape == (-(-x.size // 256),)
+    else:
+        assert r.dtype == np.float32 and r.shape == np.shape(x)
+
+
+# ---------------------------------------------------------------------------
 # Checkpoints: the property extends to files.  A call that raises leaves the
 # folder as it was (no temporary file, the old checkpoint intact); a failure
 # to read is a ValueError naming the file, or the OSError of the file system
