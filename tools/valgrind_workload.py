@@ -10,9 +10,11 @@ import tempfile
 
 import numpy as np
 
+import fastopt
 from fastopt import _core
 from fastopt import functional as F
-from fastopt import optim
+from fastopt.harness.bench import RULES as ROWS, _arrays
+from fastopt.rules import RULES
 
 rng = np.random.default_rng(0)
 default_threshold = _core.get_parallel_threshold()
@@ -21,10 +23,6 @@ default_threshold = _core.get_parallel_threshold()
 def arrays(n, dtype, k):
     return [rng.standard_normal(n).astype(dtype) for _ in range(k)]
 
-
-import fastopt
-from fastopt.harness.bench import RULES as ROWS, _arrays
-from fastopt.rules import RULES
 
 unexpected = []
 
@@ -52,6 +50,15 @@ for threshold in (default_threshold, 1):
                             lambda: row.call(row.fastopt_fn, p, g, states, step))
                     calls += 1
     for dtype in (np.float32, np.float64):
+        # the options with extra states (the rows run the defaults)
+        for n in (0, 1, 7, 17, 33, 1000):
+            p, g, a, b, c = arrays(n, dtype, 5)
+            a, b, c = np.abs(a), np.abs(b), np.abs(c)
+            for step in (1, 2):
+                F.sgd(p, g, a, lr=0.1, momentum=0.9, nesterov=True, step=step)
+                F.rmsprop(p, g, a, b, c, centered=True, momentum=0.5)
+                F.adam(p, g, a, b, c, step=step, amsgrad=True, weight_decay=0.1)
+                F.adagrad(p, g, a, step=step, lr_decay=0.1)
         p, g, a, b = arrays(1000, dtype, 4)
         _core.grad_sumsq([g, g.copy()])
         _core.grad_allfinite([g])

@@ -62,7 +62,7 @@ def as_bfloat16(bits):
     a view of the same memory, no copy.  Needs the optional package
     ml_dtypes (``pip install "fastopt[bfloat16]"``)."""
     if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
-        got = bits.dtype if isinstance(bits, np.ndarray) else type(bits).__name__
+        got = bits.dtype if isinstance(bits, np.ndarray) else f"a {type(bits).__name__}, not an array"
         raise TypeError(f"bits must be a uint16 array of bfloat16 bits, got {got}")
     try:
         import ml_dtypes  # type: ignore[import-not-found, unused-ignore]
