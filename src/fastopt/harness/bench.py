@@ -146,6 +146,8 @@ def add_arguments(parser):
     parser.add_argument("--no-torch", action="store_true",
                         help="skip torch even when installed")
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="write the table as GitHub markdown (README's form)")
     parser.add_argument("--plot", metavar="PATH",
                         help="write a PNG of GB/s against size (needs matplotlib)")
     parser.add_argument("--distributed", action="store_true",
@@ -692,6 +694,39 @@ def print_table(records, file=sys.stdout):
         print(line, file=file)
 
 
+def _torch_column(key):
+    """'torch_foreach_2t_s' -> ('foreach', 2): a torch column's path and
+    thread count."""
+    impl, threads = key[len("torch_"):-len("_s")].rsplit("_", 1)
+    return impl, int(threads[:-1])
+
+
+def markdown_table(records, header=None):
+    """The records as a GitHub markdown table: ns per element of fastopt and
+    of its traffic floor, the floor's share, GB/s over the minimal bytes,
+    and NumPy's and each torch path's time over fastopt's.  ``header``: a
+    line put above the table."""
+    order = {"fused": 0, "foreach": 1, "forloop": 2}
+    torch_keys = sorted({k for r in records for k in r if k.startswith("torch_")},
+                        key=lambda k: (order.get(_torch_column(k)[0], 3),
+                                       _torch_column(k)[0], -_torch_column(k)[1]))
+    cols = ["rule", "dtype", "elements", "threads", "fastopt ns/el", "floor ns/el",
+            "%floor", "GB/s", "× NumPy"]
+    cols += ["× torch %s %dt" % _torch_column(k) for k in torch_keys]
+    lines = [] if header is None else [header, ""]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|")
+    for r in records:
+        cells = [r["rule"], r["dtype"], f"{r['n']:.0e}", str(r["threads"]),
+                 f"{_ns(r, 'fastopt_s'):.3f}", f"{_ns(r, 'floor_s'):.3f}",
+                 f"{100 * r['floor_s'] / r['fastopt_s']:.0f}%",
+                 f"{r['bytes'] / r['fastopt_s'] / 1e9:.1f}",
+                 f"{r['numpy_s'] / r['fastopt_s']:.1f}"]
+        cells += [f"{r[k] / r['fastopt_s']:.2f}" if k in r else "–" for k in torch_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records, path):
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]
@@ -837,6 +872,17 @@ def main(args):
                        "matrix_records": matrix_records, **extra}, f, indent=1,
                       default=str)
         print(f"wrote {args.json}")
+    if args.markdown and records:
+        torch_note = (f"torch {torch.__version__} (× columns: torch's time over "
+                      f"fastopt's, torch at the threads named)" if torch else
+                      "torch not measured")
+        header = (f"`python -m fastopt bench`: fastopt {fastopt.__version__}, "
+                  f"{platform.machine()}, {ncpu} CPUs, SIMD {fastopt.get_simd_level()}, "
+                  f"NumPy {np.__version__}, {torch_note}; ns per element, medians; "
+                  f"%floor = floor time / fastopt time")
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(records, header))
+        print(f"wrote {args.markdown}")
     if args.plot and records:
         if plot(records, args.plot):
             print(f"wrote {args.plot}")

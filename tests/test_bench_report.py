@@ -1,0 +1,64 @@
+"""The bench's markdown report (`python -m fastopt bench --markdown PATH`):
+every record a row, the figures those of the records."""
+import argparse
+
+import pytest
+
+from fastopt.harness import bench
+
+
+def _record(rule, n, fastopt_s, floor_s, numpy_s, **torch):
+    return {"rule": rule, "dtype": "float32", "n": n, "threads": 2,
+            "simd": "avx2", "bytes": 28 * n, "fastopt_s": fastopt_s,
+            "floor_s": floor_s, "numpy_s": numpy_s, **torch}
+
+
+def _rows(text):
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return cells[0], cells[1], cells[2:]
+
+
+def test_markdown_table_columns_and_figures():
+    recs = [_record("adam", 10**7, 0.0110, 0.0100, 0.1320,
+                    torch_fused_2t_s=0.0121, torch_foreach_1t_s=0.0550,
+                    torch_foreach_2t_s=0.0330),
+            _record("lion", 10**5, 2.0e-5, 1.5e-5, 2.6e-4)]
+    text = bench.markdown_table(recs, header="run of the test")
+    assert text.startswith("run of the test\n\n")
+    head, rule, rows = _rows(text)
+    assert head == ["rule", "dtype", "elements", "threads", "fastopt ns/el",
+                    "floor ns/el", "%floor", "GB/s", "× NumPy",
+                    "× torch fused 2t", "× torch foreach 2t", "× torch foreach 1t"]
+    assert len(rule) == len(head)
+    assert rows[0] == ["adam", "float32", "1e+07", "2", "1.100", "1.000", "91%",
+                       "25.5", "12.0", "1.10", "3.00", "5.00"]
+    # a column a record lacks is a dash, not a number
+    assert rows[1] == ["lion", "float32", "1e+05", "2", "0.200", "0.150", "75%",
+                       "140.0", "13.0", "–", "–", "–"]
+
+
+def test_bench_cli_writes_the_markdown_of_its_records(tmp_path):
+    out = tmp_path / "bench.md"
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(
+        ["--quick", "--rules", "sgd,rprop", "--sizes", "1000", "--dtypes",
+         "float32,float64", "--threads", "1", "--no-torch", "--markdown", str(out)])
+    assert bench.main(args) == 0
+    head, _, rows = _rows(out.read_text())
+    assert head[-1] == "× NumPy"          # no torch columns without torch
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("sgd", "float32", "1e+03"), ("sgd", "float64", "1e+03"),
+        ("rprop", "float32", "1e+03"), ("rprop", "float64", "1e+03")]
+    for r in rows:
+        fastopt_ns, floor_ns = float(r[4]), float(r[5])
+        assert fastopt_ns > 0 and floor_ns > 0
+        # %floor comes from the unrounded times; the ns columns have 3 decimals
+        assert abs(int(r[6][:-1]) - 100 * floor_ns / fastopt_ns) <= 2
+
+
+@pytest.mark.parametrize("key, column", [("torch_fused_2t_s", ("fused", 2)),
+                                         ("torch_sf-forloop_1t_s", ("sf-forloop", 1))])
+def test_torch_column_names(key, column):
+    assert bench._torch_column(key) == column
