@@ -46,7 +46,9 @@ def test_bench_cli_writes_the_markdown_of_its_records(tmp_path):
         ["--quick", "--rules", "sgd,rprop", "--sizes", "1000", "--dtypes",
          "float32,float64", "--threads", "1", "--no-torch", "--markdown", str(out)])
     assert bench.main(args) == 0
-    head, _, rows = _rows(out.read_text())
+    text = out.read_text()
+    assert text.startswith("`python -m fastopt bench`: fastopt ")
+    head, _, rows = _rows(text)
     assert head[-1] == "× NumPy"          # no torch columns without torch
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("sgd", "float32", "1e+03"), ("sgd", "float64", "1e+03"),
@@ -62,3 +64,12 @@ def test_bench_cli_writes_the_markdown_of_its_records(tmp_path):
                                          ("torch_sf-forloop_1t_s", ("sf-forloop", 1))])
 def test_torch_column_names(key, column):
     assert bench._torch_column(key) == column
+
+
+def test_markdown_header_names_the_command_as_run(tmp_path):
+    from fastopt.__main__ import main
+    out = tmp_path / "bench.md"
+    argv = ["bench", "--quick", "--rules", "sgd", "--sizes", "1000", "--dtypes",
+            "float32", "--threads", "1", "--no-torch", "--markdown", str(out)]
+    assert main(argv) == 0
+    assert out.read_text().startswith(f"`python -m fastopt {' '.join(argv)}`: ")

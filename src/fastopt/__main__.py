@@ -49,6 +49,8 @@ def main(argv=None):
     p.set_defaults(func=_rules)
 
     args = parser.parse_args(argv)
+    # the command line as given, for reports that name the command they ran
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -876,7 +876,8 @@ def main(args):
         torch_note = (f"torch {torch.__version__} (× columns: torch's time over "
                       f"fastopt's, torch at the threads named)" if torch else
                       "torch not measured")
-        header = (f"`python -m fastopt bench`: fastopt {fastopt.__version__}, "
+        command = " ".join(["python -m fastopt", *getattr(args, "argv", ["bench"])])
+        header = (f"`{command}`: fastopt {fastopt.__version__}, "
                   f"{platform.machine()}, {ncpu} CPUs, SIMD {fastopt.get_simd_level()}, "
                   f"NumPy {np.__version__}, {torch_note}; ns per element, medians; "
                   f"%floor = floor time / fastopt time")
