@@ -674,24 +674,36 @@ def _ns(rec, key):
     return rec[key] * 1e9 / rec["n"]
 
 
+def _torch_keys(records):
+    return sorted({k for r in records for k in r if k.startswith("torch_")})
+
+
+def _cells(r, torch_keys, missing):
+    """A record's row as text: rule, dtype, elements, threads, fastopt and
+    floor ns per element, GB/s over the minimal bytes, %floor, NumPy's and
+    each torch path's time over fastopt's (``missing`` where it has none)."""
+    t = r["fastopt_s"]
+    return ([r["rule"], r["dtype"], f"{r['n']:.0e}", str(r["threads"]),
+             f"{_ns(r, 'fastopt_s'):.3f}", f"{_ns(r, 'floor_s'):.3f}",
+             f"{r['bytes'] / t / 1e9:.1f}", f"{100 * r['floor_s'] / t:.0f}%",
+             f"{r['numpy_s'] / t:.1f}"]
+            + [f"{r[k] / t:.2f}" if k in r else missing for k in torch_keys])
+
+
 def print_table(records, file=sys.stdout):
-    torch_keys = sorted({k for r in records for k in r if k.startswith("torch_")})
-    head = (f"{'rule':8s} {'dtype':7s} {'n':>9s} {'thr':>3s} {'fastopt':>8s} "
-            f"{'floor':>8s} {'GB/s':>6s} {'%floor':>6s} {'xnumpy':>7s}")
-    for k in torch_keys:
-        head += f" {('x' + k[6:-2]):>15s}"
+    torch_keys = _torch_keys(records)
+    names = ["rule", "dtype", "n", "thr", "fastopt", "floor", "GB/s", "%floor",
+             "xnumpy"] + ["x" + k[6:-2] for k in torch_keys]
+    widths = [-8, -7, 9, 3, 8, 8, 6, 6, 7] + [15] * len(torch_keys)
+
+    def line(cells):
+        return " ".join(c.ljust(-w) if w < 0 else c.rjust(w) for c, w in zip(cells, widths))
+
     print("ns per element (medians); GB/s over minimal bytes; "
           "%floor = floor time / fastopt time; xN = N's time / fastopt's", file=file)
-    print(head, file=file)
+    print(line(names), file=file)
     for r in records:
-        gbs = r["bytes"] / r["fastopt_s"] / 1e9
-        line = (f"{r['rule']:8s} {r['dtype']:7s} {r['n']:9.0e} {r['threads']:3d} "
-                f"{_ns(r, 'fastopt_s'):8.3f} {_ns(r, 'floor_s'):8.3f} {gbs:6.1f} "
-                f"{100 * r['floor_s'] / r['fastopt_s']:5.0f}% "
-                f"{r['numpy_s'] / r['fastopt_s']:7.1f}")
-        for k in torch_keys:
-            line += f" {r[k] / r['fastopt_s']:15.2f}" if k in r else f" {'-':>15s}"
-        print(line, file=file)
+        print(line(_cells(r, torch_keys, "-")), file=file)
 
 
 def _torch_column(key):
@@ -702,28 +714,22 @@ def _torch_column(key):
 
 
 def markdown_table(records, header=None):
-    """The records as a GitHub markdown table: ns per element of fastopt and
-    of its traffic floor, the floor's share, GB/s over the minimal bytes,
-    and NumPy's and each torch path's time over fastopt's.  ``header``: a
-    line put above the table."""
+    """The records as a GitHub markdown table, the columns of print_table:
+    ns per element of fastopt and of its traffic floor, GB/s over the
+    minimal bytes, the floor's share, and NumPy's and each torch path's time
+    over fastopt's.  ``header``: a line put above the table."""
     order = {"fused": 0, "foreach": 1, "forloop": 2}
-    torch_keys = sorted({k for r in records for k in r if k.startswith("torch_")},
+    torch_keys = sorted(_torch_keys(records),
                         key=lambda k: (order.get(_torch_column(k)[0], 3),
                                        _torch_column(k)[0], -_torch_column(k)[1]))
     cols = ["rule", "dtype", "elements", "threads", "fastopt ns/el", "floor ns/el",
-            "%floor", "GB/s", "× NumPy"]
+            "GB/s", "%floor", "× NumPy"]
     cols += ["× torch %s %dt" % _torch_column(k) for k in torch_keys]
     lines = [] if header is None else [header, ""]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|")
     for r in records:
-        cells = [r["rule"], r["dtype"], f"{r['n']:.0e}", str(r["threads"]),
-                 f"{_ns(r, 'fastopt_s'):.3f}", f"{_ns(r, 'floor_s'):.3f}",
-                 f"{100 * r['floor_s'] / r['fastopt_s']:.0f}%",
-                 f"{r['bytes'] / r['fastopt_s'] / 1e9:.1f}",
-                 f"{r['numpy_s'] / r['fastopt_s']:.1f}"]
-        cells += [f"{r[k] / r['fastopt_s']:.2f}" if k in r else "–" for k in torch_keys]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cells(r, torch_keys, "–")) + " |")
     return "\n".join(lines) + "\n"
 
 
