@@ -13,8 +13,10 @@ def _record(rule, n, fastopt_s, floor_s, numpy_s, **torch):
             "floor_s": floor_s, "numpy_s": numpy_s, **torch}
 
 
-def _rows(text):
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+def _rows(text, table=0):
+    """Header, rule line and rows of the text's table number ``table``."""
+    blocks = [b for b in text.split("\n\n") if b.startswith("|")]
+    lines = blocks[table].splitlines()
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     return cells[0], cells[1], cells[2:]
 
@@ -48,16 +50,23 @@ def test_bench_cli_writes_the_markdown_of_its_records(tmp_path):
     assert bench.main(args) == 0
     text = out.read_text()
     assert text.startswith("`python -m fastopt bench`: fastopt ")
-    head, _, rows = _rows(text)
+    head, _, summary = _rows(text, 0)
+    assert head == ["rule", "dtype", "%floor 1e+03 1t", "× torch 1e+03 1t",
+                    "× NumPy 1e+03 1t"]
+    assert [(r[0], r[1]) for r in summary] == [
+        ("sgd", "float32"), ("sgd", "float64"), ("rprop", "float32"), ("rprop", "float64")]
+    head, _, rows = _rows(text, 1)
     assert head[-1] == "× NumPy"          # no torch columns without torch
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("sgd", "float32", "1e+03"), ("sgd", "float64", "1e+03"),
         ("rprop", "float32", "1e+03"), ("rprop", "float64", "1e+03")]
-    for r in rows:
+    for r, s in zip(rows, summary):
         fastopt_ns, floor_ns = float(r[4]), float(r[5])
         assert fastopt_ns > 0 and floor_ns > 0
         # %floor comes from the unrounded times; the ns columns have 3 decimals
         assert abs(int(r[7][:-1]) - 100 * floor_ns / fastopt_ns) <= 2
+        # one size and one thread count: the summary repeats the record
+        assert s[2:] == [r[7], "–", r[8]]
 
 
 @pytest.mark.parametrize("key, column", [("torch_fused_2t_s", ("fused", 2)),
@@ -73,3 +82,35 @@ def test_markdown_header_names_the_command_as_run(tmp_path):
             "float32", "--threads", "1", "--no-torch", "--markdown", str(out)]
     assert main(argv) == 0
     assert out.read_text().startswith(f"`python -m fastopt {' '.join(argv)}`: ")
+
+
+def test_summary_table_one_row_per_rule_and_dtype():
+    recs = [_record("adam", 10**5, 2.0e-5, 1.0e-5, 2.0e-4, torch_fused_2t_s=8.0e-5,
+                    torch_foreach_2t_s=1.6e-4, torch_fused_1t_s=1.0e-6),
+            _record("adam", 10**7, 0.0110, 0.0100, 0.1320, torch_fused_2t_s=0.0121,
+                    torch_foreach_2t_s=0.0110),
+            dict(_record("adam", 10**7, 0.0200, 0.0190, 0.1000), threads=1),
+            _record("lion", 10**7, 0.0050, 0.0045, 0.0600)]
+    head, rule, rows = _rows(bench.summary_table(recs))
+    assert head == ["rule", "dtype", "%floor 1e+07 1t", "%floor 1e+07 2t",
+                    "× torch 1e+05 2t", "× torch 1e+07 2t", "× NumPy 1e+07 2t"]
+    assert len(rule) == len(head)
+    # the fastest torch path at fastopt's thread count (1t's faster time is
+    # not a peer of the 2-thread row); foreach beats fused at 10^7
+    assert rows == [
+        ["adam", "float32", "95%", "91%", "4.00 (fused)", "1.00 (foreach)", "12.0"],
+        ["lion", "float32", "–", "90%", "–", "–", "12.0"]]
+
+
+def test_plot_puts_four_rules_a_row(tmp_path):
+    pytest.importorskip("matplotlib")
+    import struct
+    recs = [_record(rule, n, 1e-9 * n, 0.9e-9 * n, 1e-8 * n)
+            for rule in ("sgd", "adam", "lion", "nadam", "rprop") for n in (10**5, 10**7)]
+    path = tmp_path / "bench.png"
+    assert bench.plot(recs, str(path)) == str(path)
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    # five panels: a row of four and a second row, at the figure's 110 dpi
+    assert (width, height) == (round(4.2 * 4 * 110), round(3.6 * 2 * 110))

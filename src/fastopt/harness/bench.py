@@ -733,6 +733,44 @@ def markdown_table(records, header=None):
     return "\n".join(lines) + "\n"
 
 
+def _fastest_torch(r):
+    """The fastest torch path measured at the record's thread count, as
+    (seconds, path), or None when there is none."""
+    suffix = f"_{r['threads']}t_s"
+    times = [(r[k], _torch_column(k)[0]) for k in r
+             if k.startswith("torch_") and k.endswith(suffix)]
+    return min(times) if times else None
+
+
+def summary_table(records):
+    """One markdown row per rule and dtype: the floor's share at the largest
+    size on each thread count; at the largest thread count, the fastest
+    torch path's time over fastopt's at each size (the path in brackets) and
+    NumPy's at the largest size.  "–" where a record or a peer is missing."""
+    sizes = sorted({r["n"] for r in records})
+    threads = sorted({r["threads"] for r in records})
+    big, top = sizes[-1], threads[-1]
+    index = {(r["rule"], r["dtype"], r["n"], r["threads"]): r for r in records}
+    cols = (["rule", "dtype"] + [f"%floor {big:.0e} {t}t" for t in threads]
+            + [f"× torch {n:.0e} {top}t" for n in sizes] + [f"× NumPy {big:.0e} {top}t"])
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+    for rule, dtype in dict.fromkeys((r["rule"], r["dtype"]) for r in records):
+        cells = [rule, dtype]
+        for t in threads:
+            r = index.get((rule, dtype, big, t))
+            cells.append("–" if r is None else f"{100 * r['floor_s'] / r['fastopt_s']:.0f}%")
+        for n in sizes:
+            r = index.get((rule, dtype, n, top))
+            peer = None if r is None else _fastest_torch(r)
+            cells.append("–" if peer is None
+                         else f"{peer[0] / r['fastopt_s']:.2f} ({peer[1]})")
+        r = index.get((rule, dtype, big, top))
+        cells.append("–" if r is None else f"{r['numpy_s'] / r['fastopt_s']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records, path):
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]
@@ -743,9 +781,15 @@ def plot(records, path):
         return None
     rules = list(dict.fromkeys(r["rule"] for r in records))
     maxthreads = max(r["threads"] for r in records)
-    fig, axes = plt.subplots(1, len(rules), figsize=(4.2 * len(rules), 3.8),
+    # four panels a row: the default run's 23 rules in one row would make a
+    # figure a hundred inches wide
+    ncols = min(4, len(rules))
+    nrows = -(-len(rules) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows),
                              squeeze=False)
-    for ax, rule in zip(axes[0], rules):
+    for ax in axes.flat[len(rules):]:
+        ax.set_visible(False)
+    for ax, rule in zip(axes.flat, rules):
         rs = [r for r in records if r["rule"] == rule and r["threads"] == maxthreads
               and r["dtype"] == "float32"] or \
              [r for r in records if r["rule"] == rule and r["threads"] == maxthreads]
@@ -888,7 +932,12 @@ def main(args):
                   f"NumPy {np.__version__}, {torch_note}; ns per element, medians; "
                   f"%floor = floor time / fastopt time")
         with open(args.markdown, "w") as f:
-            f.write(markdown_table(records, header))
+            f.write(header + "\n\nSummary: the floor's share at the largest size; the "
+                    "fastest torch path's time over fastopt's at each size and "
+                    "NumPy's at the largest, at the largest thread count\n\n")
+            f.write(summary_table(records))
+            f.write("\nEvery record\n\n")
+            f.write(markdown_table(records))
         print(f"wrote {args.markdown}")
     if args.plot and records:
         if plot(records, args.plot):
