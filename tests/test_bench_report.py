@@ -1,6 +1,7 @@
 """The bench's markdown report (`python -m fastopt bench --markdown PATH`):
 every record a row, the figures those of the records."""
 import argparse
+import re
 
 import pytest
 
@@ -114,3 +115,45 @@ def test_plot_puts_four_rules_a_row(tmp_path):
     width, height = struct.unpack(">II", head[16:24])
     # five panels: a row of four and a second row, at the figure's 110 dpi
     assert (width, height) == (round(4.2 * 4 * 110), round(3.6 * 2 * 110))
+
+
+_STATE_RESULTS = {
+    10**5: {1: {"float32": 0.06, "bfloat16": 0.05, "8bit": 0.11, "floor_28": 0.057,
+                "floor_20": 0.02, "floor_16": 0.0132, "torch": 0.2, "bnb": 1.76},
+            2: {"float32": 0.07, "bfloat16": 0.04, "8bit": 0.08, "floor_28": 0.03,
+                "floor_20": 0.016, "floor_16": 0.012}}}
+
+
+def test_state_dtype_tables_columns_and_figures():
+    from fastopt.harness import state_bench
+    text = state_bench.markdown(_STATE_RESULTS, "run of the test")
+    assert text.startswith("run of the test\n\nbfloat16 states\n\n")
+    assert "\n8-bit states\n\n" in text
+    head, rule, rows = _rows(text, 0)
+    assert head[:2] == ["elements", "threads"] and len(rule) == len(head) == 9
+    assert rows == [["1e+05", "1", "0.06", "0.05", "0.20", "0.30", "0.25", "0.10", "40%"],
+                    ["1e+05", "2", "0.07", "0.04", "-", "-", "-", "-", "40%"]]
+    head, rule, rows = _rows(text, 1)
+    assert head[-2:] == ["bitsandbytes AdamW8bit ms", "bitsandbytes / 8-bit"]
+    assert len(rule) == len(head) == 11
+    assert rows == [["1e+05", "1", "0.06", "0.05", "0.11", "0.20", "0.55", "0.07", "12%",
+                     "1.76", "16"],
+                    ["1e+05", "2", "0.07", "0.04", "0.08", "-", "-", "-", "15%", "-", "-"]]
+    # the printed table has every figure of both
+    head, _, rows = _rows(state_bench.table(_STATE_RESULTS, state_bench.ALL_COLUMNS))
+    assert len(head) == 16 and rows[0][-2:] == ["1.76", "16"]
+
+
+def test_state_dtype_bench_cli_writes_its_tables(tmp_path):
+    from fastopt.__main__ import main
+    out = tmp_path / "states.md"
+    argv = ["bench", "--state-dtypes", "--quick", "--sizes", "1024", "--threads", "1",
+            "--no-torch", "--markdown", str(out)]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert text.startswith(f"`python -m fastopt {' '.join(argv)}`: ")
+    for table in (0, 1):
+        _, _, rows = _rows(text, table)
+        assert [r[:2] for r in rows] == [["1e+03", "1"]]
+        # milliseconds with two decimals (0.00 at this size)
+        assert all(re.fullmatch(r"\d+\.\d\d", c) for c in rows[0][2:4])

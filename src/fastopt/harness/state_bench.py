@@ -23,6 +23,8 @@ Rows per size and thread count (median ms per step, timed interleaved):
 
 Ratios are to torch's fused step and to the floor of each row's bytes.
 """
+import os
+import platform
 import sys
 import time
 
@@ -39,7 +41,7 @@ def add_arguments(parser):
     parser.add_argument("--state-dtypes", action="store_true",
                         help="AdamW with float32, bfloat16 and 8-bit states against torch's "
                              "fused AdamW and the byte floors (--sizes, --threads, "
-                             "--plot apply)")
+                             "--plot and --markdown apply)")
 
 
 def _median_ms(calls, budget, min_reps=5, max_reps=200):
@@ -105,30 +107,72 @@ def measure(n, threads, budget, torch, rng):
     return out
 
 
-def print_table(results, file=sys.stdout):
-    print("| elements | threads | float32 ms | bfloat16 ms | 8bit ms | torch fused ms | "
-          "float32 / torch | bfloat16 / torch | 8bit / torch | 20 B floor / torch | "
-          "16 B floor / torch | float32 % of 28 B floor | bfloat16 % of 20 B floor | "
-          "8bit % of 16 B floor | bnb AdamW8bit ms | bnb / 8bit |", file=file)
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", file=file)
+def _cells(n, t, m):
+    """One size and thread count's figures as text, by name ("-" where torch
+    or bitsandbytes was not measured)."""
+    tt, bnb, q8 = m.get("torch"), m.get("bnb"), m["8bit"]
+
+    def over_torch(k):
+        return f"{m[k] / tt:.2f}" if tt else "-"
+    return {"n": f"{n:.0e}", "threads": str(t),
+            "float32": f"{m['float32']:.2f}", "bfloat16": f"{m['bfloat16']:.2f}",
+            "8bit": f"{q8:.2f}", "torch": f"{tt:.2f}" if tt else "-",
+            "float32/torch": over_torch("float32"),
+            "bfloat16/torch": over_torch("bfloat16"), "8bit/torch": over_torch("8bit"),
+            "floor_20/torch": over_torch("floor_20"),
+            "floor_16/torch": over_torch("floor_16"),
+            "float32%": f"{100 * m['floor_28'] / m['float32']:.0f}%",
+            "bfloat16%": f"{100 * m['floor_20'] / m['bfloat16']:.0f}%",
+            "8bit%": f"{100 * m['floor_16'] / q8:.0f}%",
+            "bnb": f"{bnb:.2f}" if bnb else "-",
+            "bnb/8bit": f"{bnb / q8:.0f}" if bnb else "-"}
+
+
+# (figure, heading) of each table's columns: every figure, and the README's
+# table of each low-precision dtype
+ALL_COLUMNS = [
+    ("n", "elements"), ("threads", "threads"), ("float32", "float32 ms"),
+    ("bfloat16", "bfloat16 ms"), ("8bit", "8bit ms"), ("torch", "torch fused ms"),
+    ("float32/torch", "float32 / torch"), ("bfloat16/torch", "bfloat16 / torch"),
+    ("8bit/torch", "8bit / torch"), ("floor_20/torch", "20 B floor / torch"),
+    ("floor_16/torch", "16 B floor / torch"), ("float32%", "float32 % of 28 B floor"),
+    ("bfloat16%", "bfloat16 % of 20 B floor"), ("8bit%", "8bit % of 16 B floor"),
+    ("bnb", "bnb AdamW8bit ms"), ("bnb/8bit", "bnb / 8bit")]
+BFLOAT16_COLUMNS = [
+    ("n", "elements"), ("threads", "threads"), ("float32", "float32 states ms"),
+    ("bfloat16", "bfloat16 states ms"), ("torch", "torch fused AdamW ms"),
+    ("float32/torch", "float32 / torch"), ("bfloat16/torch", "bfloat16 / torch"),
+    ("floor_20/torch", "20 B floor / torch"),
+    ("bfloat16%", "bfloat16, share of the 20 B floor")]
+Q8_COLUMNS = [
+    ("n", "elements"), ("threads", "threads"), ("float32", "float32 states ms"),
+    ("bfloat16", "bfloat16 states ms"), ("8bit", "8-bit states ms"),
+    ("torch", "torch fused AdamW ms"), ("8bit/torch", "8-bit / torch"),
+    ("floor_16/torch", "16 B floor / torch"),
+    ("8bit%", "8-bit, share of the 16 B floor"),
+    ("bnb", "bitsandbytes AdamW8bit ms"), ("bnb/8bit", "bitsandbytes / 8-bit")]
+
+
+def table(results, columns):
+    """A markdown table of the results, one row per size and thread count."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |",
+             "|" + "---|" * len(columns)]
     for n, per in results.items():
         for t, m in per.items():
-            tt = m.get("torch")
+            c = _cells(n, t, m)
+            lines.append("| " + " | ".join(c[k] for k, _ in columns) + " |")
+    return "\n".join(lines) + "\n"
 
-            def ratio(k):
-                return f"{m[k] / tt:.2f}" if tt else "-"
-            bnb = m.get("bnb")
-            q8 = m["8bit"]
-            print(f"| {n:.0e} | {t} | {m['float32']:.2f} | {m['bfloat16']:.2f} | "
-                  f"{q8:.2f} | "
-                  f"{f'{tt:.2f}' if tt else '-'} | {ratio('float32')} | "
-                  f"{ratio('bfloat16')} | {ratio('8bit')} | {ratio('floor_20')} | "
-                  f"{ratio('floor_16')} | "
-                  f"{100 * m['floor_28'] / m['float32']:.0f}% | "
-                  f"{100 * m['floor_20'] / m['bfloat16']:.0f}% | "
-                  f"{100 * m['floor_16'] / q8:.0f}% | "
-                  f"{f'{bnb:.2f}' if bnb else '-'} | "
-                  f"{f'{bnb / q8:.0f}' if bnb else '-'} |", file=file)
+
+def print_table(results, file=sys.stdout):
+    print(table(results, ALL_COLUMNS), end="", file=file)
+
+
+def markdown(results, header):
+    """The README's two tables under a header line: bfloat16 states, then
+    8-bit states."""
+    return (f"{header}\n\nbfloat16 states\n\n{table(results, BFLOAT16_COLUMNS)}"
+            f"\n8-bit states\n\n{table(results, Q8_COLUMNS)}")
 
 
 def plot(results, path):
@@ -183,4 +227,17 @@ def main(args, torch):
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.plot and plot(results, args.plot):
         print(f"wrote {args.plot}")
+    if args.markdown:
+        command = " ".join(["python -m fastopt", *getattr(args, "argv", ["bench"])])
+        peers = (f"torch {torch.__version__}" if torch is not None else "torch not measured")
+        bnb = sys.modules.get("bitsandbytes")
+        if bnb is not None:
+            peers += f", bitsandbytes {getattr(bnb, '__version__', '?')}"
+        header = (f"`{command}`: fastopt {fastopt.__version__}, {platform.machine()}, "
+                  f"{os.cpu_count()} CPUs, SIMD {fastopt.get_simd_level()}, "
+                  f"NumPy {np.__version__}, {peers}; AdamW on float32 parameters, "
+                  f"median ms per step")
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results, header))
+        print(f"wrote {args.markdown}")
     return 0
