@@ -330,3 +330,47 @@ def test_bad_calls():
         assert all(np.array_equal(readonly[k], before[k]) for k in before)
     with pytest.raises(TypeError, match=r"grads\['db2'\]"):
         model.backward(Y, grads={k: v for k, v in model.grads.items() if k != "db2"})
+
+
+def _saturating_model(z, dtype=np.float32):
+    """A one-layer float32 model whose output for example i is sigmoid(z[i])."""
+    model = MLP([1, 1], params={"W1": np.ones((1, 1), dtype), "b1": np.zeros((1, 1), dtype)})
+    with np.errstate(over="ignore"):        # exp(200) in float32
+        model.forward(np.asarray([z], dtype))
+    return model
+
+
+# NumPy warns of the saturated arithmetic (log(0), 0 * inf) these tests make
+_saturating = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@_saturating
+def test_cost_of_saturated_predictions_is_the_limit_not_nan():
+    """float32 rounds sigmoid(200) to 1 and sigmoid(-200) to 0; the
+    course's formula then multiplies log(0) by a zero label (NaN), a term
+    whose limit is 0.  The other terms are the formula's, bit for bit."""
+    z = [200.0, -200.0, 0.5, -1.5]
+    Y = np.asarray([[1, 0, 1, 0]], np.float32)
+    model = _saturating_model(z)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        A = model.forward(np.asarray([z], np.float32)).copy()
+        formula = -(Y * np.log(A) + (1 - Y) * np.log(1 - A))
+    assert A[0, :2].tolist() == [1.0, 0.0]
+    assert np.isnan(formula[0, :2]).all() and np.isfinite(formula[0, 2:]).all()
+    expected = np.add.reduce(np.asarray([0, 0, *formula[0, 2:]], np.float32), axis=None)
+    assert model.cost(Y) == float(expected)
+    # where the formula is defined nothing changes
+    assert _saturating_model(z[2:]).cost(Y[:, 2:]) == float(np.add.reduce(formula[0, 2:]))
+
+
+@_saturating
+def test_cost_of_a_confidently_wrong_prediction_is_infinite():
+    model = _saturating_model([200.0, 0.5])
+    assert model.cost(np.asarray([[0, 1]], np.float32)) == np.inf
+
+
+def test_cost_of_nan_activations_stays_nan():
+    model = MLP([1, 1], params={"W1": np.full((1, 1), np.nan, np.float32),
+                                "b1": np.zeros((1, 1), np.float32)})
+    model.forward(np.asarray([[1.0, 2.0]], np.float32))
+    assert np.isnan(model.cost(np.asarray([[1, 0]], np.float32)))

@@ -252,7 +252,10 @@ class MLP:
 
     def predict(self, X) -> np.ndarray:
         """Class labels ``A_L > 0.5`` as intp, shape ``(n_L, m)``."""
-        return (self.forward(X) > 0.5).astype(np.intp)
+        # exp(-Z) overflows to inf for a large negative Z, and the sigmoid
+        # is then exactly 0: the right label, nothing to warn about
+        with np.errstate(over="ignore"):
+            return (self.forward(X) > 0.5).astype(np.intp)
 
     def accuracy(self, X, Y) -> float:
         """Fraction of labels in ``Y`` that :meth:`predict` gets right."""
@@ -285,7 +288,24 @@ class MLP:
         np.subtract(1.0, Y, out=complement)
         np.multiply(negative, complement, out=negative)
         np.add(positive, negative, out=positive)
-        return float(np.add.reduce(positive, axis=None))
+        total = float(np.add.reduce(positive, axis=None))
+        if total != total:
+            return self._saturated_cost(A, Y)
+        return total
+
+    @staticmethod
+    def _saturated_cost(A: np.ndarray, Y: np.ndarray) -> float:
+        """The summed cost where the course's formula gave NaN: a prediction
+        at exactly 0 or 1 (float32 saturates the sigmoid long before
+        float64) makes its term of the other class 0 * inf.  That term is
+        0 (the limit of y log a as y -> 0) and counts as 0 here; every
+        other term is the formula's, in its operations and dtype, so the
+        sum is what the formula gives wherever it is defined, and NaN
+        activations stay NaN."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positive = np.where(Y == 0, 0.0, np.negative(np.log(A)) * Y)
+            negative = np.where(Y == 1, 0.0, np.negative(np.log(1.0 - A)) * (1.0 - Y))
+        return float(np.add.reduce(np.add(positive, negative), axis=None))
 
     def _backward(self, work: _Workspace, Y: np.ndarray, grads: Mapping) -> None:
         params = self.params
