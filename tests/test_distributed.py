@@ -416,6 +416,30 @@ def test_demo_distributed_prints_the_single_process_table():
 
 
 @needs_mpi
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
+def test_demo_distributed_with_low_precision_states(state_dtype):
+    args = ["demo", "--epochs", "30", "--optimizers", "adam", "--no-plot",
+            "--state-dtype", state_dtype]
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "fastopt", *args], capture_output=True,
+                         text=True, timeout=120, env=env)
+    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastopt", *args,
+                          "--distributed"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert f"float32, {state_dtype} optimizer states, data-parallel on 2 ranks" in two.stdout
+    # stochastic rounding draws the same bits in both; the mean gradient of
+    # two slices rounds differently from one product, so the runs agree to
+    # the accuracy, not to every digit of the cost
+    assert _table(two.stdout)["adam"][2] == _table(one.stdout)["adam"][2]
+    assert "RuntimeWarning" not in two.stderr
+    bad = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastopt", *args,
+                          "--dtype", "float64", "--distributed"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "needs float32 weights" in bad.stderr
+
+
+@needs_mpi
 def test_memory_example_prints_state_per_rank():
     env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
     r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m",

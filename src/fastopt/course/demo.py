@@ -497,6 +497,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "fastopt[mpi]); rank 0 prints the table; no figure")
 
 
+def weights_dtype(args: argparse.Namespace) -> np.dtype | None:
+    """The weights' dtype of ``args``: ``--dtype``, by default float64, or
+    float32 with ``--state-dtype``; None (with a message) for low-precision
+    states on float64 weights."""
+    state_dtype = getattr(args, "state_dtype", None)
+    dtype = np.dtype(args.dtype or ("float64" if state_dtype is None else "float32"))
+    if state_dtype is not None and dtype != np.float32:
+        print(f"--state-dtype {state_dtype} needs float32 weights (--dtype float32)",
+              file=sys.stderr)
+        return None
+    return dtype
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the demo for parsed ``args``; return the exit status."""
     if getattr(args, "distributed", False):
@@ -507,10 +520,8 @@ def main(args: argparse.Namespace) -> int:
     if epochs is None:
         epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
     state_dtype = getattr(args, "state_dtype", None)
-    dtype = np.dtype(args.dtype or ("float64" if state_dtype is None else "float32"))
-    if state_dtype is not None and dtype != np.float32:
-        print(f"--state-dtype {state_dtype} needs float32 weights (--dtype float32)",
-              file=sys.stderr)
+    dtype = weights_dtype(args)
+    if dtype is None:
         return 2
     X, Y = course_moons(dtype=dtype)
     init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)

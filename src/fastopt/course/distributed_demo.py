@@ -20,14 +20,15 @@ import numpy as np
 
 from .data import course_minibatches
 from .demo import (COURSE_EPOCHS, DECAY_EPOCHS, DECAY_RATE, LAYER_DIMS, PUBLISHED,
-                   TIME_INTERVAL, Run, _optimizer_table, make_optimizer, OPTIMIZERS)
+                   TIME_INTERVAL, Run, _optimizer_table, make_optimizer, OPTIMIZERS,
+                   weights_dtype)
 from .datasets import course_moons
 from .models import MLP, he_init
 from ..lr_scheduler import scheduled_inverse_time_decay
 
 
 def train(name, X, Y, init_params, comm, *, epochs, batch_size=64, lr=None,
-          lr_decay=False):
+          lr_decay=False, state_dtype=None):
     """As :func:`fastopt.course.demo.train`, data-parallel over ``comm``."""
     from ..distributed import ShardedOptimizer
 
@@ -41,6 +42,8 @@ def train(name, X, Y, init_params, comm, *, epochs, batch_size=64, lr=None,
     single = make_optimizer(name, model.params, lr)
     hyper = {k: v for k, v in single.param_groups[0].items()
              if k not in ("params", "param_names")}
+    if state_dtype is not None:
+        hyper["state_dtype"] = state_dtype
     opt = ShardedOptimizer(type(single), model.params, comm, **hyper)
     group = opt.param_groups[0]
     Y = np.asarray(Y, dtype=model.dtype)
@@ -49,29 +52,31 @@ def train(name, X, Y, init_params, comm, *, epochs, batch_size=64, lr=None,
     clock = time.perf_counter
     step_time = 0.0
     steps = 0
-    start = clock()
-    for epoch in range(epochs):
-        total = 0.0
-        for X_batch, Y_batch in course_minibatches(X, Y, epoch, batch_size):
-            mb = X_batch.shape[1]
-            lo, hi = rank * mb // P, (rank + 1) * mb // P
-            if hi > lo:
-                total += model.forward_backward(X_batch[:, lo:hi], Y_batch[:, lo:hi])
-                scale = model.dtype.type(P * (hi - lo) / mb)
-                for g in grads.values():
-                    g *= scale
-            else:
-                for g in grads.values():
-                    g.fill(0)
-            t0 = clock()
-            opt.step(grads)
-            step_time += clock() - t0
-            steps += 1
-        # every rank gets every rank's summed cost and adds them in rank order
-        costs[epoch] = sum(comm.allgather(total)) / m
-        if lr_decay:
-            group["lr"] = scheduled_inverse_time_decay(lr, epoch, DECAY_RATE, TIME_INTERVAL)
-    wall = clock() - start
+    # float32 weights saturate the sigmoid (as in the one-process demo)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        start = clock()
+        for epoch in range(epochs):
+            total = 0.0
+            for X_batch, Y_batch in course_minibatches(X, Y, epoch, batch_size):
+                mb = X_batch.shape[1]
+                lo, hi = rank * mb // P, (rank + 1) * mb // P
+                if hi > lo:
+                    total += model.forward_backward(X_batch[:, lo:hi], Y_batch[:, lo:hi])
+                    scale = model.dtype.type(P * (hi - lo) / mb)
+                    for g in grads.values():
+                        g *= scale
+                else:
+                    for g in grads.values():
+                        g.fill(0)
+                t0 = clock()
+                opt.step(grads)
+                step_time += clock() - t0
+                steps += 1
+            # every rank gets every rank's summed cost and adds them in rank order
+            costs[epoch] = sum(comm.allgather(total)) / m
+            if lr_decay:
+                group["lr"] = scheduled_inverse_time_decay(lr, epoch, DECAY_RATE, TIME_INTERVAL)
+        wall = clock() - start
     return Run(name=name, label=spec.label, batch_size=min(batch_size, m), lr=lr,
                costs=costs, accuracy=model.accuracy(X, Y), wall_time=wall,
                step_time=step_time, steps=steps, model=model), opt
@@ -86,21 +91,26 @@ def main(args) -> int:
     epochs = args.epochs
     if epochs is None:
         epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
-    dtype = np.dtype(args.dtype)
+    state_dtype = getattr(args, "state_dtype", None)
+    dtype = weights_dtype(args)
+    if dtype is None:
+        return 2
     X, Y = course_moons(dtype=dtype)
     init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)
     course_settings = (args.lr is None and args.batch_size == 64 and args.seed == 3
-                       and dtype == np.float64)
+                       and (dtype == np.float64 or state_dtype is not None))
     published = PUBLISHED.get((args.lr_decay, epochs), {}) if course_settings else {}
     decay = " with the course's lr decay" if args.lr_decay else ""
+    states = f", {state_dtype} optimizer states" if state_dtype else ""
     if rank == 0:
         print(f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
-              f"batches of {args.batch_size}, {dtype.name}{decay}, data-parallel on "
+              f"batches of {args.batch_size}, {dtype.name}{states}{decay}, data-parallel on "
               f"{P} rank{'s' if P > 1 else ''} (fastopt.distributed)", flush=True)
     runs, state = [], []
     for name in args.optimizers:
         run, opt = train(name, X, Y, init_params, comm, epochs=epochs,
-                         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay)
+                         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                         state_dtype=state_dtype)
         runs.append(run)
         state.append(comm.gather(opt.state_nbytes(), root=0))
     if rank == 0:
