@@ -205,34 +205,20 @@ def test_bad_options_rejected(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_bfloat16_states_train_like_float32(capsys):
-    """--state-dtype bfloat16 runs on float32 weights and lands where the
-    float32 run lands (same accuracy after a short run)."""
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
+def test_low_precision_states_train_like_float32(capsys, state_dtype):
+    """--state-dtype runs on float32 weights and lands where the float32 run
+    lands (same accuracy after a short run), with a finite cost."""
     X, Y = course_moons(dtype=np.float32)
     init = he_init(demo.LAYER_DIMS, random_state=3, dtype=np.float32)
     f32 = demo.train("adam", X, Y, init, epochs=200)
-    bf16 = demo.train("adam", X, Y, init, epochs=200, state_dtype="bfloat16")
-    assert bf16.model.params["W1"].dtype == np.float32
-    assert abs(bf16.accuracy - f32.accuracy) <= 0.02
-    assert not np.array_equal(bf16.model.params["W1"], f32.model.params["W1"])
-    out = run_cli(capsys, "--state-dtype", "bfloat16", "--epochs", "20",
+    low = demo.train("adam", X, Y, init, epochs=200, state_dtype=state_dtype)
+    assert low.model.params["W1"].dtype == np.float32
+    assert abs(low.accuracy - f32.accuracy) <= 0.02
+    assert not np.array_equal(low.model.params["W1"], f32.model.params["W1"])
+    assert np.isfinite(low.costs).all()
+    out = run_cli(capsys, "--state-dtype", state_dtype, "--epochs", "20",
                   "--optimizers", "adam", "--no-plot")
-    assert "float32, bfloat16 optimizer states" in out
-    assert cli(["demo", "--state-dtype", "bfloat16", "--dtype", "float64",
+    assert f"float32, {state_dtype} optimizer states" in out
+    assert cli(["demo", "--state-dtype", state_dtype, "--dtype", "float64",
                 "--no-plot"]) == 2
-
-
-def test_8bit_states_train_like_float32(capsys):
-    """--state-dtype 8bit: float32 weights, 8-bit optimizer states, the
-    float32 run's accuracy after a short run, and a finite cost."""
-    X, Y = course_moons(dtype=np.float32)
-    init = he_init(demo.LAYER_DIMS, random_state=3, dtype=np.float32)
-    f32 = demo.train("adam", X, Y, init, epochs=200)
-    q8 = demo.train("adam", X, Y, init, epochs=200, state_dtype="8bit")
-    assert q8.model.params["W1"].dtype == np.float32
-    assert abs(q8.accuracy - f32.accuracy) <= 0.02
-    assert np.isfinite(q8.costs).all()
-    out = run_cli(capsys, "--state-dtype", "8bit", "--epochs", "20",
-                  "--optimizers", "adam", "--no-plot")
-    assert "float32, 8bit optimizer states" in out
-    assert cli(["demo", "--state-dtype", "8bit", "--dtype", "float64", "--no-plot"]) == 2
