@@ -76,13 +76,18 @@ def test_torch_column_names(key, column):
     assert bench._torch_column(key) == column
 
 
-def test_markdown_header_names_the_command_as_run(tmp_path):
+def test_markdown_and_json_name_the_command_as_run(tmp_path):
+    import json
     from fastopt.__main__ import main
-    out = tmp_path / "bench.md"
+    out, records = tmp_path / "bench.md", tmp_path / "bench.json"
     argv = ["bench", "--quick", "--rules", "sgd", "--sizes", "1000", "--dtypes",
-            "float32", "--threads", "1", "--no-torch", "--markdown", str(out)]
+            "float32", "--threads", "1", "--no-torch", "--markdown", str(out),
+            "--json", str(records)]
     assert main(argv) == 0
-    assert out.read_text().startswith(f"`python -m fastopt {' '.join(argv)}`: ")
+    command = f"python -m fastopt {' '.join(argv)}"
+    assert out.read_text().startswith(f"`{command}`: ")
+    saved = json.loads(records.read_text())
+    assert saved["command"] == command and len(saved["records"]) == 1
 
 
 def test_summary_table_one_row_per_rule_and_dtype():

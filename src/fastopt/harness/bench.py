@@ -124,6 +124,12 @@ def _rows():
 RULES = _rows()
 
 
+def command_line(args):
+    """The command as run (``python -m fastopt`` sets ``args.argv``), for the
+    header of a saved table or the records of a run."""
+    return " ".join(["python -m fastopt", *getattr(args, "argv", ["bench"])])
+
+
 def _parse_sizes(text):
     return [int(float(s)) for s in text.split(",") if s.strip()]
 
@@ -917,9 +923,11 @@ def main(args):
               f"accumulation_steps=2, both calls {m['window_of_2_ms']:.2f} ms (floors "
               f"3 + 9 arrays {m['floor_3_ms'] + m['floor_9_ms']:.2f})")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
+    command = command_line(args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": fastopt._config.config(), "records": records,
+            json.dump({"command": command, "config": fastopt._config.config(),
+                       "records": records,
                        "matrix_records": matrix_records, **extra}, f, indent=1,
                       default=str)
         print(f"wrote {args.json}")
@@ -927,7 +935,6 @@ def main(args):
         torch_note = (f"torch {torch.__version__} (× columns: torch's time over "
                       f"fastopt's, torch at the threads named)" if torch else
                       "torch not measured")
-        command = " ".join(["python -m fastopt", *getattr(args, "argv", ["bench"])])
         header = (f"`{command}`: fastopt {fastopt.__version__}, "
                   f"{platform.machine()}, {ncpu} CPUs, SIMD {fastopt.get_simd_level()}, "
                   f"NumPy {np.__version__}, {torch_note}; ns per element, medians; "

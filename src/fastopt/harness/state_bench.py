@@ -228,7 +228,8 @@ def main(args, torch):
     if args.plot and plot(results, args.plot):
         print(f"wrote {args.plot}")
     if args.markdown:
-        command = " ".join(["python -m fastopt", *getattr(args, "argv", ["bench"])])
+        from fastopt.harness.bench import command_line
+        command = command_line(args)
         peers = (f"torch {torch.__version__}" if torch is not None else "torch not measured")
         bnb = sys.modules.get("bitsandbytes")
         if bnb is not None:
