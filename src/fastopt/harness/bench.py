@@ -720,6 +720,13 @@ def _torch_column(key):
     return impl, int(threads[:-1])
 
 
+def _markdown_head(cols):
+    """A markdown table's heading and rule lines: the two text columns (rule,
+    dtype) left-aligned, the figures right-aligned."""
+    return ["| " + " | ".join(cols) + " |",
+            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+
+
 def markdown_table(records, header=None):
     """The records as a GitHub markdown table, the columns of print_table:
     ns per element of fastopt and of its traffic floor, GB/s over the
@@ -732,9 +739,7 @@ def markdown_table(records, header=None):
     cols = ["rule", "dtype", "elements", "threads", "fastopt ns/el", "floor ns/el",
             "GB/s", "%floor", "× NumPy"]
     cols += ["× torch %s %dt" % _torch_column(k) for k in torch_keys]
-    lines = [] if header is None else [header, ""]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|")
+    lines = ([] if header is None else [header, ""]) + _markdown_head(cols)
     for r in records:
         lines.append("| " + " | ".join(_cells(r, torch_keys, "–")) + " |")
     return "\n".join(lines) + "\n"
@@ -760,8 +765,7 @@ def summary_table(records):
     index = {(r["rule"], r["dtype"], r["n"], r["threads"]): r for r in records}
     cols = (["rule", "dtype"] + [f"%floor {big:.0e} {t}t" for t in threads]
             + [f"× torch {n:.0e} {top}t" for n in sizes] + [f"× NumPy {big:.0e} {top}t"])
-    lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+    lines = _markdown_head(cols)
     for rule, dtype in dict.fromkeys((r["rule"], r["dtype"]) for r in records):
         cells = [rule, dtype]
         for t in threads:
