@@ -384,6 +384,7 @@ typedef struct {
     const fo_args *a;
     const fo_fuse *f;
     int ema_in_loop;   /* fn moves the averages itself */
+    int q8_in_loop;    /* fn decodes 8-bit states itself (rules.h, FO_Q8) */
 } fo_fused_call;
 
 /* The loop to run for the rule under f, and its arguments.  For an
@@ -398,6 +399,12 @@ static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
     *args = a;
     if (flags & FO_FUSE_BF16) {
         *fn = active->rule_bf16[rule];
+        return 0;
+    }
+    if ((flags & FO_FUSE_Q8) && active->rule_q8[rule] != NULL) {
+        /* an average then moves over each chunk after the loop, with the
+         * arithmetic of the loops that move it */
+        *fn = active->rule_q8[rule];
         return 0;
     }
     if (!(flags & FO_FUSE_EMA) || !(f->ema_weight < 0.5)) {
@@ -434,8 +441,24 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
         }
-        if (q8) {
-            /* at is a multiple of FO_Q8_BLOCK: lo is, and so is the chunk */
+        if (q8 && c->q8_in_loop) {
+            /* block by block, the loop decoding each state as it reads it
+             * and storing the new values to scratch (rules.h, FO_Q8); at
+             * is a multiple of FO_Q8_BLOCK: lo is, and so is the chunk */
+            fo_tensor w = s;
+            w.q8_nonneg = c->f->q8_nonneg;
+            for (int k = 0; k < FO_MAX_STATES; k++) {
+                if (s.s[k] == NULL) continue;
+                w.q8_codes[k] = (const uint8_t *)s.s[k];
+                w.s[k] = scratch[k];
+            }
+            for (size_t b = 0; b < n; b += FO_Q8_BLOCK) {
+                for (int k = 0; k < FO_MAX_STATES; k++)
+                    if (s.s[k] != NULL)
+                        w.q8_scale[k] = ((const float *)t->scale[k])[(at + b) / FO_Q8_BLOCK];
+                c->fn(c->a, &w, b, n - b < FO_Q8_BLOCK ? n : b + FO_Q8_BLOCK);
+            }
+        } else if (q8) {
             fo_tensor w = s;
             for (int k = 0; k < FO_MAX_STATES; k++) {
                 if (s.s[k] == NULL) continue;
@@ -445,6 +468,8 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
                 w.s[k] = scratch[k];
             }
             c->fn(c->a, &w, 0, n);
+        }
+        if (q8) {
             for (int k = 0; k < FO_MAX_STATES; k++) {
                 if (s.s[k] == NULL) continue;
                 active->q8_encode(scratch[k], (uint8_t *)s.s[k],
@@ -491,7 +516,8 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
         && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop};
+        const fo_fused_call c = {fn, dt, la, f, in_loop,
+                                 (flags & FO_FUSE_Q8) && active->rule_q8[rule] != NULL};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }

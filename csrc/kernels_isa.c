@@ -53,18 +53,47 @@
 #undef FO_T
 #pragma GCC diagnostic pop
 
+/* float32 parameters with 8-bit states: the same rules again, decoding
+ * each state element as they read it (rules.h, FO_Q8), for the rules of
+ * FO_Q8_LIST: those whose loops store every state they are given on every
+ * step, which the requantization after the loop reads back.  Left out:
+ * ADOPT (its first step stores v alone), Muon (its momentum loop indexes
+ * the buffer directly) and the rules with per-tensor reductions (they
+ * have no 8-bit states).  A rule left out is still right, only slower:
+ * its states are decoded into scratch before its loop. */
+#define FO_Q8_LIST(X) X(sgd, SGD) X(momentum, MOMENTUM) X(rmsprop, RMSPROP) \
+    X(adam, ADAM) X(adagrad, ADAGRAD) X(lion, LION) X(adadelta, ADADELTA) \
+    X(rprop, RPROP) X(adamax, ADAMAX) X(radam, RADAM) X(nadam, NADAM) \
+    X(asgd, ASGD) X(ademamix, ADEMAMIX) X(sklearn_adam, SKLEARN_ADAM) \
+    X(sklearn_sgd, SKLEARN_SGD) X(adamw_schedulefree, ADAMW_SCHEDULEFREE) \
+    X(sgd_schedulefree, SGD_SCHEDULEFREE)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#define FO_T float
+#define FO_SQRT sqrtf
+#define FO_Q8 1
+#define FO_NAME(x) FO_CAT(FO_CAT(x, _q8_), FO_ISA)
+#include "fastopt/rules.h"
+#undef FO_NAME
+#undef FO_Q8
+#undef FO_SQRT
+#undef FO_T
+#pragma GCC diagnostic pop
+
 /* this level's rules that move the averages in their loop */
 extern const fo_range_fn FO_CAT(fo_rules_ema_, FO_ISA)[FO_NRULES][2];
 
 #define FO_PAIR(x) {FO_CAT(FO_CAT(x, _f32_), FO_ISA), FO_CAT(FO_CAT(x, _f64_), FO_ISA)}
 #define FO_RULE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_range),
 #define FO_BF16_ROW(name, NAME) [FO_RULE_##NAME] = FO_CAT(FO_CAT(name##_range, _bf16_), FO_ISA),
+#define FO_Q8_ROW(name, NAME) [FO_RULE_##NAME] = FO_CAT(FO_CAT(name##_range, _q8_), FO_ISA),
 #define FO_REDUCE_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_reduce),
 #define FO_AXES_ROW(name, NAME) [FO_RULE_##NAME] = FO_PAIR(name##_axes),
 
 const fo_isa_table FO_CAT(fo_table_, FO_ISA) = {
     .rule = {FO_RULE_LIST(FO_RULE_ROW)},
     .rule_bf16 = {FO_RULE_LIST(FO_BF16_ROW)},
+    .rule_q8 = {FO_Q8_LIST(FO_Q8_ROW)},
     .rule_ema = FO_CAT(fo_rules_ema_, FO_ISA),
     .reduce = {FO_REDUCE_LIST(FO_REDUCE_ROW)},
     .axes = {FO_AXES_LIST(FO_AXES_ROW)},

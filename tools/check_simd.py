@@ -10,7 +10,7 @@ any fused multiply-add (vfmadd..., fmadd/fmsub/fnmadd/fnmsub/fmla/fmls)
 fails: it would mean a build without -ffp-contract=off.
 
 For every rule's range function at every compiled level (kernels_isa.o:
-float32, float64 and bfloat16 states; kernels_isa_ema.o: the loops that
+float32, float64, bfloat16 and 8-bit states; kernels_isa_ema.o: the loops that
 move the averaged parameters, emaf32 and emaf64), counts packed
 arithmetic instructions by register width (xmm = 128, ymm = 256, zmm = 512
 bits) and reports the widest packed sqrt and division.  Exits 1 when a level
@@ -93,6 +93,18 @@ def row_kinds(rule):
     if rule in TABLE_RULES:
         kinds += ("emaf32", "emaf64") + (() if rule in NO_BF16 else ("bf16",))
     return kinds
+
+
+def kinds_at(rule, funcs, level):
+    """row_kinds, and q8 where the level has the rule's loop for 8-bit
+    states (rules.h with FO_Q8; only rules of kernels_isa.c's FO_Q8_LIST
+    have one, and Adam must)"""
+    kinds = row_kinds(rule)
+    if rule == "adam" or f"{rule}_range_q8_{level}" in funcs:
+        kinds += ("q8",)
+    return kinds
+
+
 ARITH = re.compile(r"\b(v?)(sqrt|div|mul|add|sub|max|min)p([sd])\b.*%([xyz]mm)")
 
 
@@ -147,7 +159,7 @@ def check_aarch64(obj):
     failures = 0
     print(f"aarch64 baseline = NEON ({obj}), expected v.4s/v.2d:")
     for rule in RULES:
-        for dt in row_kinds(rule):
+        for dt in kinds_at(rule, funcs, "baseline"):
             body = funcs.get(f"{rule}_range_{dt}_baseline", [])
             count = collections.Counter()
             for line in body:
@@ -197,7 +209,7 @@ def main():
         failures += len(bad)
         print(f"{level} ({objs[-1]}), expected {reg}, fused multiply-adds: {len(bad)}:")
         for rule in RULES:
-            for dt in row_kinds(rule):
+            for dt in kinds_at(rule, funcs, level):
                 body = funcs.get(f"{rule}_range_{dt}_{level}", [])
                 count = collections.Counter()
                 for line in body:

@@ -48,6 +48,10 @@ typedef int (*fo_allfinite_fn)(const fo_tensor *t, size_t lo, size_t hi);
 typedef struct {
     fo_range_fn rule[FO_NRULES][2];
     fo_range_fn rule_bf16[FO_NRULES];    /* float32, bfloat16 states */
+    /* float32, 8-bit states: a loop over one block that decodes the
+     * states as it reads them (rules.h, FO_Q8); NULL for a rule that has
+     * none, whose states are decoded into scratch before its loop */
+    fo_range_fn rule_q8[FO_NRULES];
     /* the rules moving the average in their loop (kernels_isa_ema.c) */
     const fo_range_fn (*rule_ema)[2];
     fo_reduce_fn reduce[FO_NRULES][2];   /* NULL for one-pass rules */

@@ -46,6 +46,13 @@ typedef struct {
     size_t at;      /* the index of element 0 in the random bits (0) */
     void *scale[FO_MAX_STATES]; /* 8-bit states: one float32 per block of
                                    FO_Q8_BLOCK elements (FO_FUSE_Q8) */
+    /* Set by fo_run_fused for a rule's loop over one block of 8-bit
+     * states (rules.h, FO_Q8): the block's codes of each state, its scale,
+     * and a bit per state that is never negative; s[k] is then the
+     * float32 scratch the loop stores the new states to */
+    const uint8_t *q8_codes[FO_MAX_STATES];
+    float q8_scale[FO_MAX_STATES];
+    unsigned q8_nonneg;
     /* A factored rule's tensor (one with row and column states): the
      * parameter as (batch, rows, cols), rows and cols its last two
      * dimensions, and scratch, room for batch * (rows + cols + 1) doubles
@@ -130,9 +137,11 @@ typedef struct {
 /* FO_FUSE_Q8: the states of a float32 tensor are 8-bit codes (uint8, in
  * s[k]) with one float32 scale per block of FO_Q8_BLOCK elements counted
  * from the tensor's start (scale[k]).  Chunks and thread splits fall on
- * block boundaries; each chunk's states are decoded into float32 scratch,
- * the rule's float32 loop runs on it, and each block is requantized from
- * that scratch (fo_q8_encode).  dt must be 0. */
+ * block boundaries; the rule's loop runs over each block of a chunk,
+ * decoding the states as it reads them and storing the new values to
+ * float32 scratch (rules.h, FO_Q8; a rule without such a loop gets the
+ * chunk's states decoded into the scratch first), and each block is
+ * requantized from that scratch (fo_q8_encode).  dt must be 0. */
 #define FO_FUSE_Q8 16u
 #define FO_Q8_BLOCK 256
 /* A state that a rule writes without reading it (ASGD's ax before t0) is

@@ -226,6 +226,19 @@ static inline __attribute__((always_inline)) float FO_LOWP(q8_value)(uint32_t c,
     return c != 0u ? v : 0.0f;
 }
 
+/* The value of code c in a block of the given scale, mag being the top
+ * code of its map (255 never negative, 127 signed): what q8_decode stores,
+ * without a branch on the map, for the rules' loops that decode a state as
+ * they read it (rules.h, FO_Q8) */
+static inline __attribute__((always_inline)) float FO_LOWP(q8_load)(
+    uint32_t c, float scale, uint32_t mag)
+{
+    const uint32_t cm = c & mag;
+    const float u = FO_LOWP(q8_float)((cm + ((0x3f800000u >> FO_Q8_DROP) - mag)) << FO_Q8_DROP);
+    const float v = scale * (cm != 0u ? u : 0.0f);
+    return FO_LOWP(q8_float)(FO_LOWP(q8_bits)(v) ^ ((c & ~mag & 0x80u) << 24));
+}
+
 /* out[i] = the value of code codes[i] in its block, i < n, from a block
  * start */
 static void FO_LOWP(q8_decode)(const uint8_t *codes, const float *scales,

@@ -64,6 +64,27 @@
 #define FO_LD(x, i) FO_LOWP(bf16_load)(x[i])
 #define FO_ST(x, i, v) (x[i] = FO_LOWP(bf16_store)((v), \
     FO_LOWP(bf16_bits)(FO_LOWP(hash32)(x##_key + (uint32_t)(i)), x##_low)))
+#elif defined(FO_Q8)
+/* With FO_Q8 defined (float32 parameters, 8-bit states) a loop runs over
+ * one block of at most FO_Q8_BLOCK elements (dispatch.c, fused_range): it
+ * decodes each state element from its code as it reads it (q8.h,
+ * q8_load), so that the decoding's integer work runs beside the rule's
+ * square roots and divisions, and stores the new value to float32
+ * scratch, s[k], which the block's requantization then reads.  Only rules
+ * whose loops store every state they are given on every step have such a
+ * loop (kernels_isa.c).  gcc does not take `restrict` on these local
+ * pointers as a promise, and the code arrays add so many overlap checks to
+ * the loop's that it would stay scalar; the arrays never overlap
+ * (kernels.h), which ivdep tells it. */
+#define FO_FOR(i) _Pragma("GCC ivdep") for (uint32_t i = (uint32_t)lo; i < (uint32_t)hi; i++)
+#define FO_STATE(x, slot) \
+    float *restrict x = (float *)t->s[slot]; \
+    const uint8_t *restrict x##_code = t->q8_codes[slot]; \
+    const float x##_scale = t->q8_scale[slot]; \
+    const uint32_t x##_mag = (t->q8_nonneg >> (slot)) & 1u ? 255u : 127u; \
+    (void)x; (void)x##_code; (void)x##_scale; (void)x##_mag
+#define FO_LD(x, i) FO_LOWP(q8_load)(x##_code[i], x##_scale, x##_mag)
+#define FO_ST(x, i, v) (x[i] = (v))
 #else
 #define FO_FOR(i) for (size_t i = lo; i < hi; i++)
 #define FO_STATE(x, slot) FO_T *restrict x = (FO_T *)t->s[slot]
@@ -598,7 +619,7 @@ static void FO_NAME(nadam_range)(const void *args, const fo_tensor *t,
 
 /* ---- ASGD (torch.optim.ASGD) ---------------------------------------- */
 
-#if FO_CAN_STREAM && !defined(FO_BF16)
+#if FO_CAN_STREAM && !defined(FO_BF16) && !defined(FO_Q8)
 /* dst[0:n] = src[0:n], dst's FO_STREAM_BYTES-aligned pieces stored around
  * the cache (dst aligned to its element, as every array the step takes is);
  * elementwise loops for the head and the tail, whose few elements a
@@ -647,7 +668,7 @@ FO_INLINE void FO_NAME(asgd_body)(const fo_args *a, const fo_tensor *t,
         return;
     }
     /* before t0 ax is a copy of the parameter, written without being read */
-#if FO_CAN_STREAM && !defined(FO_BF16)
+#if FO_CAN_STREAM && !defined(FO_BF16) && !defined(FO_Q8)
     if (t->n * sizeof(FO_T) >= FO_STREAM_MIN) {
         /* blocks start on ax's cache lines: a line written partly around
          * the cache and partly through it, or around it from two blocks
