@@ -448,6 +448,9 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
             fo_tensor w = s;
             w.q8_nonneg = c->f->q8_nonneg;
             for (int k = 0; k < FO_MAX_STATES; k++) {
+                /* a slot the rule does not use is declared all the same */
+                w.q8_codes[k] = NULL;
+                w.q8_scale[k] = 0.0f;
                 if (s.s[k] == NULL) continue;
                 w.q8_codes[k] = (const uint8_t *)s.s[k];
                 w.s[k] = scratch[k];
