@@ -218,18 +218,12 @@ static void FO_LOWP(q8_encode)(const float *x, uint8_t *codes, float *scales,
     }
 }
 
-/* The magnitude of code c (its bits 0-6 if signed): 0, or the float of
- * bits (c + K) << FO_Q8_DROP */
-static inline __attribute__((always_inline)) float FO_LOWP(q8_value)(uint32_t c, int nonneg)
-{
-    const float v = FO_LOWP(q8_float)((c + FO_Q8_K(nonneg)) << FO_Q8_DROP);
-    return c != 0u ? v : 0.0f;
-}
-
 /* The value of code c in a block of the given scale, mag being the top
- * code of its map (255 never negative, 127 signed): what q8_decode stores,
- * without a branch on the map, for the rules' loops that decode a state as
- * they read it (rules.h, FO_Q8) */
+ * code of its map (255 never negative, 127 signed): 0 for magnitude 0,
+ * else the float of bits (magnitude + K) << FO_Q8_DROP times the scale,
+ * with the sign bit of a signed code xor-ed in.  No branch on the map:
+ * q8_decode passes a constant mag, the rules' loops that decode a state
+ * as they read it the state's own (rules.h, FO_Q8) */
 static inline __attribute__((always_inline)) float FO_LOWP(q8_load)(
     uint32_t c, float scale, uint32_t mag)
 {
@@ -252,13 +246,10 @@ static void FO_LOWP(q8_decode)(const uint8_t *codes, const float *scales,
         const float scale = scales[b];
         if (nonneg) {
             for (uint32_t i = 0; i < m; i++)
-                o[i] = scale * FO_LOWP(q8_value)(c[i], 1);
+                o[i] = FO_LOWP(q8_load)(c[i], scale, FO_Q8_TOP(1));
         } else {
-            for (uint32_t i = 0; i < m; i++) {
-                const uint32_t ci = c[i];
-                const float v = scale * FO_LOWP(q8_value)(ci & 127u, 0);
-                o[i] = FO_LOWP(q8_float)(FO_LOWP(q8_bits)(v) ^ ((ci & 0x80u) << 24));
-            }
+            for (uint32_t i = 0; i < m; i++)
+                o[i] = FO_LOWP(q8_load)(c[i], scale, FO_Q8_TOP(0));
         }
     }
 }

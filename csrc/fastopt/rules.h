@@ -81,7 +81,7 @@
     float *restrict x = (float *)t->s[slot]; \
     const uint8_t *restrict x##_code = t->q8_codes[slot]; \
     const float x##_scale = t->q8_scale[slot]; \
-    const uint32_t x##_mag = (t->q8_nonneg >> (slot)) & 1u ? 255u : 127u; \
+    const uint32_t x##_mag = FO_Q8_TOP((t->q8_nonneg >> (slot)) & 1u); \
     (void)x; (void)x##_code; (void)x##_scale; (void)x##_mag
 #define FO_LD(x, i) FO_LOWP(q8_load)(x##_code[i], x##_scale, x##_mag)
 #define FO_ST(x, i, v) (x[i] = (v))
