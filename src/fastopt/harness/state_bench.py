@@ -11,6 +11,7 @@ Rows per size and thread count (median ms per step, timed interleaved):
               and written, g read, two uint8 codes read and written) plus
               a float32 scale per 256 elements and state
   floor_28    fastopt's traffic kernel over p, g and two float32 states
+              (placed within a page as the optimizer places its states)
   floor_20    the same over p, g and one float32 state: 20 bytes an element,
               the bytes of a step with two 2-byte states
   floor_16    the same (p, g, one float32 state: 20 bytes an element) over
