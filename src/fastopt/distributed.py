@@ -70,7 +70,8 @@ Failures.  Shapes, dtype, optimizer class and hyperparameters are compared
 across ranks at construction, and a mismatch raises the same ValueError on
 every rank.  An error inside a step on one rank would leave the others
 waiting in a collective forever; with more than one rank it is printed with
-the rank's number and the job is ended with ``comm.Abort``.
+the rank's number and, half a second later (for the launcher to forward the
+message), the job is ended with ``comm.Abort``.
 
 Checkpoints (:meth:`ShardedOptimizer.save`, :meth:`ShardedOptimizer.load`,
 :func:`consolidate`): a folder with one file per rank, each written
@@ -857,6 +858,9 @@ class ShardedOptimizer:
                 f"deterministic={self.deterministic})")
 
 
+_ABORT_GRACE_S = 0.5
+
+
 class _AbortOnError:
     """Within a step: raise as usual on one rank; with several, print the
     error with the rank's number and end the job (the others would wait in
@@ -874,6 +878,10 @@ class _AbortOnError:
         sys.stderr.write(f"fastopt.distributed: rank {self.rank} of {self.size} failed "
                          f"in {self.what}: {kind.__name__}: {value}; aborting the job\n")
         sys.stderr.flush()
+        # the launcher forwards a rank's output from a pipe, and aborting
+        # at once can end the job before it has read the message: once, in
+        # a test run under MPICH's hydra, nothing at all reached stderr
+        time.sleep(_ABORT_GRACE_S)
         self.comm.Abort(1)
         return False
 
