@@ -469,15 +469,11 @@ static void FO_NAME(rprop_range)(const void *args, const fo_tensor *t,
         /* every load before the first store: with the parameter read
          * after the states' stores gcc wrote each state twice an
          * iteration (the second a blend with a reload), which kept the
-         * AVX2 loop at 76-86 % of its floor on two threads; and the
-         * stores in the floor's order, p and then the states by slot
-         * (AVX-512, float32, one thread, 10^7 elements, six runs each:
-         * a median of 95 % of the floor with p stored last, 98 % with p
-         * first) */
+         * AVX2 loop at 76-86 % of its floor on two threads */
         const FO_T pi = p[i] - FO_NAME(sign)(gz) * sc;
-        FO_SETP(p, i, pi);
-        FO_ST(prev, i, gz);
         FO_ST(size, i, sc);
+        FO_ST(prev, i, gz);
+        FO_SETP(p, i, pi);
     }
 }
 
