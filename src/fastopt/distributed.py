@@ -879,8 +879,9 @@ class _AbortOnError:
                          f"in {self.what}: {kind.__name__}: {value}; aborting the job\n")
         sys.stderr.flush()
         # the launcher forwards a rank's output from a pipe, and aborting
-        # at once can end the job before it has read the message: once, in
-        # a test run under MPICH's hydra, nothing at all reached stderr
+        # at once can end the job before it has read the message, which is
+        # then lost with everything else the rank printed (seen under
+        # MPICH's hydra)
         time.sleep(_ABORT_GRACE_S)
         self.comm.Abort(1)
         return False
