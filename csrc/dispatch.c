@@ -387,6 +387,13 @@ typedef struct {
     int q8_in_loop;    /* fn decodes 8-bit states itself (rules.h, FO_Q8) */
 } fo_fused_call;
 
+/* The rule's loop that decodes 8-bit states as it reads them (rules.h,
+ * FO_Q8), when the states are 8-bit and the rule has one; else NULL */
+static fo_range_fn q8_loop(int rule, unsigned flags)
+{
+    return (flags & FO_FUSE_Q8) ? active->rule_q8[rule] : NULL;
+}
+
 /* The loop to run for the rule under f, and its arguments.  For an
  * average in lerp's first form (weight < 0.5, states in the parameters'
  * dtype) that is the loop that moves it as it stores each parameter
@@ -401,10 +408,10 @@ static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
         *fn = active->rule_bf16[rule];
         return 0;
     }
-    if ((flags & FO_FUSE_Q8) && active->rule_q8[rule] != NULL) {
+    if (q8_loop(rule, flags) != NULL) {
         /* an average then moves over each chunk after the loop, with the
          * arithmetic of the loops that move it */
-        *fn = active->rule_q8[rule];
+        *fn = q8_loop(rule, flags);
         return 0;
     }
     if (!(flags & FO_FUSE_EMA) || !(f->ema_weight < 0.5)) {
@@ -519,8 +526,7 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
         && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop,
-                                 (flags & FO_FUSE_Q8) && active->rule_q8[rule] != NULL};
+        const fo_fused_call c = {fn, dt, la, f, in_loop, q8_loop(rule, flags) != NULL};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }
