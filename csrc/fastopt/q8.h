@@ -162,13 +162,12 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_codes)(
     }
 }
 
-/* One block of n <= FO_Q8_BLOCK elements; kb: its random counter */
+/* One block of n <= FO_Q8_BLOCK elements whose range (q8_range_bits) is
+ * mbits and low; kb: its random counter */
 static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
     const float *restrict x, uint8_t *restrict codes, float *scale, size_t n,
-    int nonneg, uint32_t kb)
+    int nonneg, uint32_t kb, uint32_t mbits, uint32_t low)
 {
-    uint32_t low;
-    const uint32_t mbits = FO_LOWP(q8_range_bits)(x, n, nonneg, &low);
     float absmax = FO_LOWP(q8_float)(mbits);
     *scale = absmax;
     if (mbits >= 0x7f800000u) {   /* infinite or NaN */
@@ -187,8 +186,9 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
         amin *= 0x1p64f;
         inv = 1.0f / absmax;
     }
+    /* the next float up from a positive finite inv: its bits plus one */
     if (absmax * inv < 1.0f && absmax > 0.0f)
-        inv = nextafterf(inv, INFINITY);
+        inv = FO_LOWP(q8_float)(FO_LOWP(q8_bits)(inv) + 1u);
     /* float rounding is monotonic, so every nonzero y = a * inv is at
      * least amin * inv: when that is V(1) or more, nothing in the block is
      * coded from below V(1) and the short form of the code gives the same
@@ -203,6 +203,11 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_block_encode)(
     }
 }
 
+/* Blocks whose ranges are found together, before any is coded: the
+ * ranges' reductions and the scalar work after them do not wait for one
+ * another */
+#define FO_Q8_GROUP 4
+
 /* n elements of x from a block start: codes, and a scale per block.  The
  * random byte of element i (counted from x) is byte (i >> 6) & 3 of
  * hash32(key + index0 / 4 + (i >> 8) * 64 + (i & 63)) */
@@ -210,11 +215,20 @@ static void FO_LOWP(q8_encode)(const float *x, uint8_t *codes, float *scales,
                                size_t n, int nonneg, uint32_t key, size_t index0)
 {
     const uint32_t k = key + (uint32_t)(index0 >> 2);
-    for (size_t b = 0; b * FO_Q8_BLOCK < n; b++) {
-        const size_t at = b * FO_Q8_BLOCK;
-        const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
-        FO_LOWP(q8_block_encode)(x + at, codes + at, scales + b, m, nonneg,
-                                 k + (uint32_t)(b * 64));
+    for (size_t b0 = 0; b0 * FO_Q8_BLOCK < n; b0 += FO_Q8_GROUP) {
+        uint32_t mbits[FO_Q8_GROUP], low[FO_Q8_GROUP];
+        size_t g = 0;
+        for (; g < FO_Q8_GROUP && (b0 + g) * FO_Q8_BLOCK < n; g++) {
+            const size_t at = (b0 + g) * FO_Q8_BLOCK;
+            const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
+            mbits[g] = FO_LOWP(q8_range_bits)(x + at, m, nonneg, &low[g]);
+        }
+        for (size_t j = 0; j < g; j++) {
+            const size_t b = b0 + j, at = b * FO_Q8_BLOCK;
+            const size_t m = n - at < FO_Q8_BLOCK ? n - at : FO_Q8_BLOCK;
+            FO_LOWP(q8_block_encode)(x + at, codes + at, scales + b, m, nonneg,
+                                     k + (uint32_t)(b * 64), mbits[j], low[j]);
+        }
     }
 }
 
