@@ -77,6 +77,14 @@ def _generate():
                      + f"FO_{up}_N{kind} }};")
         for bit, name in enumerate(r.options, start=2):
             c.append(f"#define FO_{up}_O_{name.upper()} (1u << {bit})")
+        # each state's sign, for the loops that decode 8-bit states as they
+        # read them (rules.h, FO_Q8), and the rule's mask of never negative
+        # states, which fastopt passes as q8_nonneg (optim.py)
+        if r.states:
+            c.append("enum { " + "".join(
+                f"FO_{up}_S_{s.name.upper()}_NONNEG = {int(s.sign == 'nonneg')}, "
+                for s in r.states) + "};")
+        c.append(f"#define FO_{up}_Q8_NONNEG {sum(1 << k for k, s in enumerate(r.states) if s.sign == 'nonneg')}u")
     c.append("#endif")
     _write("csrc/fastopt/fo_table.h", "\n".join(c) + "\n")
     with open("src/fastopt/_functional.pxi.tp") as f:

@@ -387,11 +387,22 @@ typedef struct {
     int q8_in_loop;    /* fn decodes 8-bit states itself (rules.h, FO_Q8) */
 } fo_fused_call;
 
+/* Each rule's never negative states, as the rule table gives them
+ * (fo_table.h): the maps its loop that decodes 8-bit states was compiled
+ * for (rules.h, FO_Q8) */
+#define FO_Q8_SIGNS_ROW(name, NAME) [FO_RULE_##NAME] = FO_##NAME##_Q8_NONNEG,
+static const unsigned q8_signs[FO_NRULES] = {FO_RULE_LIST(FO_Q8_SIGNS_ROW)};
+#undef FO_Q8_SIGNS_ROW
+
 /* The rule's loop that decodes 8-bit states as it reads them (rules.h,
- * FO_Q8), when the states are 8-bit and the rule has one; else NULL */
-static fo_range_fn q8_loop(int rule, unsigned flags)
+ * FO_Q8), when the states are 8-bit, the rule has one and the states'
+ * maps are the ones it was compiled for; else NULL (the states are then
+ * decoded into scratch before the rule's float32 loop) */
+static fo_range_fn q8_loop(int rule, const fo_fuse *f)
 {
-    return (flags & FO_FUSE_Q8) ? active->rule_q8[rule] : NULL;
+    if (f == NULL || !(f->flags & FO_FUSE_Q8) || f->q8_nonneg != q8_signs[rule])
+        return NULL;
+    return active->rule_q8[rule];
 }
 
 /* The loop to run for the rule under f, and its arguments.  For an
@@ -408,10 +419,10 @@ static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
         *fn = active->rule_bf16[rule];
         return 0;
     }
-    if (q8_loop(rule, flags) != NULL) {
+    if (q8_loop(rule, f) != NULL) {
         /* an average then moves over each chunk after the loop, with the
          * arithmetic of the loops that move it */
-        *fn = q8_loop(rule, flags);
+        *fn = q8_loop(rule, f);
         return 0;
     }
     if (!(flags & FO_FUSE_EMA) || !(f->ema_weight < 0.5)) {
@@ -526,7 +537,7 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
         && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop, q8_loop(rule, flags) != NULL};
+        const fo_fused_call c = {fn, dt, la, f, in_loop, q8_loop(rule, f) != NULL};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }

@@ -4,6 +4,7 @@ every level and thread count; the codec's edge cases, checkpoints,
 conversions, bad input, and accuracy on the noisy quadratic of
 test_state_dtype against a float64 run."""
 import copy
+import dataclasses
 import inspect
 
 import numpy as np
@@ -42,6 +43,23 @@ def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
     thread splits fall inside tensors and are moved to block boundaries; a
     None gradient."""
     _check(*run_against_model(name, rule, rng, "8bit", Model, (3, 300, 2500), 4, 7))
+
+
+def test_states_with_other_maps_than_the_table_are_still_exact(monkeypatch, exec_env, rng):
+    """The loops that decode 8-bit states as they read them are compiled
+    for the maps of the rule table (v never negative); states given other
+    maps (here all signed, through the table the class and the reference
+    read) take the decode-into-scratch path and still match the reference
+    bit for bit on every level and thread count."""
+    rule = fastopt.AdamW.rule
+    signed = dataclasses.replace(rule, states=tuple(
+        dataclasses.replace(s, sign="") for s in rule.states))
+    monkeypatch.setattr(fastopt.AdamW, "rule", signed)
+    monkeypatch.setitem(reference.RULES, rule.name, signed)
+    opt, params, model = run_against_model("AdamW", signed, rng, "8bit", Model,
+                                           (3, 300, 2500), 4, 7)
+    assert opt._nonneg_slots() == []
+    _check(opt, params, model)
 
 
 def _special():
