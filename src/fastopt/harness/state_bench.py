@@ -2,7 +2,9 @@
 with its states in each state dtype, against torch's fused AdamW (float32
 states) and the traffic floors of the byte counts, measured in one run.
 
-Rows per size and thread count (median ms per step, timed interleaved):
+Rows per size and thread count (median ms per step; bnb in rounds of its
+own, every other row timed interleaved, one call of each in turn, at least
+15 rounds):
 
   float32     fastopt.AdamW, states in float32: 28 bytes an element
               (p read and written, g read, m and v read and written)
@@ -100,14 +102,18 @@ def measure(n, threads, budget, torch, rng):
         topt.step()
         calls["torch"] = topt.step
         bnb = _bnb_step(torch, p0, g)
-        if bnb is not None:
-            calls["bnb"] = bnb
+    else:
+        bnb = None
     out = {}
     for t in threads:
         fastopt.set_num_threads(t)
         if torch is not None:
             torch.set_num_threads(t)
-        out[t] = _median_ms(calls, budget)
+        # bitsandbytes' step takes 40-70 times the others': in their rounds
+        # it would leave them five samples each at 5 * 10^7 elements
+        out[t] = _median_ms(calls, budget, min_reps=15)
+        if bnb is not None:
+            out[t].update(_median_ms({"bnb": bnb}, budget, min_reps=3))
     fastopt.set_num_threads(None)
     return out
 
