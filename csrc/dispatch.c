@@ -464,7 +464,6 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
              * and storing the new values to scratch (rules.h, FO_Q8); at
              * is a multiple of FO_Q8_BLOCK: lo is, and so is the chunk */
             fo_tensor w = s;
-            w.q8_nonneg = c->f->q8_nonneg;
             for (int k = 0; k < FO_MAX_STATES; k++) {
                 /* a slot the rule does not use is declared all the same */
                 w.q8_codes[k] = NULL;

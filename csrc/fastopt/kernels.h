@@ -47,12 +47,12 @@ typedef struct {
     void *scale[FO_MAX_STATES]; /* 8-bit states: one float32 per block of
                                    FO_Q8_BLOCK elements (FO_FUSE_Q8) */
     /* Set by fo_run_fused for a rule's loop over one block of 8-bit
-     * states (rules.h, FO_Q8): the block's codes of each state, its scale,
-     * and a bit per state that is never negative; s[k] is then the
-     * float32 scratch the loop stores the new states to */
+     * states (rules.h, FO_Q8): the block's codes of each state and its
+     * scale (each state's map is the rule table's, a constant in the
+     * loop); s[k] is then the float32 scratch the loop stores the new
+     * states to */
     const uint8_t *q8_codes[FO_MAX_STATES];
     float q8_scale[FO_MAX_STATES];
-    unsigned q8_nonneg;
     /* A factored rule's tensor (one with row and column states): the
      * parameter as (batch, rows, cols), rows and cols its last two
      * dimensions, and scratch, room for batch * (rows + cols + 1) doubles

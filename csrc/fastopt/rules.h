@@ -79,9 +79,8 @@
  * signed) is its sign in the rule table (fo_table.h, slot##_NONNEG, so
  * `slot` must be the state's enum name), a constant: a decode that knows
  * its map does without the other's masking (AdamW at 10^5 elements, one
- * thread: 0.53 ns an element with the map read from t->q8_nonneg, 0.46
- * with it constant); dispatch.c runs these loops only for the table's
- * signs. */
+ * thread: 0.53 ns an element with the map read at run time, 0.46 with it
+ * constant); dispatch.c runs these loops only for the table's signs. */
 #define FO_FOR(i) _Pragma("GCC ivdep") for (uint32_t i = (uint32_t)lo; i < (uint32_t)hi; i++)
 #define FO_STATE(x, slot) \
     float *restrict x = (float *)t->s[slot]; \
