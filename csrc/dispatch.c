@@ -419,10 +419,11 @@ static int rule_loop(int rule, int dt, const fo_args *a, const fo_fuse *f,
         *fn = active->rule_bf16[rule];
         return 0;
     }
-    if (q8_loop(rule, f) != NULL) {
+    const fo_range_fn q8 = q8_loop(rule, f);
+    if (q8 != NULL) {
         /* an average then moves over each chunk after the loop, with the
          * arithmetic of the loops that move it */
-        *fn = q8_loop(rule, f);
+        *fn = q8;
         return 0;
     }
     if (!(flags & FO_FUSE_EMA) || !(f->ema_weight < 0.5)) {
