@@ -35,6 +35,9 @@ static const fo_isa_table *active = &fo_table_baseline;
 static int active_level = FO_BASELINE;
 static int num_threads = 0; /* 0: as many as OpenMP offers */
 static size_t parallel_threshold = FO_DEFAULT_PARALLEL_THRESHOLD;
+/* steps of at least this many bytes prefetch in their loops over bfloat16
+ * and 8-bit states (prefetch_step) */
+static size_t prefetch_min = FO_STREAM_MIN;
 /* A cap on the threads of the steps the calling thread makes (0: none),
  * which fastopt.limit_threads sets around a block of code. */
 static _Thread_local int thread_cap = 0;
@@ -192,6 +195,8 @@ int fo_thread_cap_swap(int n)
 
 size_t fo_parallel_threshold(void) { return parallel_threshold; }
 void fo_parallel_threshold_set(size_t n) { parallel_threshold = n; }
+size_t fo_prefetch_threshold(void) { return prefetch_min; }
+void fo_prefetch_threshold_set(size_t n) { prefetch_min = n; }
 
 static size_t total_elements(const fo_tensor *t, size_t count)
 {
@@ -385,7 +390,53 @@ typedef struct {
     const fo_fuse *f;
     int ema_in_loop;   /* fn moves the averages itself */
     int q8_in_loop;    /* fn decodes 8-bit states itself (rules.h, FO_Q8) */
+    int prefetch;      /* fn's loop prefetches (rules.h, FO_FOR) */
 } fo_fused_call;
+
+/* The plan of a loop over chunk s (elements [at, at + s.n) of t) of
+ * bfloat16 or 8-bit states (rules.h, FO_FOR): the parameter, the gradient
+ * unless it is the chunk's mean (scratch), the average when the loop moves
+ * it, and each state (its codes for 8 bits), as far as t's end */
+static void prefetch_plan(fo_prefetch *pf, const fo_tensor *t,
+                          const fo_tensor *s, size_t at, unsigned flags,
+                          int ema_in_loop)
+{
+    const unsigned shift = (flags & FO_FUSE_Q8) ? 0u : 1u;
+    int n = 0;
+    pf->base[n] = (const char *)s->p; pf->shift[n++] = 2;
+    if (!(flags & FO_FUSE_MEAN) && s->g != NULL) {
+        pf->base[n] = (const char *)s->g; pf->shift[n++] = 2;
+    }
+    if (ema_in_loop && s->ema != NULL) {
+        pf->base[n] = (const char *)s->ema; pf->shift[n++] = 2;
+    }
+    for (int k = 0; k < FO_MAX_STATES; k++) {
+        if (s->s[k] == NULL) continue;
+        pf->base[n] = (const char *)s->s[k]; pf->shift[n++] = shift;
+    }
+    pf->count = n;
+    pf->limit = t->n - at;
+}
+
+/* Whether the loops over bfloat16 or 8-bit states of a step on these
+ * tensors prefetch: when the step's arrays cannot stay in cache (at least
+ * prefetch_min bytes, by default FO_STREAM_MIN).  In cache the prefetches
+ * only cost (AdamW with bfloat16 states at 10^6 elements, 20 MB: slower
+ * with them) */
+static int prefetch_step(const fo_tensor *t, size_t count, unsigned flags)
+{
+    size_t bytes = 0;
+    if (prefetch_min == 0) return 1;
+    const size_t state_size = (flags & FO_FUSE_Q8) ? 1 : 2;
+    for (size_t k = 0; k < count; k++) {
+        size_t per = 2 * sizeof(float);
+        for (int j = 0; j < FO_MAX_STATES; j++)
+            if (t[k].s[j] != NULL) per += state_size;
+        bytes += t[k].n * per;
+        if (bytes >= prefetch_min) return 1;
+    }
+    return 0;
+}
 
 /* Each rule's never negative states, as the rule table gives them
  * (fo_table.h): the maps its loop that decodes 8-bit states was compiled
@@ -456,6 +507,12 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
         const size_t n = hi - at < chunk ? hi - at : chunk;
         fo_tensor s = part_of(t, at, n, c->dt, state_size);
         s.at = t->at + at;
+        fo_prefetch pf;
+        s.pf = NULL;
+        if (c->prefetch) {
+            prefetch_plan(&pf, t, &s, at, flags, c->ema_in_loop);
+            s.pf = &pf;
+        }
         if (flags & FO_FUSE_MEAN) {
             active->mean[c->dt](&s, n, &tmp, c->f->count, 1);
             s.g = &tmp;
@@ -537,7 +594,12 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
         && (in_loop || flags == 0)) {
         drive(fn, la, t, count);
     } else {
-        const fo_fused_call c = {fn, dt, la, f, in_loop, q8_loop(rule, f) != NULL};
+        const int q8_in_loop = q8_loop(rule, f) != NULL;
+        /* the loops over bfloat16 states, and over 8-bit ones that decode
+         * them (the others run on scratch) */
+        const int pf = ((flags & FO_FUSE_BF16) || q8_in_loop)
+            && prefetch_step(t, count, flags);
+        const fo_fused_call c = {fn, dt, la, f, in_loop, q8_in_loop, pf};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
     }

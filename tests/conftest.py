@@ -68,6 +68,18 @@ def restore_config():
     _restore_config(saved)
 
 
+@pytest.fixture(params=[False, True], ids=lambda on: "prefetch" if on else "plain")
+def prefetching(request):
+    """The loops over bfloat16 and 8-bit states as they run on small steps
+    and with the prefetching they do on steps too large for the cache (the
+    threshold lowered to 0 bytes, so that the tests' small arrays take it)"""
+    saved = _core.get_prefetch_threshold()
+    if request.param:
+        _core.set_prefetch_threshold(0)
+    yield request.param
+    _core.set_prefetch_threshold(saved)
+
+
 @pytest.fixture(params=AVAILABLE_LEVELS, ids=lambda lvl: f"simd={lvl}")
 def simd_level(request):
     saved = _snapshot_config()

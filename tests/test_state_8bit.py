@@ -37,11 +37,11 @@ class Model(BF16Model):
 
 
 @pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
-def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
-    """Every class with array states, every level and 1 and 2 threads:
-    sizes below a block, not a multiple of 256 and above a chunk (1,024), so
-    thread splits fall inside tensors and are moved to block boundaries; a
-    None gradient."""
+def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, prefetching, rng):
+    """Every class with array states, every level and 1 and 2 threads,
+    with and without prefetching: sizes below a block, not a multiple of
+    256 and above a chunk (1,024), so thread splits fall inside tensors and
+    are moved to block boundaries; a None gradient."""
     _check(*run_against_model(name, rule, rng, "8bit", Model, (3, 300, 2500), 4, 7))
 
 
@@ -309,7 +309,7 @@ def test_8bit_v_decays_after_gradients_shrink():
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.3])
-def test_ema_leaves_the_8bit_step_alone_and_averages_its_parameters(decay, exec_env, rng):
+def test_ema_leaves_the_8bit_step_alone_and_averages_its_parameters(decay, exec_env, prefetching, rng):
     """ema_decay with 8-bit states: the parameters and states are those of
     the optimizer without an average, bit for bit, and the average is
     lerp(ema, p, 1 - decay) of them in torch.lerp's two forms (in the

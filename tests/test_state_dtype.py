@@ -124,9 +124,10 @@ def run_against_model(name, rule, rng, state_dtype, model_cls, sizes, steps, see
 
 
 @pytest.mark.parametrize("name,rule", CLASSES, ids=[c for c, _ in CLASSES])
-def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, rng):
+def test_class_is_the_reference_bit_for_bit(name, rule, exec_env, prefetching, rng):
     """Every class with array states, every level and 1 and 2 threads
-    (thread splits and chunk edges inside the tensors), a None gradient."""
+    (thread splits and chunk edges inside the tensors), with and without
+    prefetching, a None gradient."""
     _check(*run_against_model(name, rule, rng, "bfloat16", Model,
                               (1, 1500, 4097), 5, 11))
 
@@ -135,7 +136,7 @@ LONG = [(name, rule) for name, rule in CLASSES if name in ("AdamW", "SGD", "AdEM
 
 
 @pytest.mark.parametrize("name,rule", LONG, ids=[c for c, _ in LONG])
-def test_long_tensors_are_the_reference_bit_for_bit(name, rule, exec_env, rng):
+def test_long_tensors_are_the_reference_bit_for_bit(name, rule, exec_env, prefetching, rng):
     """A tensor of several of the step's longer bfloat16 chunks (2^16
     elements) and a part of one, split between threads: every chunk's
     random counters and element indices as in the reference."""
@@ -241,9 +242,10 @@ def test_seed_changes_the_bits_and_the_same_seed_repeats_them(rng):
     assert run(1)[1] != run(2)[1]
 
 
-def test_accumulation_and_ema_with_bfloat16_states(rng):
+def test_accumulation_and_ema_with_bfloat16_states(prefetching, rng):
     """accumulation_steps=2 on (g1, g2) is a step on (g1 + g2) / 2, and the
-    EMA follows the parameter, with the same bfloat16 bits."""
+    EMA follows the parameter, with the same bfloat16 bits (with and
+    without prefetching: a mean gradient is not prefetched)."""
     p, q = (np.full(2050, 0.5, np.float32) for _ in range(2))
     a = fastopt.AdamW([p], lr=1e-2, state_dtype="bfloat16", accumulation_steps=2,
                       ema_decay=0.9)

@@ -28,6 +28,18 @@
 extern "C" {
 #endif
 
+/* The arrays a loop over bfloat16 or 8-bit states streams (rules.h,
+ * FO_FOR), for prefetching: each at the loop's element 0, with the log2 of
+ * its element size; limit: the elements from element 0 that lie within
+ * every one of them */
+#define FO_PF_MAX (3 + FO_MAX_STATES)
+typedef struct {
+    const char *base[FO_PF_MAX];
+    unsigned shift[FO_PF_MAX];
+    int count;
+    size_t limit;
+} fo_prefetch;
+
 /* One parameter tensor and its state buffers, in the rule's slot order.
  * r is the scratch of a two-pass rule (one with per-tensor reductions):
  * fo_run fills it with the tensor's sums (FO_<RULE>_R_*), then with the
@@ -60,6 +72,10 @@ typedef struct {
      * per batch entry).  cols == 0: an unfactored tensor (a vector). */
     size_t rows, cols;
     double *scratch;
+    /* Set by fused_range (dispatch.c) on the tensor it gives a loop over
+     * bfloat16 or 8-bit states: the arrays that loop prefetches, or NULL
+     * (no prefetching); read by nothing else */
+    const fo_prefetch *pf;
 } fo_tensor;
 
 /* A rule's per-step coefficients (indices FO_<RULE>_C_*) and options: the
@@ -242,6 +258,8 @@ void fo_num_threads_set(int n);
 int fo_thread_cap_swap(int n);
 size_t fo_parallel_threshold(void);
 void fo_parallel_threshold_set(size_t n);
+size_t fo_prefetch_threshold(void);      /* bytes (dispatch.c, prefetch_step) */
+void fo_prefetch_threshold_set(size_t n);
 int fo_openmp_enabled(void);
 const char *fo_arch_name(void);      /* the architecture compiled for */
 int fo_level_count(void);            /* levels of that architecture */

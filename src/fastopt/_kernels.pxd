@@ -94,6 +94,8 @@ cdef extern from "fastopt/kernels.h" nogil:
     int fo_thread_cap_swap(int n)
     size_t fo_parallel_threshold()
     void fo_parallel_threshold_set(size_t n)
+    size_t fo_prefetch_threshold()
+    void fo_prefetch_threshold_set(size_t n)
     int fo_openmp_enabled()
     const char *fo_arch_name()
     int fo_level_count()

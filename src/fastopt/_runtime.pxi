@@ -73,5 +73,15 @@ def set_parallel_threshold(size_t n):
     fo_parallel_threshold_set(n)
 
 
+def get_prefetch_threshold():
+    """Steps whose arrays take at least this many bytes prefetch in their
+    loops over bfloat16 and 8-bit states (no value changes with it)."""
+    return fo_prefetch_threshold()
+
+
+def set_prefetch_threshold(size_t n):
+    fo_prefetch_threshold_set(n)
+
+
 def openmp_enabled():
     return bool(fo_openmp_enabled())
