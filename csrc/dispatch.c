@@ -575,6 +575,9 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
     const fo_args *la;
     fo_args own;
     const int in_loop = rule_loop(rule, dt, a, f, &fn, &la, &own);
+    /* only the tensors fused_range hands a loop carry a prefetch plan;
+     * callers need not set the field, so it is cleared here */
+    for (size_t k = 0; k < count; k++) t[k].pf = NULL;
     /* 8-bit states always go through fused_range (decoded around the
      * loop), in pieces of whole blocks; bfloat16 states too, in chunks
      * (FO_BF16_CHUNK or FO_FUSE_CHUNK elements), which their loops' 32-bit

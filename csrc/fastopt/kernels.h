@@ -74,7 +74,7 @@ typedef struct {
     double *scratch;
     /* Set by fused_range (dispatch.c) on the tensor it gives a loop over
      * bfloat16 or 8-bit states: the arrays that loop prefetches, or NULL
-     * (no prefetching); read by nothing else */
+     * (no prefetching); callers need not set it (run_update clears it) */
     const fo_prefetch *pf;
 } fo_tensor;
 
