@@ -395,20 +395,17 @@ typedef struct {
 
 /* The plan of a loop over chunk s (elements [at, at + s.n) of t) of
  * bfloat16 or 8-bit states (rules.h, FO_FOR): the parameter, the gradient
- * unless it is the chunk's mean (scratch), the average when the loop moves
- * it, and each state (its codes for 8 bits), as far as t's end */
+ * unless it is the chunk's mean (scratch), and each state (its codes for 8
+ * bits), as far as t's end.  These loops never move an average (rule_loop
+ * gives them none in the loop), so no average is streamed beside them. */
 static void prefetch_plan(fo_prefetch *pf, const fo_tensor *t,
-                          const fo_tensor *s, size_t at, unsigned flags,
-                          int ema_in_loop)
+                          const fo_tensor *s, size_t at, unsigned flags)
 {
     const unsigned shift = (flags & FO_FUSE_Q8) ? 0u : 1u;
     int n = 0;
     pf->base[n] = (const char *)s->p; pf->shift[n++] = 2;
     if (!(flags & FO_FUSE_MEAN) && s->g != NULL) {
         pf->base[n] = (const char *)s->g; pf->shift[n++] = 2;
-    }
-    if (ema_in_loop && s->ema != NULL) {
-        pf->base[n] = (const char *)s->ema; pf->shift[n++] = 2;
     }
     for (int k = 0; k < FO_MAX_STATES; k++) {
         if (s->s[k] == NULL) continue;
@@ -510,7 +507,7 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
         fo_prefetch pf;
         s.pf = NULL;
         if (c->prefetch) {
-            prefetch_plan(&pf, t, &s, at, flags, c->ema_in_loop);
+            prefetch_plan(&pf, t, &s, at, flags);
             s.pf = &pf;
         }
         if (flags & FO_FUSE_MEAN) {

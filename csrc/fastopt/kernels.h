@@ -32,7 +32,7 @@ extern "C" {
  * FO_FOR), for prefetching: each at the loop's element 0, with the log2 of
  * its element size; limit: the elements from element 0 that lie within
  * every one of them */
-#define FO_PF_MAX (3 + FO_MAX_STATES)
+#define FO_PF_MAX (2 + FO_MAX_STATES)
 typedef struct {
     const char *base[FO_PF_MAX];
     unsigned shift[FO_PF_MAX];
