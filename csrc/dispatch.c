@@ -423,7 +423,6 @@ static void prefetch_plan(fo_prefetch *pf, const fo_tensor *t,
 static int prefetch_step(const fo_tensor *t, size_t count, unsigned flags)
 {
     size_t bytes = 0;
-    if (prefetch_min == 0) return 1;
     const size_t state_size = (flags & FO_FUSE_Q8) ? 1 : 2;
     for (size_t k = 0; k < count; k++) {
         size_t per = 2 * sizeof(float);
@@ -504,8 +503,7 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
         const size_t n = hi - at < chunk ? hi - at : chunk;
         fo_tensor s = part_of(t, at, n, c->dt, state_size);
         s.at = t->at + at;
-        fo_prefetch pf;
-        s.pf = NULL;
+        fo_prefetch pf;   /* s.pf is NULL: run_update cleared t's */
         if (c->prefetch) {
             prefetch_plan(&pf, t, &s, at, flags);
             s.pf = &pf;
