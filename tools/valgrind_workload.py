@@ -2,7 +2,7 @@
 
 Driven by the rule table: every rule's functional entry point and every
 optimizer class, both dtypes, sizes around the vector widths, the threaded
-path, bfloat16 and 8-bit states, the weight average and accumulation, error
+path, bfloat16 and 8-bit states (with and without prefetching), the weight average and accumulation, error
 paths, and the checkpoint round trip."""
 import inspect
 import os
@@ -18,6 +18,7 @@ from fastopt.rules import RULES
 
 rng = np.random.default_rng(0)
 default_threshold = _core.get_parallel_threshold()
+default_prefetch = _core.get_prefetch_threshold()
 
 
 def arrays(n, dtype, k):
@@ -96,12 +97,18 @@ for rule in RULES.values():
         h = hypers(rule, name)
         variants = [(np.float32, {}), (np.float64, {}),
                     (np.float32, {"ema_decay": 0.9, "accumulation_steps": 2})]
+        low = []
         if rule.states and not rule.reductions and not rule.matrix:
-            variants += [(np.float32, {"state_dtype": "bfloat16"}),
-                         (np.float32, {"state_dtype": "8bit"})]
-        for dtype, extra in variants:
+            low = [(np.float32, {"state_dtype": "bfloat16"}),
+                   (np.float32, {"state_dtype": "8bit"})]
+        # the low-precision loops once more with prefetching (threshold 0),
+        # on a tensor long enough for their prefetches to be issued
+        variants = ([(d, e, False) for d, e in variants + low]
+                    + [(d, e, True) for d, e in low])
+        for dtype, extra, prefetch in variants:
             params = {f"w{i}": rng.standard_normal(sh).astype(dtype)
-                      for i, sh in enumerate(shapes) if not rule.matrix or min(sh) > 1}
+                      for i, sh in enumerate(shapes + [(3000, 2)] * prefetch)
+                      if not rule.matrix or min(sh) > 1}
             grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
 
             def run():
@@ -114,7 +121,15 @@ for rule in RULES.values():
                     opt.load(path)
                 opt.load_state_dict(opt.state_dict())
                 opt.step(grads)
-            attempt(f"{name} {np.dtype(dtype)} {extra}", run)
+
+            def run_prefetching():
+                _core.set_prefetch_threshold(0)
+                try:
+                    run()
+                finally:
+                    _core.set_prefetch_threshold(default_prefetch)
+            attempt(f"{name} {np.dtype(dtype)} {extra}{' prefetching' * prefetch}",
+                    run_prefetching if prefetch else run)
             steps += 1
 
 print(f"workload: {calls} functional calls, {steps} optimizer runs")
