@@ -20,7 +20,6 @@ written: an error leaves parameters, states and step counts as they were.
 import numpy as np
 
 from fastopt import _core, checkpoint
-from fastopt.checkpoint import FORMAT, VERSION
 from fastopt.optim import Optimizer
 from fastopt.rules import FACTORED_RULES
 
@@ -252,22 +251,7 @@ class Adafactor(Optimizer):
                     entry["grad_accum"] = self._acc[i].copy()
                 if len(entry) > 1 or t:
                     state[i] = entry
-            groups, start = [], 0
-            for group in self.param_groups:
-                n = len(group["params"])
-                saved = {**self._hyper(group), "params": list(range(start, start + n))}
-                if "param_names" in group:
-                    saved["param_names"] = list(group["param_names"])
-                groups.append(saved)
-                start += n
-            sd = {"format": FORMAT, "version": VERSION,
-                  "optimizer": type(self).__name__, "state": state,
-                  "param_groups": groups, "skipped_steps": self.skipped_steps}
-            if self.accumulation_steps > 1:
-                sd["accumulation"] = {"steps": self.accumulation_steps,
-                                      "count": self._micro,
-                                      "nonfinite": self._window_nonfinite}
-            return sd
+            return self._state_dict_of(state)
 
     def load_state_dict(self, state_dict):
         """Restore a state from :meth:`state_dict`, copying its arrays; every

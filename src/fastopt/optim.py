@@ -415,27 +415,35 @@ class Optimizer:
                         entry["grad_accum"] = acc[j].copy()
                     if len(entry) > 1 or t:
                         state[i] = entry
-            groups, start = [], 0
-            for group in self.param_groups:
-                n = len(group["params"])
-                saved = {**self._hyper(group), "params": list(range(start, start + n))}
-                if "param_names" in group:
-                    saved["param_names"] = list(group["param_names"])
-                groups.append(saved)
-                start += n
-            sd = {"format": FORMAT, "version": VERSION,
-                  "optimizer": type(self).__name__,
-                  "state": dict(sorted(state.items())),
-                  "param_groups": groups,
-                  "skipped_steps": self.skipped_steps}
+            extra = {}
             if self._bf16 or self._q8:
-                sd["state_dtype"] = self.state_dtype
-                sd["seed"] = self.seed
-            if self.accumulation_steps > 1:
-                sd["accumulation"] = {"steps": self.accumulation_steps,
-                                      "count": self._micro,
-                                      "nonfinite": self._window_nonfinite}
-            return sd
+                extra = {"state_dtype": self.state_dtype, "seed": self.seed}
+            return self._state_dict_of(state, extra)
+
+    def _state_dict_of(self, state, extra=None):
+        """The state dict around the parameters' entries `state` (index:
+        entry): the format's header, the groups' hyperparameters with
+        their parameters' indices, `extra`'s fields, and the accumulation
+        window; the caller holds the lock."""
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            saved = {**self._hyper(group), "params": list(range(start, start + n))}
+            if "param_names" in group:
+                saved["param_names"] = list(group["param_names"])
+            groups.append(saved)
+            start += n
+        sd = {"format": FORMAT, "version": VERSION,
+              "optimizer": type(self).__name__,
+              "state": dict(sorted(state.items())),
+              "param_groups": groups,
+              "skipped_steps": self.skipped_steps,
+              **(extra or {})}
+        if self.accumulation_steps > 1:
+            sd["accumulation"] = {"steps": self.accumulation_steps,
+                                  "count": self._micro,
+                                  "nonfinite": self._window_nonfinite}
+        return sd
 
     def load_state_dict(self, state_dict):
         """Restore a state from :meth:`state_dict`, copying its arrays.
