@@ -224,6 +224,11 @@ def test_conversions_and_state_float32(rng):
         codes, scales = fastopt.states.to_8bit(v, nonneg)
         assert got.dtype == np.float32
         assert got.tobytes() == fastopt.states.from_8bit(codes, scales, nonneg).tobytes()
+        # the conversions give their specification's bits
+        want_codes, want_scales = reference.q8_encode(v, nonneg)
+        assert codes.tobytes() == want_codes.tobytes()
+        assert scales.tobytes() == want_scales.tobytes()
+        assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
     back = fastopt.states.convert_state_dict(q8.state_dict(), None)
     assert "exp_avg.scale" not in back["state"][0]
     f32.load_state_dict(back)

@@ -572,10 +572,10 @@ class Optimizer:
     def _decoded(self, plan, slot, j, view):
         """Parameter j's state ``slot`` of ``plan`` (its view) in float32."""
         if self._bf16:
-            return reference.bf16_decode(view).reshape(view.shape)
+            return _core.bf16_decode(view)
         if self._q8:
             nonneg = self.rule.states[slot].sign == "nonneg"
-            return reference.q8_decode(view, plan.scales(slot)[j], nonneg).reshape(view.shape)
+            return _core.q8_decode(view, plan.scales(slot)[j], nonneg).reshape(view.shape)
         return view.copy()
 
     def _stored(self, value):

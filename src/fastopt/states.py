@@ -24,12 +24,16 @@ same sign, ml_dtypes without its payload).
 With ``state_dtype="8bit"`` each state is uint8 codes plus a float32 scale
 per block of 256 elements; ``to_8bit``/``from_8bit`` convert one array
 (``nonneg=True`` for states that are never negative, coded without a sign).
+Both run the C codec the optimizers use (single-threaded, a few tenths of a
+nanosecond an element), which gives the bits of its NumPy specification,
+``fastopt.reference.q8_encode`` and ``q8_decode``, at a hundredth of their
+time or less.
 """
 import copy
 
 import numpy as np
 
-from fastopt import reference
+from fastopt import _core, reference
 from fastopt.rules import RULES
 
 __all__ = ["to_bfloat16", "from_bfloat16", "as_bfloat16", "to_8bit",
@@ -53,7 +57,7 @@ def from_bfloat16(bits):
         bits = bits.view(np.uint16)
     if bits.dtype != np.uint16:
         raise TypeError(f"bits must be a uint16 array of bfloat16 bits, got {bits.dtype}")
-    return reference.bf16_decode(bits).reshape(bits.shape)
+    return _core.bf16_decode(bits)
 
 
 def as_bfloat16(bits):
@@ -82,7 +86,7 @@ def to_8bit(x, nonneg=False):
         raise TypeError(f"x must be a float32 array, got {x.dtype}")
     if not isinstance(nonneg, (bool, np.bool_)):
         raise TypeError(f"nonneg must be a bool, got {type(nonneg).__name__}")
-    codes, scales = reference.q8_encode(x, bool(nonneg))
+    codes, scales = _core.q8_encode(x, bool(nonneg))
     return codes.reshape(x.shape), scales
 
 
@@ -97,7 +101,7 @@ def from_8bit(codes, scales, nonneg=False):
                         f"of shape {scales.shape}")
     if not isinstance(nonneg, (bool, np.bool_)):
         raise TypeError(f"nonneg must be a bool, got {type(nonneg).__name__}")
-    return reference.q8_decode(codes, scales, bool(nonneg)).reshape(codes.shape)
+    return _core.q8_decode(codes, scales, bool(nonneg)).reshape(codes.shape)
 
 
 def _rule_of(class_name):
