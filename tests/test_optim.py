@@ -732,6 +732,7 @@ def _bad_state_dicts():
         ("group-count", edit(lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0]))), "2 parameter groups"),
         ("param-count", edit(lambda sd: sd["param_groups"][0]["params"].pop()), "has 3 parameters"),
         ("names", edit(lambda sd: sd["param_groups"][0].update(param_names=["a", "b", "c", "d"])), "names parameters"),
+        ("names-not-a-list", edit(lambda sd: sd["param_groups"][0].update(param_names=None)), "names parameters None"),
         ("bad-lr", edit(lambda sd: sd["param_groups"][0].update(lr=-1)), "Invalid learning rate: -1"),
         ("bad-betas-type", edit(lambda sd: sd["param_groups"][0].update(betas="x")), "betas must be a pair"),
         ("missing-hyper", edit(lambda sd: sd["param_groups"][0].pop("eps")), r"lacks hyperparameters \['eps'\]"),

@@ -187,8 +187,9 @@ def check_state_dict(optimizer: Any, sd: Any) -> tuple[Any, Any, Any, Any]:
             raise ValueError(f"{where} has {len(indices)} parameters, the "
                              f"optimizer's group {len(group['params'])}")
         if "param_names" in saved and "param_names" in group and (
-                list(saved["param_names"]) != group["param_names"]):
-            raise ValueError(f"{where} names parameters {saved['param_names']}, "
+                not isinstance(saved["param_names"], (list, tuple))
+                or list(saved["param_names"]) != group["param_names"]):
+            raise ValueError(f"{where} names parameters {saved['param_names']!r}, "
                              f"the optimizer's group {group['param_names']}")
         offset = len(position)
         for j, i in enumerate(indices):
