@@ -510,33 +510,59 @@ def weights_dtype(args: argparse.Namespace) -> np.dtype | None:
     return dtype
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the demo for parsed ``args``; return the exit status."""
-    if getattr(args, "distributed", False):
-        from .distributed_demo import main as distributed_main
+@dataclasses.dataclass
+class Setup:
+    """What a demo run takes from its arguments: the epochs, the states'
+    dtype, the data (in the weights' dtype), the first weights, the course's numbers
+    to show beside the runs (none outside its settings), the words naming
+    the lr decay (if any) and the header line describing the run."""
+    epochs: int
+    state_dtype: str | None
+    X: np.ndarray
+    Y: np.ndarray
+    init_params: dict
+    published: dict
+    decay: str
+    header: str
 
-        return distributed_main(args)
+
+def setup(args: argparse.Namespace) -> Setup | None:
+    """The run ``args`` describe; None (with a message) when the weights'
+    dtype is refused (weights_dtype)."""
     epochs = args.epochs
     if epochs is None:
         epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
     state_dtype = getattr(args, "state_dtype", None)
     dtype = weights_dtype(args)
     if dtype is None:
-        return 2
+        return None
     X, Y = course_moons(dtype=dtype)
     init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)
-
     # the course's numbers are shown beside runs in its settings, and beside
     # float32 runs with bfloat16 or 8-bit states, whose point is to
     # reproduce them
     course_settings = (args.lr is None and args.batch_size == 64 and args.seed == 3
                        and (dtype == np.float64 or state_dtype is not None))
     published = PUBLISHED.get((args.lr_decay, epochs), {}) if course_settings else {}
-
     decay = " with the course's lr decay" if args.lr_decay else ""
     states = f", {state_dtype} optimizer states" if state_dtype else ""
-    print(f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
-          f"batches of {args.batch_size}, {dtype.name}{states}{decay}")
+    header = (f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
+              f"batches of {args.batch_size}, {dtype.name}{states}{decay}")
+    return Setup(epochs, state_dtype, X, Y, init_params, published, decay, header)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo for parsed ``args``; return the exit status."""
+    if getattr(args, "distributed", False):
+        from .distributed_demo import main as distributed_main
+
+        return distributed_main(args)
+    cfg = setup(args)
+    if cfg is None:
+        return 2
+    epochs, state_dtype = cfg.epochs, cfg.state_dtype
+    X, Y, init_params, published = cfg.X, cfg.Y, cfg.init_params, cfg.published
+    print(cfg.header)
 
     runs = []
     for name in args.optimizers:
@@ -576,7 +602,7 @@ def main(args: argparse.Namespace) -> int:
                   "(or matplotlib) to get one")
         else:
             title = (f"moons, [2, 5, 2, 1], {epochs} epochs, batch {args.batch_size}"
-                     f"{decay}")
+                     f"{cfg.decay}")
             path = plot(args.plot, runs, X, Y, batching, title=title)
             print(f"\nfigure written to {os.path.abspath(path)}")
     return 0

@@ -19,11 +19,9 @@ import time
 import numpy as np
 
 from .data import course_minibatches
-from .demo import (COURSE_EPOCHS, DECAY_EPOCHS, DECAY_RATE, LAYER_DIMS, PUBLISHED,
-                   TIME_INTERVAL, Run, _optimizer_table, make_optimizer, OPTIMIZERS,
-                   weights_dtype)
-from .datasets import course_moons
-from .models import MLP, he_init
+from .demo import (DECAY_RATE, LAYER_DIMS, TIME_INTERVAL, Run, _optimizer_table,
+                   make_optimizer, OPTIMIZERS, setup)
+from .models import MLP
 from ..lr_scheduler import scheduled_inverse_time_decay
 
 
@@ -88,24 +86,14 @@ def main(args) -> int:
 
     comm = _mpi().COMM_WORLD
     P, rank = comm.Get_size(), comm.Get_rank()
-    epochs = args.epochs
-    if epochs is None:
-        epochs = DECAY_EPOCHS if args.lr_decay else COURSE_EPOCHS
-    state_dtype = getattr(args, "state_dtype", None)
-    dtype = weights_dtype(args)
-    if dtype is None:
+    cfg = setup(args)
+    if cfg is None:
         return 2
-    X, Y = course_moons(dtype=dtype)
-    init_params = he_init(LAYER_DIMS, random_state=args.seed, dtype=dtype)
-    course_settings = (args.lr is None and args.batch_size == 64 and args.seed == 3
-                       and (dtype == np.float64 or state_dtype is not None))
-    published = PUBLISHED.get((args.lr_decay, epochs), {}) if course_settings else {}
-    decay = " with the course's lr decay" if args.lr_decay else ""
-    states = f", {state_dtype} optimizer states" if state_dtype else ""
+    epochs, state_dtype = cfg.epochs, cfg.state_dtype
+    X, Y, init_params, published = cfg.X, cfg.Y, cfg.init_params, cfg.published
     if rank == 0:
-        print(f"moons {X.shape[1]} points, network {list(LAYER_DIMS)}, {epochs} epochs, "
-              f"batches of {args.batch_size}, {dtype.name}{states}{decay}, data-parallel on "
-              f"{P} rank{'s' if P > 1 else ''} (fastopt.distributed)", flush=True)
+        print(f"{cfg.header}, data-parallel on {P} rank{'s' if P > 1 else ''} "
+              "(fastopt.distributed)", flush=True)
     runs, state = [], []
     for name in args.optimizers:
         run, opt = train(name, X, Y, init_params, comm, epochs=epochs,
