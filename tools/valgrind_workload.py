@@ -2,8 +2,8 @@
 
 Driven by the rule table: every rule's functional entry point and every
 optimizer class, both dtypes, sizes around the vector widths, the threaded
-path, bfloat16 and 8-bit states (with and without prefetching), the weight average and accumulation, error
-paths, and the checkpoint round trip."""
+path, bfloat16 and 8-bit states (with and without prefetching), the weight
+average and accumulation, error paths, and the checkpoint round trip."""
 import inspect
 import os
 import tempfile
