@@ -303,6 +303,13 @@ void fo_accumulate(int dt, const fo_tensor *t, size_t c) { drive(active->accumul
 
 static const size_t itemsize[2] = {sizeof(float), sizeof(double)};
 
+/* The bytes of a state element under the fused step's flags: 1 for 8-bit
+ * codes, 2 for bfloat16, else the parameter's dtype dt */
+static size_t state_itemsize(unsigned flags, int dt)
+{
+    return (flags & FO_FUSE_Q8) ? 1 : (flags & FO_FUSE_BF16) ? 2 : itemsize[dt];
+}
+
 #define FO_FUSE_CHUNK FO_SUMSQ_BLOCK
 /* bfloat16 states with nothing else to do chunk by chunk (no mean
  * gradient, no average after the loop) take longer chunks: out of cache
@@ -420,12 +427,13 @@ static void prefetch_plan(fo_prefetch *pf, const fo_tensor *t,
  * prefetch_min bytes, by default FO_STREAM_MIN).  In cache the prefetches
  * only cost (AdamW with bfloat16 states at 10^6 elements, 20 MB: slower
  * with them) */
-static int prefetch_step(const fo_tensor *t, size_t count, unsigned flags)
+static int prefetch_step(const fo_tensor *t, size_t count, unsigned flags,
+                         int dt)
 {
     size_t bytes = 0;
-    const size_t state_size = (flags & FO_FUSE_Q8) ? 1 : 2;
+    const size_t state_size = state_itemsize(flags, dt);
     for (size_t k = 0; k < count; k++) {
-        size_t per = 2 * sizeof(float);
+        size_t per = 2 * itemsize[dt];
         for (int j = 0; j < FO_MAX_STATES; j++)
             if (t[k].s[j] != NULL) per += state_size;
         bytes += t[k].n * per;
@@ -493,7 +501,7 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
     const fo_fused_call *c = (const fo_fused_call *)args;
     const unsigned flags = c->f->flags;
     const int q8 = (flags & FO_FUSE_Q8) != 0;
-    const size_t state_size = q8 ? 1 : (flags & FO_FUSE_BF16) ? 2 : itemsize[c->dt];
+    const size_t state_size = state_itemsize(flags, c->dt);
     const size_t chunk = q8 ? FO_Q8_CHUNK
         : (flags & FO_FUSE_BF16) && !(flags & (FO_FUSE_MEAN | FO_FUSE_EMA | FO_FUSE_EMA_COPY))
         ? FO_BF16_CHUNK : FO_FUSE_CHUNK;
@@ -596,7 +604,7 @@ static void run_update(int rule, int dt, const fo_args *a, fo_tensor *t,
         /* the loops over bfloat16 states, and over 8-bit ones that decode
          * them (the others run on scratch) */
         const int pf = ((flags & FO_FUSE_BF16) || q8_in_loop)
-            && prefetch_step(t, count, flags);
+            && prefetch_step(t, count, flags, dt);
         const fo_fused_call c = {fn, dt, la, f, in_loop, q8_in_loop, pf};
         drive_blocks(fused_range, &c, t, count,
                      (flags & FO_FUSE_Q8) ? FO_Q8_BLOCK : 0);
