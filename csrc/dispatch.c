@@ -408,16 +408,11 @@ typedef struct {
 static void prefetch_plan(fo_prefetch *pf, const fo_tensor *t,
                           const fo_tensor *s, size_t at, unsigned flags)
 {
-    const unsigned shift = (flags & FO_FUSE_Q8) ? 0u : 1u;
-    int n = 0;
-    pf->base[n] = (const char *)s->p; pf->shift[n++] = 2;
-    if (!(flags & FO_FUSE_MEAN) && s->g != NULL) {
-        pf->base[n] = (const char *)s->g; pf->shift[n++] = 2;
-    }
-    for (int k = 0; k < FO_MAX_STATES; k++) {
-        if (s->s[k] == NULL) continue;
-        pf->base[n] = (const char *)s->s[k]; pf->shift[n++] = shift;
-    }
+    int n = 2;
+    pf->base[0] = (const char *)s->p;
+    pf->base[1] = (flags & FO_FUSE_MEAN) ? NULL : (const char *)s->g;
+    for (int k = 0; k < FO_MAX_STATES; k++)
+        if (s->s[k] != NULL) pf->base[n++] = (const char *)s->s[k];
     pf->count = n;
     pf->limit = t->n - at;
 }

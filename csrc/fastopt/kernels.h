@@ -29,13 +29,14 @@ extern "C" {
 #endif
 
 /* The arrays a loop over bfloat16 or 8-bit states streams (rules.h,
- * FO_FOR), for prefetching: each at the loop's element 0, with the log2 of
- * its element size; limit: the elements from element 0 that lie within
- * every one of them */
+ * FO_FOR), for prefetching, each at the loop's element 0: base[0] the
+ * float32 parameter, base[1] the float32 gradient or NULL (a mean gradient
+ * in scratch), base[2] to base[count - 1] the states (uint16 bits or uint8
+ * codes, as the loop's kind says); limit: the elements from element 0 that
+ * lie within every one of them */
 #define FO_PF_MAX (2 + FO_MAX_STATES)
 typedef struct {
     const char *base[FO_PF_MAX];
-    unsigned shift[FO_PF_MAX];
     int count;
     size_t limit;
 } fo_prefetch;
