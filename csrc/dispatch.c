@@ -384,9 +384,12 @@ void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
  * in L1 between the decode, the rule's loop and the requantization */
 #define FO_Q8_CHUNK 1024
 
-/* Scratch for one chunk's gradient */
+/* Scratch for one chunk's gradient.  This file is compiled at the
+ * baseline level, whose stack is only 16-byte aligned; the rules' loops
+ * read and write the scratch (this and fused_range's) in vectors of up to
+ * 64 bytes, which must not straddle cache lines */
 typedef union {
-    float f[FO_FUSE_CHUNK];
+    _Alignas(64) float f[FO_FUSE_CHUNK];
     double d[FO_FUSE_CHUNK];
 } fo_chunk;
 
@@ -501,7 +504,7 @@ static void fused_range(const void *args, const fo_tensor *t, size_t lo,
         : (flags & FO_FUSE_BF16) && !(flags & (FO_FUSE_MEAN | FO_FUSE_EMA | FO_FUSE_EMA_COPY))
         ? FO_BF16_CHUNK : FO_FUSE_CHUNK;
     fo_chunk tmp;
-    float scratch[FO_MAX_STATES][FO_Q8_CHUNK];
+    _Alignas(64) float scratch[FO_MAX_STATES][FO_Q8_CHUNK];
     for (size_t at = lo; at < hi; at += chunk) {
         const size_t n = hi - at < chunk ? hi - at : chunk;
         fo_tensor s = part_of(t, at, n, c->dt, state_size);
