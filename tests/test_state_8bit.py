@@ -242,6 +242,38 @@ def test_conversions_and_state_float32(rng):
         fastopt.states.from_8bit(np.ones(300, np.uint8), np.ones(1, np.float32))
 
 
+def _misaligned(a):
+    """A copy of a that is C-contiguous but not aligned to its dtype: a view
+    one byte into a uint8 buffer."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = buf[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def test_conversions_of_misaligned_arrays(rng):
+    """Regression, found by the conversion fuzzing under UBSan
+    (tools/sanitize.sh): a contiguous array at an odd byte offset reached the
+    C codecs as it was, and their typed loads of it are undefined behaviour
+    (x86 happens to give the right values, so outside the sanitizer the old
+    code passes this test too).  They now get an aligned copy; the results
+    are those of the aligned array."""
+    x = rng.standard_normal(700).astype(np.float32)
+    for nonneg in (False, True):
+        codes, scales = fastopt.states.to_8bit(x, nonneg)
+        got_codes, got_scales = fastopt.states.to_8bit(_misaligned(x), nonneg)
+        assert got_codes.tobytes() == codes.tobytes()
+        assert got_scales.tobytes() == scales.tobytes()
+        want = fastopt.states.from_8bit(codes, scales, nonneg)
+        got = fastopt.states.from_8bit(codes, _misaligned(scales), nonneg)
+        assert got.tobytes() == want.tobytes()
+    bits = fastopt.states.to_bfloat16(x)
+    assert fastopt.states.from_bfloat16(_misaligned(bits)).tobytes() == \
+        fastopt.states.from_bfloat16(bits).tobytes()
+    assert _core.bf16_round(_misaligned(x), 5).tobytes() == _core.bf16_round(x, 5).tobytes()
+
+
 def test_state_dict_is_validated_before_anything_changes(rng):
     p = rng.standard_normal(300).astype(np.float32)
     opt = fastopt.Adam([p], state_dtype="8bit")

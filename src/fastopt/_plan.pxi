@@ -34,10 +34,18 @@ def lowp_slot_key(key, int slot):
     return fo_lowp_slot_key(<uint64_t>key, slot)
 
 
+cdef cnp.ndarray _c_array(object x, object dtype):
+    """x as a C-contiguous and aligned array of dtype, copied only where it
+    is not one already: the C codecs read it through typed pointers, and a
+    contiguous view at an odd byte offset (a uint16 view of a uint8 buffer)
+    is not aligned, which np.ascontiguousarray does not fix."""
+    return np.require(x, dtype=dtype, requirements=("C", "A"))
+
+
 def bf16_round(x, key, start=0, bint low=False):
     """The active level's stochastic rounding of a contiguous float32 array
     (fastopt.reference.bf16_round): bfloat16 bits, uint16."""
-    cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32)
+    cdef cnp.ndarray a = _c_array(x, np.float32)
     cdef cnp.ndarray out = np.empty(a.size, dtype=np.uint16)
     fo_bf16_encode(<const float *>cnp.PyArray_DATA(a), cnp.PyArray_DATA(out),
                    <size_t>a.size, <uint32_t>key, <size_t>start, low)
@@ -46,7 +54,7 @@ def bf16_round(x, key, start=0, bint low=False):
 
 def bf16_decode(bits):
     """The active level's decoding of a contiguous uint16 array."""
-    cdef cnp.ndarray a = np.ascontiguousarray(bits, dtype=np.uint16)
+    cdef cnp.ndarray a = _c_array(bits, np.uint16)
     cdef cnp.ndarray out = np.empty(a.size, dtype=np.float32)
     fo_bf16_decode(cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(out), <size_t>a.size)
     return out.reshape(np.shape(bits))
@@ -57,7 +65,7 @@ def q8_encode(x, nonneg, key=0, start=0):
     float32 array's uint8 codes and float32 scales per block of 256, the
     codes rounded with the random bits of slot key ``key`` from element
     ``start`` on."""
-    cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    cdef cnp.ndarray a = _c_array(x, np.float32).reshape(-1)
     cdef cnp.ndarray codes = np.empty(a.size, dtype=np.uint8)
     cdef cnp.ndarray scales = np.empty((a.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK,
                                        dtype=np.float32)
@@ -69,8 +77,8 @@ def q8_encode(x, nonneg, key=0, start=0):
 
 def q8_decode(codes, scales, nonneg):
     """float32 values of 8-bit codes and their block scales (flat)."""
-    cdef cnp.ndarray c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
-    cdef cnp.ndarray sc = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+    cdef cnp.ndarray c = _c_array(codes, np.uint8).reshape(-1)
+    cdef cnp.ndarray sc = _c_array(scales, np.float32).reshape(-1)
     if sc.size != (c.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK:
         raise ValueError(f"scales must have {(c.size + FO_Q8_BLOCK - 1) // FO_Q8_BLOCK} "
                          f"elements for {c.size} codes, got {sc.size}")
