@@ -33,8 +33,15 @@ log="$work/sanitizer"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:log_path=$log"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$log"
 cd "$work"   # import the installed package, not the source tree
-status=0
-LD_PRELOAD="$asan" python -m pytest -q -p no:cacheprovider "${args[@]}" || status=$?
-reports=$(cat "$log".* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
-echo "sanitizer reports: $reports"
+# UBSan (gcc 12, -fno-sanitize-recover) writes its report to stderr, not to
+# log_path, and halts the process: pytest's default capture of file
+# descriptor 2 would swallow it with the run, so only sys.stderr is
+# captured, and the output is kept and counted as well as the log files.
+out="$work/pytest.out"
+set +e
+LD_PRELOAD="$asan" python -m pytest -q -p no:cacheprovider --capture=sys "${args[@]}" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+reports=$(cat "$log".* "$out" 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
+echo "sanitizer reports: $reports; pytest exit status: $status"
 [ "$reports" -eq 0 ] && [ "$status" -eq 0 ]
