@@ -7,13 +7,13 @@
  *   q8_probe N REPS THREADS PREFETCH
  *
  * N elements (a multiple of 1,024 is used), the best of REPS steps each,
- * THREADS 1 or 2 (the loop splits the array in two halves with OpenMP as
- * the library does), PREFETCH 0 or 1 (both prefetch or neither).  The loop
- * decodes the codes as it reads them, stores the new states to scratch
- * and requantizes each 1,024-element chunk with the library's codec
- * (q8.h), prefetching in strips of 64 elements 2,048 ahead as the
- * library's loops do; its bits are not compared (the keys differ), only
- * its time. */
+ * THREADS 1 or 2 (the loop gives each thread half of the array; the
+ * library hands out pieces of 2^15 elements as threads come free),
+ * PREFETCH 0 or 1 (both prefetch or neither).  The loop decodes the codes
+ * as it reads them, stores the new states to scratch and requantizes each
+ * 1,024-element chunk with the library's codec (q8.h), prefetching 2,048
+ * elements ahead in strips of 64 (the library's strips are 128); its bits
+ * are not compared (the keys differ), only its time. */
 #define _GNU_SOURCE
 #include <float.h>
 #include <math.h>
