@@ -277,8 +277,7 @@ class BuildExt(build_ext):
                 include_dirs=["csrc"],
                 extra_postargs=extra_compile + omp + flags
                 + (ema_flags if src.endswith("_ema.c") else []),
-                depends=["csrc/fastopt/rules.h", "csrc/fastopt/isa.h",
-                         "csrc/fastopt/kernels.h", "csrc/fastopt/fo_table.h"],
+                depends=HEADERS,
             )
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
@@ -315,6 +314,11 @@ class BuildExt(build_ext):
             f.write(f"BUILD = {info!r}\n")
 
 
+# Every C source includes some of these (the kernels at each level all of
+# them), so a change to any one rebuilds the objects
+HEADERS = sorted(os.path.join("csrc", "fastopt", f) for f in os.listdir("csrc/fastopt")
+                 if f.endswith(".h"))
+
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 macros += [(f"FO_HAVE_{level.upper()}", "1") for level in LEVELS if level != "baseline"]
 
@@ -326,10 +330,7 @@ extensions = [
         define_macros=macros,
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
-        depends=["csrc/fastopt/kernels.h", "csrc/fastopt/scalars.h",
-                 "csrc/fastopt/fo_math.h",
-                 "csrc/fastopt/isa.h", "csrc/fastopt/fo_table.h",
-                 "src/fastopt/_kernels.pxd"]
+        depends=HEADERS + ["src/fastopt/_kernels.pxd"]
                 + [os.path.join("src/fastopt", f) for f in os.listdir("src/fastopt")
                    if f.endswith(".pxi")],
     )
