@@ -379,11 +379,6 @@ void fo_q8_decode(const uint8_t *codes, const float *scales, float *out,
     active->q8_decode(codes, scales, out, n, nonneg);
 }
 
-/* 8-bit states are decoded into float32 scratch of this many elements
- * each (a multiple of FO_Q8_BLOCK), small enough that a rule's states stay
- * in L1 between the decode, the rule's loop and the requantization */
-#define FO_Q8_CHUNK 1024
-
 /* Scratch for one chunk's gradient.  This file is compiled at the
  * baseline level, whose stack is only 16-byte aligned; the rules' loops
  * read and write the scratch (this and fused_range's) in vectors of up to

@@ -70,38 +70,42 @@ def _special():
 @pytest.mark.parametrize("nonneg", [True, False])
 def test_codec_is_the_reference(nonneg, simd_level, rng):
     """The codec at every instruction-set level (q8.h, vectorised), against
-    the reference bit for bit; a NaN scale is the largest NaN's bits."""
+    the reference bit for bit, in its general form and in its form for a
+    whole chunk of 1,024 elements; a NaN scale is the largest NaN's bits."""
     x = np.concatenate([_special(), rng.standard_normal(1000).astype(np.float32),
                         rng.standard_normal(300).astype(np.float32) * 1e-30])
     if nonneg:
         x = np.abs(x)
-    for key, start in ((0, 0), (0x9E3779B9, 5), (0xFFFFFFFF, 2 ** 32 - 3)):
-        codes, scales = _core.q8_encode(x, nonneg, key, start)
-        rc, rs = reference.q8_encode(x, nonneg, key, start)
-        assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
+    for part in (x[:1024], x):   # x last: its codes are decoded below
+        for key, start in ((0, 0), (0x9E3779B9, 5), (0xFFFFFFFF, 2 ** 32 - 3)):
+            codes, scales = _core.q8_encode(part, nonneg, key, start)
+            rc, rs = reference.q8_encode(part, nonneg, key, start)
+            assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
     assert scales.size == 6
-    # NaNs of several payloads and signs, and an infinity, in one block: the
-    # scale is the NaN whose bits without the sign are the largest
-    y = x[:512].copy()
-    y[[3, 40, 41, 100]] = np.array([0x7FC00001, 0xFFC00005, 0x7F800000, 0x7FA00002],
-                                   np.uint32).view(np.float32)
-    yc, ys = _core.q8_encode(y, nonneg, 3)
-    rc, rs = reference.q8_encode(y, nonneg, 3)
-    assert yc.tobytes() == rc.tobytes() and ys.tobytes() == rs.tobytes()
-    assert ys[:1].view(np.uint32)[0] == 0x7FC00005 and np.isfinite(ys[1])
-    # a block whose scale has no float32 reciprocal (below 2^-128) is coded
-    # from its values times 2^64: the codes of the scaled block, which is
-    # coded like any other, and the largest element exact
-    t = np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45] * 60)
-    if nonneg:
-        t = np.abs(t)
-    tc, ts = _core.q8_encode(t, nonneg, 5)
-    rc, rs = reference.q8_encode(t, nonneg, 5)
-    assert tc.tobytes() == rc.tobytes() and ts.tobytes() == rs.tobytes()
-    big_c, big_s = _core.q8_encode(t * np.float32(2.0 ** 64), nonneg, 5)
-    assert tc.tobytes() == big_c.tobytes() and np.array_equal(ts * np.float32(2.0 ** 64), big_s)
-    top = _core.q8_decode(tc, ts, nonneg)[np.argmax(np.abs(t[:256]))]
-    assert abs(top) == ts[0] and ts[0] == np.float32(2e-40)
+    for n in (512, 1024):
+        # NaNs of several payloads and signs, and an infinity, in one block:
+        # the scale is the NaN whose bits without the sign are the largest
+        y = x[:n].copy()
+        y[[3, 40, 41, 100]] = np.array([0x7FC00001, 0xFFC00005, 0x7F800000, 0x7FA00002],
+                                       np.uint32).view(np.float32)
+        yc, ys = _core.q8_encode(y, nonneg, 3)
+        rc, rs = reference.q8_encode(y, nonneg, 3)
+        assert yc.tobytes() == rc.tobytes() and ys.tobytes() == rs.tobytes()
+        assert ys[:1].view(np.uint32)[0] == 0x7FC00005 and np.isfinite(ys[1])
+        # a block whose scale has no float32 reciprocal (below 2^-128) is
+        # coded from its values times 2^64: the codes of the scaled block,
+        # which is coded like any other, and the largest element exact
+        t = np.resize(np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45]), 300 if n == 512 else n)
+        if nonneg:
+            t = np.abs(t)
+        tc, ts = _core.q8_encode(t, nonneg, 5)
+        rc, rs = reference.q8_encode(t, nonneg, 5)
+        assert tc.tobytes() == rc.tobytes() and ts.tobytes() == rs.tobytes()
+        big_c, big_s = _core.q8_encode(t * np.float32(2.0 ** 64), nonneg, 5)
+        assert tc.tobytes() == big_c.tobytes()
+        assert np.array_equal(ts * np.float32(2.0 ** 64), big_s)
+        top = _core.q8_decode(tc, ts, nonneg)[np.argmax(np.abs(t[:256]))]
+        assert abs(top) == ts[0] and ts[0] == np.float32(2e-40)
     got = _core.q8_decode(codes, scales, nonneg)
     assert got.tobytes() == reference.q8_decode(codes, scales, nonneg).tobytes()
     # a code keeps three mantissa bits: values from 2^-15 of their block's

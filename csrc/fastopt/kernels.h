@@ -161,6 +161,11 @@ typedef struct {
  * requantized from that scratch (fo_q8_encode).  dt must be 0. */
 #define FO_FUSE_Q8 16u
 #define FO_Q8_BLOCK 256
+/* 8-bit states are requantized chunk by chunk from float32 scratch of this
+ * many elements each (a multiple of FO_Q8_BLOCK), small enough that a
+ * rule's states stay in L1 between the rule's loop and the requantization
+ * (dispatch.c); the codec has a form for whole chunks (q8.h) */
+#define FO_Q8_CHUNK 1024
 /* A state that a rule writes without reading it (ASGD's ax before t0) is
  * stored around the cache from this many bytes up (rules.h), where x86 has
  * such stores; smaller ones through it */
