@@ -212,6 +212,11 @@ if SANITIZE:
     extra_compile += san
     extra_link += san
 
+# Every C source includes some of these (the kernels at each level all of
+# them), so a change to any one rebuilds the objects
+HEADERS = sorted(os.path.join("csrc", "fastopt", f) for f in os.listdir("csrc/fastopt")
+                 if f.endswith(".h"))
+
 
 class BuildExt(build_ext):
     """Compile kernels_isa.c once per level, then link them into _core."""
@@ -313,11 +318,6 @@ class BuildExt(build_ext):
             f.write("# Written by setup.py at build time.\n")
             f.write(f"BUILD = {info!r}\n")
 
-
-# Every C source includes some of these (the kernels at each level all of
-# them), so a change to any one rebuilds the objects
-HEADERS = sorted(os.path.join("csrc", "fastopt", f) for f in os.listdir("csrc/fastopt")
-                 if f.endswith(".h"))
 
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 macros += [(f"FO_HAVE_{level.upper()}", "1") for level in LEVELS if level != "baseline"]

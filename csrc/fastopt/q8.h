@@ -234,10 +234,10 @@ static inline __attribute__((always_inline)) void FO_LOWP(q8_encode_n)(
 }
 
 /* The requantization of a whole chunk (FO_Q8_CHUNK elements, kernels.h)
- * with its map as a constant, so that the range loops' trip
- * counts and the map's choices are known at compile time: coding two
- * states of 1,024 elements in L1 took 0.17 ns an element this way against
- * 0.19 with n and the map read at run time (AVX-512; AVX2 0.41 against
+ * has its length and map as constants, so that the range loops' trip
+ * counts and the choices between the maps are known at compile time:
+ * coding two states of 1,024 elements in L1 took 0.17 ns an element this
+ * way against 0.19 with both read at run time (AVX-512; AVX2 0.41 against
  * 0.43; the same codes).  Other lengths take the general form. */
 static void FO_LOWP(q8_encode)(const float *x, uint8_t *codes, float *scales,
                                size_t n, int nonneg, uint32_t key, size_t index0)
