@@ -82,7 +82,7 @@ def test_codec_is_the_reference(nonneg, simd_level, rng):
             rc, rs = reference.q8_encode(part, nonneg, key, start)
             assert codes.tobytes() == rc.tobytes() and scales.tobytes() == rs.tobytes()
     assert scales.size == 6
-    for n in (512, 1024):
+    for n, tiny in ((512, 300), (1024, 1024)):   # general form, whole chunk
         # NaNs of several payloads and signs, and an infinity, in one block:
         # the scale is the NaN whose bits without the sign are the largest
         y = x[:n].copy()
@@ -95,7 +95,7 @@ def test_codec_is_the_reference(nonneg, simd_level, rng):
         # a block whose scale has no float32 reciprocal (below 2^-128) is
         # coded from its values times 2^64: the codes of the scaled block,
         # which is coded like any other, and the largest element exact
-        t = np.resize(np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45]), 300 if n == 512 else n)
+        t = np.resize(np.float32([1e-40, 3e-41, 0.0, -2e-40, 5e-45]), tiny)
         if nonneg:
             t = np.abs(t)
         tc, ts = _core.q8_encode(t, nonneg, 5)

@@ -32,7 +32,7 @@
 
 void fo_prefetch_threshold_set(size_t n);
 
-enum { CHUNK = 1024, STRIP = 64, AHEAD = 2048 };
+enum { CHUNK = FO_Q8_CHUNK, STRIP = 64, AHEAD = 2048 };   /* the library's chunk */
 
 typedef struct { float beta1, omb1, beta2, omb2, step, inv_sqrt_bc2, eps, decay; } coef;
 
