@@ -67,6 +67,35 @@ def _special():
                      1e-20, 7.0], np.float32)
 
 
+def _step_twice(threads, params, grads):
+    fastopt.set_num_threads(threads)
+    _core.set_parallel_threshold(1)
+    ps = [p.copy() for p in params]
+    opt = fastopt.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype="8bit", seed=3)
+    for _ in range(2):
+        opt.step(grads)
+    return ps, opt.state_dict()["state"]
+
+
+def test_pieces_of_long_steps_leave_the_bits_alone(restore_config, prefetching, rng):
+    """Two threads take an 8-bit step's blocks in pieces of at most 2^17
+    elements as they come free (dispatch.c): a tensor of nine whole pieces
+    and part of a block, then a short one, which the last piece reaches
+    into, end with the bits of one thread"""
+    params = [rng.standard_normal(n).astype(np.float32) for n in (2 ** 20 + 2 ** 17 + 300, 1000)]
+    grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+    p1, s1 = _step_twice(1, params, grads)
+    p2, s2 = _step_twice(2, params, grads)
+    for i in range(len(params)):
+        assert p1[i].tobytes() == p2[i].tobytes(), f"parameter {i}"
+        assert s1[i].keys() == s2[i].keys()
+        for key, value in s1[i].items():
+            if isinstance(value, np.ndarray):
+                assert value.tobytes() == s2[i][key].tobytes(), f"{key} of {i}"
+            else:
+                assert value == s2[i][key], f"{key} of {i}"
+
+
 @pytest.mark.parametrize("nonneg", [True, False])
 def test_codec_is_the_reference(nonneg, simd_level, rng):
     """The codec at every instruction-set level (q8.h, vectorised), against
