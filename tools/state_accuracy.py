@@ -1,6 +1,6 @@
 """Accuracy of low-precision optimizer states against a float64 run.
 
-    python tools/state_accuracy.py [--steps 1000] [--n 100000]
+    python tools/state_accuracy.py [--steps 1000] [--n 100000] [--scales]
 
 AdamW (lr 1e-2, no weight decay) on a noisy diagonal quadratic: curvatures
 10^U(-2, 1), targets N(0, 1), gradient h * (x - target) + 0.1 * noise, the
@@ -11,6 +11,14 @@ for comparison) and 8-bit states (state_dtype="8bit"): the parameters'
 relative error and the loss gap against float64, and, after a second run
 whose gradients shrink 100x half-way, the median of v / v_float64 and the
 median and 99th percentile of |v / v_float64 - 1|.
+
+--scales adds two rows that weigh the 8-bit block scale: float32 states
+recoded after every step with the 8-bit codec of fastopt.reference (code map
+and stochastic rounding as stored), once with each block's absmax as its
+scale (as stored) and once with the smallest power of two at or above it, a
+scale whose reciprocal is exact and whose top code may go unused.  The
+random bytes differ from the optimizer's, so the first of them matches the
+8-bit row within its noise, not bit for bit.
 """
 import argparse
 
@@ -18,6 +26,45 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
+
+
+def q8_pow2_encode(x, nonneg, key):
+    """reference.q8_encode's codes and scales with each block's scale the
+    smallest power of two >= its absmax instead of the absmax (the same map
+    and rounding; blocks with a NaN, an infinity or a scale below 2^-126 are
+    refused)"""
+    blocks = np.zeros(-(-x.size // reference.Q8_BLOCK) * reference.Q8_BLOCK, np.float32)
+    blocks[:x.size] = x
+    blocks = blocks.reshape(-1, reference.Q8_BLOCK)
+    a = np.maximum(blocks, np.float32(0)) if nonneg else np.abs(blocks)
+    absmax = np.abs(blocks).max(axis=1).astype(np.float64)
+    _, exponent = np.frexp(absmax)   # absmax = f * 2^e with f in [0.5, 1)
+    scales = np.where(absmax > 0, np.ldexp(1.0, exponent - (np.ldexp(0.5, exponent) == absmax)), 0.0)
+    if not (np.isfinite(absmax).all() and np.all((scales == 0) | (scales >= 2.0 ** -126))):
+        raise ValueError("x: blocks with a NaN, an infinity or a scale below 2^-126 are not handled")
+    inv = np.where(scales > 0, 1.0 / np.where(scales > 0, scales, 1.0), 0.0).astype(np.float32)
+    y = a * inv[:, None]   # exact: inv is a power of two
+    top, k = reference._q8_top_k(nonneg)
+    rr = (reference.q8_random_bytes(blocks.size, key).reshape(blocks.shape) * np.uint32(2)
+          + np.uint32(1)) << np.uint32(11)
+    v1 = np.uint32((k + 1) << reference.Q8_DROP).view(np.float32)
+    high = np.minimum(((y.view(np.uint32) + rr) >> np.uint32(reference.Q8_DROP)).astype(np.int64) - k, top)
+    fixed = (np.minimum(y, v1) * (np.float32(2 ** 20) / v1)).astype(np.int32).astype(np.uint32)
+    low = (fixed + rr) >> np.uint32(reference.Q8_DROP)
+    c = np.where(y >= v1, high, low).astype(np.uint8)
+    if not nonneg:
+        c |= np.where(np.signbit(blocks), np.uint8(0x80), np.uint8(0))
+    return c.reshape(-1)[:x.size], scales.astype(np.float32)
+
+
+def recode(opt, step, pow2):
+    """Every float32 state of opt's one tensor through the 8-bit codec"""
+    encode = q8_pow2_encode if pow2 else reference.q8_encode
+    key = reference.lowp_tensor_key(1, 0, step)   # keys as the optimizer's, of another seed
+    for slot, nonneg in ((0, False), (1, True)):   # AdamW: m signed, v never negative
+        for view in opt._plans[0].state(slot):
+            codes, scales = encode(view.reshape(-1), nonneg, reference.lowp_slot_key(key, slot))
+            view[...] = reference.q8_decode(codes, scales, nonneg).reshape(view.shape)
 
 
 def run(mode, steps, n, shrink_at=None):
@@ -38,6 +85,8 @@ def run(mode, steps, n, shrink_at=None):
             for slot in range(2):
                 for view in opt._plans[0].state(slot):
                     view[...] = reference.bf16_decode(reference.bf16_nearest(view))
+        elif mode.startswith("8bit recoded"):
+            recode(opt, t + 1, pow2="power of two" in mode)
     loss = 0.5 * float(np.sum(h * (x.astype(np.float64) - target) ** 2)) / n
     v = opt.state_float32(x)["exp_avg_sq"].astype(np.float64)
     return x.astype(np.float64), loss, v
@@ -47,8 +96,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--scales", action="store_true",
+                        help="add the 8-bit codec's rows with absmax and power-of-two scales")
     args = parser.parse_args()
     modes = ["float64", "float32", "bfloat16 stochastic", "bfloat16 nearest", "8bit"]
+    if args.scales:
+        modes += ["8bit recoded, absmax scales", "8bit recoded, power of two scales"]
     runs = {m: run(m, args.steps, args.n) for m in modes}
     shrunk = {m: run(m, args.steps, args.n, shrink_at=args.steps // 2) for m in modes}
     x64, loss64, _ = runs["float64"]
