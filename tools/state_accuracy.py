@@ -39,30 +39,21 @@ def q8_pow2_encode(x, nonneg, key):
     blocks = np.zeros(-(-x.size // reference.Q8_BLOCK) * reference.Q8_BLOCK, np.float32)
     blocks[:x.size] = x
     blocks = blocks.reshape(-1, reference.Q8_BLOCK)
-    a = np.maximum(blocks, np.float32(0)) if nonneg else np.abs(blocks)
     absmax = np.abs(blocks).max(axis=1).astype(np.float64)
     _, exponent = np.frexp(absmax)   # absmax = f * 2^e with f in [0.5, 1)
     scales = np.where(absmax > 0, np.ldexp(1.0, exponent - (np.ldexp(0.5, exponent) == absmax)), 0.0)
     if not (np.isfinite(absmax).all() and np.all((scales == 0) | (scales >= 2.0 ** -126))):
         raise ValueError("x: blocks with a NaN, an infinity or a scale below 2^-126 are not handled")
     inv = np.where(scales > 0, 1.0 / np.where(scales > 0, scales, 1.0), 0.0).astype(np.float32)
-    y = a * inv[:, None]   # exact: inv is a power of two
-    top, k = reference._q8_top_k(nonneg)
-    rr = (reference.q8_random_bytes(blocks.size, key).reshape(blocks.shape) * np.uint32(2)
-          + np.uint32(1)) << np.uint32(11)
-    v1 = np.uint32((k + 1) << reference.Q8_DROP).view(np.float32)
-    high = np.minimum(((y.view(np.uint32) + rr) >> np.uint32(reference.Q8_DROP)).astype(np.int64) - k, top)
-    fixed = (np.minimum(y, v1) * (np.float32(2 ** 20) / v1)).astype(np.int32).astype(np.uint32)
-    low = (fixed + rr) >> np.uint32(reference.Q8_DROP)
-    c = np.where(y >= v1, high, low).astype(np.uint8)
-    if not nonneg:
-        c |= np.where(np.signbit(blocks), np.uint8(0x80), np.uint8(0))
-    return c.reshape(-1)[:x.size], scales.astype(np.float32)
+    codes = reference._q8_block_codes(blocks, inv, np.ones(len(blocks), bool), nonneg, key)
+    return codes.reshape(-1)[:x.size], scales.astype(np.float32)
 
 
-def recode(opt, step, pow2):
-    """Every float32 state of opt's one tensor through the 8-bit codec"""
-    encode = q8_pow2_encode if pow2 else reference.q8_encode
+ENCODERS = {"absmax": reference.q8_encode, "power of two": q8_pow2_encode}
+
+
+def recode(opt, step, encode):
+    """Every float32 state of opt's one tensor through an 8-bit codec"""
     key = reference.lowp_tensor_key(1, 0, step)   # keys as the optimizer's, of another seed
     for slot, nonneg in ((0, False), (1, True)):   # AdamW: m signed, v never negative
         for view in opt._plans[0].state(slot):
@@ -70,10 +61,9 @@ def recode(opt, step, pow2):
             view[...] = reference.q8_decode(codes, scales, nonneg).reshape(view.shape)
 
 
-def pure_decay(pow2, steps=300, blocks=100):
+def pure_decay(encode, steps=300, blocks=100):
     """(codes changed a step, median and 99th percentile of the relative
     deviation from the exact decay) of a never negative state decaying alone"""
-    encode = q8_pow2_encode if pow2 else reference.q8_encode
     rng = np.random.default_rng(0)
     codes, scales = encode((10.0 ** rng.uniform(-6, 0, reference.Q8_BLOCK * blocks)).astype(np.float32),
                            True, 0)
@@ -107,8 +97,8 @@ def run(mode, steps, n, shrink_at=None):
             for slot in range(2):
                 for view in opt._plans[0].state(slot):
                     view[...] = reference.bf16_decode(reference.bf16_nearest(view))
-        elif mode.startswith("8bit recoded"):
-            recode(opt, t + 1, pow2="power of two" in mode)
+        elif mode.startswith("8bit recoded, "):
+            recode(opt, t + 1, ENCODERS[mode[len("8bit recoded, "):-len(" scales")]])
     loss = 0.5 * float(np.sum(h * (x.astype(np.float64) - target) ** 2)) / n
     v = opt.state_float32(x)["exp_avg_sq"].astype(np.float64)
     return x.astype(np.float64), loss, v
@@ -123,7 +113,7 @@ def main():
     args = parser.parse_args()
     modes = ["float64", "float32", "bfloat16 stochastic", "bfloat16 nearest", "8bit"]
     if args.scales:
-        modes += ["8bit recoded, absmax scales", "8bit recoded, power of two scales"]
+        modes += [f"8bit recoded, {name} scales" for name in ENCODERS]
     runs = {m: run(m, args.steps, args.n) for m in modes}
     shrunk = {m: run(m, args.steps, args.n, shrink_at=args.steps // 2) for m in modes}
     x64, loss64, _ = runs["float64"]
@@ -141,8 +131,8 @@ def main():
               f"{abs(loss - loss64):.1e} | {np.median(ratio):.3f} | {np.median(dev):.3f}, "
               f"{np.quantile(dev, 0.99):.3f} |")
     if args.scales:
-        for name, pow2 in (("absmax", False), ("power of two", True)):
-            changed, med, p99 = pure_decay(pow2)
+        for name, encode in ENCODERS.items():
+            changed, med, p99 = pure_decay(encode)
             print(f"8-bit v decaying alone, {name} scales: {changed:.3f} of the codes change a "
                   f"step; deviation from the exact decay after 300 steps: median {med:.4f}, "
                   f"99th percentile {p99:.3f}")

@@ -745,6 +745,17 @@ def q8_encode(x, nonneg, key=0, start=0):
         # scale * inv >= 1: the largest element gets the top code
         inv = np.where((safe * inv < 1) & (safe > 0),
                        np.nextafter(inv, np.float32(np.inf)), inv).astype(np.float32)
+        c = _q8_block_codes(blocks, inv, finite, nonneg, key, start)
+    return c.reshape(-1)[:n], scales.astype(np.float32)
+
+
+def _q8_block_codes(blocks, inv, finite, nonneg, key=0, start=0):
+    """The uint8 codes of float32 ``blocks`` (shape (blocks, Q8_BLOCK)),
+    each block coded as y = |x| * its reciprocal ``inv`` (float32; for a
+    never negative state max(x, 0)), with the random bytes of q8_encode;
+    blocks where ``finite`` is False get code 0."""
+    nb = blocks.shape[0]
+    with np.errstate(invalid="ignore", over="ignore"):
         top, k = _q8_top_k(nonneg)
         v1 = np.uint32((k + 1) << Q8_DROP).view(np.float32)
         a = np.where(blocks > 0, blocks, np.float32(0)) if nonneg else np.abs(blocks)
@@ -763,7 +774,7 @@ def q8_encode(x, nonneg, key=0, start=0):
         c = np.where(y >= v1, high, low).astype(np.uint8)
     if not nonneg:
         c = c | np.where(np.signbit(blocks) & finite[:, None], np.uint8(0x80), np.uint8(0))
-    return c.reshape(-1)[:n].astype(np.uint8), scales.astype(np.float32)
+    return c
 
 
 def q8_decode(codes, scales, nonneg):
